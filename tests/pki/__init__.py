@@ -1,0 +1,1 @@
+"""Tests of the development PKI, the demo annuaire and ``missive certs init-dev``."""
