@@ -1,0 +1,1 @@
+"""Missive test suite (a package so that tests.peers.* and shared helpers import)."""

@@ -1,0 +1,1 @@
+"""Real-peer test fixtures: throwaway slapd, Postfix and Dovecot instances on loopback."""
