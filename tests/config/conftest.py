@@ -9,12 +9,10 @@ shipped sample. Each test writes its own ``conf/missive.toml``.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-import gateway.cli
 from gateway.pki.demo import install_demo_keys
 from gateway.pki.dev import DevPki, init_dev_pki
 from tests.config.support import LOCAL_USER, REPOSITORY, Site
@@ -37,11 +35,3 @@ def site(tmp_path: Path, pki: DevPki) -> Site:
     (var / "annuaire.ldif").write_text("dn: dc=annuaire,dc=test\nobjectClass: domain\n")
     install_demo_keys(pki, var / "keys", [LOCAL_USER])
     return Site(tmp_path)
-
-
-@pytest.fixture
-def cli_main(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """``gateway.cli.main`` with only the ``check-config`` command registered, so these
-    tests do not depend on the other subcommands' modules."""
-    monkeypatch.setattr(gateway.cli, "COMMANDS", ("gateway.config.cli",))
-    yield

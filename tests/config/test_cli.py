@@ -10,8 +10,6 @@ import pytest
 from gateway.cli import main
 from tests.config.support import BASE, Site, replace
 
-pytestmark = pytest.mark.usefixtures("cli_main")
-
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     status = main(["check-config", *args])

@@ -12,12 +12,6 @@ from gateway.pki.dev import load_dev_pki
 from tests.pki.conftest import openssl_verify
 
 
-@pytest.fixture(autouse=True)
-def only_the_certs_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Register only this package's command: the other groups are other issues' work."""
-    monkeypatch.setattr(cli, "COMMANDS", ("gateway.pki.cli",))
-
-
 def run(capsys: pytest.CaptureFixture[str], *argv: str | Path) -> tuple[int, str, str]:
     status = cli.main([str(a) for a in argv])
     out, err = capsys.readouterr()
