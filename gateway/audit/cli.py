@@ -1,0 +1,243 @@
+"""``missive audit verify|export|prune``: the operator's and the auditor's commands.
+
+- ``verify`` walks the whole chain and prints ``OK: N records, head seq=S hash=H``
+  (exit 0) or ``BROKEN at seq S: why`` (exit 1). Note the head somewhere else (a
+  ticket, another host): given back with ``--anchor S:H`` it detects a rewritten or
+  truncated history, which a hash chain alone cannot (see ``gateway.audit.chain``).
+- ``export`` writes records with ``--since <= time < --until`` as ``csv`` or ``jsonl``
+  to stdout or to a new file (``--output``, created 0600, never overwritten). Times
+  are ISO 8601 dates or date-times, UTC when no offset is given; a date alone as
+  ``--until`` includes that whole day.
+- ``prune`` applies ``[audit] retention``: deletes the records older than now minus
+  the retention and appends a checkpoint record (the chain still verifies). It
+  refuses to prune a trail that does not verify (exit 1).
+
+The database is ``[audit] path`` of ``--config FILE``; ``--db PATH`` names it directly
+instead (then ``prune`` needs ``--before``). A missing database is exit 2 with a clear
+message: readers never create one. Exit status: 0 ok, 1 broken trail, 2 usage or
+configuration error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TextIO, cast
+
+from gateway.audit.chain import Anchor, VerifyReport
+from gateway.audit.export import EXPORT_FORMATS, ExportFormat, write_export
+from gateway.audit.record import AuditRecord, RecordFormatError
+from gateway.audit.store import AuditChainBroken, AuditStore, PruneResult
+from gateway.cli_common import SubParsers, add_config_argument, load_config_from_args
+from gateway.errors import UsageError
+
+_TIME_HELP = "ISO 8601 date or date-time, UTC unless an offset is given"
+
+
+def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    """Add ``missive audit`` and its actions."""
+    audit = subparsers.add_parser(
+        "audit", help="verify, export and prune the audit trail", description=__doc__
+    )
+    actions = audit.add_subparsers(dest="audit_action", metavar="ACTION", required=True)
+
+    verify = actions.add_parser("verify", help="check the hash chain; print the head")
+    _add_source_arguments(verify)
+    verify.add_argument(
+        "--anchor",
+        metavar="SEQ:HASH",
+        help="a head noted earlier: fail if that record changed or the trail ends before it",
+    )
+    verify.set_defaults(handler=run_verify)
+
+    export = actions.add_parser("export", help="write records as csv or jsonl")
+    _add_source_arguments(export)
+    export.add_argument("--since", metavar="T", help=f"first time included ({_TIME_HELP})")
+    export.add_argument(
+        "--until", metavar="T", help=f"end time, excluded; a date includes that day ({_TIME_HELP})"
+    )
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="export_format")
+    export.add_argument("--output", type=Path, metavar="FILE", help="new file (default: stdout)")
+    export.set_defaults(handler=run_export)
+
+    prune = actions.add_parser("prune", help="apply the retention, leaving a checkpoint")
+    _add_source_arguments(prune)
+    prune.add_argument(
+        "--before",
+        metavar="T",
+        help=f"cutoff instead of now minus [audit] retention ({_TIME_HELP})",
+    )
+    prune.set_defaults(handler=run_prune)
+
+
+def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_argument(parser)
+    parser.add_argument(
+        "--db", type=Path, metavar="PATH", help="audit database to use instead of --config's"
+    )
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+
+def parse_time_bound(text: str, option: str, *, end_of_day: bool = False) -> datetime:
+    """An ISO 8601 date or date-time as an aware UTC datetime (UTC if no offset).
+
+    A date alone is midnight UTC; with ``end_of_day`` the next midnight, so an
+    exclusive ``--until 2026-11-30`` still includes the 30th.
+    """
+    try:
+        return _parse_instant(text, end_of_day=end_of_day)
+    except (ValueError, OverflowError):
+        raise UsageError(
+            f"{option}: expected an ISO 8601 date or date-time (2026-11-28, "
+            f"2026-11-28T08:00:00+01:00), got {text!r}"
+        ) from None
+
+
+def _parse_instant(text: str, *, end_of_day: bool) -> datetime:
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        moment = datetime.fromisoformat(text)
+        return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    start = datetime(day.year, day.month, day.day, tzinfo=UTC)
+    return start + timedelta(days=1) if end_of_day else start
+
+
+def _database_path(args: argparse.Namespace) -> Path:
+    if args.db is not None:
+        return cast(Path, args.db)
+    path: Path = load_config_from_args(args).audit.path
+    return path
+
+
+def _cli_actor() -> str:
+    try:
+        return f"cli:{getpass.getuser()}"
+    except (OSError, KeyError):
+        return f"cli:uid={os.getuid()}"
+
+
+def _verified_records(records: Iterator[AuditRecord]) -> Iterator[AuditRecord]:
+    """Pass records through, turning an unreadable row into a clear negative answer."""
+    try:
+        yield from records
+    except RecordFormatError as error:
+        raise AuditChainBroken(
+            f"record seq {error.seq} is unreadable ({error.reason}): edited outside "
+            "Missive; run `missive audit verify`"
+        ) from None
+
+
+@contextmanager
+def _output_stream(path: Path | None) -> Iterator[TextIO]:
+    if path is None:
+        yield sys.stdout
+        return
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        raise UsageError(f"--output: {path} already exists (never overwritten)") from None
+    except OSError as error:
+        raise UsageError(f"--output: {path}: {error.strerror}") from None
+    with open(descriptor, "w", encoding="utf-8", newline="") as stream:
+        yield stream
+
+
+# -- verify ----------------------------------------------------------------------------
+
+
+def describe_report(report: VerifyReport) -> list[str]:
+    """The lines ``verify`` prints for ``report``."""
+    if report.problem is not None:
+        return [str(report.problem), f"{report.records} records before it verified"]
+    if report.head is None:
+        return ["OK: 0 records (empty trail)"]
+    line = f"OK: {report.records} records, head seq={report.head.seq} hash={report.head.hash}"
+    checkpoint = report.checkpoint
+    if report.first_seq != 1 and checkpoint is not None:
+        line += f" (records before seq {report.first_seq} pruned; last cutoff {checkpoint.cutoff})"
+    lines = [line]
+    if report.anchor_checked is True:
+        lines.append("anchor matches")
+    elif report.anchor_checked is False:
+        lines.append("note: the anchor is older than the retained trail (pruned): not checked")
+    return lines
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    anchor = None
+    if args.anchor is not None:
+        try:
+            anchor = Anchor.parse(args.anchor)
+        except ValueError as error:
+            raise UsageError(f"--anchor: {error}") from None
+    with AuditStore.open_reader(_database_path(args)) as store:
+        report = store.verify(anchor)
+    for line in describe_report(report):
+        print(line)
+    return 0 if report.ok else 1
+
+
+# -- export ----------------------------------------------------------------------------
+
+
+def run_export(args: argparse.Namespace) -> int:
+    since = None if args.since is None else parse_time_bound(args.since, "--since")
+    until = None if args.until is None else parse_time_bound(args.until, "--until", end_of_day=True)
+    if since is not None and until is not None and since >= until:
+        raise UsageError("--since must be earlier than --until")
+    export_format: ExportFormat = args.export_format
+    with AuditStore.open_reader(_database_path(args)) as store:
+        records = _verified_records(store.iter_records(since=since, until=until))
+        with _output_stream(args.output) as stream:
+            try:
+                write_export(records, stream, export_format)
+            except BrokenPipeError:  # `missive audit export ... | head`: the reader left
+                _silence_stdout()
+    return 0
+
+
+def _silence_stdout() -> None:
+    """After EPIPE, point stdout at /dev/null so the exit-time flush stays quiet."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
+# -- prune -----------------------------------------------------------------------------
+
+
+def describe_prune(result: PruneResult) -> str:
+    """The line ``prune`` prints for ``result``."""
+    if result.checkpoint is None:
+        return f"nothing to prune: no record older than {result.cutoff}"
+    return (
+        f"pruned {result.deleted} records older than {result.cutoff} "
+        f"(seq {result.first_deleted_seq}..{result.last_deleted_seq}); "
+        f"checkpoint seq={result.checkpoint.seq} hash={result.checkpoint.hash}"
+    )
+
+
+def run_prune(args: argparse.Namespace) -> int:
+    if args.before is not None:
+        cutoff = parse_time_bound(args.before, "--before")
+        path = _database_path(args)
+    elif args.db is not None:
+        raise UsageError("--db needs --before (no configuration to read the retention from)")
+    else:
+        audit = load_config_from_args(args).audit
+        retention: timedelta = audit.retention
+        cutoff = datetime.now(UTC) - retention
+        path = audit.path
+    with AuditStore.open_writer(path, create=False) as store:
+        result = store.prune(cutoff, actor=_cli_actor())
+    print(describe_prune(result))
+    return 0

@@ -1,0 +1,324 @@
+"""The audit sink: the one writer of the trail, cheap for the hot path, durable on return.
+
+Role: every stage hands its events here. ``await sink.record(event)`` resolves once
+the record is *committed* (and, with ``synchronous = FULL``, on disk), so a stage can
+order its own acknowledgement after it: the SMTP front records ``smtp.accepted`` and
+only then answers ``250``; if the commit fails, ``record`` raises ``AuditWriteError``
+and the front answers ``451`` instead (fail closed: nothing is accepted untraced).
+``append(event)`` is the blocking form for code outside the event loop, ``submit`` the
+non-blocking one that returns a ``concurrent.futures.Future``.
+
+Design (group commit): a dedicated writer thread owns the SQLite connection. Callers
+put ``(event, waiter)`` pairs into a bounded inbox; the thread takes everything that
+is waiting (up to ``max_batch``), seals the records in order and commits them in one
+transaction (one WAL fsync for the whole batch), then settles the waiters: one
+``call_soon_threadsafe`` per event loop per batch, not one per event. While a commit
+is on disk the next batch accumulates, so the fsync cost per record falls as load
+rises. The loop thread only validates, stamps the time and enqueues; hashing,
+encoding and SQLite run in the writer thread (SQLite releases the GIL while it does
+I/O).
+
+Invariants:
+
+- one writer thread per sink, records committed in the order they were queued;
+- the inbox is bounded (``capacity``): when full, ``record`` awaits room (a future the
+  writer resolves; the loop is never blocked), ``submit``/``append`` block;
+- ``close()`` stops taking events, commits everything already queued, then closes the
+  database; events recorded before ``start()`` or after ``close()`` raise
+  ``AuditSinkClosed`` (never a wait that nobody will end);
+- a cancelled ``record`` (client gone) may still be committed: the trail may contain
+  an event whose caller did not wait for it, never the reverse;
+- the time of an event is stamped when it is handed over, not when it is committed.
+
+Trust level: runs inside every gateway process that writes the trail; it holds no
+secret and writes only what callers give it (validated ``AuditEvent``s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import threading
+from collections.abc import Callable
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+from gateway.audit.errors import AuditSinkClosed, AuditWriteError
+from gateway.audit.event import AuditEvent, utc_now
+from gateway.audit.record import AuditReceipt
+from gateway.audit.store import DEFAULT_BUSY_TIMEOUT, AuditStore, Synchronous
+from gateway.log import get_logger
+
+DEFAULT_MAX_BATCH = 512
+DEFAULT_CAPACITY = 10_000
+
+_log = get_logger("audit")
+
+Outcome = AuditReceipt | BaseException
+
+
+class _LoopWaiter:
+    """An asyncio future on its loop, settled from the writer thread."""
+
+    __slots__ = ("future", "loop")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.future: asyncio.Future[AuditReceipt] = loop.create_future()
+
+
+Waiter = _LoopWaiter | concurrent.futures.Future[AuditReceipt]
+Pending = tuple[AuditEvent, Waiter]
+
+
+def _settle_loop_futures(outcomes: list[tuple[asyncio.Future[AuditReceipt], Outcome]]) -> None:
+    """Runs in the event loop: resolve each future that is still waited for."""
+    for future, outcome in outcomes:
+        if future.done():  # the caller was cancelled
+            continue
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+
+
+def _settle_thread_future(
+    future: concurrent.futures.Future[AuditReceipt], outcome: Outcome
+) -> None:
+    try:
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
+        else:
+            future.set_result(outcome)
+    except concurrent.futures.InvalidStateError:  # cancelled by its caller meanwhile
+        pass
+
+
+def _settle(batch: list[Pending], outcomes: list[Outcome]) -> None:
+    """Resolve the waiters of a committed (or failed) batch: one wake-up per loop."""
+    per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Outcome]]]
+    per_loop = collections.defaultdict(list)
+    for (_, waiter), outcome in zip(batch, outcomes, strict=True):
+        if isinstance(waiter, _LoopWaiter):
+            per_loop[waiter.loop].append((waiter.future, outcome))
+        else:
+            _settle_thread_future(waiter, outcome)
+    for loop, items in per_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle_loop_futures, items)
+        except RuntimeError:  # that loop is closed: nobody is waiting any more
+            continue
+
+
+class _Inbox:
+    """A bounded FIFO between producers and the writer thread; taken in batches.
+
+    Threads wait for room on a condition; event-loop producers register a future that
+    the writer settles (``call_soon_threadsafe``) once it has taken items, so a full
+    inbox never parks executor threads that the rest of the gateway needs.
+    """
+
+    def __init__(self, capacity: int) -> None:
+        self._items: collections.deque[Pending] = collections.deque()
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._not_empty = threading.Condition(self._lock)
+        self._not_full = threading.Condition(self._lock)
+        self._room_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._closed = True  # until the writer thread runs: nobody would take the items
+
+    def _append(self, item: Pending) -> None:
+        if self._closed:
+            raise AuditSinkClosed("the audit sink is not running")
+        self._items.append(item)
+        self._not_empty.notify()
+
+    def put(self, item: Pending) -> None:
+        """Queue ``item``, blocking while full; ``AuditSinkClosed`` if not running."""
+        with self._lock:
+            while not self._closed and len(self._items) >= self._capacity:
+                self._not_full.wait()
+            self._append(item)
+
+    def put_or_wait(
+        self, item: Pending, loop: asyncio.AbstractEventLoop
+    ) -> asyncio.Future[None] | None:
+        """Queue ``item`` now (None), or return a future that resolves when there may be
+        room (call it again then). Called in ``loop``'s thread."""
+        with self._lock:
+            if self._closed or len(self._items) < self._capacity:
+                self._append(item)
+                return None
+            room: asyncio.Future[None] = loop.create_future()
+            self._room_waiters.append((loop, room))
+            return room
+
+    def take(self, limit: int) -> list[Pending] | None:
+        """Wait for items and take up to ``limit``; None once closed and drained."""
+        with self._lock:
+            while not self._items and not self._closed:
+                self._not_empty.wait()
+            if not self._items:
+                return None
+            count = min(limit, len(self._items))
+            batch = [self._items.popleft() for _ in range(count)]
+            self._wake_producers()
+            return batch
+
+    def _wake_producers(self) -> None:
+        self._not_full.notify_all()
+        waiters, self._room_waiters = self._room_waiters, []
+        for loop, room in waiters:
+            try:
+                loop.call_soon_threadsafe(_resolve_room, room)
+            except RuntimeError:  # that loop is closed
+                continue
+
+    def open(self) -> None:
+        with self._lock:
+            self._closed = False
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._not_empty.notify_all()
+            self._wake_producers()
+
+
+def _resolve_room(room: asyncio.Future[None]) -> None:
+    if not room.done():
+        room.set_result(None)
+
+
+class AuditSink:
+    """The trail's single writer (see the module docstring). Start it, record, close it."""
+
+    def __init__(
+        self,
+        path: Path,
+        *,
+        synchronous: Synchronous = "FULL",
+        max_batch: int = DEFAULT_MAX_BATCH,
+        capacity: int = DEFAULT_CAPACITY,
+        busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
+        clock: Callable[[], datetime] = utc_now,
+    ) -> None:
+        if max_batch < 1 or capacity < 1:
+            raise ValueError("max_batch and capacity must be positive")
+        self.path = path
+        self._synchronous: Synchronous = synchronous
+        self._max_batch = max_batch
+        self._busy_timeout = busy_timeout
+        self._clock = clock
+        self._inbox = _Inbox(capacity)
+        self._thread: threading.Thread | None = None
+        self._store: AuditStore | None = None
+        self.commits = 0  # transactions committed (written by the writer thread only)
+        self.committed = 0  # records committed; committed / commits = mean group size
+
+    # -- life cycle --------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Open (or create) the database and start the writer thread.
+
+        Raises ``AuditDatabaseError`` here, in the caller, if the trail cannot be opened.
+        """
+        if self._thread is not None:
+            raise RuntimeError("the audit sink is already started")
+        self._store = AuditStore.open_writer(
+            self.path, synchronous=self._synchronous, busy_timeout=self._busy_timeout
+        )
+        self._inbox.open()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+        _log.info("audit.sink.started", path=str(self.path), synchronous=self._synchronous)
+
+    def close(self) -> None:
+        """Commit what is queued, stop the thread, close the database (idempotent)."""
+        self._inbox.close()
+        thread, self._thread = self._thread, None
+        if thread is not None:
+            thread.join()
+            _log.info("audit.sink.stopped", path=str(self.path))
+
+    async def aclose(self) -> None:
+        """``close`` without blocking the event loop."""
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def __enter__(self) -> AuditSink:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> AuditSink:
+        self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- recording ---------------------------------------------------------------------
+
+    def _stamped(self, event: AuditEvent) -> AuditEvent:
+        if event.reserved:
+            raise ValueError(f"audit event type {event.type!r} is reserved for the trail")
+        return event if event.time is not None else event.at(self._clock())
+
+    async def record(self, event: AuditEvent) -> AuditReceipt:
+        """Queue ``event`` and wait until it is committed; ``AuditWriteError`` if not."""
+        waiter = _LoopWaiter(asyncio.get_running_loop())
+        item: Pending = (self._stamped(event), waiter)
+        while (room := self._inbox.put_or_wait(item, waiter.loop)) is not None:
+            await room
+        return await waiter.future
+
+    def submit(self, event: AuditEvent) -> concurrent.futures.Future[AuditReceipt]:
+        """Queue ``event`` (blocking while the inbox is full); the future resolves on commit."""
+        future: concurrent.futures.Future[AuditReceipt] = concurrent.futures.Future()
+        self._inbox.put((self._stamped(event), future))
+        return future
+
+    def append(self, event: AuditEvent, timeout: float | None = None) -> AuditReceipt:
+        """Record ``event`` and block until it is committed. Not for the event loop's
+        thread (use ``await record``): ``RuntimeError`` there."""
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return self.submit(event).result(timeout)
+        raise RuntimeError("AuditSink.append would block the event loop: await record()")
+
+    # -- writer thread -----------------------------------------------------------------
+
+    def _run(self) -> None:
+        store = self._store
+        assert store is not None
+        try:
+            while (batch := self._inbox.take(self._max_batch)) is not None:
+                _settle(batch, self._commit(store, batch))
+        finally:
+            store.close()
+
+    def _commit(self, store: AuditStore, batch: list[Pending]) -> list[Outcome]:
+        try:
+            receipts = store.append([event for event, _ in batch])
+        except Exception as error:  # noqa: BLE001 - every waiter must hear back, or it hangs
+            _log.error("audit.write_failed", records=len(batch), error=type(error).__name__)
+            reason = f"audit record not committed: {error}"
+            return [AuditWriteError(reason) for _ in batch]
+        self.commits += 1
+        self.committed += len(receipts)
+        return list(receipts)

@@ -1,0 +1,233 @@
+"""The SQLite store: file modes, opening rules, retention with checkpoints, concurrent use."""
+
+from __future__ import annotations
+
+import sqlite3
+import stat
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditChainBroken, AuditDatabaseError, AuditEvent, AuditStore
+from gateway.audit.event import utc_now
+from gateway.audit.record import CHECKPOINT_TYPE, Row, record_from_row, row_of, seal
+from gateway.audit.store import _INSERT
+
+from .events import T0, make_event
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+# -- files and opening -------------------------------------------------------------------
+
+
+def test_database_and_wal_files_are_private(db_path: Path, store: AuditStore) -> None:
+    assert _mode(db_path.parent) == 0o700
+    for suffix in ("", "-wal", "-shm"):
+        assert _mode(Path(f"{db_path}{suffix}")) == 0o600, suffix
+    journal = sqlite3.connect(db_path).execute("PRAGMA journal_mode").fetchone()[0]
+    assert journal == "wal"
+
+
+def test_every_created_directory_is_private(tmp_path: Path) -> None:
+    existing = tmp_path / "srv"
+    existing.mkdir(mode=0o755)
+    path = existing / "missive" / "var" / "audit.sqlite"
+    with AuditStore.open_writer(path):
+        pass
+    assert (_mode(path.parent), _mode(path.parent.parent)) == (0o700, 0o700)
+    assert _mode(existing) == 0o755  # an existing directory is the operator's choice
+
+
+def test_a_loose_existing_file_is_tightened(db_path: Path) -> None:
+    with AuditStore.open_writer(db_path):
+        pass
+    db_path.chmod(0o644)
+    with AuditStore.open_writer(db_path):
+        assert _mode(db_path) == 0o600
+
+
+def test_reader_never_creates_a_trail(db_path: Path) -> None:
+    with pytest.raises(AuditDatabaseError, match="does not exist"):
+        AuditStore.open_reader(db_path)
+    assert not db_path.exists()
+    with pytest.raises(AuditDatabaseError, match="does not exist"):
+        AuditStore.open_writer(db_path, create=False)
+    assert not db_path.exists()
+
+
+def test_reader_cannot_write(db_path: Path, store: AuditStore) -> None:
+    with AuditStore.open_reader(db_path) as reader:
+        assert reader.verify().records == 10
+        with pytest.raises(sqlite3.OperationalError, match="readonly"):
+            reader.append([make_event(99)])
+
+
+def test_files_that_are_not_a_trail_are_refused(tmp_path: Path) -> None:
+    junk = tmp_path / "junk.sqlite"
+    junk.write_bytes(b"this is not a database" * 100)
+    other = tmp_path / "other.sqlite"
+    sqlite3.connect(other).execute("CREATE TABLE t (x)").connection.close()
+    empty = tmp_path / "empty.sqlite"
+    empty.touch()
+    with pytest.raises(AuditDatabaseError, match="not a database"):
+        AuditStore.open_reader(junk)
+    for opener in (AuditStore.open_reader, AuditStore.open_writer):
+        with pytest.raises(AuditDatabaseError, match="not a Missive audit trail"):
+            opener(other)
+    with pytest.raises(AuditDatabaseError, match="not an audit trail yet"):
+        AuditStore.open_reader(empty)
+
+
+def test_a_newer_format_is_refused(db_path: Path, store: AuditStore) -> None:
+    sqlite3.connect(db_path).execute("PRAGMA user_version = 2").connection.close()
+    with pytest.raises(AuditDatabaseError, match="format version 2"):
+        AuditStore.open_reader(db_path)
+
+
+def test_an_unusable_location_is_a_clear_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(AuditDatabaseError, match="audit database"):
+        AuditStore.open_writer(blocker / "audit.sqlite")
+
+
+def test_reserved_types_cannot_be_appended(store: AuditStore) -> None:
+    with pytest.raises(ValueError, match="reserved"):
+        store.append([AuditEvent(CHECKPOINT_TYPE)])
+
+
+def test_append_stamps_events_without_time(store: AuditStore) -> None:
+    [receipt] = store.append([AuditEvent("queue.deleted", queue_id="Q1")])
+    [record] = [r for r in store.iter_records() if r.seq == receipt.seq]
+    assert record.event.time is not None and record.event.time > T0
+
+
+# -- concurrent use ----------------------------------------------------------------------
+
+
+def test_two_writers_keep_one_linear_chain(db_path: Path, store: AuditStore) -> None:
+    with AuditStore.open_writer(db_path) as second:
+        for index in range(10, 20):
+            (store if index % 2 else second).append([make_event(index)])
+    report = store.verify()
+    assert report.ok and report.records == 20
+
+
+def test_a_reader_sees_one_snapshot_while_the_writer_appends(
+    db_path: Path, store: AuditStore
+) -> None:
+    with AuditStore.open_reader(db_path) as reader:
+        rows = reader.iter_rows()
+        first = next(rows)
+        store.append([make_event(index) for index in range(10, 15)])
+        seen = [first, *rows]
+        assert len(seen) == 10
+        assert reader.verify().records == 15
+
+
+# -- retention ---------------------------------------------------------------------------
+
+
+def test_prune_leaves_a_checkpoint_and_the_chain_verifies(store: AuditStore) -> None:
+    result = store.prune(T0 + timedelta(hours=4), actor="cli:root")
+    assert (result.deleted, result.first_deleted_seq, result.last_deleted_seq) == (4, 1, 4)
+    assert result.checkpoint is not None and result.checkpoint.seq == 11
+    report = store.verify()
+    assert report.ok, report.problem
+    assert report.first_seq == 5 and report.records == 7
+    assert report.checkpoint is not None
+    assert (report.checkpoint.deleted_from_seq, report.checkpoint.deleted_to_seq) == (1, 4)
+    records = list(store.iter_records())
+    checkpoint = records[-1].event
+    assert checkpoint.type == CHECKPOINT_TYPE and checkpoint.actor == "cli:root"
+    assert checkpoint.details["deleted_count"] == "4"
+    assert checkpoint.details["cutoff"] == "2026-01-01T12:00:00.000000Z"
+
+
+def test_prune_twice_and_then_everything(store: AuditStore) -> None:
+    store.prune(T0 + timedelta(hours=3))
+    store.append([make_event(20)])
+    second = store.prune(T0 + timedelta(hours=6))
+    assert (second.first_deleted_seq, second.last_deleted_seq) == (4, 6)
+    assert store.verify().ok
+    last = store.prune(utc_now() + timedelta(days=1))  # every record, checkpoints too
+    assert last.deleted == 7 and last.checkpoint is not None
+    report = store.verify()
+    assert report.ok, report.problem
+    assert report.records == 1 and report.first_seq == last.checkpoint.seq == 14
+
+
+def test_prune_with_nothing_old_enough_changes_nothing(store: AuditStore) -> None:
+    head = store.head()
+    result = store.prune(T0 - timedelta(days=1))
+    assert result.deleted == 0 and result.checkpoint is None
+    assert store.head() == head
+
+
+def test_prune_deletes_only_a_prefix(store: AuditStore) -> None:
+    late = T0 + timedelta(hours=20)
+    store.append([make_event(10, time=late), make_event(11, time=T0)])  # the clock stepped back
+    result = store.prune(T0 + timedelta(hours=15))
+    assert result.last_deleted_seq == 10  # seq 12 (older time) stays: it follows seq 11
+    assert store.verify().ok
+
+
+def test_prune_refuses_a_broken_trail(store: AuditStore, raw: sqlite3.Connection) -> None:
+    raw.execute("UPDATE audit_log SET outcome = 'rejected' WHERE seq = 2")
+    with pytest.raises(AuditChainBroken, match="BROKEN at seq 2"):
+        store.prune(T0 + timedelta(hours=4))
+    assert len(list(store.iter_rows())) == 10  # nothing deleted: the evidence is kept
+
+
+def test_deleting_more_after_a_prune_is_detected(
+    store: AuditStore, raw: sqlite3.Connection
+) -> None:
+    store.prune(T0 + timedelta(hours=4))
+    raw.execute("DELETE FROM audit_log WHERE seq = 5")
+    problem = store.verify().problem
+    assert problem is not None and problem.seq == 6
+    assert "latest checkpoint accounts for seq 1..4 only" in problem.reason
+
+
+def test_deleting_more_and_resealing_the_rest_is_detected(
+    store: AuditStore, raw: sqlite3.Connection
+) -> None:
+    """Delete seq 5-6 after a prune, renumber and re-seal everything after them so that
+    every link and hash is valid again: only the checkpoint's hash betrays it."""
+    store.prune(T0 + timedelta(hours=4))
+    rows = [Row(*values) for values in raw.execute("SELECT * FROM audit_log ORDER BY seq")]
+    survivors = rows[2:]  # seq 7..11 (11 is the checkpoint)
+    raw.execute("BEGIN")
+    raw.execute("DELETE FROM audit_log")
+    prev_hash = survivors[0].prev_hash  # the hash of seq 6, now gone
+    for new_seq, row in enumerate(survivors, start=5):
+        sealed = seal(new_seq, record_from_row(row).event, prev_hash)
+        prev_hash = sealed.hash
+        raw.execute(_INSERT, row_of(sealed))
+    raw.execute("COMMIT")
+    problem = store.verify().problem
+    assert problem is not None and problem.seq == 5
+    assert "latest checkpoint accounts for seq 1..4 only" in problem.reason
+
+
+def test_an_edited_checkpoint_is_detected(store: AuditStore, raw: sqlite3.Connection) -> None:
+    store.prune(T0 + timedelta(hours=4))
+    raw.execute(
+        "UPDATE audit_log SET details = json_set(details, '$.deleted_count', '1') WHERE seq = 11"
+    )
+    problem = store.verify().problem
+    assert problem is not None and (problem.seq, problem.reason) == (
+        11,
+        "hash mismatch (record edited)",
+    )
+
+
+def test_a_deleted_checkpoint_is_detected(store: AuditStore, raw: sqlite3.Connection) -> None:
+    store.prune(T0 + timedelta(hours=4))
+    raw.execute("DELETE FROM audit_log WHERE type = ?", (CHECKPOINT_TYPE,))
+    problem = store.verify().problem
+    assert problem is not None and problem.seq == 5 and "no checkpoint" in problem.reason
