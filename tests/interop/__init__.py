@@ -1,0 +1,1 @@
+"""Interoperability tests against real S/MIME programs (OpenSSL, NSS, GnuPG)."""
