@@ -20,8 +20,12 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 _ROOT = "missive"
 
@@ -56,8 +60,9 @@ class LogfmtFormatter(logging.Formatter):
         line = format_fields({**head, **fields})
         if record.exc_info and record.levelno >= logging.ERROR:
             # the exception type only: a traceback may carry message data
-            line += " " + format_fields({"exc": record.exc_info[0].__name__ if record.exc_info[0]
-                                                else "unknown"})
+            line += " " + format_fields(
+                {"exc": record.exc_info[0].__name__ if record.exc_info[0] else "unknown"}
+            )
         return line
 
 

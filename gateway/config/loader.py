@@ -21,7 +21,7 @@ from pathlib import Path
 
 from gateway.config import schema
 from gateway.config.checks import check_files
-from gateway.config.model import Config
+from gateway.config.model import AuthSection, Config
 from gateway.config.problems import Problems
 from gateway.config.rules import check_rules
 from gateway.config.values import BadValue, resolve_path, show
@@ -41,6 +41,23 @@ def load_config(path: str | os.PathLike[str], *, agent_keys: bool = True) -> Con
 def check_config(path: str | os.PathLike[str]) -> Config:
     """What ``missive check-config`` runs: ``load_config`` plus the key store in ``keys.dir``."""
     return _load(Path(path), agent_keys=True, key_store=True)
+
+
+def users_file_of(path: str | os.PathLike[str]) -> Path:
+    """``auth.users_file`` of the configuration at ``path``, resolved against
+    ``gateway.home``, with no other check: ``missive users`` must work before the rest
+    of the configuration (TLS material, the users file itself) exists."""
+    source = Path(path).absolute()
+    problems = Problems(source.name)
+    document = _read_toml(source)
+    home = _resolve_home(document, source.parent, problems)
+    table = document.get("auth", {})
+    if not isinstance(table, dict):
+        problems.add("auth", "expected a table")
+        table = {}
+    auth = schema.build(AuthSection, table, "auth", schema.Context(home), problems)
+    problems.raise_if_any()
+    return auth.users_file
 
 
 def _load(path: Path, *, agent_keys: bool, key_store: bool) -> Config:
