@@ -23,6 +23,8 @@ COMMANDS: tuple[str, ...] = (
     "gateway.config.cli",
     "gateway.pki.cli",
     "gateway.audit.cli",
+    "gateway.smtp.users_cli",
+    "gateway.smtp.listeblanche_cli",
 )
 
 

@@ -169,7 +169,7 @@ def _check_trust(config: Config, checker: _Checker) -> None:
             checker.run(key, partial(_check_crl_file, path, issuers))
     if trust.liste_blanche is not None and checker.usable("trust.liste_blanche"):
         blanche = trust.liste_blanche
-        checker.run("trust.liste_blanche", partial(material.check_xml, blanche))
+        checker.run("trust.liste_blanche", partial(material.check_liste_blanche, blanche))
     for index, route in enumerate(config.routes):
         _read_all(f"routes[{index}].anchors", route.anchors, material.read_anchors, checker)
 

@@ -27,15 +27,12 @@ from __future__ import annotations
 
 import stat
 from pathlib import Path
-from xml.etree.ElementTree import ParseError
 
 from asn1crypto import pem
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.types import PrivateKeyTypes
-from defusedxml import DefusedXmlException
-from defusedxml.ElementTree import fromstring as parse_xml_safely
 
 MAX_FILE = 64 * 1024 * 1024
 _CERTIFICATE_BLOCKS = ("CERTIFICATE", "X509 CERTIFICATE")
@@ -197,13 +194,18 @@ def read_crls(path: Path) -> list[x509.CertificateRevocationList]:
     return crls
 
 
-def check_xml(path: Path) -> None:
-    """A well-formed XML file, parsed without entities or DTD tricks (defusedxml)."""
-    data = read_file(path)
+def check_liste_blanche(path: Path) -> None:
+    """A usable MSSanté liste blanche: the ANS format, parsed safely and streamed by
+    ``gateway.smtp.listeblanche`` (the loader the gateway itself uses, so check-config
+    accepts exactly what serve will: including ANS's published file, whose root element
+    is not closed)."""
+    from gateway.smtp.listeblanche import ListeBlancheError, load_liste_blanche
+
+    read_file(path)
     try:
-        parse_xml_safely(data)
-    except (ParseError, DefusedXmlException) as error:
-        raise Unusable(f"{path} is not well-formed XML: {error}") from None
+        load_liste_blanche(path)
+    except ListeBlancheError as error:
+        raise Unusable("; ".join(error.problems)) from None
 
 
 def check_directory_target(path: Path) -> None:

@@ -12,6 +12,7 @@ from gateway.config import material
 from tests.config.support import (
     BASE,
     LOCAL_USER,
+    REPOSITORY,
     Site,
     cert_pem,
     crl_of,
@@ -192,7 +193,9 @@ def test_liste_blanche(site: Site) -> None:
         '<!DOCTYPE x [<!ENTITY a "aaaa">]><domaines>&a;</domaines>'
     )  # entities are refused (defusedxml)
     assert_line(site.problems(text), "trust.liste_blanche: ")
-    blanche.write_text("<domaines><domaine nom='x.test'/></domaines>")
+    blanche.write_text("<domaines><domaine nom='x.test'/></domaines>")  # not the ANS format
+    assert_line(site.problems(text), "trust.liste_blanche: ")
+    blanche.write_bytes((REPOSITORY / "tests/data/listeblanche-sample.xml").read_bytes())
     assert site.load(text).trust.liste_blanche == blanche
 
 
