@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from collections.abc import Sequence
 
@@ -22,6 +23,7 @@ COMMANDS: tuple[str, ...] = (
     "gateway.serve",
     "gateway.config.cli",
     "gateway.pki.cli",
+    "gateway.smime.cli",
     "gateway.audit.cli",
     "gateway.smtp.users_cli",
     "gateway.smtp.listeblanche_cli",
@@ -55,6 +57,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         return error.status
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # the reader went away (``missive queue list | head``): not an error of ours;
+        # point stdout at /dev/null so the interpreter's final flush stays quiet
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
     return status
 
 

@@ -1,4 +1,5 @@
-"""``missive certs``: certificate tooling. For now ``certs init-dev`` (the development PKI).
+"""``missive certs``: certificate tooling: ``certs init-dev`` (the development PKI) here,
+``certs show`` and ``certs check`` in ``gateway.smime.certs_cli``.
 
 ``missive certs init-dev DIR [--ec] [--user ADDRESS]... [--server HOST]...
 [--crl-base-url URL] [--ocsp-url URL] [--demo-annuaire LDIF] [--keys-dir DIR]
@@ -35,13 +36,14 @@ from gateway.pki.dev import (
     init_dev_pki,
     normalise_address,
 )
+from gateway.smime.certs_cli import add_certs_subcommands
 
 CLI_DEFAULT_SERVERS: tuple[str, ...] = ("mx.chu-a.test", "mx.clinique-b.test")
 
 
 def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     """Add the ``certs`` command group and its ``init-dev`` subcommand."""
-    certs = subparsers.add_parser("certs", help="certificate tooling (development PKI)")
+    certs = subparsers.add_parser("certs", help="certificates: development PKI, show, check")
     commands = certs.add_subparsers(dest="certs_command", metavar="COMMAND", required=True)
     init = commands.add_parser(
         "init-dev",
@@ -77,6 +79,7 @@ def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         help=f"domain of local users, repeatable (default: {', '.join(DEFAULT_LOCAL_DOMAINS)})",
     )
     init.set_defaults(handler=run_init_dev)
+    add_certs_subcommands(commands)  # certs show|check (gateway.smime.certs_cli)
 
 
 def _checked_url(option: str, url: str | None) -> str | None:
