@@ -27,6 +27,7 @@ COMMANDS: tuple[str, ...] = (
     "gateway.audit.cli",
     "gateway.smtp.users_cli",
     "gateway.smtp.listeblanche_cli",
+    "annuaire.cli",
 )
 
 

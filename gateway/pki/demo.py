@@ -5,44 +5,47 @@ a few synthetic practitioners whose certificates come from the dev PKI (``gatewa
 This module writes that annuaire (``write_demo_annuaire``) and installs the private keys of
 the *local* users into ``[keys] dir`` (``install_demo_keys``).
 
-Annuaire (RFC 2849 LDIF, content records): one ``inetOrgPerson`` entry per practitioner
-under ``ou=people,dc=annuaire,dc=test`` (``uid=<address>`` as RDN, escaped per RFC 4514
-§2.4) with ``cn``, ``sn``, ``givenName``, ``mail``, ``postalAddress`` (RFC 4517 §3.3.28:
-lines joined by ``$``), ``postalCode``, ``l`` and ``userCertificate;binary`` holding the
-DER of the practitioner's *encryption* certificate (the one a sender encrypts to; the
-signature certificate travels inside signed messages). The entries are inetOrgPerson
-only for now: the health attributes (RPPS id, profession, specialty) come with the
-annuaire's own schema. The parent entries ``dc=annuaire,dc=test`` and ``ou=people`` are
-written first unless ``base_entries=False`` (for a directory that already has them).
-The LDIF writer is hand-written (about 30 lines): ldap3 has no public LDIF *content*
-writer and the subset needed (safe strings or base64, folding at 76 columns) is small.
+Annuaire: each practitioner becomes an ``annuaire.model.Entry`` (identification nationale,
+profession and specialty, organisation, postal address, one PER mailbox, the DER of the
+*encryption* certificate: the one a sender encrypts to; the signature certificate travels
+inside signed messages) and is written by the annuaire's own mapping and streaming LDIF
+writer (``annuaire.mapping``, ``annuaire.ldif``): an ``inetOrgPerson`` with the
+``missiveHealthEntry`` auxiliary class under ``ou=people,dc=annuaire,dc=test``, DN
+``uid=<national id>``. The parent entries ``dc=annuaire,dc=test`` and ``ou=people`` are
+written first unless ``base_entries=False`` (for a directory that already has them). The
+file is exactly what the LDIF backend reads and what ``slapadd`` loads into a slapd that
+has the schema of ``annuaire/schema``.
 
 Key store layout (CONFIG-CONTRACT ``[keys] dir``): ``<address>.sign.pem`` and
 ``<address>.enc.pem``, each the private key (PKCS#8 PEM) followed by its certificate,
 mode 0600 in a 0700 directory. Existing files are never overwritten.
 
 The people are synthetic and obviously fake: domains ``chu-a.test`` (local hospital) and
-``clinique-b.test`` (a remote colleague's clinic), postal codes ``99xxx``.
+``clinique-b.test`` (a remote colleague's clinic), postal codes ``99xxx``, national ids
+``8999...`` (no RPPS number starts with 999), département ``99`` and region
+``Région Exemple`` that do not exist.
 """
 
 from __future__ import annotations
 
-import base64
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from ldap3.utils.dn import escape_rdn
 
+from annuaire.ldif import atomic_ldif_file
+from annuaire.mapping import DEFAULT_ATTRIBUTES, entry_dn, entry_to_attributes
+from annuaire.model import Entry, Mailbox
 from gateway.pki.dev import PURPOSES, Change, DevPki, DevPkiError, normalise_address
-from gateway.pki.files import create_private_file, ensure_private_dir, replace_file
+from gateway.pki.files import create_private_file, ensure_private_dir
 
 BASE_DN = "dc=annuaire,dc=test"
 PEOPLE_DN = f"ou=people,{BASE_DN}"
 DEFAULT_LOCAL_DOMAINS: tuple[str, ...] = ("chu-a.test",)
-LDIF_LINE_LIMIT = 76  # RFC 2849: lines SHOULD NOT be longer than 76 characters
+DEMO_REGION = "Région Exemple"
+DEMO_DEPARTMENT = "99"
 
 
 @dataclass(frozen=True)
@@ -55,43 +58,61 @@ class Practitioner:
     postal_lines: tuple[str, ...]
     postal_code: str
     locality: str
+    national_id: str | None = None
+    profession: tuple[str, str] | None = None  # (code, label)
+    specialty: tuple[str, str] | None = None  # savoir-faire (code, label)
+    organisation: str | None = None
 
     @property
     def common_name(self) -> str:
         return f"{self.given_name} {self.surname}".strip()
 
 
+_MEDECIN = ("10", "Médecin")
+
 DEMO_PRACTITIONERS: tuple[Practitioner, ...] = (
     Practitioner(
         "alice.martin@chu-a.test",
         "Alice",
         "Martin",
-        ("CHU A (fictif)", "Service de cardiologie", "1 rue de l'Exemple"),
+        ("Service de cardiologie", "1 rue de l'Exemple"),
         "99001",
         "Ville-A",
+        national_id="899900000001",
+        profession=_MEDECIN,
+        specialty=("SM04", "Cardiologie et maladies vasculaires"),
+        organisation="CHU A (fictif)",
     ),
     Practitioner(
         "bruno.petit@chu-a.test",
         "Bruno",
         "Petit",
-        ("CHU A (fictif)", "Service de pédiatrie", "1 rue de l'Exemple"),
+        ("Service de pédiatrie", "1 rue de l'Exemple"),
         "99001",
         "Ville-A",
+        national_id="899900000002",
+        profession=_MEDECIN,
+        specialty=("SM40", "Pédiatrie"),
+        organisation="CHU A (fictif)",
     ),
     Practitioner(
         "claire.durand@clinique-b.test",
         "Claire",
         "Durand",
-        ("Clinique B (fictive)", "Médecine générale", "2 avenue du Test"),
+        ("2 avenue du Test",),
         "99002",
         "Ville-B",
+        national_id="899900000003",
+        profession=_MEDECIN,
+        specialty=("SM54", "Médecine générale"),
+        organisation="Clinique B (fictive)",
     ),
 )
 
 
 def practitioner_for(address: str) -> Practitioner:
     """The demo practitioner with this address, or a minimal one named after the
-    address' ``given.surname`` local part (no postal fields)."""
+    address' ``given.surname`` local part (no postal fields, no national id)."""
     address = normalise_address(address)
     for practitioner in DEMO_PRACTITIONERS:
         if practitioner.address == address:
@@ -109,102 +130,63 @@ def local_addresses(addresses: Iterable[str], local_domains: Iterable[str]) -> l
     return [a for a in addresses if a.rpartition("@")[2].lower() in domains]
 
 
-# ------------------------------------------------------------------ LDIF
-def _is_safe_string(value: str) -> bool:
-    """RFC 2849 SAFE-STRING: ASCII without NUL/LF/CR, not starting with space, ``:`` or
-    ``<``; a trailing space is also base64-encoded (the RFC's note on trailing spaces)."""
-    if not value:
-        return True
-    if not value.isascii() or any(c in value for c in "\0\n\r"):
-        return False
-    return value[0] not in " :<" and not value.endswith(" ")
-
-
-def _fold(line: str) -> str:
-    """Fold a line at ``LDIF_LINE_LIMIT``: continuation lines start with one space."""
-    if len(line) <= LDIF_LINE_LIMIT:
-        return line
-    pieces = [line[:LDIF_LINE_LIMIT]]
-    rest = line[LDIF_LINE_LIMIT:]
-    step = LDIF_LINE_LIMIT - 1
-    pieces += [" " + rest[i : i + step] for i in range(0, len(rest), step)]
-    return "\n".join(pieces)
-
-
-def ldif_line(attribute: str, value: str | bytes) -> str:
-    """``attr: value`` or ``attr:: base64`` (bytes and unsafe strings), folded."""
-    if isinstance(value, str) and _is_safe_string(value):
-        return _fold(f"{attribute}: {value}")
-    raw = value.encode("utf-8") if isinstance(value, str) else value
-    return _fold(f"{attribute}:: {base64.b64encode(raw).decode('ascii')}")
-
-
-def ldif_record(dn: str, attributes: Sequence[tuple[str, str | bytes]]) -> str:
-    """One LDIF content record, ending with the blank line that separates records."""
-    lines = [ldif_line("dn", dn)] + [ldif_line(name, value) for name, value in attributes]
-    return "\n".join(lines) + "\n\n"
-
-
-def _postal_address(lines: Sequence[str]) -> str:
-    """RFC 4517 §3.3.28 PostalAddress: ``$`` between lines, ``\\`` and ``$`` escaped."""
-    return "$".join(line.replace("\\", "\\5C").replace("$", "\\24") for line in lines)
-
-
-def practitioner_dn(practitioner: Practitioner) -> str:
-    return f"uid={escape_rdn(practitioner.address)},{PEOPLE_DN}"
-
-
-def _practitioner_record(practitioner: Practitioner, certificate: x509.Certificate) -> str:
-    attributes: list[tuple[str, str | bytes]] = [
-        ("objectClass", "top"),
-        ("objectClass", "person"),
-        ("objectClass", "organizationalPerson"),
-        ("objectClass", "inetOrgPerson"),
-        ("uid", practitioner.address),
-        ("cn", practitioner.common_name),
-        ("sn", practitioner.surname),
-        ("givenName", practitioner.given_name),
-        ("mail", practitioner.address),
-        ("postalAddress", _postal_address(practitioner.postal_lines)),
-        ("postalCode", practitioner.postal_code),
-        ("l", practitioner.locality),
-        ("userCertificate;binary", certificate.public_bytes(serialization.Encoding.DER)),
-    ]
-    present = [(name, value) for name, value in attributes if value]  # optional fields
-    return ldif_record(practitioner_dn(practitioner), present)
-
-
-def _base_records() -> str:
-    return ldif_record(
-        BASE_DN,
-        [
-            ("objectClass", "top"),
-            ("objectClass", "dcObject"),
-            ("objectClass", "organization"),
-            ("dc", "annuaire"),
-            ("o", "Annuaire de démonstration Missive (fictif)"),
-        ],
-    ) + ldif_record(
-        PEOPLE_DN, [("objectClass", "top"), ("objectClass", "organizationalUnit"), ("ou", "people")]
+# ------------------------------------------------------------------ annuaire
+def practitioner_entry(practitioner: Practitioner, certificates: Sequence[bytes] = ()) -> Entry:
+    """The annuaire entry of a demo practitioner (certificates as DER)."""
+    profession = practitioner.profession or (None, None)
+    specialty = practitioner.specialty or (None, None)
+    placed = bool(practitioner.postal_code)
+    return Entry(
+        key=practitioner.national_id or practitioner.address,
+        kind="person",
+        national_id=practitioner.national_id,
+        display_name=practitioner.common_name or practitioner.address,
+        given_name=practitioner.given_name or None,
+        surname=practitioner.surname or None,
+        profession_code=profession[0],
+        profession_label=profession[1],
+        specialty_code=specialty[0],
+        specialty_label=specialty[1],
+        organisation=practitioner.organisation,
+        postal_address=practitioner.postal_lines,
+        postal_code=practitioner.postal_code or None,
+        city=practitioner.locality or None,
+        department=DEMO_DEPARTMENT if placed else None,
+        region=DEMO_REGION if placed else None,
+        mailboxes=(Mailbox(practitioner.address, "PER"),),
+        certificates=tuple(certificates),
     )
 
 
-def demo_annuaire_ldif(
-    pki: DevPki,
-    practitioners: Sequence[Practitioner] = DEMO_PRACTITIONERS,
-    *,
-    base_entries: bool = True,
-) -> str:
-    """The LDIF text of the demo annuaire; ``DevPkiError`` if a practitioner has no
+def practitioner_dn(practitioner: Practitioner) -> str:
+    return entry_dn(practitioner_entry(practitioner), PEOPLE_DN)
+
+
+_BASE_RECORDS: tuple[tuple[str, dict[str, list[str | bytes]]], ...] = (
+    (
+        BASE_DN,
+        {
+            "objectClass": ["top", "dcObject", "organization"],
+            "dc": ["annuaire"],
+            "o": ["Annuaire de démonstration Missive (fictif)"],
+        },
+    ),
+    (PEOPLE_DN, {"objectClass": ["top", "organizationalUnit"], "ou": ["people"]}),
+)
+
+
+def demo_entries(
+    pki: DevPki, practitioners: Sequence[Practitioner] = DEMO_PRACTITIONERS
+) -> list[Entry]:
+    """The entries of the demo annuaire; ``DevPkiError`` if a practitioner has no
     encryption certificate in ``pki``."""
-    records = ["version: 1\n\n"]
-    if base_entries:
-        records.append(_base_records())
+    entries = []
     for practitioner in practitioners:
         cert_path = pki.user_cert(practitioner.address, "enc")
         certificate = x509.load_pem_x509_certificates(cert_path.read_bytes())[0]
-        records.append(_practitioner_record(practitioner, certificate))
-    return "".join(records)
+        der = certificate.public_bytes(serialization.Encoding.DER)
+        entries.append(practitioner_entry(practitioner, (der,)))
+    return entries
 
 
 def write_demo_annuaire(
@@ -219,9 +201,14 @@ def write_demo_annuaire(
     ``overwrite=False`` an existing file is kept. Returns True when the file was written."""
     if ldif_path.exists() and not overwrite:
         return False
-    text = demo_annuaire_ldif(pki, practitioners, base_entries=base_entries)
-    ldif_path.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(ldif_path, text.encode("utf-8"))
+    entries = demo_entries(pki, practitioners)  # before opening: an error leaves no file
+    with atomic_ldif_file(ldif_path) as writer:
+        writer.comment("Missive demo annuaire: synthetic, obviously fake practitioners")
+        if base_entries:
+            for dn, attributes in _BASE_RECORDS:
+                writer.write(dn, attributes)
+        for entry in entries:
+            writer.write(entry_dn(entry, PEOPLE_DN), entry_to_attributes(entry, DEFAULT_ATTRIBUTES))
     return True
 
 

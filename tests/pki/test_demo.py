@@ -1,55 +1,35 @@
-"""Demo annuaire (LDIF) and key store built from the development PKI."""
+"""Demo annuaire (LDIF, written through the annuaire model) and key store built from the
+development PKI."""
 
 from __future__ import annotations
 
-import base64
 import stat
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
+from annuaire.ldif import read_ldif_file
+from annuaire.ldif_backend import LdifDirectory
+from annuaire.mapping import DEFAULT_ATTRIBUTES
+from annuaire.search import SearchQuery, search
 from gateway.pki.demo import (
     DEMO_PRACTITIONERS,
     PEOPLE_DN,
     install_demo_keys,
-    ldif_line,
     local_addresses,
+    practitioner_dn,
     practitioner_for,
     write_demo_annuaire,
 )
 from gateway.pki.dev import DEMO_USERS, DevPki, DevPkiError
 from tests.peers.procs import require_binary
+from tests.peers.slapd import SlapdInstance
 
-Entry = dict[str, list[str | bytes]]
-
-
-def parse_ldif(text: str) -> list[tuple[str, Entry]]:
-    """A tiny RFC 2849 content reader: unfolds lines, decodes ``::`` base64 values
-    (attributes ending in ``;binary`` stay bytes, others are UTF-8), skips ``version``."""
-    records: list[tuple[str, Entry]] = []
-    for block in text.split("\n\n"):
-        unfolded = block.replace("\n ", "")
-        lines = [line for line in unfolded.split("\n") if line and not line.startswith("#")]
-        if not lines or lines[0].startswith("version:"):
-            continue
-        pairs: list[tuple[str, str | bytes]] = []
-        for line in lines:
-            name, _, rest = line.partition(":")
-            if rest.startswith(":"):
-                raw = base64.b64decode(rest[1:].strip(), validate=True)
-                pairs.append((name, raw if name.endswith(";binary") else raw.decode("utf-8")))
-            else:
-                pairs.append((name, rest[1:] if rest.startswith(" ") else rest))
-        (first, dn), *attributes = pairs
-        assert first == "dn" and isinstance(dn, str)
-        entry: Entry = {}
-        for name, value in attributes:
-            entry.setdefault(name, []).append(value)
-        records.append((dn, entry))
-    return records
+SCHEMA = Path(__file__).resolve().parents[2] / "annuaire" / "schema" / "missive-sante.schema"
 
 
 @pytest.fixture(scope="module")
@@ -64,27 +44,40 @@ def test_demo_practitioners_are_the_demo_users() -> None:
 
 
 def test_ldif_entries_hold_the_encryption_certificate(rsa_pki: DevPki, annuaire: Path) -> None:
-    text = annuaire.read_text(encoding="utf-8")
-    assert text.startswith("version: 1\n")
+    text = annuaire.read_text(encoding="ascii")  # the writer base64-encodes non-ASCII
     assert all(len(line) <= 76 for line in text.splitlines())
-    records = dict(parse_ldif(text))
+    records = {record.dn: record for record in read_ldif_file(annuaire)}
     assert list(records)[:2] == ["dc=annuaire,dc=test", PEOPLE_DN]
     for practitioner in DEMO_PRACTITIONERS:
-        entry = records[f"uid={practitioner.address},{PEOPLE_DN}"]
-        assert "inetOrgPerson" in entry["objectClass"]
-        assert entry["mail"] == [practitioner.address]
-        assert entry["cn"] == [f"{practitioner.given_name} {practitioner.surname}"]
-        assert entry["sn"] == [practitioner.surname]
-        assert entry["givenName"] == [practitioner.given_name]
-        assert entry["postalAddress"] == ["$".join(practitioner.postal_lines)]
-        assert entry["postalCode"] == [practitioner.postal_code]
-        assert entry["l"] == [practitioner.locality]
+        record = records[f"uid={practitioner.national_id},{PEOPLE_DN}"]
+        assert practitioner_dn(practitioner) == record.dn
+        assert {b"inetOrgPerson", b"missiveHealthEntry"} <= set(record.values("objectClass"))
+        assert record.values("mail") == [practitioner.address.encode()]
+        assert record.values("cn") == [practitioner.common_name.encode()]
+        assert record.values("missiveNationalId") == [str(practitioner.national_id).encode()]
+        assert record.values("postalCode") == [practitioner.postal_code.encode()]
         enc = x509.load_pem_x509_certificate(
             rsa_pki.user_cert(practitioner.address, "enc").read_bytes()
         )
-        assert entry["userCertificate;binary"] == [enc.public_bytes(serialization.Encoding.DER)]
-    bruno = records[f"uid=bruno.petit@chu-a.test,{PEOPLE_DN}"]
-    assert "Service de pédiatrie" in str(bruno["postalAddress"][0])  # non-ASCII went base64
+        assert record.values("userCertificate;binary") == [
+            enc.public_bytes(serialization.Encoding.DER)
+        ]
+    bruno = records[f"uid=899900000002,{PEOPLE_DN}"]
+    assert "Service de pédiatrie".encode() in bruno.values("postalAddress")[0]
+
+
+async def test_the_ldif_backend_serves_the_demo(annuaire: Path) -> None:
+    directory = LdifDirectory(annuaire, DEFAULT_ATTRIBUTES)
+    (alice,) = await directory.find_by_mail("alice.martin@chu-a.test")
+    assert (alice.specialty_label, alice.organisation, alice.city) == (
+        "Cardiologie et maladies vasculaires",
+        "CHU A (fictif)",
+        "Ville-A",
+    )
+    assert alice.postal_address == ("Service de cardiologie", "1 rue de l'Exemple")
+    assert len(alice.certificates) == 1
+    page = await search(directory, SearchQuery(specialty="pediatrie"))
+    assert [e.display_name for e in page.entries] == ["Bruno Petit"]
 
 
 def test_openldap_parses_the_ldif(annuaire: Path) -> None:
@@ -101,51 +94,39 @@ def test_openldap_parses_the_ldif(annuaire: Path) -> None:
     assert result.stdout.count("adding new entry") == 2 + len(DEMO_PRACTITIONERS)
 
 
+@pytest.mark.peer
+def test_slapd_with_the_health_schema_loads_the_demo(
+    annuaire: Path, slapd_factory: Callable[..., SlapdInstance]
+) -> None:
+    """slapadd (offline bulk load) accepts the file as written, schema checks included."""
+    slapd = slapd_factory(extra_schemas=[SCHEMA], base_entries=False, ldif=[annuaire])
+    out = slapd.ldapsearch("(missiveSearchKey=s:cardio*)", "mail", base=PEOPLE_DN)
+    assert "mail: alice.martin@chu-a.test" in out
+
+
 def test_existing_annuaire_is_kept_unless_overwrite(rsa_pki: DevPki, tmp_path: Path) -> None:
     path = tmp_path / "annuaire.ldif"
     path.write_text("# edited by hand\n")
     assert not write_demo_annuaire(rsa_pki, path, overwrite=False)
     assert path.read_text() == "# edited by hand\n"
     assert write_demo_annuaire(rsa_pki, path, base_entries=False)
-    dns = [dn for dn, _ in parse_ldif(path.read_text())]
+    dns = [record.dn for record in read_ldif_file(path)]
     assert len(dns) == len(DEMO_PRACTITIONERS)
-    assert all(dn.startswith("uid=") for dn in dns)
+    assert all(dn.startswith("uid=8999") for dn in dns)
 
 
 def test_annuaire_of_an_unknown_user_is_an_error(rsa_pki: DevPki, tmp_path: Path) -> None:
     with pytest.raises(DevPkiError, match="does not exist"):
         write_demo_annuaire(rsa_pki, tmp_path / "a.ldif", [practitioner_for("zoe@chu-a.test")])
+    assert not (tmp_path / "a.ldif").exists()
 
 
 def test_practitioner_for_a_non_demo_address() -> None:
     other = practitioner_for("jean-paul.roux@chu-a.test")
     assert (other.given_name, other.surname, other.postal_lines) == ("Jean-Paul", "Roux", ())
+    assert practitioner_dn(other) == f"uid=jean-paul.roux@chu-a.test,{PEOPLE_DN}"
     assert practitioner_for("secretariat@chu-a.test").surname == "Secretariat"
     assert practitioner_for("claire.durand@CLINIQUE-B.test") == DEMO_PRACTITIONERS[2]
-
-
-@pytest.mark.parametrize(
-    ("value", "expected"),
-    [
-        ("plain", "cn: plain"),
-        (" leading space", "cn:: IGxlYWRpbmcgc3BhY2U="),
-        (":colon", "cn:: OmNvbG9u"),
-        ("<angle", "cn:: PGFuZ2xl"),
-        ("trailing ", "cn:: dHJhaWxpbmcg"),
-        ("é", "cn:: w6k="),
-        ("two\nlines", "cn:: dHdvCmxpbmVz"),
-    ],
-)
-def test_ldif_line_encodes_unsafe_values(value: str, expected: str) -> None:
-    assert ldif_line("cn", value) == expected
-
-
-def test_ldif_line_folds_at_76_columns() -> None:
-    folded = ldif_line("description", "x" * 200)
-    lines = folded.split("\n")
-    assert all(len(line) <= 76 for line in lines)
-    assert all(line.startswith(" ") for line in lines[1:])
-    assert folded.replace("\n ", "") == "description: " + "x" * 200
 
 
 # -------------------------------------------------------------- key store

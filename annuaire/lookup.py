@@ -1,0 +1,324 @@
+"""Certificate lookup for the secure agent: who can this message be encrypted to?
+
+Role: ``CertificateLookup.lookup(address)`` finds the encryption certificates of a
+recipient, each checked by the S/MIME engine's validator for ``Purpose.SMIME_ENCRYPT``
+(path to the trust anchors, validity, key usage keyEncipherment/keyAgreement, EKU
+emailProtection, revocation, key strength). It runs in the secure agent, which holds no
+listening socket; it reads only public data.
+
+Order of the sources (the first that yields a valid certificate wins; ARCHITECTURE and
+the Direct Project's practice: address-bound before organisation-bound):
+1. the annuaire entry whose mailbox is the address (sub-address ``+tag`` stripped,
+   RFC 5233), its certificates taken from the configured attributes;
+2. the domain / organisation entry: the entry whose mail is the bare domain;
+3. with ``dns_cert``: DNS CERT records at the address-bound names, then at the domain
+   (``annuaire.dnscert``, RFC 4398).
+
+Each certificate must also be *bound* to what it was found for (RFC 8550 §3, RFC 5280
+§4.2.1.6): an address-level certificate carries the address as an rfc822Name (or, with
+no rfc822Name in the SAN, as emailAddress in the subject); a domain-level one carries the
+domain as a dNSName or an rfc822Name. A valid certificate that is not bound is reported
+as WRONG_USAGE ("not bound to ..."). A value that is not a DER certificate is skipped
+with a warning (never fatal for the lookup).
+
+Result: every candidate with its validation; ``certificates`` are the valid ones,
+newest first (latest notBefore, then latest notAfter). No valid certificate is a
+negative answer (``found`` False): the caller applies the route's fallback.
+
+Failures: ``DirectoryUnavailable`` (directory or DNS down) passes through and is never
+cached, never turned into "no certificate" (the message waits and retries).
+
+Cache: results per address (case-folded, tag stripped) for ``cache_ttl`` when a valid
+certificate was found (capped by the earliest notAfter among them) and for
+``negative_cache_ttl`` otherwise; at most ``max_entries`` addresses (oldest dropped).
+Concurrent lookups of one address share one resolution. A TTL of 0 disables that side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
+
+from cryptography import x509
+from cryptography.x509.oid import NameOID
+
+from annuaire.backend import Directory
+from annuaire.dnscert import DnsCertFinder, address_names, domain_name
+from annuaire.errors import EntryError
+from annuaire.model import Entry, address_domain, address_key, normalise_address, strip_tag
+from gateway.log import get_logger
+from gateway.smime.types import CertStatus, ChainValidator, Purpose, ValidationResult
+
+if TYPE_CHECKING:
+    from gateway.config import Config
+
+log = get_logger("annuaire")
+
+DEFAULT_MAX_ENTRIES = 100_000
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One certificate found for a recipient, where it came from, and its validation."""
+
+    certificate: x509.Certificate
+    source: str  # "annuaire:address", "annuaire:domain", "dns:<owner name>"
+    bound_to: str  # the address or domain it was looked up for
+    validation: ValidationResult
+
+    @property
+    def valid(self) -> bool:
+        return self.validation.valid
+
+
+@dataclass(frozen=True)
+class LookupResult:
+    """What the lookup found for one address (see the module docstring)."""
+
+    address: str  # as looked up: tag stripped
+    entry: Entry | None  # the address entry, else the domain entry, else None
+    candidates: tuple[Candidate, ...]  # valid ones first, newest first; then the others
+    skipped: tuple[str, ...] = ()  # why some values were not certificates
+
+    @property
+    def certificates(self) -> tuple[x509.Certificate, ...]:
+        """The valid encryption certificates, newest first."""
+        return tuple(c.certificate for c in self.candidates if c.valid)
+
+    @property
+    def found(self) -> bool:
+        return any(c.valid for c in self.candidates)
+
+
+def certificate_purpose(certificate: x509.Certificate) -> str:
+    """``sign``, ``encrypt``, ``sign+encrypt`` from keyUsage (``any`` without it)."""
+    try:
+        usage = certificate.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return "any"
+    except ValueError:
+        return "unknown"
+    sign = usage.digital_signature or usage.content_commitment
+    encrypt = usage.key_encipherment or usage.key_agreement
+    return {(True, True): "sign+encrypt", (True, False): "sign", (False, True): "encrypt"}.get(
+        (sign, encrypt), "other"
+    )
+
+
+def _names(certificate: x509.Certificate) -> tuple[set[str], set[str]]:
+    """(mail addresses, DNS names) the certificate is bound to, case-folded."""
+    emails: set[str] = set()
+    dns_names: set[str] = set()
+    try:
+        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        emails = {name.casefold() for name in san.get_values_for_type(x509.RFC822Name)}
+        dns_names = {name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName)}
+    except x509.ExtensionNotFound:
+        pass
+    if not emails:
+        attributes = certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)
+        emails = {str(attribute.value).casefold() for attribute in attributes}
+    return emails, dns_names
+
+
+def is_bound(certificate: x509.Certificate, name: str) -> bool:
+    """True when ``certificate`` names ``name`` (an address, or a domain)."""
+    try:
+        emails, dns_names = _names(certificate)
+    except ValueError:
+        return False
+    if "@" in name:
+        return address_key(name) in emails
+    return name.lower() in dns_names or name.casefold() in emails
+
+
+def _newest_first(candidate: Candidate) -> tuple[bool, float, float]:
+    certificate = candidate.certificate
+    return (
+        not candidate.valid,
+        -certificate.not_valid_before_utc.timestamp(),
+        -certificate.not_valid_after_utc.timestamp(),
+    )
+
+
+class CertificateLookup:
+    """Cached certificate discovery (see the module docstring)."""
+
+    def __init__(
+        self,
+        directory: Directory,
+        validator: ChainValidator,
+        *,
+        cache_ttl: timedelta = timedelta(minutes=5),
+        negative_cache_ttl: timedelta = timedelta(minutes=1),
+        dns: DnsCertFinder | None = None,
+        max_entries: int = DEFAULT_MAX_ENTRIES,
+        clock: Callable[[], float] = time.monotonic,
+        utc_now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.directory = directory
+        self.validator = validator
+        self.dns = dns
+        self._positive_ttl = cache_ttl.total_seconds()
+        self._negative_ttl = negative_cache_ttl.total_seconds()
+        self._max_entries = max_entries
+        self._clock = clock
+        self._utc_now = utc_now
+        self._cache: dict[str, tuple[float, LookupResult]] = {}
+        self._inflight: dict[str, asyncio.Future[LookupResult]] = {}
+
+    @classmethod
+    def from_config(
+        cls, config: Config, directory: Directory, validator: ChainValidator
+    ) -> CertificateLookup:
+        section = config.annuaire
+        dns = None
+        if section.dns_cert:
+            dns = DnsCertFinder(config.gateway.nameservers, timeout=section.timeout.total_seconds())
+        return cls(
+            directory,
+            validator,
+            cache_ttl=section.cache_ttl,
+            negative_cache_ttl=section.negative_cache_ttl,
+            dns=dns,
+        )
+
+    # -- public --------------------------------------------------------------------------
+
+    async def lookup(self, address: str) -> LookupResult:
+        """The certificates of ``address`` (cached); ``DirectoryUnavailable`` when the
+        directory or DNS cannot answer."""
+        key = address_key(strip_tag(address))
+        cached = self._cache.get(key)
+        if cached is not None and cached[0] > self._clock():
+            return cached[1]
+        future = self._inflight.get(key)
+        if future is None:
+            future = asyncio.ensure_future(self._resolve(key))
+            self._inflight[key] = future
+            future.add_done_callback(lambda done: self._finished(key, done))
+        return await asyncio.shield(future)
+
+    async def certificates(self, address: str) -> tuple[x509.Certificate, ...]:
+        """The valid encryption certificates of ``address``, newest first."""
+        return (await self.lookup(address)).certificates
+
+    def invalidate(self, address: str | None = None) -> None:
+        """Forget one address (or everything)."""
+        if address is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(address_key(strip_tag(address)), None)
+
+    # -- resolution ----------------------------------------------------------------------
+
+    def _finished(self, key: str, future: asyncio.Future[LookupResult]) -> None:
+        self._inflight.pop(key, None)
+        if future.cancelled():
+            return
+        if future.exception() is None:  # also marks an exception as retrieved
+            self._remember(key, future.result())
+
+    def _remember(self, key: str, result: LookupResult) -> None:
+        ttl = self._positive_ttl if result.found else self._negative_ttl
+        if result.found:
+            earliest = min(c.not_valid_after_utc for c in result.certificates)
+            ttl = min(ttl, (earliest - self._utc_now()).total_seconds())
+        if ttl <= 0:
+            return
+        if len(self._cache) >= self._max_entries:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[key] = (self._clock() + ttl, result)
+
+    async def _resolve(self, address: str) -> LookupResult:
+        try:
+            address = normalise_address(address)
+        except EntryError as error:
+            return LookupResult(address, None, (), (str(error),))
+        collected = _Collected()
+        entry = await self._from_directory(address, "annuaire:address", collected)
+        if not collected.found:
+            domain = address_domain(address)
+            domain_entry = await self._from_directory(domain, "annuaire:domain", collected)
+            entry = entry or domain_entry
+        if not collected.found and self.dns is not None:
+            await self._from_dns(address, collected)
+        log.debug(
+            "annuaire.lookup",
+            address=address,
+            found=collected.found,
+            candidates=len(collected.candidates),
+        )
+        return LookupResult(
+            address,
+            entry,
+            tuple(sorted(collected.candidates, key=_newest_first)),
+            tuple(collected.skipped),
+        )
+
+    async def _from_directory(self, name: str, source: str, collected: _Collected) -> Entry | None:
+        entries = await self.directory.find_by_mail(name)
+        ders = [der for entry in entries for der in entry.certificates]
+        await self._add(ders, source, name, collected, entries[0].key if entries else name)
+        return entries[0] if entries else None
+
+    async def _from_dns(self, address: str, collected: _Collected) -> None:
+        assert self.dns is not None
+        for owner in address_names(address):
+            ders = await self.dns.certificates(owner)
+            await self._add(ders, f"dns:{owner.to_text()}", address, collected, owner.to_text())
+            if collected.found:
+                return
+        domain = address_domain(address)
+        owner_name = domain_name(domain)
+        if owner_name is not None:
+            ders = await self.dns.certificates(owner_name)
+            await self._add(ders, f"dns:{owner_name.to_text()}", domain, collected, domain)
+
+    async def _add(
+        self, ders: Sequence[bytes], source: str, bound_to: str, collected: _Collected, where: str
+    ) -> None:
+        certificates: list[x509.Certificate] = []
+        for der in dict.fromkeys(ders):  # without duplicates, in order
+            try:
+                certificates.append(x509.load_der_x509_certificate(der))
+            except ValueError as error:
+                reason = f"{source} {where}: not a certificate ({error})"
+                collected.skipped.append(reason)
+                log.warning("annuaire.certificate.malformed", source=source, entry=where)
+        if certificates:
+            results = await asyncio.to_thread(self._validate_all, certificates, bound_to)
+            collected.candidates.extend(
+                Candidate(certificate, source, bound_to, result)
+                for certificate, result in zip(certificates, results, strict=True)
+            )
+
+    def _validate_all(
+        self, certificates: Sequence[x509.Certificate], bound_to: str
+    ) -> list[ValidationResult]:
+        """In a worker thread: validate for encryption, then check the binding."""
+        results: list[ValidationResult] = []
+        for certificate in certificates:
+            result = self.validator.validate(certificate, purpose=Purpose.SMIME_ENCRYPT)
+            if result.valid and not is_bound(certificate, bound_to):
+                result = ValidationResult(
+                    CertStatus.WRONG_USAGE, f"not bound to {bound_to}", result.chain
+                )
+            results.append(result)
+        return results
+
+
+class _Collected:
+    """Candidates and skipped values gathered during one resolution."""
+
+    def __init__(self) -> None:
+        self.candidates: list[Candidate] = []
+        self.skipped: list[str] = []
+
+    @property
+    def found(self) -> bool:
+        return any(candidate.valid for candidate in self.candidates)
