@@ -1,0 +1,174 @@
+"""The one helper that writes queue files: exclusive temp file, write, fsync, rename, fsync(dir).
+
+Every queue file - a newly accepted message, a hand-off to the next stage, a state
+change - is written through ``TempFile`` and nothing else (STYLE 4, the step that
+maddy, Haraka and stdlib ``mailbox.Maildir`` each skip):
+
+1. ``TempFile.create``: ``open(<stage>/tmp/<id>.<random>.tmp, O_CREAT|O_EXCL|O_NOFOLLOW,
+   0600)`` then ``fchmod(0600)`` (the umask cannot loosen it; ``O_EXCL`` means a name
+   planted in advance, a symlink included, makes the write fail instead of following it);
+2. ``write``/``write_at``/``copy_from``: the bytes (``write`` loops on short writes);
+3. ``finish``: ``fsync(file)`` then ``close`` - the file's bytes are on disk;
+4. ``publish`` (a new entry): ``link(temp, <state>/<id>)`` then ``unlink(temp)``.
+   ``link`` fails when the target exists, so an entry is never overwritten, not even by
+   an id collision; ``replace`` (a new version of an entry its owner holds in
+   ``active/``): ``rename(temp, active/<id>)``, atomic;
+5. ``sync_directory(<state>)``: ``fsync`` of the directory that received the name, so
+   the name survives a power failure. The caller does it through the group committer
+   (``gateway.spool.commit``), which shares one directory fsync between concurrent
+   writers but never lets one return before an fsync that began after its rename.
+
+``tmp/`` itself is not fsynced: if a crash resurrects a temp name, it is either a
+second link to a published entry (``st_nlink > 1``) or an unpublished file; recovery
+removes both (nothing in ``tmp/`` was ever acknowledged).
+
+Moves between state directories are plain ``rename(2)`` (``move``): atomic, the file
+keeps its inode, and its target never exists because a queue id lives in exactly one
+state directory at a time (the only writer of a new name is ``publish``, which checks).
+On ext4 and XFS a rename is one journal transaction, so an fsync of the target
+directory makes both directory entries durable.
+
+Blocking functions: the queue calls them from its I/O threads, never from the event
+loop. Trust level: writes only under the spool directory, files 0600.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+from pathlib import Path
+
+from gateway.spool.errors import SpoolFull, SpoolWriteError
+
+FILE_MODE = 0o600
+TEMP_SUFFIX = ".tmp"
+DELETING_SUFFIX = ".deleting"
+_CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+_COPY_CHUNK = 1 << 20
+_NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL}
+_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def as_spool_error(error: OSError, doing: str) -> SpoolWriteError:
+    """The typed error for a failed write: ``SpoolFull`` for ENOSPC/EDQUOT (452)."""
+    kind = SpoolFull if error.errno in _FULL else SpoolWriteError
+    return kind(f"{doing}: {error.strerror or error}")
+
+
+def temp_name(stem: str, suffix: str = TEMP_SUFFIX) -> str:
+    """``<stem>.<12 hex>.tmp``: unique even when the same entry is written twice."""
+    return f"{stem}.{secrets.token_hex(6)}{suffix}"
+
+
+class TempFile:
+    """A new file in a stage's ``tmp/``, open for writing until ``finish``."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def create(cls, directory: Path, stem: str) -> TempFile:
+        """Create ``directory/<stem>.<random>.tmp`` exclusively, mode 0600."""
+        path = directory / temp_name(stem)
+        fd = os.open(path, _CREATE_FLAGS, FILE_MODE)
+        try:
+            os.fchmod(fd, FILE_MODE)
+        except BaseException:
+            os.close(fd)
+            os.unlink(path)
+            raise
+        return cls(path, fd)
+
+    @property
+    def fd(self) -> int:
+        if self._fd is None:
+            raise ValueError("temp file already closed")
+        return self._fd
+
+    def write(self, data: bytes | memoryview) -> None:
+        """Append ``data`` at the current position (loops on short writes)."""
+        view = memoryview(data)
+        while view:
+            written = os.write(self.fd, view)
+            view = view[written:]
+
+    def write_at(self, data: bytes, offset: int) -> None:
+        """Write ``data`` at ``offset`` without moving the position (the preamble)."""
+        view = memoryview(data)
+        while view:
+            written = os.pwrite(self.fd, view, offset)
+            view, offset = view[written:], offset + written
+
+    def copy_from(self, source_fd: int, offset: int, length: int) -> None:
+        """Append ``length`` bytes of ``source_fd`` from ``offset``, in the kernel when it
+        can (``copy_file_range``), through a 1 MiB buffer otherwise."""
+        try:
+            while length:
+                copied = os.copy_file_range(source_fd, self.fd, length, offset)
+                if copied == 0:
+                    raise SpoolWriteError("source shorter than its recorded content length")
+                offset, length = offset + copied, length - copied
+        except OSError as error:
+            if error.errno not in _NO_COPY_FILE_RANGE:
+                raise
+            self._copy_by_reading(source_fd, offset, length)
+
+    def _copy_by_reading(self, source_fd: int, offset: int, length: int) -> None:
+        while length:
+            chunk = os.pread(source_fd, min(length, _COPY_CHUNK), offset)
+            if not chunk:
+                raise SpoolWriteError("source shorter than its recorded content length")
+            self.write(chunk)
+            offset, length = offset + len(chunk), length - len(chunk)
+
+    def finish(self) -> None:
+        """``fsync`` then close: after this the bytes are on disk."""
+        fd = self.fd
+        try:
+            os.fsync(fd)
+        finally:
+            self._fd = None
+            os.close(fd)
+
+    def publish(self, target: Path) -> None:
+        """Give the finished file its entry name (``FileExistsError`` if taken)."""
+        os.link(self.path, target, follow_symlinks=False)
+        os.unlink(self.path)
+
+    def replace(self, target: Path) -> None:
+        """Atomically replace ``target`` (an entry its caller owns) with this file."""
+        os.replace(self.path, target)
+
+    def discard(self) -> None:
+        """Close if open and remove the temp name (idempotent, never raises)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def sync_directory(path: Path) -> None:
+    """``fsync`` the directory ``path``: the names created or removed in it are durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def move(source: Path, target: Path) -> None:
+    """Move an entry between state directories (one atomic ``rename``)."""
+    os.rename(source, target)
+
+
+def remove(path: Path) -> None:
+    """Remove an entry name (the caller fsyncs the directory)."""
+    os.unlink(path)

@@ -1,0 +1,138 @@
+"""Where every queue lives on disk: one directory per stage, one per state.
+
+The spool is the interface between the stages of the gateway (ARCHITECTURE, "Each stage
+reads one queue directory and writes the next"), so its layout is the contract::
+
+    <spool_dir>/                      0700, [gateway] spool_dir
+      received/        SMTP front (submission, relay clients), the gateway's own DSN/MDN
+                       -> secure agent (route, sign, encrypt)
+      relay/<route>/   secure agent -> relay of [[routes]] <route> (retries, DSN)
+      inbound/         SMTP front (mail for local_domains from outside), IMAP fetcher
+                       -> inbound agent (decrypt, verify)
+      local/           inbound agent -> local delivery (LMTP, SMTP, maildir)
+
+and inside every stage the same state directories (Postfix's names, STYLE 5)::
+
+      tmp/             files being written; never an entry (a crash leaves debris here,
+                       removed by the stage's recovery once stale)
+      incoming/        complete entries waiting for the stage's consumer
+      active/          entries a consumer has claimed and is working on
+      deferred/        entries waiting for a retry; the file's mtime is the next attempt
+      hold/            stopped until an operator releases them (``missive queue release``)
+      corrupt/         files that failed validation; never deleted by the gateway
+      consumer.lock    flock(2) held by the stage's consumer while it runs
+
+There is no ``done/``: once every recipient of an entry has its final outcome and the
+outcome is in the audit trail, the entry is removed (data minimisation: a delivered
+health message is not kept in clear on the relay; the trail keeps its SHA-256). A
+"delivered" or "bounced" message is therefore an audit event, not a directory.
+
+Invariants: every directory is created 0700 (and an existing one tightened to 0700);
+stage names are checked here so that no configuration value can make a path leave the
+spool (a route name is ``[A-Za-z0-9][A-Za-z0-9_.-]{0,63}``, never ``.`` or ``..``).
+All of ``tmp/`` and the state directories of a stage are on one file system, so a move
+between them is one ``rename(2)``.
+
+Trust level: path arithmetic and ``mkdir``; no entry content.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, get_args
+
+from gateway.pki.files import ensure_private_dir
+
+State = Literal["incoming", "active", "deferred", "hold", "corrupt"]
+STATES: tuple[State, ...] = get_args(State)
+
+RECEIVED = "received"
+INBOUND = "inbound"
+LOCAL = "local"
+RELAY_PREFIX = "relay/"
+FIXED_STAGES = (RECEIVED, INBOUND, LOCAL)
+
+TMP_DIR = "tmp"
+LOCK_FILE = "consumer.lock"
+_ROUTE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+
+
+def relay_stage(route: str) -> str:
+    """The stage name of the relay queue of ``route`` (``relay/<route>``)."""
+    return check_stage_name(RELAY_PREFIX + route)
+
+
+def check_stage_name(name: str) -> str:
+    """``name`` if it is a stage name; ``ValueError`` otherwise."""
+    if name in FIXED_STAGES:
+        return name
+    route = name.removeprefix(RELAY_PREFIX)
+    if route != name and _ROUTE_RE.fullmatch(route):
+        return name
+    raise ValueError(
+        f"not a spool stage: {name!r} (expected received, inbound, local or relay/<route>)"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class StageDirs:
+    """The directories of one stage (see the module docstring)."""
+
+    name: str
+    root: Path
+
+    def state(self, state: State) -> Path:
+        return self.root / state
+
+    @property
+    def tmp(self) -> Path:
+        return self.root / TMP_DIR
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
+
+    def entry(self, state: State, name: str) -> Path:
+        return self.root / state / name
+
+    def create(self) -> None:
+        """Create the stage and all its state directories, 0700 (idempotent).
+
+        The spool directory itself (and ``relay/``) are created first, 0700 as well:
+        ``mkdir -p`` would give the parents the umask's mode.
+        """
+        parent = self.root.parent
+        if self.name.startswith(RELAY_PREFIX):
+            ensure_private_dir(parent.parent)
+        ensure_private_dir(parent)
+        ensure_private_dir(self.root)
+        ensure_private_dir(self.tmp)
+        for state in STATES:
+            ensure_private_dir(self.state(state))
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """The spool directory and the stages under it."""
+
+    root: Path
+
+    def stage(self, name: str) -> StageDirs:
+        return StageDirs(check_stage_name(name), self.root / check_stage_name(name))
+
+    def create_root(self) -> None:
+        ensure_private_dir(self.root)
+
+    def stages_on_disk(self) -> tuple[str, ...]:
+        """The stages that exist under the spool directory, in layout order."""
+        found = [name for name in FIXED_STAGES if (self.root / name).is_dir()]
+        relay = self.root / RELAY_PREFIX.rstrip("/")
+        if relay.is_dir():
+            found.extend(
+                RELAY_PREFIX + child.name
+                for child in sorted(relay.iterdir())
+                if child.is_dir() and _ROUTE_RE.fullmatch(child.name)
+            )
+        return tuple(found)

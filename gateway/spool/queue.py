@@ -1,0 +1,537 @@
+"""The queue API: one ``Queue`` per stage of a ``Spool``; every operation keyed by queue id.
+
+A stage (``received``, ``relay/<route>``, ``inbound``, ``local``; see
+``gateway.spool.layout``) is worked by one *consumer* (the secure agent, the relay of a
+route, ...) and written by the stages before it::
+
+    writer side                        consumer side
+    add / open_writer -> incoming/     recover()            active/ -> incoming/, at start
+    hand_off (from the previous        claim()              incoming/ or due deferred/
+      stage's claimed entry)                                 -> active/ (one rename: only
+                                                             one claimer wins)
+                                       defer(until)         active/ -> deferred/
+                                       hold(entry)          active/ -> hold/
+                                       complete / bounce    active/ -> removed
+                                       hand_off(to, key)    a child entry in the next stage
+                                       quarantine           active/ -> corrupt/
+    operator (``missive queue``): hold/release/retry/delete by id, never in ``active/``
+
+Invariants:
+
+- **Nothing acknowledged is lost.** An entry exists as exactly one complete file in one
+  state directory; every move is one ``rename``; files are never modified in place (a
+  new version replaces the old one atomically, ``gateway.spool.record``). What is
+  fsynced when is in ``gateway.spool.commit``.
+- **At most a duplicate.** A hand-off writes the child entry (id derived from the
+  parent's id and the hand-off key, ``ids.child_queue_id``) durably *before* the parent
+  is completed; after a crash between the two, the parent is processed again and the
+  hand-off finds its child already there and writes nothing. Only a crash after the
+  next hop's ``250`` and before ``complete`` delivers twice (ARCHITECTURE).
+- **Unreadable entries are kept.** A file that fails validation (or whose name is not
+  the queue id inside it) is moved to ``corrupt/`` with a ``spool.corrupt`` event; the
+  gateway never deletes it (an operator may, with ``missive queue delete``).
+- **Safe while running.** Operator actions are renames that happen entirely or not at
+  all; an entry in ``active/`` belongs to its consumer and is refused with a clear
+  ``EntryStateError``; a rename that loses a race to a claimer (``ENOENT``) is
+  reported the same way, never retried blindly.
+- **One consumer per stage at a time.** ``recover()`` takes ``consumer.lock``
+  (``flock``, released by ``close``) because moving ``active/`` back would steal the
+  entries of a running consumer; a second consumer gets ``SpoolBusy``.
+- **Audit.** Removals (complete, bounce, delete) are recorded before they happen, and
+  an operator's move is undone if its event cannot be recorded; the audit error is
+  raised in every case except the clean-up of a write that is already failing.
+
+Trust level: any gateway process that owns a stage; sees content only through the
+reader it hands to the consumer.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from gateway.log import get_logger
+from gateway.spool.atomic import DELETING_SUFFIX, as_spool_error, move, remove, temp_name
+from gateway.spool.commit import Change
+from gateway.spool.entry import CHUNK_SIZE, EntryReader
+from gateway.spool.errors import CorruptEntry, EntryNotFound, EntryStateError
+from gateway.spool.events import entry_event, outcome_of
+from gateway.spool.ids import QueueId, child_queue_id, is_queue_id, new_queue_id
+from gateway.spool.layout import StageDirs, State
+from gateway.spool.model import (
+    Envelope,
+    Origin,
+    QueueRecord,
+    RecipientState,
+    RecipientStatus,
+)
+from gateway.spool.runtime import SpoolRuntime
+from gateway.spool.stagefiles import (
+    ConsumerLock,
+    EntryInfo,
+    list_candidates,
+    locate,
+    move_back,
+    move_deferred,
+    move_to_free_name,
+    read_quietly,
+    remove_stale_temps,
+    requeue_active,
+    scan,
+    take,
+    write_version,
+)
+from gateway.spool.writer import EntryWriter
+
+ContentSource = bytes | AsyncIterable[bytes]
+
+STALE_TEMP_AGE = timedelta(hours=1)
+_MAX_NAME = 255
+
+_log = get_logger("spool")
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    """An entry a consumer holds in ``active/``: its record, and its content on demand."""
+
+    stage: str
+    queue_id: QueueId
+    path: Path
+    record: QueueRecord
+    claimed_from: State
+
+    def open(self) -> EntryReader:
+        """A blocking reader of the content (for worker code outside the event loop)."""
+        return EntryReader(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    """What ``recover`` did: entries moved back, debris removed from ``tmp/``."""
+
+    requeued: tuple[str, ...]
+    removed_temps: tuple[str, ...]
+
+
+def check_entry_name(name: str) -> str:
+    """``name`` if it can name a file in a state directory; ``UsageError`` if not."""
+    if not name or len(name) > _MAX_NAME or "/" in name or "\x00" in name or name.startswith("."):
+        raise EntryNotFound(f"not a queue id or entry name: {name!r}")
+    return name
+
+
+async def _chunks(content: ContentSource) -> AsyncIterator[bytes]:
+    if isinstance(content, bytes | bytearray | memoryview):
+        yield bytes(content)
+        return
+    async for chunk in content:
+        yield chunk
+
+
+class Queue:
+    """The entries of one stage. Built by ``Spool.queue``."""
+
+    def __init__(self, runtime: SpoolRuntime, dirs: StageDirs) -> None:
+        self._runtime = runtime
+        self.dirs = dirs
+        self._candidates: deque[tuple[State, str]] = deque()
+        self._lock = ConsumerLock(dirs)
+
+    @property
+    def name(self) -> str:
+        return self.dirs.name
+
+    # -- writing new entries -----------------------------------------------------------
+
+    async def open_writer(self, envelope: Envelope, origin: Origin) -> EntryWriter:
+        """Start a new entry (the SMTP DATA path); see ``EntryWriter``."""
+        now = self._runtime.clock()
+        return self._writer(
+            new_queue_id(now.timestamp()),
+            envelope,
+            origin,
+            received=now,
+            limit=self._runtime.max_message_size,
+        )
+
+    async def add(self, envelope: Envelope, origin: Origin, content: ContentSource) -> QueueId:
+        """Write a whole entry from ``content`` (bytes or an async byte source)."""
+        writer = await self.open_writer(envelope, origin)
+        async with writer:
+            async for chunk in _chunks(content):
+                await writer.write(chunk)
+            return await writer.commit()
+
+    def _writer(
+        self,
+        queue_id: QueueId,
+        envelope: Envelope,
+        origin: Origin,
+        *,
+        received: datetime,
+        limit: int | None,
+        parent: QueueId | None = None,
+        key: str | None = None,
+    ) -> EntryWriter:
+        return EntryWriter(
+            self._runtime,
+            self.dirs,
+            queue_id=queue_id,
+            envelope=envelope,
+            origin=origin,
+            received=received,
+            parent=parent,
+            key=key,
+            limit=limit,
+        )
+
+    async def hand_off(
+        self,
+        entry: Claimed,
+        to: Queue,
+        key: str,
+        envelope: Envelope,
+        content: ContentSource,
+        origin: Origin | None = None,
+    ) -> QueueId:
+        """Write the child ``key`` of ``entry`` into stage ``to``; idempotent.
+
+        The child id is derived from ``entry``'s id and ``key``: if the child already
+        exists in ``to`` (a hand-off repeated after a crash), nothing is written and its
+        id is returned. The child keeps the parent's ``received`` time and, unless
+        ``origin`` is given, its origin. Complete ``entry`` only after every hand-off
+        returned. No size limit: a stage's output is bounded by its input.
+        """
+        child = child_queue_id(entry.queue_id, key)
+        if await to.locate(child) is not None:
+            _log.info("spool.handoff_exists", queue_id=child, parent=entry.queue_id, key=key)
+            return child
+        writer = to._writer(
+            child,
+            envelope,
+            origin or entry.record.origin,
+            received=entry.record.received,
+            limit=None,
+            parent=entry.queue_id,
+            key=key,
+        )
+        async with writer:
+            async for chunk in _chunks(content):
+                await writer.write(chunk)
+            return await writer.commit()
+
+    # -- consumer side -----------------------------------------------------------------
+
+    async def claim(self) -> Claimed | None:
+        """Take the oldest entry of ``incoming/``, else the most overdue of ``deferred/``.
+
+        Returns None when there is nothing to do. Files that do not validate are moved
+        to ``corrupt/`` on the way.
+        """
+        for refill in (False, True):
+            if refill:
+                await self._refill()
+            while self._candidates:
+                state, name = self._candidates.popleft()
+                claimed = await self._try_claim(state, name)
+                if claimed is not None:
+                    return claimed
+        return None
+
+    async def _refill(self) -> None:
+        now = self._runtime.clock().timestamp()
+        self._candidates.extend(await self._runtime.run(lambda: list_candidates(self.dirs, now)))
+
+    async def _try_claim(self, state: State, name: str) -> Claimed | None:
+        active = self.dirs.entry("active", name)
+        checkpoint = self._runtime.checkpoint
+        taken = await self._runtime.run(lambda: take(self.dirs, state, name, checkpoint))
+        if isinstance(taken, CorruptEntry):
+            await self._to_corrupt(active, name, taken.reason)
+            return None
+        if taken is None:
+            return None
+        return Claimed(self.name, taken.queue_id, active, taken, state)
+
+    async def content(self, entry: Claimed, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+        """The content of a claimed entry, chunk by chunk, read in the I/O threads.
+
+        The last chunk comes only after the SHA-256 matched (``CorruptEntry`` if not:
+        call ``quarantine``).
+        """
+        reader = await self._runtime.run(entry.open)
+        try:
+            while chunk := await self._runtime.run_to_end(lambda: reader.read(chunk_size)):
+                yield chunk
+        finally:
+            reader.close()
+
+    async def defer(
+        self,
+        entry: Claimed,
+        until: datetime,
+        recipients: Sequence[RecipientState] | None = None,
+        *,
+        note: str | None = None,
+    ) -> None:
+        """Write the new state, move to ``deferred/`` (its mtime = ``until``); the entry
+        is no longer the caller's."""
+        runtime = self._runtime
+        record = entry.record.with_state(runtime.clock(), recipients, next_attempt=until, note=note)
+        await self._rewrite(entry, record)
+        runtime.checkpoint("defer.rewritten")
+        target = self.dirs.entry("deferred", entry.queue_id)
+        due = until.timestamp()
+        await runtime.committer.sync(target.parent, lambda: move_deferred(entry.path, target, due))
+        runtime.checkpoint("defer.moved")
+        await self._record(
+            "deferred", entry.queue_id, record, details={"next_attempt": _show_time(until)}
+        )
+
+    async def complete(
+        self, entry: Claimed, recipients: Sequence[RecipientState] | None = None
+    ) -> None:
+        """Every recipient has its final status: record ``spool.completed``, remove.
+
+        ``ValueError`` if a recipient is still pending or deferred (that would lose
+        it): ``defer`` or ``bounce`` instead.
+        """
+        record = entry.record
+        if recipients is not None:
+            record = record.with_state(self._runtime.clock(), recipients)
+        if record.unfinished:
+            raise ValueError(
+                f"complete {entry.queue_id}: recipients {list(record.unfinished)} have no "
+                "final status (defer or bounce instead)"
+            )
+        outcome, counts = outcome_of(record)
+        await self._remove_owned(entry, "completed", record, outcome, counts)
+
+    async def bounce(
+        self, entry: Claimed, reason: str, recipients: Sequence[RecipientState] | None = None
+    ) -> None:
+        """Give up on the entry (queue its DSN first): recipients without a final status
+        become ``failed`` with ``reason``; record ``spool.bounced``; remove."""
+        states = entry.record.state.recipients if recipients is None else tuple(recipients)
+        failed = tuple(
+            state
+            if state.status.final
+            else RecipientState(RecipientStatus.FAILED, state.attempts, reason, None)
+            for state in states
+        )
+        record = entry.record.with_state(self._runtime.clock(), failed, note=reason)
+        outcome, counts = outcome_of(record)
+        await self._remove_owned(entry, "bounced", record, outcome, {**counts, "reason": reason})
+
+    async def _remove_owned(
+        self,
+        entry: Claimed,
+        kind: str,
+        record: QueueRecord,
+        outcome: str,
+        details: dict[str, str],
+    ) -> None:
+        runtime = self._runtime
+        await self._record(kind, entry.queue_id, record, outcome=outcome, details=details)
+        runtime.checkpoint(f"{kind}.recorded")
+        await runtime.committer.sync(entry.path.parent, lambda: remove(entry.path))
+        runtime.checkpoint(f"{kind}.removed")
+
+    async def quarantine(self, entry: Claimed, reason: str) -> None:
+        """Move a claimed entry whose content failed its check to ``corrupt/``."""
+        await self._to_corrupt(entry.path, entry.path.name, reason)
+
+    async def hold(self, target: Claimed | str, reason: str) -> None:
+        """Stop an entry until ``release``: a claimed one (its owner, with ``reason`` as the
+        record's note), or one in ``incoming/`` or ``deferred/`` by id (an operator)."""
+        if isinstance(target, str):
+            await self._move_by_id(target, ("incoming", "deferred"), "hold", "held", reason)
+            return
+        runtime = self._runtime
+        record = target.record.with_state(runtime.clock(), note=reason)
+        await self._rewrite(target, record)
+        destination = self.dirs.entry("hold", target.queue_id)
+        await runtime.committer.sync(destination.parent, lambda: move(target.path, destination))
+        await self._record("held", target.queue_id, record, details={"reason": reason})
+
+    async def release(self, queue_id: str) -> None:
+        """``hold/`` -> ``incoming/`` (an operator)."""
+        await self._move_by_id(queue_id, ("hold",), "incoming", "released", None)
+
+    async def retry(self, queue_id: str) -> None:
+        """``deferred/`` -> ``incoming/``: try now (an operator)."""
+        await self._move_by_id(queue_id, ("deferred",), "incoming", "retried", None)
+
+    async def delete(self, name: str, reason: str) -> None:
+        """Remove an entry that is not being processed (an operator); recorded first."""
+        runtime = self._runtime
+        state = await self._state_for_action(
+            name, "delete", ("incoming", "deferred", "hold", "corrupt")
+        )
+        source = self.dirs.entry(state, name)
+        parked = self.dirs.tmp / temp_name(name, DELETING_SUFFIX)
+        await self._move_or_explain(name, source.parent, lambda: move(source, parked))
+        record = await runtime.run(lambda: read_quietly(parked))
+        try:
+            await self._record("deleted", name, record, details={"reason": reason, "from": state})
+        except BaseException:
+            await runtime.committer.sync(source.parent, lambda: move(parked, source))
+            raise
+        await runtime.run(lambda: remove(parked))
+
+    # -- recovery ----------------------------------------------------------------------
+
+    async def recover(self, stale_after: timedelta = STALE_TEMP_AGE) -> RecoveryReport:
+        """At a consumer's start: take the stage lock, move ``active/`` back to
+        ``incoming/``, remove ``tmp/`` debris older than ``stale_after``.
+
+        ``SpoolBusy`` if another consumer holds the lock. Debris is never an entry: no
+        ``250`` was sent for it; ``spool.discarded`` records each abandoned write.
+        """
+        runtime = self._runtime
+        await runtime.run(self._lock.acquire)
+        requeued = await runtime.run(lambda: requeue_active(self.dirs))
+        if requeued:
+            await runtime.committer.sync(self.dirs.state("incoming"))
+        for name, record in requeued:
+            await self._record("recovered", name, record, details={"from": "active"})
+        older_than = runtime.clock().timestamp() - stale_after.total_seconds()
+        removed = await runtime.run(lambda: remove_stale_temps(self.dirs, older_than))
+        for name, abandoned in removed:
+            if abandoned:
+                await self._record(
+                    "discarded",
+                    name.split(".", 1)[0],
+                    None,
+                    details={"reason": "incomplete write abandoned (crash or timeout)"},
+                )
+        _log.info(
+            "spool.recovered", stage=self.name, requeued=len(requeued), removed_temps=len(removed)
+        )
+        return RecoveryReport(
+            tuple(name for name, _ in requeued), tuple(name for name, _ in removed)
+        )
+
+    def close(self) -> None:
+        """Release the consumer lock, if this queue holds it."""
+        self._lock.release()
+
+    # -- looking -----------------------------------------------------------------------
+
+    async def locate(self, name: str) -> State | None:
+        """The state directory holding entry ``name``, or None."""
+        return await self._runtime.run(lambda: locate(self.dirs, name))
+
+    async def scan(self, state: State) -> list[EntryInfo]:
+        """Every file of one state directory with its record or its error, by name."""
+        return await self._runtime.run(lambda: scan(self.dirs, state))
+
+    # -- internals ---------------------------------------------------------------------
+
+    async def _rewrite(self, entry: Claimed, record: QueueRecord) -> None:
+        """Replace the owned file ``entry.path`` with the same content and ``record``."""
+        try:
+            await self._runtime.run(lambda: write_version(self.dirs, entry.path, record))
+        except OSError as error:
+            raise as_spool_error(error, "rewriting a queue file") from error
+
+    async def _to_corrupt(self, path: Path, name: str, reason: str) -> None:
+        runtime = self._runtime
+        corrupt = self.dirs.state("corrupt")
+        kept: list[Path] = []
+        await runtime.committer.sync(
+            corrupt, lambda: kept.append(move_to_free_name(path, corrupt, name))
+        )
+        (target,) = kept
+        _log.warning("spool.corrupt", stage=self.name, name=name, reason=reason, kept=target.name)
+        queue_id = name if is_queue_id(name) else None
+        await self._record(
+            "corrupt", queue_id, None, details={"reason": reason, "file": target.name}
+        )
+
+    async def _state_for_action(
+        self, name: str, action: str, allowed: tuple[State, ...], to: State | None = None
+    ) -> State:
+        check_entry_name(name)
+        state = await self.locate(name)
+        if state is None:
+            raise EntryNotFound(f"no entry {name} in stage {self.name}")
+        if state == "active":
+            raise _busy(self.name, name)
+        if state == to:
+            raise EntryStateError(f"{name} is already in {self.name}/{to}/")
+        if state not in allowed:
+            raise EntryStateError(
+                f"cannot {action} {name}: it is in {self.name}/{state}/ "
+                f"(only from {', '.join(f'{s}/' for s in allowed)})"
+            )
+        return state
+
+    async def _move_or_explain(self, name: str, directory: Path, change: Change) -> None:
+        """Make ``change`` (a rename of ``name``) and fsync ``directory``; or explain why
+        not: a claimer took the entry meanwhile (``EntryStateError``)."""
+        try:
+            await self._runtime.committer.sync(directory, change)
+        except FileNotFoundError:
+            now = await self.locate(name)
+            if now == "active":
+                raise _busy(self.name, name) from None
+            raise EntryStateError(
+                f"{name} moved while acting on it (now in {now or 'no'} state); try again"
+            ) from None
+
+    async def _move_by_id(
+        self,
+        name: str,
+        allowed: tuple[State, ...],
+        to: State,
+        kind: str,
+        reason: str | None,
+    ) -> None:
+        runtime = self._runtime
+        action = {"held": "hold", "released": "release", "retried": "retry"}[kind]
+        state = await self._state_for_action(name, action, allowed, to)
+        source = self.dirs.entry(state, name)
+        target = self.dirs.entry(to, name)
+        record = await runtime.run(lambda: read_quietly(source))
+        await self._move_or_explain(name, target.parent, lambda: move(source, target))
+        details = {"from": state, **({"reason": reason} if reason else {})}
+        try:
+            await self._record(kind, name, record, details=details)
+        except BaseException:
+            await runtime.committer.sync(source.parent, lambda: move_back(target, source))
+            raise
+
+    async def _record(
+        self,
+        kind: str,
+        queue_id: str | None,
+        record: QueueRecord | None,
+        *,
+        outcome: str | None = None,
+        details: dict[str, str] | None = None,
+    ) -> None:
+        event = entry_event(
+            kind,
+            stage=self.name,
+            actor=self._runtime.actor,
+            queue_id=queue_id,
+            record=record,
+            outcome=outcome or kind,
+            details=details,
+        )
+        await self._runtime.audit.record(event)
+
+
+def _busy(stage: str, name: str) -> EntryStateError:
+    return EntryStateError(
+        f"{name} is being processed (in {stage}/active/); try again once it has left active/"
+    )
+
+
+def _show_time(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -1,0 +1,325 @@
+"""Streaming one new entry into a stage: bounded memory, size limit, durable before return.
+
+The SMTP front opens a writer when DATA starts, feeds it the dot-unstuffed chunks as
+they arrive and commits it when it has decided to accept (or aborts it, say when the
+From: header is not one the login may use). Memory is bounded by ``FLUSH_SIZE`` plus
+one chunk, whatever the message size: chunks are written to ``<stage>/tmp/`` in the
+I/O threads, hashed (SHA-256) on the way, and never kept.
+
+``commit()`` (the order is the durability and audit contract):
+
+1. write the last chunks, the record and its digest, then the preamble (``pwrite``);
+2. concurrently: ``fsync`` the file, and commit ``spool.added`` to the audit trail;
+   if either fails the temp file is removed and the error raised (nothing published:
+   the front answers 4xx; a ``spool.discarded`` follows an ``added`` that was
+   committed);
+3. ``link`` the file into ``incoming/`` (never over an existing name) and ``fsync``
+   ``incoming/``, both in one group-committed batch (``gateway.spool.commit``);
+4. return the queue id: only now may the front answer ``250``.
+
+A crash after 2 and before the end of 3 leaves an ``added`` event for an entry that
+may not exist after restart; its sender had no ``250`` and will retry (the trail shows
+the attempt). A crash after 3 and before the ``250`` leaves a queued message whose
+sender will retry: a duplicate, never a loss.
+
+The temp file is created at the first flush (or at ``commit`` for a message smaller
+than ``FLUSH_SIZE``), so a small message costs three thread hops: write, fsync (while
+the audit commits), link and directory fsync (shared with concurrent adds).
+
+``commit`` runs shielded from cancellation: if the SMTP client goes away during the
+commit, the commit still completes (a possible duplicate rather than a half-written
+entry); cancellation reaches the caller afterwards.
+
+``write`` raises ``MessageTooLarge`` as soon as the limit is passed; the temp file is
+then already removed and ``spool.refused`` recorded, and the writer is closed.
+
+Trust level: runs in the SMTP front; sees the content, logs only its size and digest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+from gateway.log import get_logger
+from gateway.spool.atomic import TempFile, as_spool_error
+from gateway.spool.errors import MessageTooLarge, SpoolError
+from gateway.spool.events import added_details, entry_event
+from gateway.spool.ids import QueueId
+from gateway.spool.layout import StageDirs
+from gateway.spool.model import Envelope, Origin, QueueRecord, RecordError, initial_state
+from gateway.spool.record import PREAMBLE_SIZE, Preamble, encode_record, encode_trailer
+from gateway.spool.runtime import SpoolRuntime
+
+FLUSH_SIZE = 256 * 1024
+
+_log = get_logger("spool")
+
+
+class EntryWriter:
+    """One entry being written; ``write`` chunks, then ``commit`` or ``abort``."""
+
+    def __init__(
+        self,
+        runtime: SpoolRuntime,
+        dirs: StageDirs,
+        *,
+        queue_id: QueueId,
+        envelope: Envelope,
+        origin: Origin,
+        received: datetime,
+        parent: QueueId | None = None,
+        key: str | None = None,
+        limit: int | None,
+    ) -> None:
+        self._runtime = runtime
+        self._dirs = dirs
+        self._temp: TempFile | None = None
+        self.queue_id = queue_id
+        self._envelope = envelope
+        self._origin = origin
+        self._received = received
+        self._parent = parent
+        self._key = key
+        self._limit = limit
+        self._pending: list[bytes] = []
+        self._pending_size = 0
+        self._size = 0
+        self._digest = hashlib.sha256()
+        self._open = True
+
+    @property
+    def size(self) -> int:
+        """Content bytes received so far."""
+        return self._size
+
+    # -- streaming ---------------------------------------------------------------------
+
+    async def write(self, chunk: bytes) -> None:
+        """Add ``chunk`` to the content (``MessageTooLarge`` past the limit)."""
+        self._check_open()
+        if not chunk:
+            return
+        self._size += len(chunk)
+        if self._limit is not None and self._size > self._limit:
+            await self._close_without_entry("refused", f"message larger than {self._limit} bytes")
+            raise MessageTooLarge(self._limit)
+        self._pending.append(bytes(chunk))
+        self._pending_size += len(chunk)
+        if self._pending_size >= FLUSH_SIZE:
+            data = self._take_pending()
+            try:
+                await self._runtime.run_to_end(lambda: self._write_content(data))
+            except OSError as error:
+                failure = as_spool_error(error, "writing a queue file")
+                await self._close_without_entry("refused", str(failure))
+                raise failure from error
+
+    def _take_pending(self) -> bytes:
+        data = b"".join(self._pending)
+        self._pending.clear()
+        self._pending_size = 0
+        return data
+
+    def _file(self) -> TempFile:
+        """In an I/O thread: the temp file, created on first use."""
+        if self._temp is None:
+            self._temp = create_entry_file(self._dirs.tmp, self.queue_id)
+        return self._temp
+
+    def _write_content(self, data: bytes) -> None:
+        """In an I/O thread: hash and append content bytes."""
+        self._digest.update(data)
+        self._file().write(data)
+
+    def _check_open(self) -> None:
+        if not self._open:
+            raise RuntimeError("this entry writer is closed (committed or aborted)")
+
+    # -- ending ------------------------------------------------------------------------
+
+    async def abort(self, reason: str) -> None:
+        """Drop the partial entry and record ``spool.refused`` with ``reason``."""
+        if self._open:
+            await self._close_without_entry("refused", reason)
+
+    async def commit(self) -> QueueId:
+        """Make the entry durable and visible in ``incoming/``; return its id."""
+        self._check_open()
+        self._open = False
+        task = asyncio.ensure_future(self._commit())
+        task.add_done_callback(_consume_exception)
+        return await asyncio.shield(task)
+
+    async def _commit(self) -> QueueId:
+        runtime = self._runtime
+        data = self._take_pending()
+        try:
+            record = await runtime.run(lambda: self._write_end(data))
+        except (OSError, SpoolError, RecordError) as error:
+            failure = _spool_error(error)
+            await self._close_without_entry("refused", str(failure))
+            raise failure from error
+        runtime.checkpoint("add.written")
+        await self._sync_and_record(record)
+        runtime.checkpoint("add.synced")
+        await self._publish(record)
+        runtime.checkpoint("add.published")
+        _log.info(
+            "spool.added",
+            queue_id=self.queue_id,
+            stage=self._dirs.name,
+            size=record.content_length,
+            parent=self._parent,
+        )
+        return self.queue_id
+
+    def _write_end(self, data: bytes) -> QueueRecord:
+        """In an I/O thread: last content bytes, the record, then the preamble."""
+        self._write_content(data)
+        now = self._runtime.clock()
+        record = QueueRecord(
+            queue_id=self.queue_id,
+            parent=self._parent,
+            received=self._received,
+            created=now,
+            content_length=self._size,
+            content_sha256=self._digest.hexdigest(),
+            envelope=self._envelope,
+            origin=self._origin,
+            state=initial_state(self._envelope, now),
+        )
+        payload = encode_record(record)
+        preamble = Preamble(self._size, len(payload))
+        temp = self._file()
+        temp.write(encode_trailer(preamble, payload))
+        temp.write_at(preamble.encode(), 0)
+        return record
+
+    async def _publish(self, record: QueueRecord) -> None:
+        """Link into ``incoming/`` and fsync it, in one group-committed batch."""
+        runtime, temp = self._runtime, self._file()
+        target = self._dirs.entry("incoming", self.queue_id)
+
+        def link() -> None:
+            temp.publish(target)
+            runtime.checkpoint("add.linked")
+
+        try:
+            await runtime.committer.sync(target.parent, link)
+        except OSError as error:
+            if await runtime.run(lambda: os.path.lexists(target)):
+                # linked, but the directory fsync failed: visible, not known durable
+                raise as_spool_error(error, "syncing the incoming directory") from error
+            await self._discard(record, "publish failed")
+            raise as_spool_error(error, "publishing a queue file") from error
+
+    async def _sync_and_record(self, record: QueueRecord) -> None:
+        """fsync the file and commit ``spool.added`` at the same time; both or neither."""
+        runtime = self._runtime
+        sync = asyncio.ensure_future(runtime.run(self._file().finish))
+        event = entry_event(
+            "added",
+            stage=self._dirs.name,
+            actor=runtime.actor,
+            queue_id=self.queue_id,
+            record=record,
+            outcome="queued",
+            details=added_details(record, self._key),
+        )
+        try:
+            await runtime.audit.record(event)
+        except BaseException:
+            await asyncio.gather(sync, return_exceptions=True)
+            await runtime.run(self._discard_file)
+            raise
+        try:
+            await sync
+        except OSError as error:
+            await self._discard(record, "fsync failed")
+            raise as_spool_error(error, "syncing a queue file") from error
+
+    async def _discard(self, record: QueueRecord | None, reason: str) -> None:
+        """Remove the temp file; record ``spool.discarded`` if ``added`` was recorded."""
+        await self._runtime.run(self._discard_file)
+        if record is not None:
+            await self._record_quietly("discarded", reason, record)
+
+    def _discard_file(self) -> None:
+        if self._temp is not None:
+            self._temp.discard()
+
+    async def _close_without_entry(self, kind: str, reason: str) -> None:
+        self._open = False
+        self._pending.clear()
+        await self._runtime.run(self._discard_file)
+        await self._record_quietly(kind, reason, None)
+
+    async def _record_quietly(self, kind: str, reason: str, record: QueueRecord | None) -> None:
+        """Record a refusal or discard; the caller is already failing, so a broken trail
+        is logged here rather than raised over the original error."""
+        runtime = self._runtime
+        event = entry_event(
+            kind,
+            stage=self._dirs.name,
+            actor=runtime.actor,
+            queue_id=self.queue_id,
+            record=record,
+            envelope=self._envelope,
+            origin=self._origin,
+            outcome=kind,
+            details={"reason": reason, "size": str(self._size), "listener": self._origin.listener},
+        )
+        try:
+            await runtime.audit.record(event)
+        except Exception as error:  # noqa: BLE001 - see docstring
+            _log.error(
+                "spool.audit_failed",
+                audit_event=event.type,
+                queue_id=self.queue_id,
+                error=type(error).__name__,
+            )
+        _log.info(f"spool.{kind}", queue_id=self.queue_id, stage=self._dirs.name, reason=reason)
+
+    # -- context manager: abort on error -----------------------------------------------
+
+    async def __aenter__(self) -> EntryWriter:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self._open:
+            reason = "not committed" if exc_type is None else f"aborted ({exc_type.__name__})"
+            await self.abort(reason)
+
+
+def create_entry_file(tmp: Path, queue_id: str) -> TempFile:
+    """Blocking: a temp file with room for the preamble (written last, ``pwrite``)."""
+    temp = TempFile.create(tmp, queue_id)
+    try:
+        temp.write(bytes(PREAMBLE_SIZE))
+    except BaseException:
+        temp.discard()
+        raise
+    return temp
+
+
+def _spool_error(error: BaseException) -> SpoolError:
+    if isinstance(error, SpoolError):
+        return error
+    if isinstance(error, OSError):
+        return as_spool_error(error, "writing a queue file")
+    return SpoolError(str(error))
+
+
+def _consume_exception(task: asyncio.Future[QueueId]) -> None:
+    if not task.cancelled():
+        task.exception()

@@ -1,0 +1,142 @@
+"""A stage process for the crash and concurrency tests.
+
+Run as ``python -m tests.spool.stage_worker SCENARIO SPOOL AUDIT_DB COUNT``, optionally with
+``MISSIVE_CRASH_AT=<checkpoint>:<n>`` to die at the n-th time that step is reached
+(exit status ``CRASH_STATUS``; nothing is flushed or closed, like ``kill -9`` for the
+spool's purposes: the page cache survives, the process does not).
+
+Scenarios (each prints one line per acknowledged step, flushed at once):
+
+- ``add``: the SMTP front: adds COUNT messages to ``received``; ``ACK <id> <n>`` is the
+  ``250`` of message n.
+- ``handoff``: the secure agent: recovers ``received``, then claims each entry, hands
+  it to ``relay/r`` (content ``signed:`` + original) and completes it;
+  ``DONE <parent> <child>``.
+- ``defer``: the relay: recovers ``relay/r``, claims each entry and defers it one hour;
+  ``DEFERRED <id>``.
+- ``hold-one``: claims one entry of ``received`` (``CLAIMED <id>``), keeps it in
+  ``active/`` until a line arrives on stdin, then defers it (due at once); ``DEFERRED``.
+- ``churn``: COUNT claim attempts on ``received``; each claimed entry is deferred with
+  a due time in the past, so entries keep moving between ``incoming/``, ``active/``
+  and ``deferred/`` while operator commands run against them; ``ROUNDS <n>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+from gateway.audit import AuditSink
+from gateway.spool import (
+    RECEIVED,
+    RecipientState,
+    RecipientStatus,
+    Spool,
+    relay_stage,
+)
+from gateway.spool.runtime import Checkpoint, no_checkpoint
+
+from .support import envelope, message, origin
+
+CRASH_STATUS = 86
+RELAY = relay_stage("r")
+
+
+def crash_checkpoint(spec: str | None) -> Checkpoint:
+    if not spec:
+        return no_checkpoint
+    name, _, nth = spec.partition(":")
+    target = int(nth or "1")
+    seen = 0
+
+    def checkpoint(step: str) -> None:
+        nonlocal seen
+        if step == name:
+            seen += 1
+            if seen == target:
+                os._exit(CRASH_STATUS)
+
+    return checkpoint
+
+
+def say(line: str) -> None:
+    sys.stdout.write(line + "\n")
+    sys.stdout.flush()
+
+
+async def add(spool: Spool, count: int) -> None:
+    queue = spool.queue(RECEIVED)
+    for number in range(count):
+        queue_id = await queue.add(envelope(), origin(), message(number))
+        say(f"ACK {queue_id} {number}")
+
+
+async def handoff(spool: Spool, count: int) -> None:
+    received, relay = spool.queue(RECEIVED), spool.queue(RELAY)
+    await received.recover(stale_after=timedelta(0))
+    while (entry := await received.claim()) is not None:
+        content = b"signed:" + b"".join([chunk async for chunk in received.content(entry)])
+        child = await received.hand_off(entry, relay, "route-r", entry.record.envelope, content)
+        done = [RecipientState(RecipientStatus.DELIVERED, 1)] * len(
+            entry.record.envelope.recipients
+        )
+        await received.complete(entry, done)
+        say(f"DONE {entry.queue_id} {child}")
+
+
+async def defer(spool: Spool, count: int) -> None:
+    relay = spool.queue(RELAY)
+    await relay.recover(stale_after=timedelta(0))
+    while (entry := await relay.claim()) is not None:
+        state = RecipientState(RecipientStatus.DEFERRED, 1, "451 4.4.1 no answer")
+        until = entry.record.created + timedelta(hours=1)
+        await relay.defer(entry, until, [state] * len(entry.record.envelope.recipients))
+        say(f"DEFERRED {entry.queue_id}")
+
+
+async def hold_one(spool: Spool, count: int) -> None:
+    queue = spool.queue(RECEIVED)
+    entry = await queue.claim()
+    assert entry is not None
+    say(f"CLAIMED {entry.queue_id}")
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    await queue.defer(entry, entry.record.created, entry.record.state.recipients)
+    say(f"DEFERRED {entry.queue_id}")
+
+
+async def churn(spool: Spool, count: int) -> None:
+    queue = spool.queue(RECEIVED)
+    claimed = 0
+    for _ in range(count):
+        entry = await queue.claim()
+        if entry is None:
+            await asyncio.sleep(0.005)  # everything held: look again later
+            continue
+        claimed += 1
+        past = entry.record.created - timedelta(seconds=1)
+        await queue.defer(entry, past, entry.record.state.recipients)
+    say(f"ROUNDS {claimed}")
+
+
+SCENARIOS = {"add": add, "handoff": handoff, "defer": defer, "hold-one": hold_one, "churn": churn}
+
+
+async def main(scenario: str, spool_dir: Path, audit_db: Path, count: int) -> None:
+    checkpoint = crash_checkpoint(os.environ.get("MISSIVE_CRASH_AT"))
+    async with AuditSink(audit_db) as sink:
+        spool = Spool(
+            spool_dir,
+            audit=sink,
+            actor=f"crash-{scenario}",
+            max_message_size=1 << 20,
+            checkpoint=checkpoint,
+        )
+        async with spool:
+            await SCENARIOS[scenario](spool, count)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])))

@@ -1,0 +1,123 @@
+"""The one writer of queue files, and the layout's directories: modes, exclusivity."""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import gateway.spool.atomic as atomic
+from gateway.spool.atomic import TempFile
+from gateway.spool.layout import STATES, Layout, check_stage_name, relay_stage
+
+from .support import mode
+
+
+@pytest.fixture
+def loose_umask() -> Iterator[None]:
+    previous = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(previous)
+
+
+def test_a_temp_file_is_0600_whatever_the_umask(tmp_path: Path, loose_umask: None) -> None:
+    temp = TempFile.create(tmp_path, "X")
+    temp.write(b"data")
+    temp.finish()
+    assert mode(temp.path) == 0o600
+    os.umask(0o277)  # even a umask that would leave the owner without write access
+    strict = TempFile.create(tmp_path, "Y")
+    strict.write(b"data")
+    strict.finish()
+    assert mode(strict.path) == 0o600
+
+
+def test_a_planted_name_or_symlink_is_never_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    victim = tmp_path / "victim"
+    victim.write_bytes(b"precious")
+    monkeypatch.setattr(atomic, "temp_name", lambda stem, suffix=".tmp": "planted.tmp")
+    (tmp_path / "planted.tmp").symlink_to(victim)
+    with pytest.raises(FileExistsError):
+        TempFile.create(tmp_path, "X")
+    assert victim.read_bytes() == b"precious"
+
+
+def test_publish_never_overwrites_an_entry(tmp_path: Path) -> None:
+    target = tmp_path / "ENTRY"
+    target.write_bytes(b"first")
+    temp = TempFile.create(tmp_path, "ENTRY")
+    temp.write(b"second")
+    temp.finish()
+    with pytest.raises(FileExistsError):
+        temp.publish(target)
+    assert target.read_bytes() == b"first"
+    temp.discard()
+    assert list(tmp_path.iterdir()) == [target]
+
+
+def test_write_at_patches_without_moving_the_position(tmp_path: Path) -> None:
+    temp = TempFile.create(tmp_path, "X")
+    temp.write(b"....payload")
+    temp.write_at(b"HEAD", 0)
+    temp.write(b"!")
+    temp.finish()
+    assert temp.path.read_bytes() == b"HEADpayload!"
+
+
+@pytest.mark.parametrize("kernel_copy", [True, False])
+def test_copy_from_copies_a_range_with_or_without_copy_file_range(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copy: bool
+) -> None:
+    source = tmp_path / "source"
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    source.write_bytes(data)
+    if not kernel_copy:
+
+        def unsupported(*args: object) -> int:
+            raise OSError(errno.ENOSYS, "not here")
+
+        monkeypatch.setattr(os, "copy_file_range", unsupported)
+    temp = TempFile.create(tmp_path, "X")
+    fd = os.open(source, os.O_RDONLY)
+    try:
+        temp.copy_from(fd, 5, len(data) - 10)
+    finally:
+        os.close(fd)
+    temp.finish()
+    assert temp.path.read_bytes() == data[5:-5]
+
+
+def test_stage_directories_are_0700_and_loose_ones_are_tightened(
+    tmp_path: Path, loose_umask: None
+) -> None:
+    root = tmp_path / "spool"
+    stage = Layout(root).stage(relay_stage("clinique-b"))
+    stage.create()
+    assert mode(root) == mode(root / "relay") == mode(stage.root) == mode(stage.tmp) == 0o700
+    assert all(mode(stage.state(state)) == 0o700 for state in STATES)
+    os.chmod(stage.state("hold"), 0o755)  # noqa: S103 - loosened on purpose
+    stage.create()
+    assert mode(stage.state("hold")) == 0o700
+
+
+def test_stage_names_cannot_leave_the_spool(tmp_path: Path) -> None:
+    for good in ("received", "inbound", "local", "relay/clinique-b", "relay/a.b_c-1"):
+        assert check_stage_name(good) == good
+    for bad in ("", "relay/", "relay/..", "relay/.", "../x", "relay/a/b", "done", "/etc"):
+        with pytest.raises(ValueError, match="not a spool stage"):
+            check_stage_name(bad)
+
+
+def test_stages_on_disk_lists_fixed_stages_then_routes(tmp_path: Path) -> None:
+    layout = Layout(tmp_path / "spool")
+    for name in ("local", "relay/b", "received", "relay/a"):
+        layout.stage(name).create()
+    (tmp_path / "spool" / "relay" / ".hidden").mkdir()
+    assert layout.stages_on_disk() == ("received", "local", "relay/a", "relay/b")
