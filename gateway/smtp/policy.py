@@ -1,0 +1,224 @@
+"""Relay and acceptance decisions of the SMTP front (sans-IO): who may send what to whom.
+
+Role: the session asks ``Policy`` at MAIL, at RCPT and after DATA; each check returns
+nothing or raises ``SmtpReply``. No socket, no clock, no file: every fact is passed in,
+so the whole open-relay battery is a unit test.
+
+Rules (issue 5, item 1):
+
+- ``submission`` listener: AUTH is required before MAIL (RFC 6409 §4.3); the envelope
+  sender and every ``From:`` address must be addresses the login may use (no spoofing
+  of a colleague); recipients may be anywhere.
+- ``relay`` listener, *relay client* (its IP in a ``relay_clients`` network, or its
+  validated client certificate DN equal to a ``dn:`` entry): may send to any domain, but
+  a message going outside ``local_domains`` must have every ``From:`` domain in
+  ``local_domains``.
+- ``relay`` listener, anyone else: recipients only in ``local_domains`` (else 554 5.7.1,
+  "never an open relay"); a sender (MAIL FROM or ``From:``) in a local domain is
+  refused; and per ``[inbound] accept``: ``trust-space`` = the validated client
+  certificate DN must be an operator DN that the liste blanche gives for the domain of
+  MAIL FROM and for the domain of ``From:``; ``signed`` = the message must be S/MIME
+  signed or encrypted (RFC 8551 §3.5, §3.3: multipart/signed or application/pkcs7-mime);
+  ``any`` = no further check.
+- Everywhere: ``%`` and ``!`` in a recipient local part are refused (the ``%``-hack and
+  UUCP routing are open-relay probes), and at most ``max_recipients`` per message.
+- ``From:``: exactly one field with at least one address (RFC 5322 §3.6), else 550 5.6.0.
+
+Domains compare exactly (lower-case); a subdomain of a local domain is not local.
+Certificate DNs compare as the liste blanche does (``gateway.smtp.dnmatch.same_dn``).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.headerregistry import Address as HeaderAddress
+from email.parser import BytesHeaderParser
+from email.policy import default as default_policy
+from typing import Protocol
+
+from cryptography import x509
+
+from gateway.config import Config
+from gateway.config.model import InboundAccept, Listener, ListenerKind
+from gateway.smtp import replies as r
+from gateway.smtp.dnmatch import same_dn
+from gateway.smtp.envelope import Address
+from gateway.smtp.replies import SmtpReply
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+_ROUTING_CHARACTERS = frozenset("%!")
+_SIGNED_PROTOCOLS = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
+_ENVELOPED_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+
+
+class SendAsChecker(Protocol):
+    """The part of ``gateway.smtp.users.Authenticator`` the policy needs."""
+
+    def may_send_as(self, login: str, address: str) -> bool: ...
+
+
+class ListeBlancheLookup(Protocol):
+    """The part of ``gateway.smtp.listeblanche.ListeBlanche`` the policy needs."""
+
+    def allows(self, domain: str, peer_dn: x509.Name) -> bool: ...
+
+
+@dataclass(frozen=True)
+class ClientFacts:
+    """What the session knows of its client when it asks: IP, validated certificate, login."""
+
+    ip: str
+    certificate_dn: x509.Name | None = None
+    login: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageFacts:
+    """What the after-DATA checks read from the header section."""
+
+    from_addresses: tuple[Address, ...]
+    smime: bool
+
+    @classmethod
+    def from_headers(cls, headers: bytes) -> MessageFacts:
+        """Parse the header section; a missing, repeated or unparsable From: is 550 5.6.0."""
+        message = BytesHeaderParser(policy=default_policy).parsebytes(headers + b"\r\n")
+        fields = message.get_all("From") or []
+        if len(fields) != 1:
+            raise SmtpReply(r.BAD_HEADER, f"{len(fields)} From: fields")
+        addresses = tuple(_header_address(item) for item in getattr(fields[0], "addresses", ()))
+        if not addresses:
+            raise SmtpReply(r.BAD_HEADER, "From: without an address")
+        return cls(addresses, _is_smime(message.get_content_type(), message.get_param("protocol")))
+
+
+def _header_address(address: HeaderAddress) -> Address:
+    if not address.username or not address.domain or "@" in address.domain:
+        raise SmtpReply(r.BAD_HEADER, "From: address without a domain")
+    return Address(address.username, address.domain.lower())
+
+
+def _is_smime(content_type: str, protocol: object) -> bool:
+    if content_type == "multipart/signed":
+        return isinstance(protocol, str) and protocol.lower() in _SIGNED_PROTOCOLS
+    return content_type in _ENVELOPED_TYPES
+
+
+@dataclass(frozen=True)
+class RelayRules:
+    """The configuration facts of one listener's policy."""
+
+    kind: ListenerKind
+    local_domains: frozenset[str]
+    relay_networks: tuple[IPNetwork, ...] = ()
+    relay_dns: tuple[x509.Name, ...] = ()
+    inbound_accept: InboundAccept = "signed"
+    max_recipients: int = 100
+
+    @classmethod
+    def from_config(cls, config: Config, listener: Listener) -> RelayRules:
+        clients = listener.relay_clients
+        return cls(
+            kind=listener.kind,
+            local_domains=frozenset(d.lower() for d in config.gateway.local_domains),
+            relay_networks=tuple(c for c in clients if not isinstance(c, x509.Name)),
+            relay_dns=tuple(c for c in clients if isinstance(c, x509.Name)),
+            inbound_accept=config.inbound.accept,
+            max_recipients=listener.max_recipients,
+        )
+
+
+class Policy:
+    """The decisions of one listener; see the module docstring."""
+
+    def __init__(
+        self,
+        rules: RelayRules,
+        *,
+        send_as: SendAsChecker | None = None,
+        liste_blanche: ListeBlancheLookup | None = None,
+    ) -> None:
+        self.rules = rules
+        self._send_as = send_as
+        self._liste_blanche = liste_blanche
+
+    # -- facts ---------------------------------------------------------------------------
+
+    def is_local(self, domain: str) -> bool:
+        return domain.lower() in self.rules.local_domains
+
+    def is_relay_client(self, client: ClientFacts) -> bool:
+        if self.rules.kind != "relay":
+            return False
+        try:
+            ip = ipaddress.ip_address(client.ip)
+        except ValueError:
+            ip = None
+        if ip is not None and any(ip in network for network in self.rules.relay_networks):
+            return True
+        dn = client.certificate_dn
+        return dn is not None and any(same_dn(dn, allowed) for allowed in self.rules.relay_dns)
+
+    def requires_auth(self) -> bool:
+        return self.rules.kind == "submission"
+
+    # -- MAIL, RCPT, after DATA ----------------------------------------------------------
+
+    def check_mail(self, client: ClientFacts, sender: Address) -> None:
+        if self.rules.kind == "submission":
+            self._check_owned(client, sender, r.SENDER_NOT_OWNED)
+        elif not self.is_relay_client(client) and not sender.is_null:
+            if self.is_local(sender.domain):
+                raise SmtpReply(r.LOCAL_SENDER_FROM_OUTSIDE, f"MAIL FROM {sender}")
+            self._check_trust_space(client, sender.domain)
+
+    def check_rcpt(self, client: ClientFacts, recipient: Address, accepted: int) -> None:
+        if accepted >= self.rules.max_recipients:
+            raise SmtpReply(r.TOO_MANY_RECIPIENTS, f"over {self.rules.max_recipients}")
+        if _ROUTING_CHARACTERS & set(recipient.local):
+            raise SmtpReply(r.RELAY_DENIED, f"routing character in {recipient}")
+        if self.rules.kind == "relay" and not self.is_relay_client(client):
+            if not self.is_local(recipient.domain):
+                raise SmtpReply(r.RELAY_DENIED, f"non-local recipient {recipient}")
+
+    def check_message(
+        self, client: ClientFacts, recipients: Sequence[Address], message: MessageFacts
+    ) -> None:
+        if self.rules.kind == "submission":
+            for address in message.from_addresses:
+                self._check_owned(client, address, r.FROM_NOT_OWNED)
+        elif self.is_relay_client(client):
+            if not all(self.is_local(rcpt.domain) for rcpt in recipients):
+                for address in message.from_addresses:
+                    if not self.is_local(address.domain):
+                        raise SmtpReply(r.OUTBOUND_FROM_NOT_LOCAL, f"From: {address}")
+        else:
+            self._check_inbound_message(client, message)
+
+    # -- helpers -------------------------------------------------------------------------
+
+    def _check_inbound_message(self, client: ClientFacts, message: MessageFacts) -> None:
+        for address in message.from_addresses:
+            if self.is_local(address.domain):
+                raise SmtpReply(r.LOCAL_SENDER_FROM_OUTSIDE, f"From: {address}")
+            self._check_trust_space(client, address.domain)
+        if self.rules.inbound_accept == "signed" and not message.smime:
+            raise SmtpReply(r.NOT_SIGNED, "neither signed nor encrypted")
+
+    def _check_owned(self, client: ClientFacts, address: Address, refusal: r.Reply) -> None:
+        if client.login is None:
+            raise SmtpReply(r.AUTH_REQUIRED, "MAIL before AUTH")
+        if self._send_as is None or not self._send_as.may_send_as(client.login, str(address)):
+            raise SmtpReply(refusal, f"{client.login} may not send as {address}")
+
+    def _check_trust_space(self, client: ClientFacts, domain: str) -> None:
+        if self.rules.inbound_accept != "trust-space":
+            return
+        if client.certificate_dn is None:
+            raise SmtpReply(r.CERTIFICATE_NEEDED, "trust-space without a client certificate")
+        if self._liste_blanche is None or not self._liste_blanche.allows(
+            domain, client.certificate_dn
+        ):
+            raise SmtpReply(r.NOT_TRUST_SPACE, f"{domain} not allowed for this certificate")
