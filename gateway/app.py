@@ -1,8 +1,10 @@
 """Composition root: the one place that builds the gateway's objects from a ``Config``.
 
-Every long-lived object (audit sink today; spool, listeners, validator, annuaire,
-workers as their issues land) is made here and nowhere else, so a reader sees in one
-page what a running gateway is made of and tests can build the same graph.
+Every long-lived object (audit sink, spool, certificate validator, submission users,
+liste blanche; the listeners are started by ``serve`` from these; the secure agent, the
+relay and the inbound agent as their issues land) is made here and nowhere else, so a
+reader sees in one page what a running gateway is made of and tests can build the same
+graph.
 
 Invariants:
 - state directories (spool, data, keys, postal outbox, maildir, audit) are created
@@ -26,6 +28,10 @@ from pathlib import Path
 from gateway.audit import AuditEvent, AuditSink, AuditStore, PruneResult
 from gateway.config import Config
 from gateway.log import get_logger
+from gateway.smime.validate import CertificateValidator
+from gateway.smtp.listeblanche import ListeBlanche, load_liste_blanche
+from gateway.smtp.users import Authenticator
+from gateway.spool import INBOUND, LOCAL, RECEIVED, Spool, relay_stage
 
 _log = get_logger("app")
 
@@ -38,11 +44,24 @@ def state_directories(config: Config) -> tuple[Path, ...]:
         config.keys.dir,
         config.postal.outbox,
         config.audit.path.parent,
+        revocation_cache(config),
     ]
     deliver_to = config.inbound.deliver_to
     if deliver_to.scheme == "maildir" and deliver_to.path is not None:
         directories.append(deliver_to.path)
     return tuple(directories)
+
+
+def revocation_cache(config: Config) -> Path:
+    """Where fetched CRLs are kept, so the last valid one survives a restart."""
+    return config.gateway.data_dir / "revocation"
+
+
+def spool_stages(config: Config) -> tuple[str, ...]:
+    """Every queue of the layout (``gateway.spool.layout``), made at start so ``ls`` shows
+    the whole pipeline even before a stage has seen a message."""
+    relays = tuple(relay_stage(r.name) for r in config.routes if r.transport == "smtp")
+    return (RECEIVED, *relays, INBOUND, LOCAL)
 
 
 def prepare_directories(directories: tuple[Path, ...]) -> None:
@@ -65,24 +84,66 @@ def apply_audit_retention(config: Config, now: datetime | None = None) -> PruneR
 
 @dataclass
 class Gateway:
-    """A running gateway's objects. Built by ``build_gateway``; closed by ``close``."""
+    """A running gateway's objects. Built by ``build_gateway``; closed by ``aclose``."""
 
     config: Config
     audit: AuditSink
+    spool: Spool
+    validator: CertificateValidator
+    authenticator: Authenticator
+    liste_blanche: ListeBlanche | None
 
-    def close(self) -> None:
-        self.audit.close()
+    async def aclose(self) -> None:
+        """Close the spool first (it records its last events), then the audit trail."""
+        try:
+            await self.spool.aclose()
+        finally:
+            self.audit.close()
 
 
 def build_gateway(config: Config) -> Gateway:
-    """Build and start every object of the gateway from ``config``."""
+    """Build and start every object of the gateway from ``config``.
+
+    What only reads files (validator, liste blanche) is built first, so a bad file
+    stops the start before anything is opened for writing."""
     prepare_directories(state_directories(config))
+    validator = CertificateValidator.from_files(
+        config.trust.anchors,
+        config.trust.intermediates,
+        config.trust.crls,
+        config.trust.revocation,
+        cache_dir=revocation_cache(config),
+    )
+    liste_blanche = (
+        load_liste_blanche(config.trust.liste_blanche)
+        if config.trust.liste_blanche is not None
+        else None
+    )
     pruned = apply_audit_retention(config)
     if pruned is not None and pruned.deleted:
         _log.info("audit.pruned", deleted=pruned.deleted, cutoff=pruned.cutoff)
     audit = AuditSink(config.audit.path)
     audit.start()
-    return Gateway(config=config, audit=audit)
+    try:
+        spool = Spool(
+            config.gateway.spool_dir,
+            audit=audit,
+            actor="gateway",
+            max_message_size=config.delivery.max_message_size,
+        )
+        for stage in spool_stages(config):
+            spool.queue(stage)
+    except BaseException:
+        audit.close()
+        raise
+    return Gateway(
+        config=config,
+        audit=audit,
+        spool=spool,
+        validator=validator,
+        authenticator=Authenticator(config.auth.users_file),
+        liste_blanche=liste_blanche,
+    )
 
 
 def lifecycle_event(kind: str, config: Config, **details: str) -> AuditEvent:

@@ -25,6 +25,7 @@ COMMANDS: tuple[str, ...] = (
     "gateway.pki.cli",
     "gateway.smime.cli",
     "gateway.audit.cli",
+    "gateway.spool.cli",
     "gateway.smtp.users_cli",
     "gateway.smtp.listeblanche_cli",
     "annuaire.cli",

@@ -1,12 +1,18 @@
 """``missive serve``: start the gateway and run until SIGTERM or SIGINT.
 
-What it does today: validates the configuration (exit 2 with one line per problem),
-builds the gateway through the composition root (state directories 0700, audit
-retention, audit writer), records ``gateway.start`` / ``gateway.stop`` in the audit
-trail, and logs each configured listener. The SMTP front is not built yet (its own
-issue), so **no listener is opened and no mail is accepted**: each listener is logged
-as ``listener.not_started`` with that reason, and the ready line says so. Nothing here
-pretends to accept mail.
+It validates the configuration (exit 2 with one line per problem), builds the gateway
+through the composition root (state directories 0700, audit retention and writer,
+spool, certificate validator, users, liste blanche), opens every ``[[listeners]]``, and
+records ``gateway.start`` / ``gateway.stop`` in the audit trail.
+
+What happens to accepted mail today: the SMTP front answers ``250`` only once a message
+is fsynced into the spool's ``received/`` queue. The stages after it (secure agent,
+relay, inbound agent) are later issues, so the message **waits there**; the ready line
+says so (``processing=not-built``) and ``missive queue list`` shows it. Nothing is
+delivered or relayed yet, and nothing is lost: those stages will pick the queue up.
+
+Least privilege: this process is the SMTP front; it loads the TLS key of its listeners
+but never an S/MIME private key (the configuration is loaded with ``agent_keys=False``).
 
 Exit status: 0 after a clean stop on a signal, 2 on a configuration error.
 """
@@ -18,14 +24,14 @@ import asyncio
 import signal
 
 from gateway import __version__
-from gateway.app import build_gateway, lifecycle_event
-from gateway.cli_common import SubParsers, add_config_argument, load_config_from_args
-from gateway.config import Config
+from gateway.app import Gateway, build_gateway, lifecycle_event
+from gateway.cli_common import SubParsers, add_config_argument
+from gateway.config import Config, load_config
 from gateway.log import get_logger, setup_logging
+from gateway.smtp.listener import ListenerGroup, start_listeners
+from gateway.spool import RECEIVED
 
 _log = get_logger("serve")
-
-NOT_BUILT = "the SMTP front is not built yet: this listener is not opened, no mail is accepted"
 
 
 def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
@@ -39,7 +45,7 @@ def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
 
 
 def run_serve(args: argparse.Namespace) -> int:
-    config = load_config_from_args(args)
+    config = load_config(args.config, agent_keys=False)
     setup_logging(config.gateway.log_level)
     asyncio.run(serve(config))
     return 0
@@ -57,22 +63,34 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             hostname=config.gateway.hostname,
             config=str(config.source),
         )
-        for listener in config.listeners:
-            _log.warning(
-                "listener.not_started",
-                name=listener.name,
-                kind=listener.kind,
-                address=str(listener.address),
-                tls=listener.tls,
-                reason=NOT_BUILT,
+        listeners = await _start_front(gateway)
+        try:
+            _log.info(
+                "gateway.ready",
+                listeners_open=len(listeners.listeners),
+                accepting_mail="yes",
+                processing="not-built",
+                note="accepted mail waits in the spool's received/ queue",
             )
-        _log.info("gateway.ready", listeners_open=0, accepting_mail="no")
-        await stop.wait()
-        _log.info("gateway.stopping")
+            await stop.wait()
+            _log.info("gateway.stopping")
+        finally:
+            await listeners.aclose()
         await gateway.audit.record(lifecycle_event("stop", config))
     finally:
-        gateway.close()
+        await gateway.aclose()
     _log.info("gateway.stopped")
+
+
+async def _start_front(gateway: Gateway) -> ListenerGroup:
+    return await start_listeners(
+        gateway.config,
+        queue=gateway.spool.queue(RECEIVED),
+        audit=gateway.audit,
+        validator=gateway.validator,
+        authenticator=gateway.authenticator,
+        liste_blanche=gateway.liste_blanche,
+    )
 
 
 def _stop_on_signals() -> asyncio.Event:

@@ -381,7 +381,9 @@ def _decryption_keys(args: argparse.Namespace) -> list[DecryptionKey]:
 
 def run_sign(args: argparse.Namespace) -> int:
     """Handler of ``missive smime sign``."""
-    entity = support.read_input(args.input)
+    # a whole message: its From/To/Subject/... stay outside the signature, its MIME
+    # entity (Content-* fields and body) is what gets signed (RFC 8551 §3.1)
+    outer_headers, entity = mime.split_message(support.read_input(args.input))
     certificate, key, chain, encryption = _signer(args)
     try:
         signed = sign(
@@ -389,7 +391,7 @@ def run_sign(args: argparse.Namespace) -> int:
         )
     except SmimeError as error:
         raise UsageError(f"cannot sign: {error}") from None
-    support.write_output(signed)
+    support.write_output(outer_headers + signed)
     return 0
 
 

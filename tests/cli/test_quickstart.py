@@ -1,7 +1,8 @@
 """The quick start, as the README's first command runs it, in a temporary copy:
-``missive certs init-dev`` prepares var/, ``check-config`` says OK, ``serve`` starts,
-says it accepts no mail yet (and really opens no port), records its start and stop in
-the audit trail, and stops cleanly on SIGTERM; ``audit verify`` then passes."""
+``missive certs init-dev`` prepares var/, ``check-config`` says OK, ``serve`` starts its
+listeners, takes a message over STARTTLS into the spool (``missive queue list`` shows it
+waiting: the later stages are not built), records its start and stop in the audit trail,
+and stops cleanly on SIGTERM; ``audit verify`` then passes."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import os
 import selectors
 import shutil
 import signal
-import socket
+import smtplib
+import ssl
 import subprocess
 import sys
 import time
@@ -18,8 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from tests.peers.ports import free_ports
+
 REPOSITORY = Path(__file__).resolve().parents[2]
 MISSIVE = [sys.executable, "-m", "gateway"]
+FIXED_PORTS = (2587, 2465, 2525)  # the shipped listeners, moved to free ports in the copy
 
 
 def missive(site: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -33,6 +38,11 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A copy of conf/ with var/ prepared exactly as ./run prepares it."""
     root = tmp_path_factory.mktemp("site")
     shutil.copytree(REPOSITORY / "conf", root / "conf")
+    toml = root / "conf" / "missive.toml"
+    text = toml.read_text()
+    for fixed, port in zip(FIXED_PORTS, free_ports(len(FIXED_PORTS)), strict=True):
+        text = text.replace(f'address = "127.0.0.1:{fixed}"', f'address = "127.0.0.1:{port}"')
+    toml.write_text(text)
     prepared = missive(
         root,
         "certs",
@@ -79,14 +89,28 @@ def _read_until(proc: subprocess.Popen[str], marker: str, deadline: float) -> li
     raise AssertionError(f"no {marker!r} in serve's output:\n" + "".join(lines))
 
 
-def _port_open(address: str) -> bool:
-    host, port = address.rsplit(":", 1)
-    with socket.socket() as probe:
-        probe.settimeout(1)
-        return probe.connect_ex((host, int(port))) == 0
+def _listener_port(site: Path, name: str) -> int:
+    text = (site / "conf" / "missive.toml").read_text()
+    block = text.split(f'name = "{name}"', 1)[1]
+    return int(block.split('address = "127.0.0.1:', 1)[1].split('"', 1)[0])
 
 
-def test_serve_starts_accepts_no_mail_and_stops_on_sigterm(site: Path) -> None:
+def _send_through_relay_listener(site: Path) -> None:
+    """A hospital MTA (127.0.0.1 is a relay client) hands over one outbound message."""
+    context = ssl.create_default_context(cafile=site / "var" / "pki" / "root.crt")
+    message = (
+        b"From: alice.martin@chu-a.test\r\nTo: claire.durand@clinique-b.test\r\n"
+        b"Subject: test\r\nMessage-ID: <quickstart@chu-a.test>\r\n\r\nBonjour.\r\n"
+    )
+    with smtplib.SMTP("127.0.0.1", _listener_port(site, "mx"), timeout=30) as client:
+        client.starttls(context=context)  # verified: the certificate names 127.0.0.1
+        refused = client.sendmail(
+            "alice.martin@chu-a.test", ["claire.durand@clinique-b.test"], message
+        )
+        assert refused == {}
+
+
+def test_serve_accepts_into_the_spool_and_stops_on_sigterm(site: Path) -> None:
     proc = subprocess.Popen(
         [*MISSIVE, "serve", "--config", "conf/missive.toml"],
         cwd=site,
@@ -97,24 +121,24 @@ def test_serve_starts_accepts_no_mail_and_stops_on_sigterm(site: Path) -> None:
     )
     try:
         lines = _read_until(proc, "event=gateway.ready", time.monotonic() + 30)
-        not_started = [line for line in lines if "event=listener.not_started" in line]
-        assert len(not_started) == 3  # the three listeners of the shipped configuration
-        assert all("no mail is accepted" in line for line in not_started)
-        assert "accepting_mail=no" in lines[-1]
-        # it says it opens nothing, and it does open nothing
-        for address in ("127.0.0.1:2587", "127.0.0.1:2465", "127.0.0.1:2525"):
-            assert not _port_open(address)
+        assert "listeners_open=3" in lines[-1]
+        assert "processing=not-built" in lines[-1]
+        _send_through_relay_listener(site)
+        queued = missive(site, "queue", "list", "--config", "conf/missive.toml")
+        assert queued.returncode == 0, queued.stderr
+        assert "alice.martin@chu-a.test" in queued.stdout
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-    assert proc.stdout is not None
-    rest = proc.stdout.read()
-    proc.stdout.close()
+        assert proc.stdout is not None
+        rest = proc.stdout.read()
+        proc.stdout.close()
     assert "event=gateway.stopped" in rest
     assert (site / "var" / "spool").stat().st_mode & 0o777 == 0o700
+    assert list((site / "var" / "spool" / "received" / "incoming").iterdir())
 
     verified = missive(site, "audit", "verify", "--config", "conf/missive.toml")
     assert verified.returncode == 0, verified.stdout + verified.stderr
@@ -122,7 +146,9 @@ def test_serve_starts_accepts_no_mail_and_stops_on_sigterm(site: Path) -> None:
         site, "audit", "export", "--config", "conf/missive.toml", "--format", "jsonl"
     )
     types = [line.split('"type": "')[1].split('"')[0] for line in exported.stdout.splitlines()]
-    assert types[-2:] == ["gateway.start", "gateway.stop"]
+    assert types[0] == "gateway.start"
+    assert "spool.added" in types
+    assert types[-1] == "gateway.stop"
 
 
 def test_serve_refuses_a_broken_configuration(site: Path) -> None:

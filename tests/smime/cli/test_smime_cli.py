@@ -60,6 +60,30 @@ def test_sign_then_verify(cli: Cli, cli_pki: DevPki, tmp_path: Path, opaque: boo
     assert out.read_bytes() == CONTENT  # canonical CRLF, as signed
 
 
+def test_sign_keeps_a_whole_message_s_headers_outside(
+    cli: Cli, cli_pki: DevPki, tmp_path: Path
+) -> None:
+    """A whole message in: From/To/Subject stay outside the signature, so the verifier
+    binds the signer to that From with no --from."""
+    message = (
+        f"From: {ALICE}\r\nTo: {BRUNO}\r\nSubject: essai\r\n"
+        "Content-Type: text/plain; charset=utf-8\r\n\r\nBonjour\r\n"
+    ).encode()
+    signed = cli("smime", "sign", *_key_args(cli_pki, ALICE, "sign"), stdin=message)
+    assert signed.status == 0, signed.err
+    header = signed.out.split(b"\r\n\r\n", 1)[0]
+    assert header.startswith(f"From: {ALICE}\r\nTo: {BRUNO}\r\nSubject: essai\r\n".encode())
+    assert b"multipart/signed" in header
+    path = tmp_path / "signed.eml"
+    path.write_bytes(signed.out)
+    run = cli("smime", "verify", path, *trust_args(cli_pki))
+    assert run.status == 0, run.out
+    assert b"from bound to signer: yes" in run.out
+    spoofed = tmp_path / "spoofed.eml"
+    spoofed.write_bytes(signed.out.replace(f"From: {ALICE}".encode(), f"From: {BRUNO}".encode(), 1))
+    assert cli("smime", "verify", spoofed, *trust_args(cli_pki)).status == 1
+
+
 def test_verify_exits_1_when_invalid(cli: Cli, cli_pki: DevPki, tmp_path: Path) -> None:
     signed = cli(
         "smime",
