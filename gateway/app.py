@@ -104,7 +104,7 @@ class Gateway:
 def build_gateway(config: Config) -> Gateway:
     """Build and start every object of the gateway from ``config``.
 
-    What only reads files (validator, liste blanche) is built first, so a bad file
+    What only reads files (validator, liste blanche, users) is built first, so a bad file
     stops the start before anything is opened for writing."""
     prepare_directories(state_directories(config))
     validator = CertificateValidator.from_files(
@@ -119,6 +119,7 @@ def build_gateway(config: Config) -> Gateway:
         if config.trust.liste_blanche is not None
         else None
     )
+    authenticator = Authenticator(config.auth.users_file)
     pruned = apply_audit_retention(config)
     if pruned is not None and pruned.deleted:
         _log.info("audit.pruned", deleted=pruned.deleted, cutoff=pruned.cutoff)
@@ -141,7 +142,7 @@ def build_gateway(config: Config) -> Gateway:
         audit=audit,
         spool=spool,
         validator=validator,
-        authenticator=Authenticator(config.auth.users_file),
+        authenticator=authenticator,
         liste_blanche=liste_blanche,
     )
 

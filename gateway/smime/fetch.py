@@ -21,6 +21,7 @@ Invariants and security notes:
 
 from __future__ import annotations
 
+import http.client
 import time
 import urllib.error
 import urllib.request
@@ -105,7 +106,9 @@ class HttpFetcher:
                 return _read_bounded(response, max_bytes, deadline)
         except urllib.error.HTTPError as error:
             raise FetchError(f"HTTP status {error.code}") from None
-        except (urllib.error.URLError, OSError, ValueError) as error:
+        except (urllib.error.URLError, OSError, ValueError, http.client.HTTPException) as error:
+            # HTTPException: a malformed answer (BadStatusLine, LineTooLong, ...) from a
+            # broken or hostile CRL/OCSP server is "no answer", never a crash upstream
             raise FetchError(f"request failed: {_short_reason(error)}") from None
 
 
