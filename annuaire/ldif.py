@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import os
 import re
 import tempfile
@@ -60,8 +61,18 @@ _ATTRIBUTE_DESCRIPTION = re.compile(rb"([A-Za-z][A-Za-z0-9-]*|[0-9]+(\.[0-9]+)*)
 
 
 # ------------------------------------------------------------------ writing
+_UNSAFE_FIRST = " :<"  # the characters SAFE-INIT-CHAR excludes among printable ASCII
+_NAME_CACHE_SIZE = 1024  # attribute names are a small fixed set; bounded all the same
+
+
 def _is_safe(value: str) -> bool:
-    return not value or (_SAFE_STRING.fullmatch(value) is not None and value[-1] != " ")
+    # C-level str tests instead of a regex: isascii+isprintable is exactly [\x20-\x7e]*
+    return not value or (
+        value.isascii()
+        and value.isprintable()
+        and value[0] not in _UNSAFE_FIRST
+        and value[-1] != " "
+    )
 
 
 def _fold(line: str, limit: int) -> str:
@@ -73,6 +84,7 @@ def _fold(line: str, limit: int) -> str:
     return "\n".join(pieces)
 
 
+@functools.lru_cache(maxsize=_NAME_CACHE_SIZE)  # the same few names come in every record
 def _check_name(name: str) -> None:
     if not name.isascii() or not _ATTRIBUTE_DESCRIPTION.fullmatch(name.encode("ascii")):
         raise LdifError(f"invalid attribute description {name!r}")
@@ -90,23 +102,42 @@ def format_line(name: str, value: str | bytes, *, limit: int = LINE_LIMIT) -> st
     return _fold(f"{name}:: {base64.b64encode(value).decode('ascii')}", limit)
 
 
-def _pairs(attributes: AttributeInput) -> Iterator[tuple[str, str | bytes]]:
-    if isinstance(attributes, Mapping):
-        for name, values in attributes.items():
-            if isinstance(values, str | bytes):
-                raise LdifError(f"{name}: give a list of values, not one string")
-            for value in values:
-                yield name, value
-    else:
-        yield from attributes
+def _one_value_groups(
+    pairs: Iterable[tuple[str, str | bytes]],
+) -> Iterator[tuple[str, Iterable[str | bytes]]]:
+    for name, value in pairs:
+        yield name, (value,)
 
 
 def format_record(dn: str, attributes: AttributeInput, *, limit: int = LINE_LIMIT) -> str:
     """One content record, ending with the blank line that separates records."""
     lines = [format_line("dn", dn, limit=limit)]
-    for name, value in _pairs(attributes):
-        _check_name(name)
-        lines.append(format_line(name, value, limit=limit))
+    append = lines.append
+    # a mapping's items are iterated directly: no generator step per attribute
+    groups = (
+        attributes.items() if isinstance(attributes, Mapping) else _one_value_groups(attributes)
+    )
+    for name, values in groups:
+        if isinstance(values, (str, bytes)):  # a tuple: faster than a union type here
+            raise LdifError(f"{name}: give a list of values, not one string")
+        unchecked = True  # the name is checked at its first value (none: not checked)
+        for value in values:
+            if unchecked:
+                _check_name(name)
+                unchecked = False
+            # format_line's plain-value case with _is_safe inlined (the import's hot loop)
+            if (
+                type(value) is str
+                and value
+                and value.isascii()
+                and value.isprintable()
+                and value[0] not in _UNSAFE_FIRST
+                and value[-1] != " "
+            ):
+                line = f"{name}: {value}"
+                append(line if len(line) <= limit else _fold(line, limit))
+            else:
+                append(format_line(name, value, limit=limit))
     return "\n".join(lines) + "\n\n"
 
 

@@ -61,6 +61,7 @@ Attributes = dict[str, AttributeValues]
 
 HEALTH_OBJECT_CLASS: Final = "missiveHealthEntry"
 STRUCTURAL_CLASSES: Final = ("top", "person", "organizationalPerson", "inetOrgPerson")
+_OBJECT_CLASSES: Final = (*STRUCTURAL_CLASSES, HEALTH_OBJECT_CLASS)
 
 UID: Final = "uid"
 CN: Final = "cn"
@@ -145,23 +146,26 @@ def entry_to_attributes(
 ) -> Attributes:
     """The LDAP attributes of ``entry`` (names as configured), absent values omitted."""
     result: Attributes = {
-        "objectClass": [*STRUCTURAL_CLASSES, *([HEALTH_OBJECT_CLASS] if health_schema else [])],
+        "objectClass": list(_OBJECT_CLASSES if health_schema else STRUCTURAL_CLASSES),
         UID: [entry.key],
         CN: [entry.display_name],
         DISPLAY_NAME: [entry.display_name],
         SN: [entry.surname or entry.display_name],
     }
-    optional: dict[str, str | None] = {
-        GIVEN_NAME: entry.given_name,
-        ORGANISATION: entry.organisation,
-        POSTAL_ADDRESS: encode_postal_address(entry.postal_address) or None,
-        POSTAL_CODE: entry.postal_code,
-        CITY: entry.city,
-        REGION: entry.region,
-    }
+    # (name, value) pairs filled straight into ``result``: no intermediate dicts per entry
+    optional: list[tuple[str, str | None]] = [
+        (GIVEN_NAME, entry.given_name),
+        (ORGANISATION, entry.organisation),
+        (POSTAL_ADDRESS, encode_postal_address(entry.postal_address) or None),
+        (POSTAL_CODE, entry.postal_code),
+        (CITY, entry.city),
+        (REGION, entry.region),
+    ]
     if health_schema:
-        optional.update(_health_values(entry))
-    result.update({name: [value] for name, value in optional.items() if value})
+        optional += _health_values(entry)
+    for name, value in optional:
+        if value:
+            result[name] = [value]
     if entry.mailboxes:
         result[attributes.mail] = list(entry.addresses)
     if entry.certificates:
@@ -172,16 +176,16 @@ def entry_to_attributes(
     return {name: values for name, values in result.items() if values}
 
 
-def _health_values(entry: Entry) -> dict[str, str | None]:
-    return {
-        KIND: entry.kind,
-        NATIONAL_ID: entry.national_id,
-        PROFESSION_CODE: entry.profession_code,
-        PROFESSION_LABEL: entry.profession_label,
-        SPECIALTY_CODE: entry.specialty_code,
-        SPECIALTY_LABEL: entry.specialty_label,
-        DEPARTMENT: entry.department,
-    }
+def _health_values(entry: Entry) -> list[tuple[str, str | None]]:
+    return [
+        (KIND, entry.kind),
+        (NATIONAL_ID, entry.national_id),
+        (PROFESSION_CODE, entry.profession_code),
+        (PROFESSION_LABEL, entry.profession_label),
+        (SPECIALTY_CODE, entry.specialty_code),
+        (SPECIALTY_LABEL, entry.specialty_label),
+        (DEPARTMENT, entry.department),
+    ]
 
 
 def managed_attributes(attributes: AnnuaireAttributes, *, health_schema: bool = True) -> list[str]:

@@ -50,7 +50,15 @@ _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 # dot-atom (RFC 5322 §3.2.3 atext) with UTF-8 allowed (RFC 6531 §3.3 extends atext)
 _ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~\u0080-\U0010ffff-]+"
 _LOCAL_PART = re.compile(rf"{_ATEXT}(\.{_ATEXT})*")
-_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+_LABEL_TEXT = r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?"
+_LABEL = re.compile(_LABEL_TEXT)
+# one-regex fast path of normalise_address for an ASCII address already in normal form
+# (local part of at most 64 characters, lower-case domain of 2+ labels, no final dot)
+_ASCII_ATEXT = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_NORMAL_ASCII_ADDRESS = re.compile(
+    rf"(?=[^@]{{1,{MAX_LOCAL_PART_LENGTH}}}@){_ASCII_ATEXT}(?:\.{_ASCII_ATEXT})*"
+    rf"@{_LABEL_TEXT}(?:\.{_LABEL_TEXT})+"
+)
 
 
 def _is_encodable(text: str) -> bool:
@@ -67,6 +75,11 @@ def clean_text(value: str, what: str) -> str:
     """``value`` if it is a safe directory string, else ``EntryError`` naming ``what``."""
     if not isinstance(value, str):
         raise EntryError(f"{what}: expected text, got {type(value).__name__}")
+    # fast path: printable text has no control character and no lone surrogate
+    if value.isprintable():
+        if len(value) > MAX_TEXT_LENGTH:
+            raise EntryError(f"{what}: longer than {MAX_TEXT_LENGTH} characters")
+        return value
     if _CONTROL.search(value):
         raise EntryError(f"{what}: control characters are not allowed")
     if len(value) > MAX_TEXT_LENGTH:
@@ -79,6 +92,13 @@ def clean_text(value: str, what: str) -> str:
 def normalise_address(address: str) -> str:
     """The address with its domain lower-cased; ``EntryError`` if it is not a valid
     mailbox (see the module docstring for the rules)."""
+    if (  # the common case, checked at once (same rules; the general path below)
+        isinstance(address, str)
+        and len(address) <= MAX_ADDRESS_LENGTH
+        and address.isascii()
+        and _NORMAL_ASCII_ADDRESS.fullmatch(address)
+    ):
+        return address
     if not isinstance(address, str) or not _is_encodable(address):
         raise EntryError("invalid address: not valid Unicode text")
     if len(address.encode("utf-8")) > MAX_ADDRESS_LENGTH:
@@ -146,11 +166,6 @@ class Mailbox:
         object.__setattr__(self, "address", normalise_address(self.address))
 
 
-def _optional(value: str | None, what: str) -> None:
-    if value is not None:
-        clean_text(value, what)
-
-
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Entry:
     """A practitioner (``kind="person"``) or a structure / application box.
@@ -187,7 +202,9 @@ class Entry:
         if not clean_text(self.display_name, "display_name").strip():
             raise EntryError("display_name: must not be empty")
         for name in _OPTIONAL_TEXT_FIELDS:
-            _optional(getattr(self, name), name)
+            value = getattr(self, name)
+            if value is not None:  # tested here, not in a helper: one call less per field
+                clean_text(value, name)
         self._check_tuples()
 
     def _check_tuples(self) -> None:

@@ -21,6 +21,7 @@ table covers French names and places.
 
 from __future__ import annotations
 
+import functools
 import re
 import unicodedata
 from collections.abc import Iterable
@@ -56,6 +57,7 @@ _NON_DECOMPOSING = str.maketrans(
 _SPACES = re.compile(r"\s+")
 _WORD_SEPARATORS = re.compile(r"[\W_]+")
 MAX_KEY_TOKEN_LENGTH = 64  # longer words are cut: a key is an index value, not storage
+_VALUE_KEYS_CACHE_SIZE = 16384  # bounded: about 5 MB at most, in each process
 
 
 def fold(text: str) -> str:
@@ -72,14 +74,19 @@ def tokens(text: str) -> list[str]:
     return [word for word in _WORD_SEPARATORS.split(fold(text)) if word]
 
 
+@functools.lru_cache(maxsize=_VALUE_KEYS_CACHE_SIZE)  # labels, places, names repeat a lot
+def _value_keys(field: str, value: str) -> tuple[str, ...]:
+    """``<field>:<token>`` for every word of one value, without duplicates, in order."""
+    return tuple(dict.fromkeys(f"{field}:{word[:MAX_KEY_TOKEN_LENGTH]}" for word in tokens(value)))
+
+
 def field_keys(field: str, values: Iterable[str | None]) -> list[str]:
     """``<field>:<token>`` for every word of every value, without duplicates."""
     keys: list[str] = []
     for value in values:
         if not value:
             continue
-        for word in tokens(value):
-            key = f"{field}:{word[:MAX_KEY_TOKEN_LENGTH]}"
+        for key in _value_keys(field, value):
             if key not in keys:
                 keys.append(key)
     return keys
@@ -87,11 +94,14 @@ def field_keys(field: str, values: Iterable[str | None]) -> list[str]:
 
 def search_keys(entry: Entry) -> list[str]:
     """Every search key of ``entry`` (the ``missiveSearchKey`` values)."""
-    return [
-        *field_keys(NAME, (entry.display_name, entry.given_name, entry.surname)),
-        *field_keys(PROFESSION, (entry.profession_label,)),
-        *field_keys(SPECIALTY, (entry.specialty_label,)),
-        *field_keys(CITY, (entry.city,)),
-        *field_keys(DEPARTMENT, (entry.department,)),
-        *field_keys(REGION, (entry.region,)),
-    ]
+    keys = field_keys(NAME, (entry.display_name, entry.given_name, entry.surname))
+    for field, value in (
+        (PROFESSION, entry.profession_label),
+        (SPECIALTY, entry.specialty_label),
+        (CITY, entry.city),
+        (DEPARTMENT, entry.department),
+        (REGION, entry.region),
+    ):
+        if value:  # one value per field: its cached keys are already without duplicates
+            keys += _value_keys(field, value)
+    return keys
