@@ -1,0 +1,295 @@
+"""Message disposition notifications (RFC 8098 inside RFC 6522 ``multipart/report``): sans-IO.
+
+Role: pure functions, bytes in and bytes out, for the inbound agent (issue 7 item 5): the
+*processed* MDN when a message that asks for one (``Disposition-Notification-To``) has
+been decrypted and verified, and the *dispatched* MDN on final delivery when the sender
+asked for it with the Direct option ``X-DIRECT-FINAL-DESTINATION-DELIVERY`` (Direct
+Project, "Implementation Guide for Delivery Notification in Direct" §3). The caller signs
+(and encrypts, when the sender's certificate is found) the result with the S/MIME engine,
+then queues it with the envelope ``mdn_envelope`` returns (MAIL FROM:<>, RFC 8098 §3).
+
+What an MDN holds (RFC 8098 §3):
+
+1. ``text/plain`` for the sender in ``gateway.language`` (fr default, en); it names no
+   content of the original - not even its Subject, which may name a patient.
+2. ``message/disposition-notification``: Reporting-UA (the gateway host name and
+   product), Original-Recipient (when known), Final-Recipient, Original-Message-ID,
+   Disposition ``automatic-action/MDN-sent-automatically; processed|dispatched``
+   (§3.2.6: the gateway acts without a user).
+
+There is no third part: RFC 8098 §3 makes it optional, and leaving it out is what keeps
+decrypted headers out of a notification (issue 7 item 2).
+
+When (``should_send_mdn``): Disposition-Notification-To present with at least one
+address (§2.1); never for an MDN or a DSN (§3: "MDNs MUST NOT be generated in response
+to MDNs"; a ``multipart/report`` of type ``disposition-notification`` or
+``delivery-status`` is an automatic report, and answering one can loop); never when the
+return path is null (RFC 3461/5321 loop rule: the original was itself a notification).
+RFC 8098 §2.1 asks a user agent to confirm with its user when the Return-Path differs
+from Disposition-Notification-To; the gateway has no user to ask and sends only
+*processed/dispatched* (never *displayed*), the dispositions the Direct and MSSanté
+profiles want sent automatically, so it does not make that check.
+
+Trust level: pure data; no I/O, no keys, no logging.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import re
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from enum import StrEnum
+
+from gateway.config.model import Language
+from gateway.relay.report import (
+    CRLF,
+    NotificationRefused,
+    check_address,
+    header_field,
+    header_value,
+    human_part,
+    is_message_id,
+    make_message_id,
+    multipart_body,
+    new_boundary,
+)
+from gateway.spool.model import Envelope, Recipient
+
+PRODUCT = "Missive"
+DIRECT_FINAL_DELIVERY = "X-DIRECT-FINAL-DESTINATION-DELIVERY"
+_REPORT_RE = re.compile(
+    r"^\s*multipart/report\s*;(?:.*;)?\s*report-type\s*=\s*\"?"
+    r"(disposition-notification|delivery-status)\"?",
+    re.IGNORECASE | re.DOTALL,
+)
+_ADDR_OK_RE = re.compile(r"[^\s<>\"@]+@[^\s<>\"@]+")
+
+
+class MdnRefused(NotificationRefused):
+    """No MDN may be built (nothing asked, a notification, a null return path)."""
+
+
+class Disposition(StrEnum):
+    """The disposition-type values the gateway sends (RFC 8098 §3.2.6.2)."""
+
+    PROCESSED = "processed"
+    DISPATCHED = "dispatched"
+
+
+# -- when ------------------------------------------------------------------------------
+
+
+def mdn_recipients(original_headers: bytes) -> tuple[str, ...]:
+    """The addresses of Disposition-Notification-To (RFC 8098 §2.1), valid ones only."""
+    value = header_value(original_headers, "Disposition-Notification-To")
+    if value is None:
+        return ()
+    pairs = email.utils.getaddresses([value])
+    return tuple(addr for _, addr in pairs if _ADDR_OK_RE.fullmatch(addr))
+
+
+def is_report(original_headers: bytes) -> bool:
+    """Whether the message is an MDN or a DSN (RFC 6522 report of either type)."""
+    content_type = header_value(original_headers, "Content-Type")
+    return content_type is not None and _REPORT_RE.match(content_type) is not None
+
+
+def should_send_mdn(original_headers: bytes, return_path: str | None = None) -> bool:
+    """Whether the original asks for an MDN the gateway may send (see the module notes).
+
+    ``return_path`` is the original's MAIL FROM when the caller has the envelope (``""``
+    for the null reverse-path); else the ``Return-Path`` field of the headers is read.
+    """
+    if not mdn_recipients(original_headers) or is_report(original_headers):
+        return False
+    if return_path is None:
+        return_path = header_value(original_headers, "Return-Path")
+    return return_path is None or return_path.strip() not in ("", "<>")
+
+
+def wants_final_delivery_mdn(original_headers: bytes) -> bool:
+    """Whether Disposition-Notification-Options asks for the Direct dispatched MDN
+    (``X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true``)."""
+    value = header_value(original_headers, "Disposition-Notification-Options")
+    if value is None:
+        return False
+    for option in value.split(";"):
+        name, _, settings = option.partition("=")
+        if name.strip().upper() == DIRECT_FINAL_DELIVERY:
+            words = [word.strip().lower() for word in settings.split(",")]
+            return "true" in words[1:]
+    return False
+
+
+def mdn_envelope(original_headers: bytes) -> Envelope:
+    """MAIL FROM:<> (RFC 8098 §3) and RCPT TO each Disposition-Notification-To address."""
+    addresses = mdn_recipients(original_headers)
+    if not addresses:
+        raise MdnRefused("no Disposition-Notification-To address")
+    return Envelope(mail_from="", recipients=tuple(Recipient(a) for a in addresses))
+
+
+# -- the builder -----------------------------------------------------------------------
+
+
+_TEXT: dict[Language, dict[str, str]] = {
+    "fr": {
+        Disposition.PROCESSED: "Accusé de traitement",
+        Disposition.DISPATCHED: "Accusé de remise",
+        "intro": ("Ceci est un accusé automatique de la passerelle de messagerie sécurisée {ua}."),
+        f"body-{Disposition.PROCESSED}": (
+            "Votre message {message_id} adressé à {recipient} a été reçu et traité"
+            " (déchiffré et vérifié) par la passerelle du destinataire le {date}."
+            " Cela ne signifie pas qu'il a été lu."
+        ),
+        f"body-{Disposition.DISPATCHED}": (
+            "Votre message {message_id} a été remis dans la boîte de {recipient} le {date}."
+            " Cela ne signifie pas qu'il a été lu."
+        ),
+        "footer": "Le rapport technique (RFC 8098) est joint à ce message.",
+    },
+    "en": {
+        Disposition.PROCESSED: "Processed notification",
+        Disposition.DISPATCHED: "Delivery notification",
+        "intro": "This is an automatic notification from the secure mail gateway {ua}.",
+        f"body-{Disposition.PROCESSED}": (
+            "Your message {message_id} to {recipient} was received and processed"
+            " (decrypted and verified) by the recipient's gateway on {date}."
+            " This does not mean that it was read."
+        ),
+        f"body-{Disposition.DISPATCHED}": (
+            "Your message {message_id} was delivered to the mailbox of {recipient} on {date}."
+            " This does not mean that it was read."
+        ),
+        "footer": "The technical report (RFC 8098) is attached.",
+    },
+}
+
+
+def build_mdn(
+    *,
+    reporting_ua: str,
+    original_headers: bytes,
+    final_recipient: str,
+    disposition: Disposition | str,
+    now: datetime,
+    language: Language = "fr",
+    original_recipient: str | None = None,
+    return_path: str | None = None,
+    message_id: str | None = None,
+) -> bytes:
+    """The MDN (RFC 5322, CRLF, lines <= 78) for one recipient of the original.
+
+    ``original_headers``: the original's header block (or the whole message; only the
+    header block is read: Disposition-Notification-To, Message-ID, Content-Type,
+    Return-Path, Original-Recipient). ``final_recipient``: the local address it went to;
+    ``original_recipient``: the ORCPT (``rfc822;addr``) when the envelope has one, else
+    the Original-Recipient field is used. ``reporting_ua``: ``gateway.hostname``.
+    Raises ``MdnRefused`` when ``should_send_mdn`` says no, ``DsnRefused`` on a bad value.
+    """
+    disposition = Disposition(disposition)
+    if not should_send_mdn(original_headers, return_path):
+        raise MdnRefused("no MDN for this message (not asked, a notification, or null sender)")
+    if now.tzinfo is None:
+        raise NotificationRefused("now must be timezone-aware")
+    to = mdn_recipients(original_headers)
+    original_id = header_value(original_headers, "Message-ID")
+    check_address("final recipient", final_recipient)
+    boundary = new_boundary()
+    header = _mdn_header(
+        sender=final_recipient,
+        to=to,
+        subject=_TEXT[language][disposition],
+        now=now,
+        message_id=message_id or make_message_id(reporting_ua),
+        in_reply_to=original_id,
+        boundary=boundary,
+        language=language,
+    )
+    if original_recipient is None:
+        original_recipient = header_value(original_headers, "Original-Recipient")
+    parts = (
+        human_part(
+            _human_text(language, reporting_ua, final_recipient, original_id, now, disposition)
+        ),
+        _notification_part(
+            reporting_ua, original_recipient, final_recipient, original_id, disposition
+        ),
+    )
+    return header + CRLF + multipart_body(boundary, parts)
+
+
+def _mdn_header(
+    *,
+    sender: str,
+    to: Sequence[str],
+    subject: str,
+    now: datetime,
+    message_id: str,
+    in_reply_to: str | None,
+    boundary: str,
+    language: Language,
+) -> bytes:
+    fields: list[tuple[str, str]] = [
+        ("From", f"<{sender}>"),  # the recipient's address; the gateway is Reporting-UA
+        ("To", ", ".join(f"<{address}>" for address in to)),
+        ("Subject", subject),
+        ("Date", email.utils.format_datetime(now.astimezone(UTC))),
+        ("Message-ID", message_id),
+    ]
+    if in_reply_to and is_message_id(in_reply_to):
+        fields += [("In-Reply-To", in_reply_to), ("References", in_reply_to)]
+    fields += [
+        ("Auto-Submitted", "auto-replied"),  # RFC 3834 §5
+        ("MIME-Version", "1.0"),
+        (
+            "Content-Type",
+            f'multipart/report; report-type=disposition-notification; boundary="{boundary}"',
+        ),
+        ("Content-Language", language),
+    ]
+    return b"".join(header_field(name, value) for name, value in fields)
+
+
+def _notification_part(
+    reporting_ua: str,
+    original_recipient: str | None,
+    final_recipient: str,
+    original_id: str | None,
+    disposition: Disposition,
+) -> bytes:
+    """The ``message/disposition-notification`` part (RFC 8098 §3.1 and §3.2)."""
+    fields = [("Reporting-UA", f"{reporting_ua}; {PRODUCT}")]
+    if original_recipient is not None and ";" in original_recipient:
+        fields.append(("Original-Recipient", original_recipient))
+    fields.append(("Final-Recipient", f"rfc822; {final_recipient}"))
+    if original_id and is_message_id(original_id):
+        fields.append(("Original-Message-ID", original_id))
+    fields.append(("Disposition", f"automatic-action/MDN-sent-automatically; {disposition.value}"))
+    block = b"".join(header_field(name, value) for name, value in fields)
+    return header_field("Content-Type", "message/disposition-notification") + CRLF + block
+
+
+def _human_text(
+    language: Language,
+    reporting_ua: str,
+    recipient: str,
+    original_id: str | None,
+    now: datetime,
+    disposition: Disposition,
+) -> str:
+    texts = _TEXT[language]
+    message_id = original_id if original_id and is_message_id(original_id) else ""
+    date = now.astimezone(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    body = texts[f"body-{disposition}"].format(
+        message_id=message_id, recipient=recipient, date=date
+    )
+    lines = [
+        texts["intro"].format(ua=reporting_ua),
+        "",
+        body.replace("  ", " "),
+        "",
+        texts["footer"],
+    ]
+    return "\r\n".join(lines) + "\r\n"

@@ -1,0 +1,169 @@
+"""Header protection and Direct wrapping of an outbound message (sans-IO).
+
+Role: turns the message a doctor sent into (1) the *Cryptographic Payload* the secure
+agent signs and encrypts and (2) the outer header block that travels in clear around the
+``application/pkcs7-mime`` entity. Pure functions over bytes; no crypto here.
+
+Header protection (RFC 9788, ``[smime] protect_headers = true``):
+- §2.1: the Cryptographic Payload carries the message's own header fields (the real
+  Subject, From, To, Cc, Date, Message-ID, ...) and ``hp="cipher"`` on its Content-Type,
+  because the payload is encrypted;
+- §2.2: one ``HP-Outer`` field per outer field, so the recipient can tell what was
+  visible in transit;
+- outside, the header confidentiality policy is the RFC's baseline one: the Subject
+  becomes ``[...]`` and every field not on the allow-list below is dropped (Keywords,
+  Comments, X-* fields of the client: any of them may name a patient). Kept: From,
+  Sender, Reply-To, To, Cc, Date, Message-ID, In-Reply-To, References, the trace fields
+  (Received, Return-Path: RFC 5321 §4.4 forbids removing them) and the MDN request
+  fields (RFC 8098 §2). A decision of this module, stricter than the RFC's baseline.
+Without header protection the outer block is every non-MIME field of the message.
+
+Bcc (RFC 5322 §3.6.3): never copied anywhere, inside or outside; the hidden recipient's
+own copy is a separate message (``gateway.relay.routing``).
+
+Direct wrap (``wrap = true``; RFC 8551 §3.1, Direct Applicability Statement): the
+payload is ``message/rfc822`` holding the whole message (Bcc removed), with
+``forwarded="no"`` (the parameter the header-protection drafts use to tell a wrapped
+message from a forwarded one; readers that do not know it ignore it, RFC 2045 §5.1).
+The tamper rule (``check_tamper``): each RCPT TO must appear in To or Cc
+of the wrapped message and MAIL FROM must be the From (or Sender) address; a violation
+is refused, never silently sent.
+
+Invariants: every output is CRLF-canonical; a field value is never rewritten except the
+outer Subject; header values are copied as raw bytes (folding kept).
+"""
+
+from __future__ import annotations
+
+import email.utils
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.relay.routing import contains_address, header_addresses
+from gateway.smime import mime
+
+OBSCURED_SUBJECT = "[...]"  # RFC 9788 baseline header confidentiality policy
+HP_CIPHER = "cipher"
+OUTER_ALLOWED = frozenset(
+    {
+        "from",
+        "sender",
+        "reply-to",
+        "to",
+        "cc",
+        "date",
+        "message-id",
+        "in-reply-to",
+        "references",
+        "received",
+        "return-path",
+        "disposition-notification-to",
+        "disposition-notification-options",
+    }
+)
+NEVER_COPIED = frozenset({"bcc"})
+
+
+class TamperError(ValueError):
+    """The envelope does not match the wrapped message (Direct tamper rule)."""
+
+
+@dataclass(frozen=True)
+class HeaderField:
+    """One header field as found: its name and its raw lines (CRLF ended, folding kept)."""
+
+    name: str
+    raw: bytes
+
+    @property
+    def key(self) -> str:
+        return self.name.lower()
+
+    @property
+    def value(self) -> str:
+        text = self.raw.split(b":", 1)[1].decode("utf-8", "replace")
+        return " ".join(text.split())
+
+
+def header_fields(block: bytes) -> list[HeaderField]:
+    """The fields of a header block (CRLF), continuation lines kept with their field."""
+    fields: list[HeaderField] = []
+    for line in block.split(b"\r\n")[:-1] if block else []:
+        if line[:1] in (b" ", b"\t") and fields:
+            last = fields[-1]
+            fields[-1] = HeaderField(last.name, last.raw + line + b"\r\n")
+            continue
+        name = line.split(b":", 1)[0].strip().decode("ascii", "replace")
+        fields.append(HeaderField(name, line + b"\r\n"))
+    return fields
+
+
+@dataclass(frozen=True)
+class SplitMessage:
+    """A message cut into its non-MIME fields and its MIME entity (Content-*, body)."""
+
+    fields: tuple[HeaderField, ...]
+    entity: bytes
+
+    @classmethod
+    def of(cls, message: bytes) -> SplitMessage:
+        outer, entity = mime.split_message(message)
+        return cls(tuple(header_fields(outer)), entity)
+
+    def block(self, *, exclude: frozenset[str] = NEVER_COPIED) -> bytes:
+        return b"".join(f.raw for f in self.fields if f.key not in exclude)
+
+    def values(self, name: str) -> list[str]:
+        return [f.value for f in self.fields if f.key == name.lower()]
+
+    def without_bcc(self) -> bytes:
+        """The whole message again, Bcc removed (what a wrapped copy carries)."""
+        return self.block() + self.entity
+
+
+def outer_header(message: SplitMessage, *, protect: bool) -> bytes:
+    """The clear header block around the S/MIME entity (see the module docstring)."""
+    if not protect:
+        return message.block()
+    kept = [f.raw for f in message.fields if f.key in OUTER_ALLOWED]
+    kept.append(f"Subject: {OBSCURED_SUBJECT}\r\n".encode("ascii"))
+    return b"".join(kept)
+
+
+def _hp_outer_fields(outer: bytes) -> bytes:
+    """RFC 9788 §2.2: ``HP-Outer: <name>: <value>`` for each outer field (trace excluded)."""
+    lines = [
+        f"HP-Outer: {f.name}: {f.value}\r\n".encode()
+        for f in header_fields(outer)
+        if f.key not in ("received", "return-path")
+    ]
+    return b"".join(lines)
+
+
+def cryptographic_payload(message: SplitMessage, *, protect: bool, wrap: bool) -> bytes:
+    """The entity to sign and encrypt: header-protected (``hp="cipher"``), wrapped
+    (``message/rfc822``), or the bare MIME entity when neither is asked."""
+    if wrap:
+        return wrap_rfc822(message.without_bcc())
+    if not protect:
+        return message.entity
+    protected = message.block() + _hp_outer_fields(outer_header(message, protect=True))
+    return mime.with_protected_headers(message.entity, protected, hp=HP_CIPHER)
+
+
+def wrap_rfc822(message: bytes) -> bytes:
+    """A ``message/rfc822`` entity holding ``message`` (Direct wrap, RFC 8551 §3.1)."""
+    head = b'Content-Type: message/rfc822; forwarded="no"\r\n\r\n'
+    return head + mime.canonicalize_crlf(message)
+
+
+def check_tamper(message: SplitMessage, mail_from: str, recipients: Sequence[str]) -> None:
+    """The Direct tamper rule; ``TamperError`` naming the first violation."""
+    authors = message.values("from") + message.values("sender")
+    senders = [address for _, address in email.utils.getaddresses(authors) if address]
+    if not contains_address(senders, mail_from):
+        raise TamperError(f"MAIL FROM <{mail_from}> is neither the From nor the Sender address")
+    shown = header_addresses(message.block())
+    for recipient in recipients:
+        if not contains_address(shown, recipient):
+            raise TamperError(f"RCPT TO <{recipient}> is in neither To nor Cc")

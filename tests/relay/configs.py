@@ -1,0 +1,85 @@
+"""A configuration of the secure agent's tests: a site on a dev PKI, written as TOML and
+loaded with the real loader (so the routes are what a sysadmin would write)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from gateway.config import Config, load_config
+from gateway.pki.dev import DevPki
+
+ROUTES = """
+[[routes]]
+name = "clinique-b"
+domains = ["clinique-b.test"]
+next_hop = "127.0.0.1:2526"
+tls_name = "mx.clinique-b.test"
+fallback = "postal"
+
+[[routes]]
+name = "direct"
+domains = ["direct.test"]
+next_hop = "127.0.0.1:2527"
+tls_name = "mx.direct.test"
+wrap = true
+
+[[routes]]
+name = "mss"
+domains = ["mss.test"]
+next_hop = "127.0.0.1:2528"
+tls_name = "mx.mss.test"
+security = "tls-only"
+
+[[routes]]
+name = "partner"
+domains = ["*.partner.test"]
+next_hop = "127.0.0.1:2529"
+tls_name = "mx.partner.test"
+fallback = "route:clinique-b"
+
+[[routes]]
+name = "default"
+domains = ["*"]
+transport = "reject"
+"""
+
+
+def write_site(
+    directory: Path,
+    pki: DevPki,
+    *,
+    organisation_signing: Path | None = None,
+    smime: str = "",
+) -> Config:
+    """The site's configuration (``smime`` adds keys to ``[smime]``)."""
+    (directory / "var" / "keys").mkdir(parents=True, exist_ok=True)
+    (directory / "var" / "keys").chmod(0o700)
+    (directory / "var" / "annuaire.ldif").touch()
+    (directory / "conf").mkdir(exist_ok=True)
+    (directory / "conf" / "users.toml").touch()
+    path = directory / "missive.toml"
+    path.write_text(
+        f"""\
+[gateway]
+home = "{directory}"
+hostname = "mx.chu-a.test"
+local_domains = ["chu-a.test"]
+
+[tls]
+certificate = "{pki.server_cert("mx.chu-a.test")}"
+private_key = "{pki.server_key("mx.chu-a.test")}"
+
+[trust]
+anchors = ["{pki.root_cert}"]
+intermediates = ["{pki.intermediates}"]
+crls = ["{pki.crl("personnes")}", "{pki.crl("serveurs")}"]
+
+[keys]
+organisation_signing = "{organisation_signing or ""}"
+
+[smime]
+{smime}
+{ROUTES}""",
+        encoding="utf-8",
+    )
+    return load_config(path)
