@@ -12,7 +12,8 @@ Invariants:
   ~150/s for one, on the 2-core development VM, docs/spool.md);
 - ``checkpoint(name)`` is called at each named step of a write or a move
   (``add.synced``, ``defer.moved``, ...), on the event loop thread, or in an I/O thread
-  for a step inside a group-committed directory change (``add.linked``). It does
+  for a step inside an I/O job (``add.written``, between the write and the fsync of a
+  new entry) or a group-committed directory change (``add.linked``). It does
   nothing in production; the crash tests pass one that calls ``os._exit`` at a chosen step to
   prove that a crash there loses nothing acknowledged.
 

@@ -3,16 +3,19 @@
 The SMTP front opens a writer when DATA starts, feeds it the dot-unstuffed chunks as
 they arrive and commits it when it has decided to accept (or aborts it, say when the
 From: header is not one the login may use). Memory is bounded by ``FLUSH_SIZE`` plus
-one chunk, whatever the message size: chunks are written to ``<stage>/tmp/`` in the
-I/O threads, hashed (SHA-256) on the way, and never kept.
+one chunk, whatever the message size (twice that for a moment at ``commit``, when a
+message that never left memory is joined into one ``write``): chunks are written to
+``<stage>/tmp/`` in the I/O threads, hashed (SHA-256) on the way, and never kept.
 
 ``commit()`` (the order is the durability and audit contract):
 
-1. write the last chunks, the record and its digest, then the preamble (``pwrite``);
-2. concurrently: ``fsync`` the file, and commit ``spool.added`` to the audit trail;
+1. write the last chunks, the record and its digest, then the preamble (``pwrite``; a
+   message that never left memory is written with one ``write``, preamble first);
+2. concurrently: ``fsync`` the file, and commit ``spool.added`` to the audit trail
+   (the event leaves as soon as the bytes are written, while the fsync runs);
    if either fails the temp file is removed and the error raised (nothing published:
    the front answers 4xx; a ``spool.discarded`` follows an ``added`` that was
-   committed);
+   committed; a failed write in 1 is a ``spool.refused``, no ``added`` was sent);
 3. ``link`` the file into ``incoming/`` (never over an existing name) and ``fsync``
    ``incoming/``, both in one group-committed batch (``gateway.spool.commit``);
 4. return the queue id: only now may the front answer ``250``.
@@ -23,8 +26,10 @@ the attempt). A crash after 3 and before the ``250`` leaves a queued message who
 sender will retry: a duplicate, never a loss.
 
 The temp file is created at the first flush (or at ``commit`` for a message smaller
-than ``FLUSH_SIZE``), so a small message costs three thread hops: write, fsync (while
-the audit commits), link and directory fsync (shared with concurrent adds).
+than ``FLUSH_SIZE``). Steps 1 and 2's fsync are one I/O-thread job, which tells the
+loop (``call_soon_threadsafe``) when the bytes are written so the audit commit starts
+then; so a small message costs two thread hops: write and fsync (while the audit
+commits), then link and directory fsync (shared with concurrent adds).
 
 ``commit`` runs shielded from cancellation: if the SMTP client goes away during the
 commit, the commit still completes (a possible duplicate rather than a half-written
@@ -41,6 +46,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 from types import TracebackType
@@ -158,14 +164,24 @@ class EntryWriter:
     async def _commit(self) -> QueueId:
         runtime = self._runtime
         data = self._take_pending()
+        loop = asyncio.get_running_loop()
+        written: asyncio.Future[QueueRecord] = loop.create_future()
+
+        def report(outcome: QueueRecord | BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, written, outcome)
+
+        sync = asyncio.ensure_future(runtime.run(lambda: self._write_end_and_sync(data, report)))
         try:
-            record = await runtime.run(lambda: self._write_end(data))
+            record = await written
         except (OSError, SpoolError, RecordError) as error:
+            await asyncio.gather(sync, return_exceptions=True)
             failure = _spool_error(error)
             await self._close_without_entry("refused", str(failure))
             raise failure from error
-        runtime.checkpoint("add.written")
-        await self._sync_and_record(record)
+        except BaseException:
+            await asyncio.gather(sync, return_exceptions=True)
+            raise
+        await self._sync_and_record(record, sync)
         runtime.checkpoint("add.synced")
         await self._publish(record)
         runtime.checkpoint("add.published")
@@ -178,9 +194,24 @@ class EntryWriter:
         )
         return self.queue_id
 
+    def _write_end_and_sync(
+        self, data: bytes, report: Callable[[QueueRecord | BaseException], None]
+    ) -> None:
+        """In an I/O thread, one job: write the end (``report`` the record, or the error,
+        to the loop as soon as it is written), then ``fsync`` and close the file."""
+        try:
+            record = self._write_end(data)
+            self._runtime.checkpoint("add.written")
+        except BaseException as error:
+            report(error)
+            raise
+        report(record)
+        self._file().finish()
+
     def _write_end(self, data: bytes) -> QueueRecord:
-        """In an I/O thread: last content bytes, the record, then the preamble."""
-        self._write_content(data)
+        """In an I/O thread: last content bytes, the record, then the preamble (a message
+        that never left memory is written with one ``write``, preamble first)."""
+        self._digest.update(data)
         now = self._runtime.clock()
         record = QueueRecord(
             queue_id=self.queue_id,
@@ -195,9 +226,14 @@ class EntryWriter:
         )
         payload = encode_record(record)
         preamble = Preamble(self._size, len(payload))
-        temp = self._file()
-        temp.write(encode_trailer(preamble, payload))
-        temp.write_at(preamble.encode(), 0)
+        trailer = encode_trailer(preamble, payload)
+        if self._temp is None:
+            self._temp = TempFile.create(self._dirs.tmp, self.queue_id)
+            self._temp.write(b"".join((preamble.encode(), data, trailer)))
+            return record
+        self._temp.write(data)
+        self._temp.write(trailer)
+        self._temp.write_at(preamble.encode(), 0)
         return record
 
     async def _publish(self, record: QueueRecord) -> None:
@@ -218,10 +254,9 @@ class EntryWriter:
             await self._discard(record, "publish failed")
             raise as_spool_error(error, "publishing a queue file") from error
 
-    async def _sync_and_record(self, record: QueueRecord) -> None:
-        """fsync the file and commit ``spool.added`` at the same time; both or neither."""
+    async def _sync_and_record(self, record: QueueRecord, sync: asyncio.Future[None]) -> None:
+        """Commit ``spool.added`` while ``sync`` fsyncs the file; both or neither."""
         runtime = self._runtime
-        sync = asyncio.ensure_future(runtime.run(self._file().finish))
         event = entry_event(
             "added",
             stage=self._dirs.name,
@@ -318,6 +353,16 @@ def _spool_error(error: BaseException) -> SpoolError:
     if isinstance(error, OSError):
         return as_spool_error(error, "writing a queue file")
     return SpoolError(str(error))
+
+
+def _settle(future: asyncio.Future[QueueRecord], outcome: QueueRecord | BaseException) -> None:
+    """In the loop: resolve ``future`` from an I/O thread's outcome."""
+    if future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)
 
 
 def _consume_exception(task: asyncio.Future[QueueId]) -> None:
