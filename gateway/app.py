@@ -30,6 +30,7 @@ from gateway.config import Config
 from gateway.log import get_logger
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.listeblanche import ListeBlanche, load_liste_blanche
+from gateway.smtp.trace import TRACE_ALLOWANCE
 from gateway.smtp.users import Authenticator
 from gateway.spool import INBOUND, LOCAL, RECEIVED, Spool, relay_stage
 
@@ -130,7 +131,7 @@ def build_gateway(config: Config) -> Gateway:
             config.gateway.spool_dir,
             audit=audit,
             actor="gateway",
-            max_message_size=config.delivery.max_message_size,
+            max_message_size=config.delivery.max_message_size + TRACE_ALLOWANCE,
         )
         for stage in spool_stages(config):
             spool.queue(stage)

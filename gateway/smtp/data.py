@@ -29,7 +29,7 @@ from gateway.smtp.replies import Reply
 
 MAX_LINE = 1001  # 998 octets + CRLF (RFC 5321 §4.5.3.1.6) + the transparency dot
 END_OF_DATA = b".\r\n"
-HEADER_LIMIT = 256 * 1024  # header section kept for the policy checks
+HEADER_LIMIT = 256 * 1024  # larger header sections are refused (552 5.3.4)
 CHUNK_SIZE = 64 * 1024
 
 
@@ -49,7 +49,7 @@ class DataReceiver:
 
     @property
     def headers(self) -> bytes:
-        """The header section (up to ``HEADER_LIMIT``), without the empty line."""
+        """The whole header section (at most ``HEADER_LIMIT``), without the empty line."""
         return bytes(self._headers)
 
     def feed_line(self, line: bytes) -> bool:
@@ -99,6 +99,10 @@ class DataReceiver:
                 self._in_headers = False
             elif len(self._headers) + len(line) <= HEADER_LIMIT:
                 self._headers += line
+            else:
+                # refused, never truncated: the policy must judge the very header section
+                # that is stored (a From: past the limit would escape the checks)
+                self._fail(r.HEADER_TOO_BIG)
 
     def _fail(self, reply: Reply) -> None:
         if self.problem is None:

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 
 from gateway.config import Config
 from gateway.config.model import Listener
+from gateway.errors import ConfigError
 from gateway.log import get_logger
 from gateway.smime.types import ChainValidator
 from gateway.smtp.policy import ListeBlancheLookup, Policy, RelayRules
@@ -202,13 +203,19 @@ async def _start_one(
         sessions.add(session)
         return session
 
-    server = await asyncio.get_running_loop().create_server(
-        new_session,
-        host=listener.address.host,
-        port=listener.address.port,
-        ssl=context if listener.tls == "implicit" else None,
-        reuse_address=True,
-    )
+    try:
+        server = await asyncio.get_running_loop().create_server(
+            new_session,
+            host=listener.address.host,
+            port=listener.address.port,
+            ssl=context if listener.tls == "implicit" else None,
+            reuse_address=True,
+        )
+    except OSError as error:  # port taken, no permission, address not on this host
+        raise ConfigError(
+            f"listeners[{listener.name}]: cannot listen on {listener.address}: "
+            f"{error.strerror or error}"
+        ) from None
     running = RunningListener(listener, server, connections, sessions)
     host, port = running.address
     _log.info(

@@ -31,6 +31,7 @@ Certificate DNs compare as the liste blanche does (``gateway.smtp.dnmatch.same_d
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from email.headerregistry import Address as HeaderAddress
@@ -84,14 +85,35 @@ class MessageFacts:
     @classmethod
     def from_headers(cls, headers: bytes) -> MessageFacts:
         """Parse the header section; a missing, repeated or unparsable From: is 550 5.6.0."""
+        from_lines = _strict_from_count(headers)
         message = BytesHeaderParser(policy=default_policy).parsebytes(headers + b"\r\n")
         fields = message.get_all("From") or []
-        if len(fields) != 1:
-            raise SmtpReply(r.BAD_HEADER, f"{len(fields)} From: fields")
+        if len(fields) != 1 or from_lines != 1:
+            raise SmtpReply(r.BAD_HEADER, f"{max(len(fields), from_lines)} From: fields")
         addresses = tuple(_header_address(item) for item in getattr(fields[0], "addresses", ()))
         if not addresses:
             raise SmtpReply(r.BAD_HEADER, "From: without an address")
         return cls(addresses, _is_smime(message.get_content_type(), message.get_param("protocol")))
+
+
+_FIELD_NAME = re.compile(rb"[!-9;-~]+:")  # RFC 5322 §3.6.8: printable, no space, no colon
+
+
+def _strict_from_count(headers: bytes) -> int:
+    """Count the From: fields by RFC 5322's own rules, refusing any line that is neither
+    a field nor a continuation. The stdlib parser skips what it cannot read (e.g. the
+    obsolete ``From :`` form, RFC 5322 §4.5.1), and a mail reader may still show it: the
+    policy must never judge fewer From: fields than a reader could see."""
+    count = 0
+    for line in headers.split(b"\r\n"):
+        if not line or line[:1] in (b" ", b"\t"):
+            continue
+        match = _FIELD_NAME.match(line)
+        if match is None:
+            raise SmtpReply(r.BAD_HEADER, "malformed header field")
+        if match.group()[:-1].lower() == b"from":
+            count += 1
+    return count
 
 
 def _header_address(address: HeaderAddress) -> Address:

@@ -83,6 +83,7 @@ CERTIFICATE_REFUSED = Reply(550, "5.7.1", "Client certificate not accepted")
 CERTIFICATE_NEEDED = Reply(550, "5.7.1", "Client certificate required")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
 BAD_HEADER = Reply(550, "5.6.0", "Message header is malformed")
+HEADER_TOO_BIG = Reply(552, "5.3.4", "Message header section too large")
 
 MESSAGE_TOO_BIG = Reply(552, "5.3.4", "Message size exceeds fixed maximum message size")
 LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long (RFC 5321 4.5.3.1.6)")

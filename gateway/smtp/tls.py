@@ -33,7 +33,10 @@ from cryptography import x509
 from gateway.config import Config
 from gateway.config.model import Listener
 from gateway.errors import ConfigError
+from gateway.log import get_logger
 from gateway.smime.types import ChainValidator, Purpose
+
+_log = get_logger("smtp.tls")
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
 
@@ -103,7 +106,11 @@ async def check_client_certificate(
     serial = format(certificate.serial_number, "x")
     if validator is None:
         return ClientCertificateCheck(None, "no validator configured", serial)
-    result = await asyncio.to_thread(validator.validate, certificate, (), Purpose.TLS_CLIENT)
+    try:
+        result = await asyncio.to_thread(validator.validate, certificate, (), Purpose.TLS_CLIENT)
+    except Exception as error:  # noqa: BLE001 - any validator failure refuses (fail closed)
+        _log.error("tls.client_cert.validation_error", serial=serial, error=type(error).__name__)
+        return ClientCertificateCheck(None, "validation error", serial)
     if not result.valid:
         return ClientCertificateCheck(None, f"{result.status.value}: {result.reason}", serial)
     return ClientCertificateCheck(certificate.subject, None, serial)

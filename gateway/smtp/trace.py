@@ -24,6 +24,9 @@ from email.utils import format_datetime
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9.\-:\[\]]")
 MAX_HELO = 255
+# room for the Received: field on top of the client's content: the spool's size limit is
+# the advertised SIZE plus this, so a message just under SIZE is never refused after DATA
+TRACE_ALLOWANCE = 2048
 
 
 def protocol_name(*, extended: bool, tls: bool, authenticated: bool, smtputf8: bool) -> str:

@@ -135,3 +135,24 @@ def test_message_facts_need_one_from(headers: bytes) -> None:
 def test_message_facts_from_domain_lower_cased() -> None:
     parsed = MessageFacts.from_headers(b"From: Dr House <Dr.House@Clinique-B.TEST>\r\n")
     assert parsed.from_addresses == (Address("Dr.House", "clinique-b.test"),)
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        b"From: a@x.test\r\nFrom : chef@chu-a.test\r\nSubject: s",  # obsolete form (RFC 5322 4.5.1)
+        b"From : chef@chu-a.test\r\nSubject: s",
+        b"From: a@x.test\r\nnot a header line\r\nFrom: chef@chu-a.test",
+        b"From: a@x.test\r\nFROM: chef@chu-a.test",
+    ],
+)
+def test_a_from_field_the_parser_might_skip_is_refused(headers: bytes) -> None:
+    """The policy never judges fewer From: fields than a mail reader could show."""
+    with pytest.raises(SmtpReply) as refused:
+        MessageFacts.from_headers(headers)
+    assert refused.value.reply.code == 550
+
+
+def test_folded_from_is_still_one_field() -> None:
+    facts = MessageFacts.from_headers(b"From:\r\n  Alice <a@x.test>\r\nSubject: s")
+    assert [str(a) for a in facts.from_addresses] == ["a@x.test"]
