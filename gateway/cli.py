@@ -21,6 +21,7 @@ from gateway.errors import MissiveError
 # module path of each subcommand group, in the order ``--help`` lists them
 COMMANDS: tuple[str, ...] = (
     "gateway.serve",
+    "gateway.workers",
     "gateway.config.cli",
     "gateway.pki.cli",
     "gateway.smime.cli",

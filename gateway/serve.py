@@ -5,14 +5,16 @@ through the composition root (state directories 0700, audit retention and writer
 spool, certificate validator, users, liste blanche), opens every ``[[listeners]]``, and
 records ``gateway.start`` / ``gateway.stop`` in the audit trail.
 
-What happens to accepted mail today: the SMTP front answers ``250`` only once a message
-is fsynced into the spool's ``received/`` queue. The stages after it (secure agent,
-relay, inbound agent) are later issues, so the message **waits there**; the ready line
-says so (``processing=not-built``) and ``missive queue list`` shows it. Nothing is
-delivered or relayed yet, and nothing is lost: those stages will pick the queue up.
+Then it starts the stage workers (``gateway.workers``), each in its own process: the
+secure agent (reads ``received/``, signs and encrypts per route, hands off to
+``relay/<route>``, ``inbound/``, the postal outbox or a DSN) and the relay (delivers
+``relay/<route>`` with retries and DSNs). The SMTP front answers ``250`` only once a
+message is fsynced into ``received/``. The inbound agent and local delivery are a later
+issue: mail for local recipients waits in ``inbound/`` (``missive queue list`` shows it).
 
 Least privilege: this process is the SMTP front; it loads the TLS key of its listeners
-but never an S/MIME private key (the configuration is loaded with ``agent_keys=False``).
+but never an S/MIME private key (the configuration is loaded with ``agent_keys=False``);
+only the secure agent's worker process loads private keys.
 
 Exit status: 0 after a clean stop on a signal, 2 on a configuration error.
 """
@@ -30,6 +32,7 @@ from gateway.config import Config, load_config
 from gateway.log import get_logger, setup_logging
 from gateway.smtp.listener import ListenerGroup, start_listeners
 from gateway.spool import RECEIVED
+from gateway.workers import start_workers
 
 _log = get_logger("serve")
 
@@ -65,15 +68,19 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         )
         listeners = await _start_front(gateway)
         try:
-            _log.info(
-                "gateway.ready",
-                listeners_open=len(listeners.listeners),
-                accepting_mail="yes",
-                processing="not-built",
-                note="accepted mail waits in the spool's received/ queue",
-            )
-            await stop.wait()
-            _log.info("gateway.stopping")
+            workers = await start_workers(config, agents=1, relays=1)
+            try:
+                _log.info(
+                    "gateway.ready",
+                    listeners_open=len(listeners.listeners),
+                    accepting_mail="yes",
+                    workers=len(workers.workers),
+                    inbound_delivery="not-built",
+                )
+                await stop.wait()
+                _log.info("gateway.stopping")
+            finally:
+                await workers.aclose()
         finally:
             await listeners.aclose()
         await gateway.audit.record(lifecycle_event("stop", config))

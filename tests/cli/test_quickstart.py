@@ -1,8 +1,8 @@
 """The quick start, as the README's first command runs it, in a temporary copy:
 ``missive certs init-dev`` prepares var/, ``check-config`` says OK, ``serve`` starts its
-listeners, takes a message over STARTTLS into the spool (``missive queue list`` shows it
-waiting: the later stages are not built), records its start and stop in the audit trail,
-and stops cleanly on SIGTERM; ``audit verify`` then passes."""
+listeners and its stage workers, takes a message over STARTTLS into the spool
+(``missive queue list`` shows it), records its start and stop in the audit trail, and
+stops cleanly on SIGTERM, workers included; ``audit verify`` then passes."""
 
 from __future__ import annotations
 
@@ -122,7 +122,7 @@ def test_serve_accepts_into_the_spool_and_stops_on_sigterm(site: Path) -> None:
     try:
         lines = _read_until(proc, "event=gateway.ready", time.monotonic() + 30)
         assert "listeners_open=3" in lines[-1]
-        assert "processing=not-built" in lines[-1]
+        assert "workers=2" in lines[-1]
         _send_through_relay_listener(site)
         queued = missive(site, "queue", "list", "--config", "conf/missive.toml")
         assert queued.returncode == 0, queued.stderr

@@ -1,0 +1,597 @@
+"""The secure agent stage: ``received/`` in, ``relay/<route>/``, ``inbound/``, post and DSN out.
+
+Role (ARCHITECTURE outbound step 3, issue 6 items 1, 3, 5): the consumer of the spool's
+``received`` queue. At start it recovers the queue (``Queue.recover``: takes the stage's
+consumer lock, moves ``active/`` back to ``incoming/``), then loops: claim an entry, read
+its content, run ``SecureAgent.process`` over the recipients that have no final status
+yet, and write what it decided:
+
+- each ``OutgoingMessage`` of an SMTP route -> a hand-off to ``relay/<route>``; of the
+  implicit local route -> a hand-off to ``inbound`` with the content unchanged;
+- a recipient of a ``transport = "postal"`` route, or whose fallback resolves to
+  ``postal`` -> ``render_letter`` (with the recipient's annuaire entry) and
+  ``write_to_outbox``, then a ``relayed`` DSN (``postal=True``);
+- a fallback ``route:<name>``: the recipient's certificate is looked up per address,
+  not per route, so the target route (an S/MIME route: the configuration refuses a
+  weaker one) would find the same answer; the chain of fallbacks is therefore followed
+  here (``resolve_fallback``) until it ends in ``postal`` or ``bounce``, a loop ending as
+  ``bounce`` (fail closed: never sent in clear);
+- ``failed`` recipients, a fallback ``bounce``, a permanent postal error (no postal
+  address, unreadable message) -> one failure DSN per pass (when ``should_send_dsn``);
+- ``deferred`` recipients (directory down, no signing key, a temporary postal error) ->
+  ``Queue.defer`` with the ``RetryPolicy`` of ``[delivery]``; past ``max_lifetime``
+  they fail with reason ``expired``;
+- then the entry is completed (or bounced when nothing was delivered) once every
+  recipient has a final status; every ``AgentResult.audit`` event is recorded first.
+
+Invariants (ARCHITECTURE quality bar, "no accepted message is ever lost"):
+
+- every write happens before the entry leaves ``active/``: hand-offs, letters and DSNs
+  first, then ``defer``/``complete``. A crash at any point leaves the entry to be
+  recovered and processed again;
+- hand-offs are keyed deterministically (``handoff_key``: the kind, the route and a
+  digest of the recipient addresses), so a repeated pass finds its children already
+  written and writes nothing (the child keeps the first encryption); letters are named
+  by queue id and address (``postal.letter_stem``) and replace themselves;
+- a later pass only processes recipients without a final status: a recipient handed
+  off or failed is never sent twice by this stage;
+- a DSN is a message of the gateway's own (``Origin("internal")``, MAIL FROM:<>, RCPT TO
+  the sender, ``dsn_envelope``), handed off into ``received`` so it takes the same
+  path as any mail; never to a null sender (RFC 3461 §6.1).
+
+DSN content (issue 6 item 3): headers only of the original (RET=HDRS unless FULL was
+asked); ``protected=True`` (allow-listed headers, ``Subject: [...]``, RET=FULL
+downgraded) unless the sender is in ``gateway.local_domains``, because a DSN to a
+remote sender may leave the gateway in clear (``tls-only`` routes) and the real
+Subject often names a patient.
+
+Errors: a content that fails its SHA-256 check -> ``Queue.quarantine`` (``corrupt/``);
+any other exception while processing one entry -> the entry is held (``hold/``, the
+reason in the record's note and the log, never a body) so one bad message never stops
+the worker nor loops on it; an operator releases it. The spool's and the audit's own
+errors (disk full, audit down) are logged and the entry stays in ``active/``, recovered
+at the next start.
+
+Trust level: runs in the secure agent worker process (``missive worker agent``), the
+only process that loads private keys; it never listens on a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from annuaire.backend import open_directory
+from annuaire.errors import DirectoryUnavailable
+from annuaire.lookup import CertificateLookup
+from gateway.audit import AuditEvent, AuditSink
+from gateway.config import Config
+from gateway.log import get_logger
+from gateway.relay import routing
+from gateway.relay.agent import AgentResult, OrganisationSigner, RecipientOutcome, SecureAgent
+from gateway.relay.dsn import (
+    Action,
+    DsnRefused,
+    Reason,
+    RecipientReport,
+    build_dsn,
+    dsn_envelope,
+    should_send_dsn,
+)
+from gateway.relay.postal import PostalError, render_letter, write_to_outbox
+from gateway.smime.capabilities import CapabilitiesStore
+from gateway.smime.keystore import KeyStore
+from gateway.smime.types import ChainValidator
+from gateway.smime.validate import CertificateValidator
+from gateway.smtp.users import Authenticator
+from gateway.spool import (
+    INBOUND,
+    RECEIVED,
+    AuditTrail,
+    Claimed,
+    CorruptEntry,
+    Envelope,
+    Origin,
+    Queue,
+    Recipient,
+    RecipientState,
+    RecipientStatus,
+    RetryPolicy,
+    Spool,
+    SpoolBusy,
+    SpoolError,
+    relay_stage,
+)
+
+log = get_logger("relay.agent_stage")
+
+INTERNAL_ORIGIN = Origin("internal")
+DEFAULT_CONCURRENCY = 4
+DEFAULT_POLL_INTERVAL = 0.2  # seconds between claims of an empty queue
+STANDBY_INTERVAL = 1.0  # seconds between attempts to take the consumer lock
+_DIGEST_CHARS = 20
+
+# RFC 3463 codes of this stage's own failures
+STATUS_NO_ROUTE = "5.1.2"  # bad destination system address
+STATUS_REFUSED = "5.7.1"  # delivery not authorized
+STATUS_NO_CERTIFICATE = "5.7.4"  # security features not supported
+STATUS_EXPIRED = "5.4.7"  # delivery time expired
+STATUS_POSTAL_FAILED = "5.3.0"  # other or undefined mail system status
+STATUS_POSTED = "2.0.0"
+
+
+def handoff_key(kind: str, route: str | None, addresses: Iterable[str]) -> str:
+    """A deterministic hand-off key: ``kind:route:digest`` of the recipient addresses.
+
+    The same recipients on the same route give the same key in a repeated pass, so
+    ``Queue.hand_off`` writes the child once (``gateway.spool.ids.child_queue_id``).
+    """
+    joined = "\n".join(sorted(address.casefold() for address in addresses))
+    digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()[:_DIGEST_CHARS]
+    return f"{kind}:{route}:{digest}" if route else f"{kind}:{digest}"
+
+
+@dataclass
+class _Pass:
+    """What one pass over an entry decided, per recipient index of the envelope."""
+
+    recipients: tuple[Recipient, ...]  # the whole envelope, RCPT order
+    states: list[RecipientState]  # aligned with ``recipients``
+    index_of: dict[str, int]  # address -> index, for the recipients of this pass
+    failures: list[RecipientReport] = field(default_factory=list)
+    posted: list[RecipientReport] = field(default_factory=list)
+
+    def recipient_index(self, address: str) -> int:
+        return self.index_of[address]
+
+    def recipient(self, address: str) -> Recipient:
+        return self.recipients[self.index_of[address]]
+
+    def set(self, address: str, status: RecipientStatus, error: str | None = None) -> None:
+        index = self.recipient_index(address)
+        attempts = self.states[index].attempts + 1
+        self.states[index] = RecipientState(status, attempts, error[:4000] if error else None)
+
+    @property
+    def unfinished(self) -> bool:
+        return any(not state.status.final for state in self.states)
+
+    @property
+    def delivered_any(self) -> bool:
+        return any(state.status is RecipientStatus.DELIVERED for state in self.states)
+
+
+@dataclass(frozen=True)
+class EntryOutcome:
+    """The end of one pass over one entry (for logs and tests)."""
+
+    queue_id: str
+    disposition: str  # "completed" | "bounced" | "deferred" | "held" | "corrupt"
+    handoffs: tuple[str, ...] = ()
+    dsns: tuple[str, ...] = ()
+
+
+class AgentStage:
+    """The consumer of ``received`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        agent: SecureAgent,
+        lookup: CertificateLookup,
+        audit: AuditTrail,
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        concurrency: int = DEFAULT_CONCURRENCY,
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.config = config
+        self.spool = spool
+        self.agent = agent
+        self.lookup = lookup
+        self.audit = audit
+        self.policy = policy or RetryPolicy.from_config(config.delivery)
+        self.clock = clock
+        self.concurrency = concurrency
+        self.poll_interval = poll_interval
+        self.received: Queue = spool.queue(RECEIVED)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Recover (or wait as a standby while another agent holds the lock), then
+        claim and process entries until ``stop`` is set; in-flight entries finish."""
+        if not await self._take_queue(stop):
+            return
+        running: set[asyncio.Task[EntryOutcome | None]] = set()
+        try:
+            while not stop.is_set():
+                if len(running) >= self.concurrency:
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                    running = {task for task in running if not task.done()}
+                    continue
+                entry = await self.received.claim()
+                if entry is None:
+                    await _sleep_unless(stop, self.poll_interval)
+                    continue
+                running.add(asyncio.create_task(self.process_entry(entry)))
+                running = {task for task in running if not task.done()}
+        finally:
+            if running:
+                await asyncio.gather(*running, return_exceptions=True)
+
+    async def _take_queue(self, stop: asyncio.Event) -> bool:
+        """``recover`` once the consumer lock is ours; False if stopped while waiting."""
+        announced = False
+        while not stop.is_set():
+            try:
+                report = await self.received.recover()
+            except SpoolBusy:
+                if not announced:
+                    log.info("agent.standby", reason="another secure agent consumes received/")
+                    announced = True
+                await _sleep_unless(stop, STANDBY_INTERVAL)
+                continue
+            log.info("agent.started", recovered=len(report.requeued))
+            return True
+        return False
+
+    async def process_next(self) -> EntryOutcome | None:
+        """Claim and process one ready entry; None when there is none (or the spool
+        failed). The caller must have called ``recover`` (it takes the consumer lock)."""
+        entry = await self.received.claim()
+        return None if entry is None else await self.process_entry(entry)
+
+    async def drain(self) -> list[EntryOutcome]:
+        """Process every entry that is ready now, one after the other (tests, tools).
+        The caller must have called ``recover`` (it takes the consumer lock)."""
+        outcomes: list[EntryOutcome] = []
+        while (entry := await self.received.claim()) is not None:
+            outcome = await self.process_entry(entry)
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    # -- one entry ---------------------------------------------------------------------
+
+    async def process_entry(self, entry: Claimed) -> EntryOutcome | None:
+        """One pass over a claimed entry; never raises for a bad message.
+
+        Returns None when the spool or the audit trail failed: the entry then stays in
+        ``active/`` and is recovered at the next start."""
+        try:
+            return await self._process(entry)
+        except (SpoolError, OSError) as error:
+            log.error("agent.spool_error", queue_id=entry.queue_id, error=str(error))
+            return None
+        except Exception as error:  # noqa: BLE001 - a bad message must not stop the worker
+            reason = f"secure agent error: {type(error).__name__}"
+            log.error("agent.entry_failed", queue_id=entry.queue_id, error=reason)
+            try:
+                await self.received.hold(entry, reason)
+            except Exception as hold_error:  # noqa: BLE001 - stays in active/, recovered
+                log.error("agent.hold_failed", queue_id=entry.queue_id, error=str(hold_error))
+                return None
+            return EntryOutcome(entry.queue_id, "held")
+
+    async def _process(self, entry: Claimed) -> EntryOutcome:
+        try:
+            content = b"".join([chunk async for chunk in self.received.content(entry)])
+        except CorruptEntry as error:
+            await self.received.quarantine(entry, str(error))
+            return EntryOutcome(entry.queue_id, "corrupt")
+        record = entry.record
+        pending = record.unfinished
+        if not pending:  # every recipient already final (an operator's release)
+            await self.received.complete(entry)
+            return EntryOutcome(entry.queue_id, "completed")
+        envelope = Envelope(
+            record.envelope.mail_from,
+            tuple(record.envelope.recipients[i] for i in pending),
+            record.envelope.params,
+        )
+        result = await self.agent.process(envelope, content, record.origin, queue_id=entry.queue_id)
+        for event in result.audit:
+            await self.audit.record(event)
+        work = _Pass(
+            record.envelope.recipients,
+            list(record.state.recipients),
+            {record.envelope.recipients[i].address: i for i in reversed(pending)},
+        )
+        handoffs = await self._hand_off_messages(entry, result, content, work)
+        await self._fallbacks(entry, result, content, work)
+        for outcome in result.failed:
+            self._fail(work, outcome.address, outcome.reason, *_failure_code(outcome))
+        self._defer_all(entry, result.deferred, work)
+        dsns = await self._queue_dsns(entry, content, work)
+        return await self._finish(entry, work, handoffs, dsns)
+
+    async def _hand_off_messages(
+        self, entry: Claimed, result: AgentResult, content: bytes, work: _Pass
+    ) -> list[str]:
+        children: list[str] = []
+        for outgoing in result.messages:
+            addresses = [r.address for r in outgoing.recipients]
+            if outgoing.protection == "postal":  # a transport = "postal" route
+                for address in addresses:
+                    await self._post(entry, content, address, work)
+                continue
+            if outgoing.protection == "local":
+                target, key = self.spool.queue(INBOUND), handoff_key("local", None, addresses)
+            else:
+                target = self.spool.queue(relay_stage(outgoing.route))
+                key = handoff_key("relay", outgoing.route, addresses)
+            child_envelope = Envelope(
+                outgoing.mail_from, outgoing.recipients, entry.record.envelope.params
+            )
+            child = await self.received.hand_off(
+                entry, target, key, child_envelope, outgoing.content
+            )
+            children.append(child)
+            for address in addresses:
+                work.set(address, RecipientStatus.DELIVERED)
+            log.info(
+                "agent.handed_off",
+                queue_id=entry.queue_id,
+                child=child,
+                stage=target.name,
+                recipients=len(addresses),
+                protection=outgoing.protection,
+            )
+        return children
+
+    async def _fallbacks(
+        self, entry: Claimed, result: AgentResult, content: bytes, work: _Pass
+    ) -> None:
+        for outcome in result.fallback:
+            kind = self._final_fallback(outcome)
+            if kind == "postal":
+                await self._post(entry, content, outcome.address, work)
+            else:
+                self._fail(
+                    work,
+                    outcome.address,
+                    outcome.reason,
+                    STATUS_NO_CERTIFICATE,
+                    Reason.NO_VALID_CERTIFICATE,
+                )
+
+    def _final_fallback(self, outcome: RecipientOutcome) -> str:
+        """``postal`` or ``bounce``: ``route:<name>`` links followed (module docstring)."""
+        route = self.config.route_named(outcome.route) if outcome.route else None
+        seen: set[str] = set()
+        while route is not None and route.name not in seen:
+            seen.add(route.name)
+            target = routing.resolve_fallback(self.config, route)
+            if target.kind != "route":
+                return target.kind
+            route = target.route
+        return "bounce"
+
+    async def _post(self, entry: Claimed, content: bytes, address: str, work: _Pass) -> None:
+        """The postal fallback of one recipient: letter, outbox, ``relayed`` report."""
+        sender = entry.record.envelope.mail_from
+        try:
+            found = await self.lookup.lookup(address)
+            if found.entry is None:
+                raise PostalError("no entry in the annuaire, hence no postal address")
+            letter = await asyncio.to_thread(
+                render_letter,
+                content,
+                found.entry,
+                sender or self.config.gateway.hostname,
+                now=self.clock(),
+                language=self.config.gateway.language,
+            )
+            await asyncio.to_thread(
+                write_to_outbox, self.config.postal.outbox, entry.queue_id, address, letter
+            )
+        except DirectoryUnavailable as error:
+            self._defer(entry, work, address, str(error))
+            return
+        except PostalError as error:
+            if not error.permanent:
+                self._defer(entry, work, address, error.reason)
+                return
+            reason = Reason.NO_POSTAL_ADDRESS if "postal address" in error.reason else Reason.OTHER
+            self._fail(work, address, f"postal: {error.reason}", STATUS_POSTAL_FAILED, reason)
+            return
+        work.set(address, RecipientStatus.DELIVERED, "sent by post")
+        work.posted.append(
+            self._report(work, address, Action.RELAYED, STATUS_POSTED, Reason.POSTAL)
+        )
+        await self.audit.record(_postal_event(entry, address))
+
+    # -- per-recipient decisions -------------------------------------------------------
+
+    def _report(
+        self, work: _Pass, address: str, action: Action, status: str, reason: Reason
+    ) -> RecipientReport:
+        recipient = work.recipient(address)
+        return RecipientReport(
+            address,
+            action,
+            status,
+            original_recipient=recipient.orcpt,
+            last_attempt=self.clock(),
+            reason=reason,
+        )
+
+    def _fail(self, work: _Pass, address: str, why: str, status: str, reason: Reason) -> None:
+        work.set(address, RecipientStatus.FAILED, why)
+        work.failures.append(self._report(work, address, Action.FAILED, status, reason))
+
+    def _defer_all(self, entry: Claimed, outcomes: Sequence[RecipientOutcome], work: _Pass) -> None:
+        for outcome in outcomes:
+            self._defer(entry, work, outcome.address, outcome.reason)
+
+    def _defer(self, entry: Claimed, work: _Pass, address: str, why: str) -> None:
+        """Retry later, per ``[delivery]``; past ``max_lifetime``: failed, ``expired``."""
+        index = work.recipient_index(address)
+        attempts = work.states[index].attempts + 1
+        now = self.clock()
+        when = self.policy.next_attempt(attempts, entry.record.received, now)
+        if when is None:
+            self._fail(work, address, f"expired: {why}", STATUS_EXPIRED, Reason.EXPIRED)
+            return
+        work.states[index] = RecipientState(RecipientStatus.DEFERRED, attempts, why[:4000], when)
+
+    # -- DSNs and the end of the pass --------------------------------------------------
+
+    async def _queue_dsns(self, entry: Claimed, content: bytes, work: _Pass) -> list[str]:
+        sent: list[str] = []
+        for reports, action, postal in (
+            (work.failures, Action.FAILED, False),
+            (work.posted, Action.RELAYED, True),
+        ):
+            due = [
+                report
+                for report in reports
+                if should_send_dsn(
+                    action,
+                    work.recipient(report.final_recipient).notify,
+                    entry.record.envelope.mail_from,
+                    postal=postal,
+                )
+            ]
+            if due:
+                child = await self._queue_dsn(entry, content, due, action)
+                if child is not None:
+                    sent.append(child)
+        return sent
+
+    async def _queue_dsn(
+        self, entry: Claimed, content: bytes, reports: list[RecipientReport], action: Action
+    ) -> str | None:
+        record = entry.record
+        sender = record.envelope.mail_from
+        try:
+            dsn = build_dsn(
+                reporting_mta=self.config.gateway.hostname,
+                original_sender=sender,
+                recipients=reports,
+                original=content,
+                arrival_date=record.received,
+                now=self.clock(),
+                language=self.config.gateway.language,
+                ret=record.envelope.params.ret,
+                envid=record.envelope.params.envid,
+                protected=not routing.is_local(self.config, sender),
+            )
+            envelope = dsn_envelope(sender)
+        except DsnRefused as error:  # a bad sender address: nobody to tell
+            log.warning("agent.dsn_refused", queue_id=entry.queue_id, error=str(error))
+            return None
+        key = handoff_key(f"dsn-{action.value}", None, (r.final_recipient for r in reports))
+        child = await self.received.hand_off(
+            entry, self.received, key, envelope, dsn, origin=INTERNAL_ORIGIN
+        )
+        log.info("agent.dsn_queued", queue_id=entry.queue_id, child=child, action=action.value)
+        return child
+
+    async def _finish(
+        self, entry: Claimed, work: _Pass, handoffs: list[str], dsns: list[str]
+    ) -> EntryOutcome:
+        if work.unfinished:
+            due = min(s.next_attempt for s in work.states if s.next_attempt is not None)
+            await self.received.defer(entry, due, work.states)
+            disposition = "deferred"
+        elif work.delivered_any:
+            await self.received.complete(entry, work.states)
+            disposition = "completed"
+        else:
+            await self.received.bounce(entry, "no recipient could be served", work.states)
+            disposition = "bounced"
+        return EntryOutcome(entry.queue_id, disposition, tuple(handoffs), tuple(dsns))
+
+
+def _failure_code(outcome: RecipientOutcome) -> tuple[str, Reason]:
+    """The RFC 3463 status and the DSN reason of an agent ``failed`` outcome."""
+    if outcome.route is None:
+        return STATUS_NO_ROUTE, Reason.ROUTE_REJECTED
+    if outcome.reason == "refused by route":
+        return STATUS_REFUSED, Reason.ROUTE_REJECTED
+    return STATUS_REFUSED, Reason.OTHER
+
+
+def _postal_event(entry: Claimed, address: str) -> AuditEvent:
+    return AuditEvent(
+        type="agent.postal",
+        queue_id=entry.queue_id,
+        mail_from=entry.record.envelope.mail_from,
+        rcpt_to=(address,),
+        outcome="posted",
+    )
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+# -- the worker process ----------------------------------------------------------------
+
+
+def build_secure_agent(
+    config: Config, lookup: CertificateLookup, validator: ChainValidator
+) -> SecureAgent:
+    """The ``SecureAgent`` of a worker: key store, organisation key, capabilities, users.
+
+    Loads private keys: call only in the secure agent worker (``ConfigError`` /
+    ``KeyStoreError`` when a key file is unusable: fail closed at start)."""
+    organisation = config.keys.organisation_signing
+    return SecureAgent(
+        config,
+        lookup,
+        KeyStore.load(config.keys.dir),
+        validator,
+        CapabilitiesStore(config.gateway.data_dir),
+        OrganisationSigner.load(organisation) if organisation is not None else None,
+        send_as=Authenticator(config.auth.users_file),
+    )
+
+
+async def run_agent_worker(config: Config, stop: asyncio.Event) -> None:
+    """``missive worker agent``: build the stage from ``config`` and run it until ``stop``.
+
+    ``config`` must have been loaded with ``agent_keys=True``. The audit sink, spool
+    and directory connections are this process's own and are closed on the way out."""
+    from gateway.app import revocation_cache  # the composition root's path rule
+
+    validator = CertificateValidator.from_files(
+        config.trust.anchors,
+        config.trust.intermediates,
+        config.trust.crls,
+        config.trust.revocation,
+        cache_dir=revocation_cache(config),
+    )
+    directory = open_directory(config.annuaire, anchors=config.trust.anchors)
+    lookup = CertificateLookup.from_config(config, directory, validator)
+    agent = build_secure_agent(config, lookup, validator)
+    audit = AuditSink(config.audit.path)
+    audit.start()
+    try:
+        spool = Spool(
+            config.gateway.spool_dir,
+            audit=audit,
+            actor="secure-agent",
+            max_message_size=config.delivery.max_message_size,
+        )
+        try:
+            stage = AgentStage(config, spool, agent, lookup, audit)
+            await stage.run(stop)
+        finally:
+            await spool.aclose()
+    finally:
+        await directory.close()
+        await audit.aclose()
+    log.info("agent.stopped")

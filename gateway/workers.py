@@ -1,0 +1,284 @@
+"""Worker processes: ``missive worker agent|relay`` and the supervisor that runs them.
+
+Role (ARCHITECTURE "Each stage can run as its own process"; STYLE §9, least privilege by
+process): the secure agent and the relay each run in processes of their own, started by
+``missive serve`` through ``start_workers`` and supervised there:
+
+- ``missive worker agent --config FILE`` runs ``gateway.relay.agent_stage.run_agent_worker``;
+  it is the only kind of process that loads S/MIME private keys (its configuration is
+  loaded with ``agent_keys=True``) and it opens no listening socket;
+- ``missive worker relay --config FILE`` runs ``gateway.relay.relay_stage.run_relay_worker``
+  (configuration loaded with ``agent_keys=False``: it never sees an S/MIME key).
+
+Each worker stops cleanly on SIGTERM or SIGINT: the stage finishes or abandons its
+in-flight entries (an abandoned one stays in ``active/`` and is recovered by the next
+worker), closes the spool and the audit trail, and exits 0. A configuration error exits 2
+with one line per problem (``gateway.cli`` convention), never a traceback.
+
+Supervisor (``WorkerGroup``): each worker is a child process in its own process group
+(``start_new_session``), so that a signal to it reaches everything it forks and a
+Ctrl-C in the terminal of ``missive serve`` does not reach it twice. A worker that exits
+while the group is running is restarted after a back-off (0.5 s doubling to 30 s; reset
+once a worker has run for a minute), so a worker that crashes at start (a broken key
+file) does not spin. ``aclose`` sends SIGTERM to every worker's process group, waits up
+to ``stop_timeout`` and then SIGKILLs the group. Processes are addressed only by their
+own PID / process group, never by name.
+
+Several agents: the ``received`` queue has one consumer at a time (its consumer lock,
+``gateway.spool.queue``); an extra agent waits as a hot standby and takes over when the
+first one stops (``AgentStage.run``). The crypto of one agent already runs in threads.
+
+Trust level: the supervisor holds no key and runs in the ``serve`` process; the workers
+are as described above.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+from gateway.cli_common import SubParsers, add_config_argument
+from gateway.config import Config, load_config
+from gateway.errors import MissiveError
+from gateway.log import get_logger, setup_logging
+
+log = get_logger("workers")
+
+WorkerKind = Literal["agent", "relay"]
+KINDS: tuple[WorkerKind, ...] = ("agent", "relay")
+DEFAULT_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "gateway")
+BACKOFF_FIRST = 0.5
+BACKOFF_MAX = 30.0
+STABLE_AFTER = 60.0  # seconds of life after which a crash restarts without delay growth
+STOP_TIMEOUT = 10.0
+
+
+# -- missive worker agent|relay ----------------------------------------------------------
+
+
+def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
+    parser = subparsers.add_parser(
+        "worker",
+        help="run one worker process (secure agent or relay); missive serve starts them",
+        description=(
+            "Run one stage of the gateway in the foreground until SIGTERM or Ctrl-C: "
+            "'agent' signs and encrypts queued mail (the only process that loads private "
+            "keys), 'relay' delivers it to the next hops."
+        ),
+    )
+    parser.add_argument("kind", choices=KINDS, help="which stage to run")
+    add_config_argument(parser)
+    parser.set_defaults(handler=run_worker)
+
+
+def run_worker(args: argparse.Namespace) -> int:
+    kind: WorkerKind = args.kind
+    config = load_config(args.config, agent_keys=kind == "agent")
+    setup_logging(config.gateway.log_level)
+    asyncio.run(serve_worker(kind, config))
+    return 0
+
+
+async def serve_worker(kind: WorkerKind, config: Config, stop: asyncio.Event | None = None) -> None:
+    """Run the stage ``kind`` until ``stop`` is set (by SIGTERM/SIGINT when not given)."""
+    stop = stop or _stop_on_signals()
+    log.info("worker.start", kind=kind, pid=os.getpid())
+    if kind == "agent":
+        from gateway.relay.agent_stage import run_agent_worker
+
+        await run_agent_worker(config, stop)
+    else:
+        from gateway.relay.relay_stage import run_relay_worker
+
+        await run_relay_worker(config, stop)
+    log.info("worker.stopped", kind=kind, pid=os.getpid())
+
+
+def _stop_on_signals() -> asyncio.Event:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    return stop
+
+
+# -- the supervisor --------------------------------------------------------------------
+
+
+@dataclass
+class Worker:
+    """One supervised worker: its command, its current process, how often it restarted."""
+
+    name: str
+    argv: tuple[str, ...]
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    started_at: float = 0.0
+    exits: list[int] = field(default_factory=list)
+
+    @property
+    def pid(self) -> int | None:
+        return self.process.pid if self.process is not None else None
+
+
+class WorkerGroup:
+    """Child worker processes, restarted with back-off until ``aclose`` (module docstring)."""
+
+    def __init__(
+        self,
+        commands: Sequence[tuple[str, Sequence[str]]],
+        *,
+        backoff_first: float = BACKOFF_FIRST,
+        backoff_max: float = BACKOFF_MAX,
+        stop_timeout: float = STOP_TIMEOUT,
+    ) -> None:
+        self.workers = [Worker(name, tuple(argv)) for name, argv in commands]
+        self.backoff_first = backoff_first
+        self.backoff_max = backoff_max
+        self.stop_timeout = stop_timeout
+        self._closing = False
+        self._tasks: list[asyncio.Task[None]] = []
+        self._started: dict[str, asyncio.Event] = {}
+
+    async def start(self) -> None:
+        """Spawn every worker (raises ``OSError`` if one cannot be spawned at all)."""
+        for worker in self.workers:
+            await self._spawn(worker)
+        self._tasks = [asyncio.create_task(self._supervise(w)) for w in self.workers]
+
+    async def _spawn(self, worker: Worker) -> None:
+        worker.process = await asyncio.create_subprocess_exec(
+            *worker.argv, start_new_session=True, stdin=asyncio.subprocess.DEVNULL
+        )
+        worker.started_at = time.monotonic()
+        log.info("worker.spawned", worker=worker.name, pid=worker.process.pid)
+        self._started.setdefault(worker.name, asyncio.Event()).set()
+
+    async def _supervise(self, worker: Worker) -> None:
+        delay = self.backoff_first
+        while True:
+            assert worker.process is not None
+            status = await worker.process.wait()
+            worker.exits.append(status)
+            if self._closing:
+                return
+            lived = time.monotonic() - worker.started_at
+            if lived >= STABLE_AFTER:
+                delay = self.backoff_first
+            log.error(
+                "worker.exited",
+                worker=worker.name,
+                pid=worker.process.pid,
+                status=status,
+                restart_in=f"{delay:.1f}s",
+            )
+            self._started[worker.name].clear()
+            await asyncio.sleep(delay)
+            if self._closing:
+                return
+            delay = min(delay * 2, self.backoff_max)
+            try:
+                await self._spawn(worker)
+            except OSError as error:  # try again after the next back-off
+                log.error("worker.spawn_failed", worker=worker.name, error=str(error))
+                continue
+            worker.restarts += 1
+
+    async def wait_running(self, name: str) -> Worker:
+        """Wait until worker ``name`` has a live process (tests, ``serve``'s ready line)."""
+        worker = next(w for w in self.workers if w.name == name)
+        await self._started.setdefault(name, asyncio.Event()).wait()
+        return worker
+
+    async def aclose(self) -> None:
+        """SIGTERM every worker's process group, wait, SIGKILL what is left (idempotent)."""
+        self._closing = True
+        live = [w.process for w in self.workers if w.process and w.process.returncode is None]
+        for process in live:
+            _signal_group(process.pid, signal.SIGTERM)
+        if live:
+            waits = [asyncio.create_task(p.wait()) for p in live]
+            _, pending = await asyncio.wait(waits, timeout=self.stop_timeout)
+            for process in live:
+                if process.returncode is None:
+                    log.warning("worker.kill", pid=process.pid)
+                    _signal_group(process.pid, signal.SIGKILL)
+            if pending:
+                await asyncio.wait(pending)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+
+
+def _signal_group(pid: int, signum: signal.Signals) -> None:
+    """Signal the process group of a worker (its PID: it leads its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pid, signum)
+
+
+def worker_commands(
+    config: Config,
+    *,
+    agents: int,
+    relays: int,
+    program: Sequence[str] = DEFAULT_PROGRAM,
+) -> list[tuple[str, tuple[str, ...]]]:
+    """``(name, argv)`` of each worker: ``<program> worker <kind> --config <file>``."""
+    if agents < 0 or relays < 0:
+        raise ValueError("the number of workers cannot be negative")
+    commands: list[tuple[str, tuple[str, ...]]] = []
+    for kind, count in (("agent", agents), ("relay", relays)):
+        for index in range(count):
+            argv = (*program, "worker", kind, "--config", str(config.source))
+            commands.append((f"{kind}-{index + 1}", argv))
+    return commands
+
+
+async def start_workers(
+    config: Config,
+    *,
+    agents: int,
+    relays: int,
+    program: Sequence[str] = DEFAULT_PROGRAM,
+) -> WorkerGroup:
+    """Spawn ``agents`` secure agent and ``relays`` relay workers for ``config``'s file.
+
+    ``program`` is how to run the ``missive`` command line (default: this Python with
+    ``-m gateway``). The caller must ``aclose`` the group."""
+    group = WorkerGroup(worker_commands(config, agents=agents, relays=relays, program=program))
+    try:
+        await group.start()
+    except BaseException:
+        await group.aclose()
+        raise
+    return group
+
+
+# -- python -m gateway.workers (the same command without gateway.cli) ---------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m gateway.workers worker agent|relay --config FILE``."""
+    parser = argparse.ArgumentParser(prog="missive")
+    register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
+    args = parser.parse_args(argv)
+    try:
+        status: int = args.handler(args)
+    except MissiveError as error:
+        for problem in error.problems:
+            print(problem, file=sys.stderr)
+        return error.status
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())
