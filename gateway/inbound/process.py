@@ -1,0 +1,382 @@
+"""The inbound agent's sans-IO core: one received message for one local recipient in,
+the message to deliver (or hold) and the facts to audit out.
+
+Role: ``process_inbound`` decrypts with the recipient's keys, verifies the signature and
+its binding to From, shows the protected header fields, removes the inbound fields that
+imitate ours and adds the result (``gateway.inbound.headers``). Pure: no I/O, no clock
+but the validator's; the caller (stage runner, later) spools, quarantines, delivers and
+audits.
+
+Steps and the rules that decide them:
+1. Decrypt only when the *whole body* is ``application/pkcs7-mime`` enveloped-data or
+   authEnveloped-data (RFC 8551 §3.3; RFC 5083). EFAIL (Poddebniak et al., 2018): an
+   encrypted part inside a multipart is never decrypted, so decrypted text is never
+   spliced with clear siblings an attacker chose; such a message is handled as a clear
+   one (``encrypted=no``) and the encrypted part travels untouched.
+2. Verify when the (decrypted) entity is signed, ``multipart/signed`` or opaque
+   signed-data (RFC 8551 §3.5), with ``gateway.smime.verify``: the signer must be bound
+   to the outer From and, with RFC 9788 header protection or a wrapped message (RFC 8551
+   §3.1), to the protected From, which is what the reader sees (RFC 8550 §3). What is
+   delivered is the signed content itself, nothing around it.
+3. Show the protected header fields: from an RFC 9788 Cryptographic Payload (``hp``
+   parameter; the ``HP-Outer`` fields are dropped and ``hp`` removed, the entity is no
+   longer a payload) or from the wrapped ``message/rfc822`` inner message. Only inside a
+   cryptographic layer: a clear message with ``hp`` or an rfc822 body is left as it is.
+4. Remove every inbound field that imitates ours, add ``Authentication-Results`` and
+   ``Missive-Security``, tag the Subject when the signature is missing or invalid.
+
+Decisions (``Decision``), with ``InboundPolicy`` (``[inbound]`` of the configuration):
+- a key the gateway does not hold (no RecipientInfo names one of ``keys``: end-to-end
+  to a smart card): ``unknown_key = "pass-marked"`` delivers the still-encrypted message
+  marked (``PASS_MARKED``); ``"hold"`` holds it;
+- any other decryption failure (damaged, tampered, wrong key, 3DES when ``accept_3des``
+  is off): ``HOLD`` with the one public text ``PUBLIC_DECRYPT_ERROR`` (RFC 3218 §2.3);
+  the cause is only in ``AuditFacts.failure_detail``, for the local log;
+- content decrypted with a CBC cipher (no integrity, EFAIL's malleability gadget) and
+  without a valid signature: ``unsigned_cbc = "mark"`` delivers it marked, ``"hold"``
+  holds it. AES-GCM (authEnveloped-data) is integrity-protected: not under this rule;
+- 3DES is decrypted only when ``accept_3des``, and then marked ``weak=yes``;
+- everything else is delivered (``DELIVER``), marked when the signature is missing or
+  invalid. Never delivered silently as trusted: the marks are the result.
+A held message's output is the message as received (nothing decrypted is kept in it).
+
+Failure contract: bad input never raises. Unparsable MIME/CMS ends as an invalid or
+absent signature, or as a hold (``UNPROCESSABLE``) if the structure cannot be rebuilt;
+exceptions from trusted code (the validator) propagate so the caller retries later.
+The detection of "no key held" relies on ``decrypt``'s detail text (``NO_KEY_DETAIL``):
+the decryptor has no separate error type for it.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import replace as _replace
+from email.utils import getaddresses
+
+from asn1crypto import cms
+
+from gateway.inbound import headers
+from gateway.inbound.headers import Signature
+from gateway.relay.protect import HeaderField, SplitMessage, header_fields
+from gateway.smime import mime
+from gateway.smime.algorithms import CIPHERS_BY_ASN1_NAME, WEAK_CIPHERS
+from gateway.smime.decrypt import (
+    ENCRYPTED_SMIME_TYPES,
+    OID_AUTH_ENVELOPED_DATA,
+    OID_ENVELOPED_DATA,
+    Decrypted,
+    DecryptionKey,
+    decrypt_entity,
+)
+from gateway.smime.types import (
+    PUBLIC_DECRYPT_ERROR,
+    ChainValidator,
+    DecryptError,
+    MalformedMessage,
+    VerifyResult,
+)
+from gateway.smime.verify import addresses_match, verify
+
+NO_KEY_DETAIL = "no recipient info for our keys"
+UNPROCESSABLE = "the message could not be processed"
+KEY_NOT_HELD = "encrypted for a key the gateway does not hold"
+UNSIGNED_CBC = "CBC-encrypted content without a valid signature"
+_HP_PARAMETER = re.compile(r';\s*hp\s*=\s*("[^"]*"|[^;\s]*)', re.IGNORECASE)
+_HOSTILE_INPUT = (ValueError, TypeError, KeyError, IndexError, LookupError, OverflowError)
+
+
+class Decision(enum.Enum):
+    DELIVER = "deliver"
+    HOLD = "hold"
+    PASS_MARKED = "pass-marked"  # noqa: S105 - still encrypted for a key not held, marked
+
+
+@dataclass(frozen=True)
+class InboundPolicy:
+    """``[inbound]`` rules of the configuration that decide here."""
+
+    unknown_key: str = "pass-marked"  # pass-marked | hold
+    unsigned_cbc: str = "mark"  # mark | hold
+    accept_3des: bool = False
+
+    def __post_init__(self) -> None:
+        if self.unknown_key not in ("pass-marked", "hold"):
+            raise ValueError(f"unknown_key must be pass-marked or hold, not {self.unknown_key!r}")
+        if self.unsigned_cbc not in ("mark", "hold"):
+            raise ValueError(f"unsigned_cbc must be mark or hold, not {self.unsigned_cbc!r}")
+
+
+@dataclass(frozen=True)
+class AuditFacts:
+    """What the audit trail records about one inbound decision (never content)."""
+
+    recipient: str
+    encrypted: bool = False  # the whole body was an encrypted S/MIME entity
+    decrypted: bool = False
+    cipher: str = ""  # content cipher, "" when not encrypted
+    key_transport: str = ""  # "rsa-pkcs1v15" | "rsa-oaep" | "ecdh"
+    key_serial: str = ""  # hex serial of the certificate whose key opened it
+    signature: Signature = Signature.NONE
+    signer: str = ""  # the signer certificate's address (bound to From when valid)
+    signer_serial: str = ""  # hex
+    signature_reason: str = ""  # why the signature is not valid ("" when valid)
+    weak: bool = False  # 3DES accepted by accept_3des
+    header_source: str = "outer"  # outer | hp-cipher | hp-clear | wrapped
+    failure_detail: str = ""  # local log only: the precise cause of a failure
+
+
+@dataclass(frozen=True)
+class InboundResult:
+    message: bytes  # what to deliver; for HOLD the message as received
+    decision: Decision
+    reason: str  # why held ("" otherwise); safe to show to the sender
+    facts: AuditFacts
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def process_inbound(
+    message: bytes,
+    recipient: str,
+    *,
+    keys: Sequence[DecryptionKey],
+    validator: ChainValidator | None,
+    policy: InboundPolicy,
+    hostname: str,
+) -> InboundResult:
+    """Process one received message for ``recipient`` (module docstring)."""
+    try:
+        return _process(message, recipient, keys, validator, policy, hostname)
+    except (*_HOSTILE_INPUT, MalformedMessage, RecursionError) as error:
+        detail = f"{type(error).__name__}: {str(error)[:200]}"
+        facts = AuditFacts(recipient, failure_detail=detail)
+        return InboundResult(message, Decision.HOLD, UNPROCESSABLE, facts)
+
+
+@dataclass(frozen=True)
+class _Opened:
+    """The message after decryption and verification, before the headers are written."""
+
+    outer: tuple[HeaderField, ...]
+    entity: bytes  # the MIME entity to deliver
+    facts: AuditFacts
+    inside_crypto: bool  # entity came out of a decryption or a signature
+
+
+def _process(
+    message: bytes,
+    recipient: str,
+    keys: Sequence[DecryptionKey],
+    validator: ChainValidator | None,
+    policy: InboundPolicy,
+    hostname: str,
+) -> InboundResult:
+    split = SplitMessage.of(message)
+    facts = AuditFacts(recipient)
+    entity = split.entity
+    decrypted: Decrypted | None = None
+    if _is_whole_body_encrypted(entity):
+        facts = _replace(facts, encrypted=True)
+        try:
+            decrypted = decrypt_entity(entity, keys, accept_3des=policy.accept_3des)
+        except DecryptError as error:
+            return _undecrypted(message, split, facts, error, policy, hostname)
+        facts = _decrypted_facts(facts, decrypted)
+        entity = mime.canonicalize_crlf(decrypted.content)
+    from_address = _first_from(split.fields)
+    entity, facts = _verified(entity, facts, validator, from_address)
+    inside_crypto = decrypted is not None or facts.signature is not Signature.NONE
+    opened = _Opened(split.fields, entity, facts, inside_crypto)
+    if decrypted is not None and not decrypted.authenticated:
+        if facts.signature is not Signature.VALID and policy.unsigned_cbc == "hold":
+            return InboundResult(message, Decision.HOLD, UNSIGNED_CBC, opened.facts)
+    return _deliverable(opened, hostname)
+
+
+# --------------------------------------------------------------------------- decryption
+
+
+def _is_whole_body_encrypted(entity: bytes) -> bool:
+    """The top-level entity is an encrypted application/pkcs7-mime (RFC 8551 §3.3): by
+    its smime-type, or by its CMS content type when smime-type is absent."""
+    top = mime.parse_entity(mime.canonicalize_crlf(entity))
+    if mime.smime_kind(top) is not mime.SmimeKind.PKCS7_MIME:
+        return False
+    declared = mime.smime_type(top)
+    if declared is not None:
+        return declared in ENCRYPTED_SMIME_TYPES
+    return _cms_content_type(mime.body_bytes(top)) in (OID_ENVELOPED_DATA, OID_AUTH_ENVELOPED_DATA)
+
+
+def _cms_content_type(der: bytes) -> str:
+    try:
+        return str(cms.ContentInfo.load(der)["content_type"].dotted)
+    except _HOSTILE_INPUT:
+        return ""
+
+
+def _envelope_cipher(entity: bytes) -> str:
+    """The content cipher named by an envelope we cannot open (for the marks), or ""."""
+    try:
+        body = mime.body_bytes(mime.parse_entity(mime.canonicalize_crlf(entity)))
+        info = cms.ContentInfo.load(body)
+        authenticated = info["content_type"].dotted == OID_AUTH_ENVELOPED_DATA
+        name = "auth_encrypted_content_info" if authenticated else "encrypted_content_info"
+        algorithm = info["content"][name]["content_encryption_algorithm"]
+        spec = CIPHERS_BY_ASN1_NAME.get(str(algorithm["algorithm"].native))
+    except (*_HOSTILE_INPUT, MalformedMessage):
+        return ""
+    return spec.name if spec is not None else ""
+
+
+def _decrypted_facts(facts: AuditFacts, decrypted: Decrypted) -> AuditFacts:
+    return _replace(
+        facts,
+        decrypted=True,
+        cipher=decrypted.cipher,
+        key_transport=decrypted.key_transport,
+        key_serial=f"{decrypted.certificate.serial_number:x}",
+        weak=decrypted.weak,
+    )
+
+
+def _undecrypted(
+    message: bytes,
+    split: SplitMessage,
+    facts: AuditFacts,
+    error: DecryptError,
+    policy: InboundPolicy,
+    hostname: str,
+) -> InboundResult:
+    """A key we do not hold (policy ``unknown_key``) or a failure (hold, public text)."""
+    facts = _replace(facts, failure_detail=error.detail)
+    if not error.detail.startswith(NO_KEY_DETAIL):
+        return InboundResult(message, Decision.HOLD, PUBLIC_DECRYPT_ERROR, facts)
+    cipher = _envelope_cipher(split.entity)
+    facts = _replace(facts, cipher=cipher, weak=cipher in WEAK_CIPHERS)
+    if policy.unknown_key == "hold":
+        return InboundResult(message, Decision.HOLD, KEY_NOT_HELD, facts)
+    opened = _Opened(split.fields, split.entity, facts, inside_crypto=False)
+    marked = _deliverable(opened, hostname)
+    return InboundResult(marked.message, Decision.PASS_MARKED, "", facts)
+
+
+# --------------------------------------------------------------------------- signature
+
+
+def _is_signed(entity: bytes) -> bool:
+    top = mime.parse_entity(mime.canonicalize_crlf(entity))
+    kind = mime.smime_kind(top)
+    if kind is mime.SmimeKind.MULTIPART_SIGNED:
+        return True
+    return kind is mime.SmimeKind.PKCS7_MIME and mime.smime_type(top) in (None, "signed-data")
+
+
+def _verified(
+    entity: bytes, facts: AuditFacts, validator: ChainValidator | None, from_address: str | None
+) -> tuple[bytes, AuditFacts]:
+    """Verify a signed entity; (the entity to deliver, the facts with the signature)."""
+    if not _is_signed(entity):
+        return entity, facts
+    result = verify(entity, validator=validator, from_address=from_address)
+    signer, serial = _signer_identity(result, from_address)
+    facts = _replace(
+        facts,
+        signature=Signature.VALID if result.valid else Signature.INVALID,
+        signer=signer,
+        signer_serial=serial,
+        signature_reason=result.reason,
+    )
+    return (result.content or entity), facts
+
+
+def _signer_identity(result: VerifyResult, from_address: str | None) -> tuple[str, str]:
+    """(address, hex serial) of the signer: the one bound to From when there is one."""
+    candidates = [s for s in result.signers if s.certificate is not None]
+    for signer in candidates:
+        for address in signer.email_addresses:
+            if from_address and addresses_match(address, from_address):
+                assert signer.certificate is not None
+                return address, f"{signer.certificate.serial_number:x}"
+    for signer in candidates:
+        assert signer.certificate is not None
+        first = signer.email_addresses[0] if signer.email_addresses else ""
+        return first, f"{signer.certificate.serial_number:x}"
+    return "", ""
+
+
+def _first_from(fields: Sequence[HeaderField]) -> str | None:
+    values = [field.value for field in fields if field.key == "from"]
+    addresses = [address for _, address in getaddresses(values) if address]
+    return addresses[0] if addresses else None
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def _protected(entity: bytes) -> tuple[list[HeaderField], bytes, str] | None:
+    """(protected fields, the entity to deliver, source) for a wrapped message or an
+    RFC 9788 Cryptographic Payload; None for anything else."""
+    parsed = mime.parse_entity(entity)
+    if mime.smime_kind(parsed) is mime.SmimeKind.RFC822:
+        inner = SplitMessage.of(parsed.body)
+        return list(inner.fields), inner.entity, "wrapped"
+    mode = mime.header_protection_mode(parsed)
+    if mode is None:
+        return None
+    block, payload = mime.split_message(entity)
+    fields = [field for field in header_fields(block) if field.key != "hp-outer"]
+    return fields, _without_hp_parameter(payload), f"hp-{mode}"
+
+
+def _without_hp_parameter(entity: bytes) -> bytes:
+    """The entity with ``hp`` removed from its Content-Type: once unwrapped, it is no
+    longer a Cryptographic Payload (RFC 9788 §2)."""
+    parsed = mime.parse_entity(entity)
+    content_type = " ".join(parsed.header_values("Content-Type")[:1]).split()
+    value = _HP_PARAMETER.sub("", " ".join(content_type))
+    header = mime.replace_header_field(parsed.header, "Content-Type", value)
+    return header + mime.CRLF + entity[parsed.body_start :]
+
+
+def _with_mime_version(entity: bytes) -> bytes:
+    parsed = mime.parse_entity(entity)
+    if parsed.header_values("MIME-Version"):
+        return entity
+    return b"MIME-Version: 1.0\r\n" + entity
+
+
+def _deliverable(opened: _Opened, hostname: str) -> InboundResult:
+    """The message with its header fields cleaned, shown and marked."""
+    fields: list[HeaderField] = list(opened.outer)
+    entity = opened.entity
+    facts = opened.facts
+    protected = _protected(entity) if opened.inside_crypto else None
+    if protected is not None:
+        shown, entity, source = protected
+        fields = headers.merged(fields, shown)
+        facts = _replace(facts, header_source=source)
+    fields = headers.without_imitations(fields, hostname)
+    if facts.signature is not Signature.VALID:
+        fields = headers.with_tagged_subject(fields)
+    added = headers.authentication_results(
+        hostname, facts.signature, facts.signer, facts.signer_serial
+    ) + headers.missive_security(facts.cipher or "no", facts.signature, facts.signer, facts.weak)
+    output = added + b"".join(field.raw for field in fields) + _with_mime_version(entity)
+    return InboundResult(output, Decision.DELIVER, "", facts)
+
+
+__all__ = [
+    "KEY_NOT_HELD",
+    "UNPROCESSABLE",
+    "UNSIGNED_CBC",
+    "AuditFacts",
+    "Decision",
+    "InboundPolicy",
+    "InboundResult",
+    "process_inbound",
+]
