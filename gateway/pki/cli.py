@@ -6,10 +6,12 @@
 [--local-domain DOMAIN]...`` creates or completes the development PKI in DIR
 (``gateway.pki.dev``), optionally writes the demo annuaire LDIF (kept if it exists: it may
 have been edited) and installs the local users' keys into a key store directory
-(``gateway.pki.demo``). It prints one line per file: created, kept, reissued, refreshed
-or tightened. It does not read the configuration. Defaults: the demo users, the servers
-``mx.chu-a.test`` and ``mx.clinique-b.test`` (so a test can play the remote MX), local
-domain ``chu-a.test``. Wrong arguments are a ``UsageError`` (exit 2), never a traceback.
+(``gateway.pki.demo``), with the organisation signing key of the first local domain in
+``<keys dir>/organisation/sign.pem`` (``keys.organisation_signing``). It prints one line
+per file: created, kept, reissued, refreshed or tightened. It does not read the
+configuration. Defaults: the demo users, the servers ``mx.chu-a.test`` and
+``mx.clinique-b.test`` (so a test can play the remote MX), local domain ``chu-a.test``.
+Wrong arguments are a ``UsageError`` (exit 2), never a traceback.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from gateway.errors import UsageError
 from gateway.pki.demo import (
     DEFAULT_LOCAL_DOMAINS,
     install_demo_keys,
+    install_organisation_key,
     local_addresses,
     practitioner_for,
     write_demo_annuaire,
@@ -123,6 +126,7 @@ def run_init_dev(args: argparse.Namespace) -> int:
             path = args.keys_dir
             local = local_addresses(map(normalise_address, users), local_domains)
             _print_changes(install_demo_keys(pki, path, local))
+            _print_changes(install_organisation_key(pki, path, local_domains[0]))
     except DevPkiError as error:
         raise UsageError(error.problems) from None
     except OSError as error:

@@ -20,6 +20,18 @@ Key store layout (CONFIG-CONTRACT ``[keys] dir``): ``<address>.sign.pem`` and
 ``<address>.enc.pem``, each the private key (PKCS#8 PEM) followed by its certificate,
 mode 0600 in a 0700 directory. Existing files are never overwritten.
 
+Organisation signing key (``install_organisation_key``, ``[keys] organisation_signing``):
+IGC-Santé issues "ORG" certificates to a structure rather than a person; the secure agent
+signs with one the mail of relay clients and of senders without a personal key. The dev
+PKI issues it from the persons' CA with the person *signature* profile (digitalSignature
++ nonRepudiation, EKU emailProtection) and ``CN=<organisation name>, OU=<domain>``; its
+only SAN address is ``postmaster@<domain>`` (RFC 5321 §4.5.1: the one role address every
+domain has), never a person's address, so a verifier that binds the signer to From
+(RFC 8550 §3) sees that the organisation, not the author, signed. It is written key +
+certificate + personnes CA as ``<keys dir>/organisation/sign.pem`` (0600, directory 0700,
+never overwritten): a *subdirectory*, because every ``*.pem`` directly in the key store
+must be named ``<address>.<sign|enc>.pem`` (``gateway.smime.keystore``).
+
 The people are synthetic and obviously fake: domains ``chu-a.test`` (local hospital) and
 ``clinique-b.test`` (a remote colleague's clinic), postal codes ``99xxx``, national ids
 ``8999...`` (no RPPS number starts with 999), département ``99`` and region
@@ -44,6 +56,8 @@ from gateway.pki.files import create_private_file, ensure_private_dir
 BASE_DN = "dc=annuaire,dc=test"
 PEOPLE_DN = f"ou=people,{BASE_DN}"
 DEFAULT_LOCAL_DOMAINS: tuple[str, ...] = ("chu-a.test",)
+ORGANISATION_KEY_FILE = Path("organisation") / "sign.pem"  # under [keys] dir
+ORGANISATION_MAILBOX = "postmaster"
 DEMO_REGION = "Région Exemple"
 DEMO_DEPARTMENT = "99"
 
@@ -238,3 +252,40 @@ def install_demo_keys(pki: DevPki, keys_dir: Path, addresses: Iterable[str]) -> 
             created = create_private_file(target, pem)
             changes.append(Change("created" if created else "kept", target))
     return changes
+
+
+def organisation_name(domain: str) -> str:
+    """The demo organisation of ``domain`` (from the demo practitioners), else the domain."""
+    domain = domain.lower().rstrip(".")
+    for practitioner in DEMO_PRACTITIONERS:
+        if practitioner.organisation and practitioner.address.endswith(f"@{domain}"):
+            return practitioner.organisation
+    return domain
+
+
+def install_organisation_key(pki: DevPki, keys_dir: Path, domain: str) -> list[Change]:
+    """Issue the organisation signature certificate of ``domain`` (see the module
+    docstring) and write key + certificate + issuing CA to ``keys_dir /
+    ORGANISATION_KEY_FILE``; an existing file is kept untouched (never overwritten)."""
+    target = keys_dir / ORGANISATION_KEY_FILE
+    changes: list[Change] = []
+    if ensure_private_dir(keys_dir):
+        changes.append(Change("created", keys_dir))
+    if ensure_private_dir(target.parent):
+        changes.append(Change("created", target.parent))
+    if target.exists():
+        return [*changes, Change("kept", target)]
+    address = normalise_address(f"{ORGANISATION_MAILBOX}@{domain}")
+    cert_path = pki.issue_user(
+        address,
+        "sign",
+        common_name=organisation_name(domain),
+        path=pki.directory / "organisations" / f"{address.rpartition('@')[2]}.sign.crt",
+    )
+    try:
+        pem = cert_path.with_suffix(".key").read_bytes() + cert_path.read_bytes()
+        pem += pki.ca_cert("personnes").read_bytes()
+    except OSError as error:
+        raise DevPkiError(f"{domain}: cannot read its organisation key ({error})") from None
+    created = create_private_file(target, pem)
+    return [*changes, Change("created" if created else "kept", target)]

@@ -12,15 +12,19 @@ import pytest
 from gateway.cli import main
 from gateway.config import DeliverTo, HostPort, model, schema
 from gateway.config.loader import check_config
+from gateway.pki.demo import install_organisation_key
+from gateway.pki.dev import DevPki
 from tests.config.support import REPOSITORY, Site
 
 SHIPPED = REPOSITORY / "conf" / "missive.toml"
 
 
 @pytest.fixture
-def shipped(site: Site) -> Site:
-    """The site with the repository's conf/missive.toml copied in."""
+def shipped(site: Site, pki: DevPki) -> Site:
+    """The site with the repository's conf/missive.toml copied in and, as
+    ``certs init-dev --keys-dir`` makes it, the organisation signing key."""
     shutil.copy(SHIPPED, site.config)
+    install_organisation_key(pki, site.path("var/keys"), "chu-a.test")
     return site
 
 
@@ -41,6 +45,7 @@ def test_shipped_config_validates(shipped: Site) -> None:
     )
     assert config.annuaire.ldif == root / "var/annuaire.ldif"
     assert config.keys.dir == root / "var/keys"
+    assert config.keys.organisation_signing == root / "var/keys/organisation/sign.pem"
     assert config.gateway.spool_dir == root / "var/spool"
     assert config.audit.path == root / "var/audit.sqlite"
     assert config.inbound.deliver_to == DeliverTo("maildir", path=root / "var/mail")

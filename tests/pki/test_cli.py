@@ -33,7 +33,9 @@ def test_defaults_then_rerun_keeps_everything(
         "alice.martin@chu-a.test.sign.pem",
         "bruno.petit@chu-a.test.enc.pem",
         "bruno.petit@chu-a.test.sign.pem",
+        "organisation",
     ]
+    assert [p.name for p in (keys / "organisation").iterdir()] == ["sign.pem"]
     pki = load_dev_pki(pki_dir)
     assert not pki.ec
     result = openssl_verify(pki, pki.server_cert("mx.chu-a.test"), crl_check=True)
@@ -63,6 +65,7 @@ def test_chosen_users_servers_ec_and_urls(
     assert pki.server_cert("mx.hopital-c.test").exists()
     assert not (pki_dir / "mx.chu-a.test.crt").exists()
     assert sorted(p.name for p in keys.iterdir()) == [
+        "organisation",
         "zoe.blanc@hopital-c.test.enc.pem",
         "zoe.blanc@hopital-c.test.sign.pem",
     ]

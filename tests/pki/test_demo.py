@@ -3,6 +3,7 @@ development PKI."""
 
 from __future__ import annotations
 
+import shutil
 import stat
 import subprocess
 from collections.abc import Callable
@@ -18,16 +19,21 @@ from annuaire.mapping import DEFAULT_ATTRIBUTES
 from annuaire.search import SearchQuery, search
 from gateway.pki.demo import (
     DEMO_PRACTITIONERS,
+    ORGANISATION_KEY_FILE,
     PEOPLE_DN,
     install_demo_keys,
+    install_organisation_key,
     local_addresses,
     practitioner_dn,
     practitioner_for,
     write_demo_annuaire,
 )
-from gateway.pki.dev import DEMO_USERS, DevPki, DevPkiError
+from gateway.pki.dev import DEMO_USERS, DevPki, DevPkiError, load_dev_pki
+from gateway.relay.agent import OrganisationSigner
+from gateway.smime.keystore import KeyStore
 from tests.peers.procs import require_binary
 from tests.peers.slapd import SlapdInstance
+from tests.pki.conftest import openssl_verify, purposes
 
 SCHEMA = Path(__file__).resolve().parents[2] / "annuaire" / "schema" / "missive-sante.schema"
 
@@ -163,3 +169,55 @@ def test_install_demo_keys_never_overwrites(rsa_pki: DevPki, tmp_path: Path) -> 
         ("kept", "alice.martin@chu-a.test.enc.pem"),
         ("created", "alice.martin@chu-a.test.sign.pem"),
     }
+
+
+@pytest.fixture
+def pki_copy(rsa_pki: DevPki, tmp_path: Path) -> DevPki:
+    """A private copy of the session PKI: issuing the organisation certificate adds files
+    that other tests count."""
+    shutil.copytree(rsa_pki.directory, tmp_path / "pki")
+    return load_dev_pki(tmp_path / "pki")
+
+
+def test_organisation_key_is_a_signature_certificate_of_postmaster(
+    pki_copy: DevPki, tmp_path: Path
+) -> None:
+    rsa_pki = pki_copy
+    keys_dir = tmp_path / "keys"
+    install_demo_keys(rsa_pki, keys_dir, ["alice.martin@chu-a.test"])
+    changes = install_organisation_key(rsa_pki, keys_dir, "CHU-A.test")
+    target = keys_dir / ORGANISATION_KEY_FILE
+    assert ("created", target) in {(c.action, c.path) for c in changes}
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
+    assert stat.S_IMODE(target.parent.stat().st_mode) == 0o700
+    signer = OrganisationSigner.load(target)  # what the secure agent reads
+    cert = signer.certificate
+    assert cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)[0].value == (
+        "CHU A (fictif)"
+    )
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert san.get_values_for_type(x509.RFC822Name) == ["postmaster@chu-a.test"]
+    usage = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    assert usage.digital_signature and usage.content_commitment and not usage.key_encipherment
+    assert [c.subject for c in signer.chain] == [
+        x509.load_pem_x509_certificate(rsa_pki.ca_cert("personnes").read_bytes()).subject
+    ]
+    leaf = tmp_path / "org.crt"
+    leaf.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    assert openssl_verify(rsa_pki, leaf).returncode == 0
+    assert purposes(leaf)["S/MIME signing"]
+    # the key store next to it still loads: the subdirectory is not a key file
+    store, problems = KeyStore.scan(keys_dir)
+    assert problems == []
+    assert {k.address for k in store.keys} == {"alice.martin@chu-a.test"}
+
+
+def test_organisation_key_is_never_overwritten(pki_copy: DevPki, tmp_path: Path) -> None:
+    rsa_pki = pki_copy
+    keys_dir = tmp_path / "keys"
+    install_organisation_key(rsa_pki, keys_dir, "chu-a.test")
+    target = keys_dir / ORGANISATION_KEY_FILE
+    before = target.read_bytes()
+    changes = install_organisation_key(rsa_pki, keys_dir, "chu-a.test")
+    assert target.read_bytes() == before
+    assert [(c.action, c.path) for c in changes] == [("kept", target)]

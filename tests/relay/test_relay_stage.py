@@ -285,8 +285,8 @@ class Site:
             while True:
                 kinds = [e.type for e in self.audit_events("spool.") if e.queue_id == queue_id]
                 final = [k for k in kinds if k in ("spool.completed", "spool.bounced")]
-                if final:
-                    assert await self.relay.locate(queue_id) is None
+                # the event is committed just before the file goes: wait for the file too
+                if final and await self.relay.locate(queue_id) is None:
                     return final[0]
                 await asyncio.sleep(0.05)
 
