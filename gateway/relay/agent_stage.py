@@ -491,7 +491,7 @@ class AgentStage:
             return None
         key = handoff_key(f"dsn-{action.value}", None, (r.final_recipient for r in reports))
         child = await self.received.hand_off(
-            entry, self.received, key, envelope, dsn, origin=INTERNAL_ORIGIN
+            entry, self.received, key, envelope, dsn, origin=INTERNAL_ORIGIN, new_message=True
         )
         log.info("agent.dsn_queued", queue_id=entry.queue_id, child=child, action=action.value)
         return child

@@ -556,7 +556,13 @@ class RelayStage:
                 continue
             key = notice.key(record.state.revision)
             child = await queue.hand_off(
-                entry, self._received, key, envelope, message, origin=Origin("internal")
+                entry,
+                self._received,
+                key,
+                envelope,
+                message,
+                origin=Origin("internal"),
+                new_message=True,
             )
             _log.info("relay.dsn_queued", queue_id=entry.queue_id, dsn=child, action=notice.action)
 

@@ -11,7 +11,7 @@ Layout (``gateway.spool.layout``; a sysadmin's page is ``docs/spool.md``)::
                 relay/<route>/   secure agent              -> relay of that route
                 inbound/         SMTP front, IMAP fetcher  -> inbound agent
                 local/           inbound agent             -> local delivery
-      each with tmp/ incoming/ active/ deferred/ hold/ corrupt/ and consumer.lock
+      each with tmp/ incoming/ active/ deferred/ hold/ corrupt/ handed/ and consumer.lock
 
 Modules, each small and named by concern:
 
@@ -27,6 +27,8 @@ Modules, each small and named by concern:
   delete, hand_off, recover, scan), the async orchestration of each operation;
 - ``stagefiles``: the blocking file operations behind it (claim by rename, locate,
   rewrite a version, recovery, the consumer lock);
+- ``tombstones``: ``handed/``, what keeps a hand-off idempotent after its child has
+  left the next stage while the parent may still be re-run;
 - ``spooldir``: ``Spool``, which owns the I/O threads and builds the queues;
 - ``runtime``: what the queues of one ``Spool`` share;
 - ``schedule``: the retry schedule of ``[delivery]``;

@@ -12,8 +12,9 @@ hold by its owner)     after ``rename`` to ``deferred/`` or ``hold/``, that dire
 move by id (hold,      the target directory, after the ``rename``
 release, retry,
 recover, corrupt)
-complete, bounce,      the directory the name was removed from, after the ``unlink``
-delete
+complete, bounce,      the directory the name was removed from, after the ``unlink``;
+delete                 before it, for a child whose parent is still in the spool, its
+                       tombstone's directory ``handed/`` (``gateway.spool.tombstones``)
 claim                  nothing: a claim lost in a crash leaves the entry where it was,
                        and ``active/`` goes back to ``incoming/`` at the next start
 =====================  ===============================================================

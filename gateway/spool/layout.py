@@ -20,6 +20,9 @@ and inside every stage the same state directories (Postfix's names, STYLE 5)::
       deferred/        entries waiting for a retry; the file's mtime is the next attempt
       hold/            stopped until an operator releases them (``missive queue release``)
       corrupt/         files that failed validation; never deleted by the gateway
+      handed/          empty tombstones ``<parent id>.<child id>``: a child of this stage
+                       was removed while its parent may still be re-run; not an entry
+                       (``gateway.spool.tombstones``)
       consumer.lock    flock(2) held by the stage's consumer while it runs
 
 There is no ``done/``: once every recipient of an entry has its final outcome and the
@@ -55,6 +58,7 @@ RELAY_PREFIX = "relay/"
 FIXED_STAGES = (RECEIVED, INBOUND, LOCAL)
 
 TMP_DIR = "tmp"
+HANDED_DIR = "handed"
 LOCK_FILE = "consumer.lock"
 _ROUTE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
@@ -91,6 +95,10 @@ class StageDirs:
         return self.root / TMP_DIR
 
     @property
+    def handed(self) -> Path:
+        return self.root / HANDED_DIR
+
+    @property
     def lock_file(self) -> Path:
         return self.root / LOCK_FILE
 
@@ -109,6 +117,7 @@ class StageDirs:
         ensure_private_dir(parent)
         ensure_private_dir(self.root)
         ensure_private_dir(self.tmp)
+        ensure_private_dir(self.handed)
         for state in STATES:
             ensure_private_dir(self.state(state))
 

@@ -25,8 +25,11 @@ Invariants:
 - **At most a duplicate.** A hand-off writes the child entry (id derived from the
   parent's id and the hand-off key, ``ids.child_queue_id``) durably *before* the parent
   is completed; after a crash between the two, the parent is processed again and the
-  hand-off finds its child already there and writes nothing. Only a crash after the
-  next hop's ``250`` and before ``complete`` delivers twice (ARCHITECTURE).
+  hand-off finds its child already there and writes nothing. If the next stage removed
+  the child meanwhile, it first left a tombstone (``handed/``, written only while the
+  parent is still in the spool; ``gateway.spool.tombstones``), which the hand-off finds
+  instead. Only a crash after the next hop's ``250`` and before ``complete`` delivers
+  twice (ARCHITECTURE).
 - **Unreadable entries are kept.** A file that fails validation (or whose name is not
   the queue id inside it) is moved to ``corrupt/`` with a ``spool.corrupt`` event; the
   gateway never deletes it (an operator may, with ``missive queue delete``).
@@ -84,6 +87,14 @@ from gateway.spool.stagefiles import (
     take,
     write_version,
 )
+from gateway.spool.tombstones import (
+    has_tombstone,
+    parent_alive,
+    remove_children_of,
+    remove_orphans,
+    remove_tombstone,
+    write_tombstone,
+)
 from gateway.spool.writer import EntryWriter
 
 ContentSource = bytes | AsyncIterable[bytes]
@@ -111,10 +122,12 @@ class Claimed:
 
 @dataclass(frozen=True, slots=True)
 class RecoveryReport:
-    """What ``recover`` did: entries moved back, debris removed from ``tmp/``."""
+    """What ``recover`` did: entries moved back, debris removed from ``tmp/``, tombstones
+    of ``handed/`` removed because their parent has left the spool."""
 
     requeued: tuple[str, ...]
     removed_temps: tuple[str, ...]
+    removed_tombstones: tuple[str, ...] = ()
 
 
 def check_entry_name(name: str) -> str:
@@ -197,24 +210,29 @@ class Queue:
         envelope: Envelope,
         content: ContentSource,
         origin: Origin | None = None,
+        *,
+        new_message: bool = False,
     ) -> QueueId:
         """Write the child ``key`` of ``entry`` into stage ``to``; idempotent.
 
         The child id is derived from ``entry``'s id and ``key``: if the child already
-        exists in ``to`` (a hand-off repeated after a crash), nothing is written and its
-        id is returned. The child keeps the parent's ``received`` time and, unless
-        ``origin`` is given, its origin. Complete ``entry`` only after every hand-off
-        returned. No size limit: a stage's output is bounded by its input.
+        exists in ``to``, or was there and has been removed since (its tombstone is in
+        ``to``'s ``handed/``), nothing is written and its id is returned - a hand-off
+        repeated after a crash. The child keeps the parent's ``received`` time (its
+        expiry counts from the first acceptance) unless ``new_message`` (a DSN, an
+        MDN: a message of its own, received now); it keeps the parent's origin unless
+        ``origin`` is given. Complete ``entry`` only after every hand-off returned. No
+        size limit: a stage's output is bounded by its input.
         """
         child = child_queue_id(entry.queue_id, key)
-        if await to.locate(child) is not None:
+        if await self._handed_already(entry.queue_id, to, child):
             _log.info("spool.handoff_exists", queue_id=child, parent=entry.queue_id, key=key)
             return child
         writer = to._writer(
             child,
             envelope,
             origin or entry.record.origin,
-            received=entry.record.received,
+            received=self._runtime.clock() if new_message else entry.record.received,
             limit=None,
             parent=entry.queue_id,
             key=key,
@@ -223,6 +241,14 @@ class Queue:
             async for chunk in _chunks(content):
                 await writer.write(chunk)
             return await writer.commit()
+
+    async def _handed_already(self, parent: QueueId, to: Queue, child: QueueId) -> bool:
+        """The child is in ``to``, or was (its tombstone). In this order: a child is
+        removed only after its tombstone is durable, so one that the first look misses
+        has a tombstone by the second (``gateway.spool.tombstones``)."""
+        if await to.locate(child) is not None:
+            return True
+        return await self._runtime.run(lambda: has_tombstone(to.dirs, parent, child))
 
     # -- consumer side -----------------------------------------------------------------
 
@@ -338,8 +364,41 @@ class Queue:
         runtime = self._runtime
         await self._record(kind, entry.queue_id, record, outcome=outcome, details=details)
         runtime.checkpoint(f"{kind}.recorded")
+        left = await self._leave_tombstone(record)
         await runtime.committer.sync(entry.path.parent, lambda: remove(entry.path))
         runtime.checkpoint(f"{kind}.removed")
+        await self._after_removal(entry.queue_id, record, left)
+
+    async def _leave_tombstone(self, record: QueueRecord | None) -> bool:
+        """Before removing a child whose parent is still in the spool: its tombstone,
+        durable (``gateway.spool.tombstones``). True if one was written."""
+        if record is None or record.parent is None:
+            return False
+        runtime, parent, child = self._runtime, record.parent, record.queue_id
+        if not await runtime.run(lambda: parent_alive(runtime.layout, parent)):
+            return False
+        handed = self.dirs.handed
+        await runtime.committer.sync(handed, lambda: write_tombstone(self.dirs, parent, child))
+        runtime.checkpoint("tombstone.written")
+        _log.info("spool.tombstone_written", stage=self.name, queue_id=child, parent=parent)
+        return True
+
+    async def _after_removal(self, queue_id: str, record: QueueRecord | None, left: bool) -> None:
+        """Once ``queue_id`` has left the spool: its children's tombstones go; its own
+        goes if its parent left meanwhile (that parent's clean-up may have run before
+        the tombstone existed)."""
+        runtime = self._runtime
+        try:
+            removed = await runtime.run(lambda: remove_children_of(runtime.layout, queue_id))
+            if left and record is not None and record.parent is not None:
+                parent = record.parent
+                if not await runtime.run(lambda: parent_alive(runtime.layout, parent)):
+                    await runtime.run(lambda: remove_tombstone(self.dirs, parent, queue_id))
+        except OSError as error:  # the removal is done; recovery removes what is left
+            _log.warning("spool.tombstone_cleanup_failed", queue_id=queue_id, error=str(error))
+            return
+        if removed:
+            _log.info("spool.tombstones_removed", parent=queue_id, count=len(removed))
 
     async def quarantine(self, entry: Claimed, reason: str) -> None:
         """Move a claimed entry whose content failed its check to ``corrupt/``."""
@@ -374,6 +433,8 @@ class Queue:
         )
         source = self.dirs.entry(state, name)
         parked = self.dirs.tmp / temp_name(name, DELETING_SUFFIX)
+        # the tombstone goes before the park: a parked child is invisible to hand_off
+        left = await self._leave_tombstone(await runtime.run(lambda: read_quietly(source)))
         await self._move_or_explain(name, source.parent, lambda: move(source, parked))
         record = await runtime.run(lambda: read_quietly(parked))
         try:
@@ -382,12 +443,15 @@ class Queue:
             await runtime.committer.sync(source.parent, lambda: move(parked, source))
             raise
         await runtime.run(lambda: remove(parked))
+        await self._after_removal(name, record, left)
 
     # -- recovery ----------------------------------------------------------------------
 
     async def recover(self, stale_after: timedelta = STALE_TEMP_AGE) -> RecoveryReport:
         """At a consumer's start: take the stage lock, move ``active/`` back to
-        ``incoming/``, remove ``tmp/`` debris older than ``stale_after``.
+        ``incoming/``, remove ``tmp/`` debris older than ``stale_after`` and the
+        tombstones of ``handed/`` whose parent has left the spool (a crash between a
+        removal and its clean-up leaves them; ``gateway.spool.tombstones``).
 
         ``SpoolBusy`` if another consumer holds the lock. Debris is never an entry: no
         ``250`` was sent for it; ``spool.discarded`` records each abandoned write.
@@ -409,11 +473,18 @@ class Queue:
                     None,
                     details={"reason": "incomplete write abandoned (crash or timeout)"},
                 )
+        orphans = await runtime.run(lambda: remove_orphans(runtime.layout, self.dirs))
         _log.info(
-            "spool.recovered", stage=self.name, requeued=len(requeued), removed_temps=len(removed)
+            "spool.recovered",
+            stage=self.name,
+            requeued=len(requeued),
+            removed_temps=len(removed),
+            removed_tombstones=len(orphans),
         )
         return RecoveryReport(
-            tuple(name for name, _ in requeued), tuple(name for name, _ in removed)
+            tuple(name for name, _ in requeued),
+            tuple(name for name, _ in removed),
+            tuple(orphans),
         )
 
     def close(self) -> None:

@@ -2,8 +2,9 @@
 
 ``[delivery] retry_schedule`` lists the delays after the 1st, 2nd, ... failed attempt;
 after the list runs out its last value repeats. ``max_lifetime`` counts from the time
-the message was first accepted (``QueueRecord.received``, kept across hand-offs); once
-it is over the stage gives up (failure DSN). The last retry is moved up to the end of
+the message was first accepted (``QueueRecord.received``, kept across hand-offs, except
+that a DSN or MDN is a new message, received when written: ``hand_off(new_message=True)``);
+once it is over the stage gives up (failure DSN). The last retry is moved up to the end of
 the lifetime so that a message is always tried once more at the deadline rather than
 bounced with time left (RFC 5321 §4.5.4.1: "the give-up time generally needs to be at
 least 4-5 days"; the default ``5d`` does that, and its retry interval advice of at

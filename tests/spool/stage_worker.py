@@ -12,6 +12,8 @@ Scenarios (each prints one line per acknowledged step, flushed at once):
 - ``handoff``: the secure agent: recovers ``received``, then claims each entry, hands
   it to ``relay/r`` (content ``signed:`` + original) and completes it;
   ``DONE <parent> <child>``.
+- ``deliver``: the relay: recovers ``relay/r``, claims each entry and completes it
+  (the peer said ``250``); ``DELIVERED <id>``.
 - ``defer``: the relay: recovers ``relay/r``, claims each entry and defers it one hour;
   ``DEFERRED <id>``.
 - ``hold-one``: claims one entry of ``received`` (``CLAIMED <id>``), keeps it in
@@ -87,6 +89,17 @@ async def handoff(spool: Spool, count: int) -> None:
         say(f"DONE {entry.queue_id} {child}")
 
 
+async def deliver(spool: Spool, count: int) -> None:
+    relay = spool.queue(RELAY)
+    await relay.recover(stale_after=timedelta(0))
+    while (entry := await relay.claim()) is not None:
+        done = [RecipientState(RecipientStatus.DELIVERED, 1)] * len(
+            entry.record.envelope.recipients
+        )
+        await relay.complete(entry, done)
+        say(f"DELIVERED {entry.queue_id}")
+
+
 async def defer(spool: Spool, count: int) -> None:
     relay = spool.queue(RELAY)
     await relay.recover(stale_after=timedelta(0))
@@ -121,7 +134,14 @@ async def churn(spool: Spool, count: int) -> None:
     say(f"ROUNDS {claimed}")
 
 
-SCENARIOS = {"add": add, "handoff": handoff, "defer": defer, "hold-one": hold_one, "churn": churn}
+SCENARIOS = {
+    "add": add,
+    "handoff": handoff,
+    "deliver": deliver,
+    "defer": defer,
+    "hold-one": hold_one,
+    "churn": churn,
+}
 
 
 async def main(scenario: str, spool_dir: Path, audit_db: Path, count: int) -> None:

@@ -9,6 +9,8 @@ restarted consumer would) and checks the spool's promises:
 - a crash during a hand-off leaves each message in the first stage or the second (or
   both, for a moment), never neither; finishing the work yields exactly one child per
   parent (duplicate hand-offs are impossible, the child id is keyed);
+- a crash after a hand-off, with the child delivered by the next stage before the
+  parent is processed again, writes no second child (the child's tombstone);
 - a crash during a deferral leaves each entry exactly once in the stage, readable.
 
 The exit status proves the crash happened at the intended step (a step that is
@@ -161,6 +163,29 @@ def test_a_crash_during_a_hand_off_loses_nothing_and_duplicates_nothing(
         assert content_of(tmp_path, RELAY, "incoming", child) == b"signed:" + message(number)
     completed = audited(tmp_path, "spool.completed")
     assert all(1 <= completed.count(parent) <= 2 for parent in parents)  # traced, at most twice
+
+
+@pytest.mark.parametrize("step", ["add.published", "add.linked"])
+def test_a_child_delivered_before_its_parent_is_re_run_is_not_handed_off_again(
+    tmp_path: Path, step: str
+) -> None:
+    parents = asyncio.run(_prefill(tmp_path, 3))
+    crashed = run_worker("handoff", tmp_path, 3, f"{step}:2")  # the second parent's child
+    assert crashed.returncode == CRASH_STATUS, crashed.stderr
+    children = [child_queue_id(p, "route-r") for p in parents]  # type: ignore[arg-type]
+    assert sorted(entries(tmp_path, RELAY)) == sorted(children[:2])
+    delivered = run_worker("deliver", tmp_path, 2, None)
+    assert delivered.returncode == 0, delivered.stderr
+    assert sorted(line[0] for line in lines(delivered, "DELIVERED")) == sorted(children[:2])
+    handed = tmp_path / "spool" / RELAY / "handed"
+    assert os.listdir(handed) == [f"{parents[1]}.{children[1]}"]  # its parent is alive
+    finished = run_worker("handoff", tmp_path, 3, None)
+    assert finished.returncode == 0, finished.stderr
+    assert entries(tmp_path, RECEIVED) == {}
+    assert entries(tmp_path, RELAY) == {children[2]: ["incoming"]}  # no second child
+    added = audited(tmp_path, "spool.added")
+    assert [added.count(child) for child in children] == [1, 1, 1]
+    assert os.listdir(handed) == []
 
 
 DEFER_STEPS = ["claim.moved", "defer.rewritten", "defer.moved"]
