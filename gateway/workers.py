@@ -1,14 +1,20 @@
-"""Worker processes: ``missive worker agent|relay`` and the supervisor that runs them.
+"""Worker processes: ``missive worker agent|relay|inbound|delivery|imap`` and their supervisor.
 
 Role (ARCHITECTURE "Each stage can run as its own process"; STYLE §9, least privilege by
 process): the secure agent and the relay each run in processes of their own, started by
 ``missive serve`` through ``start_workers`` and supervised there:
 
 - ``missive worker agent --config FILE`` runs ``gateway.relay.agent_stage.run_agent_worker``;
-  it is the only kind of process that loads S/MIME private keys (its configuration is
-  loaded with ``agent_keys=True``) and it opens no listening socket;
+  it loads S/MIME private keys (its configuration is loaded with ``agent_keys=True``),
+  as only the inbound worker also does, and it opens no listening socket;
 - ``missive worker relay --config FILE`` runs ``gateway.relay.relay_stage.run_relay_worker``
-  (configuration loaded with ``agent_keys=False``: it never sees an S/MIME key).
+  (configuration loaded with ``agent_keys=False``: it never sees an S/MIME key);
+- ``missive worker inbound --config FILE`` runs ``gateway.inbound.stage.run_inbound_worker``
+  (decrypts and verifies mail for local domains: loads private keys, ``agent_keys=True``);
+- ``missive worker delivery --config FILE`` runs
+  ``gateway.inbound.delivery.run_delivery_worker`` (LMTP/SMTP/Maildir; no private key);
+- ``missive worker imap --config FILE`` runs ``gateway.inbound.imap_fetch.run_imap_worker``
+  (one fetcher per ``[[inbound.imap_fetch]]``, into ``inbound/``; no private key).
 
 Each worker stops cleanly on SIGTERM or SIGINT: the stage finishes or abandons its
 in-flight entries (an abandoned one stays in ``active/`` and is recovered by the next
@@ -52,8 +58,9 @@ from gateway.log import get_logger, setup_logging
 
 log = get_logger("workers")
 
-WorkerKind = Literal["agent", "relay"]
-KINDS: tuple[WorkerKind, ...] = ("agent", "relay")
+WorkerKind = Literal["agent", "relay", "inbound", "delivery", "imap"]
+KINDS: tuple[WorkerKind, ...] = ("agent", "relay", "inbound", "delivery", "imap")
+KEY_HOLDERS: tuple[WorkerKind, ...] = ("agent", "inbound")  # load S/MIME private keys
 DEFAULT_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "gateway")
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -67,11 +74,12 @@ STOP_TIMEOUT = 10.0
 def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "worker",
-        help="run one worker process (secure agent or relay); missive serve starts them",
+        help="run one worker process (agent, relay, inbound, delivery); missive serve starts them",
         description=(
             "Run one stage of the gateway in the foreground until SIGTERM or Ctrl-C: "
-            "'agent' signs and encrypts queued mail (the only process that loads private "
-            "keys), 'relay' delivers it to the next hops."
+            "'agent' signs and encrypts queued mail, 'relay' delivers it to the next hops, "
+            "'inbound' decrypts and verifies mail for local domains, 'delivery' hands it to "
+            "the local mail store. Only 'agent' and 'inbound' load private keys."
         ),
     )
     parser.add_argument("kind", choices=KINDS, help="which stage to run")
@@ -81,7 +89,7 @@ def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
 
 def run_worker(args: argparse.Namespace) -> int:
     kind: WorkerKind = args.kind
-    config = load_config(args.config, agent_keys=kind == "agent")
+    config = load_config(args.config, agent_keys=kind in KEY_HOLDERS)
     setup_logging(config.gateway.log_level)
     asyncio.run(serve_worker(kind, config))
     return 0
@@ -95,6 +103,18 @@ async def serve_worker(kind: WorkerKind, config: Config, stop: asyncio.Event | N
         from gateway.relay.agent_stage import run_agent_worker
 
         await run_agent_worker(config, stop)
+    elif kind == "inbound":
+        from gateway.inbound.stage import run_inbound_worker
+
+        await run_inbound_worker(config, stop)
+    elif kind == "delivery":
+        from gateway.inbound.delivery import run_delivery_worker
+
+        await run_delivery_worker(config, stop)
+    elif kind == "imap":
+        from gateway.inbound.imap_fetch import run_imap_worker
+
+        await run_imap_worker(config, stop)
     else:
         from gateway.relay.relay_stage import run_relay_worker
 
@@ -230,13 +250,23 @@ def worker_commands(
     *,
     agents: int,
     relays: int,
+    inbound: int = 0,
+    delivery: int = 0,
+    imap: int = 0,
     program: Sequence[str] = DEFAULT_PROGRAM,
 ) -> list[tuple[str, tuple[str, ...]]]:
     """``(name, argv)`` of each worker: ``<program> worker <kind> --config <file>``."""
-    if agents < 0 or relays < 0:
+    counts = (
+        ("agent", agents),
+        ("relay", relays),
+        ("inbound", inbound),
+        ("delivery", delivery),
+        ("imap", imap),
+    )
+    if any(count < 0 for _, count in counts):
         raise ValueError("the number of workers cannot be negative")
     commands: list[tuple[str, tuple[str, ...]]] = []
-    for kind, count in (("agent", agents), ("relay", relays)):
+    for kind, count in counts:
         for index in range(count):
             argv = (*program, "worker", kind, "--config", str(config.source))
             commands.append((f"{kind}-{index + 1}", argv))
@@ -248,13 +278,26 @@ async def start_workers(
     *,
     agents: int,
     relays: int,
+    inbound: int = 0,
+    delivery: int = 0,
+    imap: int = 0,
     program: Sequence[str] = DEFAULT_PROGRAM,
 ) -> WorkerGroup:
-    """Spawn ``agents`` secure agent and ``relays`` relay workers for ``config``'s file.
+    """Spawn ``agents`` secure agent, ``relays`` relay, ``inbound`` inbound agent,
+    ``delivery`` local delivery and ``imap`` IMAP fetcher workers for ``config``'s file.
 
     ``program`` is how to run the ``missive`` command line (default: this Python with
     ``-m gateway``). The caller must ``aclose`` the group."""
-    group = WorkerGroup(worker_commands(config, agents=agents, relays=relays, program=program))
+    commands = worker_commands(
+        config,
+        agents=agents,
+        relays=relays,
+        inbound=inbound,
+        delivery=delivery,
+        imap=imap,
+        program=program,
+    )
+    group = WorkerGroup(commands)
     try:
         await group.start()
     except BaseException:

@@ -9,8 +9,12 @@ wrapped message, removes every inbound header that imitates ours and adds the re
 (``headers``: Authentication-Results per RFC 8601 / RFC 7281, ``Missive-Security`` and
 the ``[NON VÉRIFIÉ]`` Subject tag).
 
-Not wired yet: the stage runner, quarantine, local delivery (LMTP/SMTP/maildir), the
-IMAP fetcher, MDN/DSN and the audit trail call this core later.
+``stage.InboundStage`` runs that core for each local recipient of each message in the
+spool's ``inbound/`` queue (one copy per recipient, opened with its own key), hands what
+may be delivered to ``local/``, holds the rest in quarantine with a DSN to the sender, and
+records every decision in the audit trail. ``delivery.LocalDelivery`` delivers ``local/``
+per ``[inbound] deliver_to`` (LMTP, SMTP, maildir) with the outbound retry rules.
+``imap_fetch`` pulls remote mailboxes into ``inbound/``. Not built yet: MDNs on delivery.
 
 Trust level: runs in the secure agent's worker processes, which alone hold private keys
 and never listen on a socket (STYLE §9).

@@ -1,0 +1,590 @@
+"""Local delivery: ``local/`` in, the hospital's mail store out (LMTP, SMTP or Maildir).
+
+Role (issue 7 item 3): the consumer of the spool's ``local`` queue, written by the
+inbound agent (one entry per local recipient, already decrypted and marked). Each entry
+goes where ``[inbound] deliver_to`` says:
+
+- ``lmtp://host:port`` (RFC 2033): LHLO, MAIL, one RCPT per recipient, DATA, then *one
+  reply per accepted RCPT*, in RCPT order (§4.2): each recipient's outcome is its own;
+- ``smtp://host:port`` (RFC 5321) to the hospital's server: STARTTLS (RFC 3207) is
+  required unless the host is a loopback address; the server certificate is verified
+  against ``[trust] anchors`` and the system store (a hospital server has no S/MIME
+  certificate of ours to pin). One DATA reply counts for every accepted recipient;
+- ``maildir:PATH``: one Maildir per local part, ``PATH/<local part>/{tmp,new,cur}``
+  (the layout Dovecot's ``mail_location = maildir:PATH/%n`` reads). A local part that
+  cannot name a directory (``/``, a leading dot, NUL, control characters) fails
+  (5.1.3). The file is written in ``tmp/`` (O_EXCL, 0600), fsynced, renamed into
+  ``new/`` and ``new/`` is fsynced (the Maildir protocol: a reader never sees a partial
+  file); names are ``<seconds>.M<usec>P<pid>Q<counter>R<random>.<host>`` with ``/`` and
+  ``:`` of the host name escaped as ``\\057`` and ``\\072`` (maildir spec, Dovecot's
+  conventions).
+
+Outcomes per recipient: 2xx -> delivered; 4xx, a refused connection, a timeout, a
+protocol error or a Maildir I/O error -> deferred with the ``RetryPolicy`` of
+``[delivery]`` (past ``max_lifetime``: failed, ``expired``); 5xx -> failed with a
+failure DSN (``gateway.relay.dsn``: the sender is told; ``protected`` unless the sender
+is local, as in the secure agent). One ``delivery.local`` audit event per recipient.
+
+Invariants as in every stage runner: the DSN is queued before the entry leaves
+``active/``; a crash after the store's ``250`` and before ``complete`` delivers twice
+at most (at-least-once, docs/spool.md).
+
+Written by hand: the LMTP/SMTP client is a few commands on an asyncio stream
+(aiosmtplib is not a dependency and ``smtplib.LMTP`` misreads RFC 2033 §4.2 replies);
+reply parsing and dot-stuffing reuse ``gateway.relay.client``.
+
+Trust level: runs in the delivery worker (``missive worker delivery``), which holds no
+private key. It reads decrypted content: the local store is the end of the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import itertools
+import os
+import secrets
+import socket
+import ssl
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from gateway.audit import AuditEvent, AuditSink
+from gateway.config import Config
+from gateway.log import get_logger
+from gateway.relay import routing
+from gateway.relay.agent_stage import handoff_key
+from gateway.relay.client import DotStuffer, ProtocolError, Reply, ReplyParser
+from gateway.relay.dsn import (
+    Action,
+    DsnRefused,
+    Reason,
+    RecipientReport,
+    build_dsn,
+    dsn_envelope,
+    should_send_dsn,
+)
+from gateway.spool import (
+    LOCAL,
+    RECEIVED,
+    AuditTrail,
+    Claimed,
+    CorruptEntry,
+    Origin,
+    Queue,
+    Recipient,
+    RecipientState,
+    RecipientStatus,
+    RetryPolicy,
+    Spool,
+    SpoolBusy,
+    SpoolError,
+)
+
+log = get_logger("inbound.delivery")
+
+INTERNAL_ORIGIN = Origin("internal")
+DEFAULT_POLL_INTERVAL = 0.2
+STANDBY_INTERVAL = 1.0
+COMMAND_TIMEOUT = 60.0
+DATA_TIMEOUT = 600.0
+MAX_LINE = 4096
+STATUS_EXPIRED = "5.4.7"
+STATUS_BAD_MAILBOX = "5.1.3"
+_counter = itertools.count(1)
+
+
+@dataclass(frozen=True)
+class StoreReply:
+    """The store's answer for one recipient: an SMTP code and its text."""
+
+    code: int
+    text: str
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+
+class TemporaryFailure(Exception):
+    """The store could not be reached or spoke nonsense: try again later."""
+
+
+class PermanentFailure(Exception):
+    """Nothing the store could do would ever accept this recipient (bad mailbox name)."""
+
+
+@dataclass(frozen=True)
+class DeliveryOutcome:
+    """The end of one pass over one entry (for logs and tests)."""
+
+    queue_id: str
+    disposition: str  # "completed" | "bounced" | "deferred" | "held" | "corrupt"
+    replies: tuple[tuple[str, int, str], ...] = ()  # (address, code, text)
+    dsn: str | None = None
+
+
+# -- LMTP and SMTP ------------------------------------------------------------------------
+
+
+class _Conversation:
+    """One LMTP or SMTP connection: commands and multi-line replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def reply(self, timeout: float = COMMAND_TIMEOUT) -> Reply:
+        parser = ReplyParser()
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.reader.readline()
+                if not line:
+                    raise TemporaryFailure("connection closed by the mail store")
+                reply = parser.feed(line)
+                if reply is not None:
+                    return reply
+
+    async def command(self, line: str) -> Reply:
+        self.writer.write(line.encode("utf-8") + b"\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def close(self) -> None:
+        try:
+            self.writer.write(b"QUIT\r\n")
+            await self.writer.drain()
+        except (OSError, RuntimeError):
+            pass
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (OSError, ssl.SSLError):
+            pass
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or ``localhost`` (TLS optional there)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+async def send_over_protocol(
+    *,
+    lmtp: bool,
+    host: str,
+    port: int,
+    helo: str,
+    mail_from: str,
+    recipients: Sequence[str],
+    content: bytes,
+    tls_context: ssl.SSLContext | None = None,
+) -> list[StoreReply]:
+    """Deliver ``content`` once to ``recipients``; one ``StoreReply`` per recipient.
+
+    LMTP: one reply per accepted RCPT after DATA (RFC 2033 §4.2). SMTP: STARTTLS unless
+    ``host`` is loopback (``TemporaryFailure`` if not offered), the DATA reply for all.
+    ``TemporaryFailure`` for a connection problem or a refusal of the whole session."""
+    try:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(host, port, limit=MAX_LINE), COMMAND_TIMEOUT
+        )
+    except (OSError, TimeoutError) as error:
+        raise TemporaryFailure(f"cannot connect to {host}:{port}: {error}") from error
+    talk = _Conversation(reader, writer)
+    try:
+        return await _transaction(
+            talk, lmtp, host, helo, mail_from, recipients, content, tls_context
+        )
+    except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as error:
+        raise TemporaryFailure(f"{type(error).__name__}: {error}") from error
+    finally:
+        await talk.close()
+
+
+async def _transaction(
+    talk: _Conversation,
+    lmtp: bool,
+    host: str,
+    helo: str,
+    mail_from: str,
+    recipients: Sequence[str],
+    content: bytes,
+    tls_context: ssl.SSLContext | None,
+) -> list[StoreReply]:
+    greeting = await talk.reply()
+    if greeting.code != 220:
+        raise TemporaryFailure(f"greeting {greeting.code} {greeting.text}")
+    hello = await talk.command(f"{'LHLO' if lmtp else 'EHLO'} {helo}")
+    _expect(hello, "hello")
+    if not lmtp and not is_loopback(host):
+        await _starttls(talk, hello, host, helo, tls_context)
+    _expect(await talk.command(f"MAIL FROM:<{mail_from}>"), "MAIL FROM")
+    replies: dict[str, StoreReply] = {}
+    accepted: list[str] = []
+    for address in recipients:
+        reply = await talk.command(f"RCPT TO:<{address}>")
+        replies[address] = StoreReply(reply.code, reply.text)
+        if reply.code in (250, 251):
+            accepted.append(address)
+    if not accepted:
+        return [replies[address] for address in recipients]
+    start = await talk.command("DATA")
+    if start.code != 354:
+        return [
+            replies[a] if a not in accepted else StoreReply(start.code, start.text)
+            for a in recipients
+        ]
+    stuffer = DotStuffer()
+    talk.writer.write(stuffer.feed(content) + stuffer.finish())
+    await talk.writer.drain()
+    if lmtp:  # one reply per accepted recipient, in RCPT order (RFC 2033 §4.2)
+        for address in accepted:
+            reply = await talk.reply(DATA_TIMEOUT)
+            replies[address] = StoreReply(reply.code, reply.text)
+    else:  # one reply for the whole transaction (RFC 5321 §4.1.1.4)
+        reply = await talk.reply(DATA_TIMEOUT)
+        replies.update({address: StoreReply(reply.code, reply.text) for address in accepted})
+    return [replies[address] for address in recipients]
+
+
+async def _starttls(
+    talk: _Conversation, hello: Reply, host: str, helo: str, context: ssl.SSLContext | None
+) -> None:
+    if not any(line.upper().startswith("STARTTLS") for line in hello.lines[1:]):
+        raise TemporaryFailure(f"{host} does not offer STARTTLS (required: not loopback)")
+    _expect(await talk.command("STARTTLS"), "STARTTLS", code=220)
+    await talk.writer.start_tls(context or ssl.create_default_context(), server_hostname=host)
+    _expect(await talk.command(f"EHLO {helo}"), "EHLO after STARTTLS")
+
+
+def _expect(reply: Reply, what: str, code: int = 250) -> None:
+    if reply.code != code:
+        raise TemporaryFailure(f"{what} refused: {reply.code} {reply.text}")
+
+
+# -- Maildir -----------------------------------------------------------------------------
+
+
+def maildir_name(hostname: str | None = None) -> str:
+    """A unique Maildir file name (module docstring)."""
+    now = time.time()
+    seconds, micros = int(now), int((now - int(now)) * 1_000_000)
+    host = (hostname or socket.gethostname()).replace("/", "\\057").replace(":", "\\072")
+    unique = f"M{micros}P{os.getpid()}Q{next(_counter)}R{secrets.token_hex(8)}"
+    return f"{seconds}.{unique}.{host}"
+
+
+def mailbox_of(root: Path, address: str) -> Path:
+    """``root/<local part>``; ``PermanentFailure`` if the local part cannot be a name."""
+    local = address.rsplit("@", 1)[0]
+    bad = not local or local.startswith(".") or "/" in local or "\\" in local
+    if bad or any(ord(c) < 0x20 or ord(c) == 0x7F for c in local):
+        raise PermanentFailure(f"local part {local!r} cannot name a Maildir")
+    return root / local
+
+
+def deliver_to_maildir(root: Path, address: str, content: bytes) -> Path:
+    """Write ``content`` into ``address``'s Maildir (tmp -> new, fsynced); the new path."""
+    mailbox = mailbox_of(root, address)
+    for sub in ("tmp", "new", "cur"):
+        (mailbox / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+    name = maildir_name()
+    temporary = mailbox / "tmp" / name
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(content)
+            handle.flush()
+            os.fsync(handle.fileno())
+        final = mailbox / "new" / name
+        os.rename(temporary, final)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
+    directory = os.open(mailbox / "new", os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(directory)
+    finally:
+        os.close(directory)
+    return final
+
+
+# -- the stage ---------------------------------------------------------------------------
+
+
+class LocalDelivery:
+    """The consumer of ``local`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        audit: AuditTrail,
+        *,
+        policy: RetryPolicy | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.audit = audit
+        self.policy = policy or RetryPolicy.from_config(config.delivery)
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.tls_context = tls_context or _trust_context(config)
+        self.local: Queue = spool.queue(LOCAL)
+        self.received: Queue = spool.queue(RECEIVED)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Recover (standby while another delivery worker holds the lock), then deliver
+        entries one at a time until ``stop`` is set."""
+        announced = False
+        while not stop.is_set():
+            try:
+                await self.local.recover()
+                break
+            except SpoolBusy:
+                if not announced:
+                    log.info("delivery.standby", reason="another delivery worker consumes local/")
+                    announced = True
+                await _sleep_unless(stop, STANDBY_INTERVAL)
+        while not stop.is_set():
+            entry = await self.local.claim()
+            if entry is None:
+                await _sleep_unless(stop, self.poll_interval)
+                continue
+            await self.process_entry(entry)
+
+    async def drain(self) -> list[DeliveryOutcome]:
+        """Deliver every entry ready now (tests, tools); ``recover`` must have run."""
+        outcomes: list[DeliveryOutcome] = []
+        while (entry := await self.local.claim()) is not None:
+            outcome = await self.process_entry(entry)
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    async def process_entry(self, entry: Claimed) -> DeliveryOutcome | None:
+        """One pass over a claimed entry; never raises for a bad message."""
+        try:
+            return await self._process(entry)
+        except (SpoolError, OSError) as error:
+            log.error("delivery.spool_error", queue_id=entry.queue_id, error=str(error))
+            return None
+        except Exception as error:  # noqa: BLE001 - a bad message must not stop the worker
+            reason = f"local delivery error: {type(error).__name__}"
+            log.error("delivery.entry_failed", queue_id=entry.queue_id, error=reason)
+            try:
+                await self.local.hold(entry, reason)
+            except Exception as hold_error:  # noqa: BLE001 - stays in active/, recovered
+                log.error("delivery.hold_failed", queue_id=entry.queue_id, error=str(hold_error))
+                return None
+            return DeliveryOutcome(entry.queue_id, "held")
+
+    async def _process(self, entry: Claimed) -> DeliveryOutcome:
+        try:
+            content = b"".join([chunk async for chunk in self.local.content(entry)])
+        except CorruptEntry as error:
+            await self.local.quarantine(entry, str(error))
+            return DeliveryOutcome(entry.queue_id, "corrupt")
+        record = entry.record
+        pending = list(record.unfinished)
+        recipients = [record.envelope.recipients[i] for i in pending]
+        replies = await self._deliver(record.envelope.mail_from, recipients, content)
+        states = list(record.state.recipients)
+        failures: list[RecipientReport] = []
+        for index, recipient, reply in zip(pending, recipients, replies, strict=True):
+            states[index], report = self._judge(entry, recipient, states[index], reply)
+            if report is not None:
+                failures.append(report)
+            await self.audit.record(_delivery_event(entry, recipient.address, reply, states[index]))
+        dsn = await self._queue_dsn(entry, content, failures) if failures else None
+        shown = tuple(
+            (r.address, reply.code, reply.text)
+            for r, reply in zip(recipients, replies, strict=True)
+        )
+        return DeliveryOutcome(entry.queue_id, await self._finish(entry, states), shown, dsn)
+
+    async def _deliver(
+        self, mail_from: str, recipients: Sequence[Recipient], content: bytes
+    ) -> list[StoreReply]:
+        target = self.config.inbound.deliver_to
+        addresses = [r.address for r in recipients]
+        if target.scheme == "maildir":
+            assert target.path is not None
+            return [await self._to_maildir(target.path, a, content) for a in addresses]
+        assert target.address is not None
+        try:
+            return await send_over_protocol(
+                lmtp=target.scheme == "lmtp",
+                host=target.address.host,
+                port=target.address.port,
+                helo=self.config.gateway.hostname,
+                mail_from=mail_from,
+                recipients=addresses,
+                content=content,
+                tls_context=self.tls_context,
+            )
+        except TemporaryFailure as error:
+            return [StoreReply(451, f"4.4.1 {error}") for _ in addresses]
+
+    async def _to_maildir(self, root: Path, address: str, content: bytes) -> StoreReply:
+        try:
+            path = await asyncio.to_thread(deliver_to_maildir, root, address, content)
+        except PermanentFailure as error:
+            return StoreReply(550, f"{STATUS_BAD_MAILBOX} {error}")
+        except OSError as error:
+            return StoreReply(451, f"4.3.0 maildir: {error.strerror or error}")
+        return StoreReply(250, f"2.0.0 maildir {path.name}")
+
+    def _judge(
+        self, entry: Claimed, recipient: Recipient, state: RecipientState, reply: StoreReply
+    ) -> tuple[RecipientState, RecipientReport | None]:
+        attempts = state.attempts + 1
+        text = f"{reply.code} {reply.text}"[:4000]
+        if reply.delivered:
+            return RecipientState(RecipientStatus.DELIVERED, attempts, None), None
+        if not reply.permanent:
+            when = self.policy.next_attempt(attempts, entry.record.received, self.clock())
+            if when is not None:
+                return RecipientState(RecipientStatus.DEFERRED, attempts, text, when), None
+            failed = RecipientState(RecipientStatus.FAILED, attempts, f"expired: {text}")
+            return failed, self._report(entry, recipient, STATUS_EXPIRED, text, Reason.EXPIRED)
+        status = _enhanced(reply) or "5.0.0"
+        failed = RecipientState(RecipientStatus.FAILED, attempts, text)
+        return failed, self._report(entry, recipient, status, text, Reason.REMOTE_REJECTED)
+
+    def _report(
+        self, entry: Claimed, recipient: Recipient, status: str, text: str, reason: Reason
+    ) -> RecipientReport | None:
+        if not should_send_dsn(Action.FAILED, recipient.notify, entry.record.envelope.mail_from):
+            return None
+        target = self.config.inbound.deliver_to
+        host = target.address.host if target.address is not None else None
+        return RecipientReport(
+            recipient.address,
+            Action.FAILED,
+            status,
+            original_recipient=recipient.orcpt,
+            remote_mta=host,
+            diagnostic=text,
+            last_attempt=self.clock(),
+            reason=reason,
+        )
+
+    async def _finish(self, entry: Claimed, states: list[RecipientState]) -> str:
+        if any(not state.status.final for state in states):
+            due = min(s.next_attempt for s in states if s.next_attempt is not None)
+            await self.local.defer(entry, due, states)
+            return "deferred"
+        if any(state.status is RecipientStatus.DELIVERED for state in states):
+            await self.local.complete(entry, states)
+            return "completed"
+        await self.local.bounce(entry, "the local mail store refused the message", states)
+        return "bounced"
+
+    async def _queue_dsn(
+        self, entry: Claimed, content: bytes, reports: list[RecipientReport]
+    ) -> str | None:
+        record = entry.record
+        sender = record.envelope.mail_from
+        try:
+            dsn = build_dsn(
+                reporting_mta=self.config.gateway.hostname,
+                original_sender=sender,
+                recipients=reports,
+                original=content,
+                arrival_date=record.received,
+                now=self.clock(),
+                language=self.config.gateway.language,
+                ret=record.envelope.params.ret,
+                envid=record.envelope.params.envid,
+                protected=not routing.is_local(self.config, sender),
+            )
+            envelope = dsn_envelope(sender)
+        except DsnRefused as error:
+            log.warning("delivery.dsn_refused", queue_id=entry.queue_id, error=str(error))
+            return None
+        key = handoff_key("dsn-local", None, (r.final_recipient for r in reports))
+        child = await self.local.hand_off(
+            entry, self.received, key, envelope, dsn, origin=INTERNAL_ORIGIN, new_message=True
+        )
+        log.info("delivery.dsn_queued", queue_id=entry.queue_id, child=child)
+        return child
+
+
+def _enhanced(reply: StoreReply) -> str | None:
+    first = reply.text.split(" ", 1)[0]
+    parts = first.split(".")
+    if len(parts) == 3 and parts[0] == "5" and all(p.isdigit() for p in parts):
+        return first
+    return None
+
+
+def _delivery_event(
+    entry: Claimed, address: str, reply: StoreReply, state: RecipientState
+) -> AuditEvent:
+    return AuditEvent(
+        type="delivery.local",
+        queue_id=entry.queue_id,
+        mail_from=entry.record.envelope.mail_from,
+        rcpt_to=(address,),
+        actor="local-delivery",
+        outcome=state.status.value,
+        details={"reply": f"{reply.code} {reply.text}"[:500]},
+    )
+
+
+def _trust_context(config: Config) -> ssl.SSLContext:
+    """Verify the hospital's SMTP server against the system store and ``[trust] anchors``."""
+    context = ssl.create_default_context()
+    for anchor in config.trust.anchors:
+        try:
+            context.load_verify_locations(cafile=str(anchor))
+        except (OSError, ssl.SSLError) as error:
+            log.warning("delivery.anchor_unusable", anchor=str(anchor), error=str(error))
+    return context
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+# -- the worker process ----------------------------------------------------------------
+
+
+async def run_delivery_worker(config: Config, stop: asyncio.Event) -> None:
+    """``missive worker delivery``: build the stage from ``config`` and run it until
+    ``stop`` (no private key: ``agent_keys=False``)."""
+    audit = AuditSink(config.audit.path)
+    audit.start()
+    try:
+        spool = Spool(
+            config.gateway.spool_dir,
+            audit=audit,
+            actor="local-delivery",
+            max_message_size=config.delivery.max_message_size,
+        )
+        try:
+            await LocalDelivery(config, spool, audit).run(stop)
+        finally:
+            await spool.aclose()
+    finally:
+        await audit.aclose()
+    log.info("delivery.stopped")

@@ -1,0 +1,365 @@
+"""The inbound agent stage: ``inbound/`` in, ``local/``, hold and DSN out.
+
+Role (issue 7 items 1, 2 and 6): the consumer of the spool's ``inbound`` queue. At start
+it recovers the queue (consumer lock, ``active/`` back to ``incoming/``), then loops:
+claim an entry, read it, and for each recipient without a final status *separately*
+run ``process_inbound`` with that recipient's own decryption keys
+(``KeyStore.decryption_keys(address)``), so two local recipients each get a copy opened
+with their own key and never one opened with the other's.
+
+- ``DELIVER`` / ``PASS_MARKED`` -> the processed copy is handed off to ``local`` with a
+  deterministic key per recipient (``handoff_key("local", None, [address])``): a pass
+  repeated after a crash writes nothing twice;
+- ``HOLD`` -> the recipient stays pending (its record notes the public reason) and a
+  failure DSN goes to the sender (``Reason.UNDECRYPTABLE``, status 5.7.5, RFC 3463
+  "cryptographic failure"), built with ``protected=True`` from the message *as
+  received* (never from decrypted content; the one public text of
+  ``PUBLIC_DECRYPT_ERROR`` is the only cause shown, RFC 3218 §2.3). No DSN to the null
+  sender (RFC 3461 §6.1) nor when NOTIFY says otherwise. Once every other recipient is
+  handed off, the entry itself goes to ``hold/`` (quarantine: the spool's 0700
+  directory; only ``missive queue release`` moves it on, and a released entry is
+  processed again for its held recipients only; the DSN's hand-off key is the same, so
+  it is not sent twice while the entry stays in the spool);
+- one ``inbound.processed`` audit event per recipient: decision, key serial, signer
+  and its validity, cipher, key transport, where the headers came from. The precise
+  cause of a failure (``AuditFacts.failure_detail``) goes to the local log only.
+
+Invariants (as ``gateway.relay.agent_stage``): every write (hand-offs, DSN) happens
+before the entry leaves ``active/``; a content failing its SHA-256 check ->
+``Queue.quarantine`` (``corrupt/``); any other exception (the validator's, which
+``process_inbound`` lets through) -> the entry is held with a generic reason so one
+bad message never stops the worker; spool and audit errors leave the entry in
+``active/`` for the next start.
+
+Trust level: runs in the inbound worker (``missive worker inbound``), which loads the
+S/MIME private keys and listens on no socket. Decrypted content exists only in memory
+and in ``local/`` (docs/spool.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from gateway.audit import AuditEvent, AuditSink
+from gateway.config import Config
+from gateway.inbound.process import (
+    AuditFacts,
+    Decision,
+    InboundPolicy,
+    InboundResult,
+    process_inbound,
+)
+from gateway.log import get_logger
+from gateway.relay.agent_stage import handoff_key
+from gateway.relay.dsn import (
+    Action,
+    DsnRefused,
+    Reason,
+    RecipientReport,
+    build_dsn,
+    dsn_envelope,
+    should_send_dsn,
+)
+from gateway.smime.keystore import KeyStore
+from gateway.smime.types import ChainValidator
+from gateway.smime.validate import CertificateValidator
+from gateway.spool import (
+    INBOUND,
+    LOCAL,
+    RECEIVED,
+    AuditTrail,
+    Claimed,
+    CorruptEntry,
+    Envelope,
+    Origin,
+    Queue,
+    RecipientState,
+    RecipientStatus,
+    Spool,
+    SpoolBusy,
+    SpoolError,
+)
+
+log = get_logger("inbound.stage")
+
+INTERNAL_ORIGIN = Origin("internal")
+DEFAULT_POLL_INTERVAL = 0.2
+STANDBY_INTERVAL = 1.0
+STATUS_CRYPTO_FAILURE = "5.7.5"  # RFC 3463: cryptographic failure
+HELD_REASON = "held in quarantine: the message could not be decrypted or verified"
+
+
+@dataclass(frozen=True)
+class InboundOutcome:
+    """The end of one pass over one entry (for logs and tests)."""
+
+    queue_id: str
+    disposition: str  # "completed" | "held" | "corrupt"
+    handoffs: tuple[str, ...] = ()
+    dsn: str | None = None
+
+
+class InboundStage:
+    """The consumer of ``inbound`` (see the module docstring)."""
+
+    def __init__(
+        self,
+        config: Config,
+        spool: Spool,
+        keystore: KeyStore,
+        validator: ChainValidator | None,
+        audit: AuditTrail,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        poll_interval: float = DEFAULT_POLL_INTERVAL,
+    ) -> None:
+        self.config = config
+        self.spool = spool
+        self.keystore = keystore
+        self.validator = validator
+        self.audit = audit
+        self.clock = clock
+        self.poll_interval = poll_interval
+        self.policy = InboundPolicy(
+            unknown_key=config.inbound.unknown_key,
+            unsigned_cbc=config.inbound.unsigned_cbc,
+            accept_3des=config.smime.accept_3des,
+        )
+        self.inbound: Queue = spool.queue(INBOUND)
+        self.local: Queue = spool.queue(LOCAL)
+        self.received: Queue = spool.queue(RECEIVED)
+
+    # -- the loop ----------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Recover (standby while another inbound agent holds the lock), then claim and
+        process entries one at a time until ``stop`` is set."""
+        announced = False
+        while not stop.is_set():
+            try:
+                await self.inbound.recover()
+                break
+            except SpoolBusy:
+                if not announced:
+                    log.info("inbound.standby", reason="another inbound agent consumes inbound/")
+                    announced = True
+                await _sleep_unless(stop, STANDBY_INTERVAL)
+        while not stop.is_set():
+            entry = await self.inbound.claim()
+            if entry is None:
+                await _sleep_unless(stop, self.poll_interval)
+                continue
+            await self.process_entry(entry)
+
+    async def drain(self) -> list[InboundOutcome]:
+        """Process every entry ready now (tests, tools); ``recover`` must have run."""
+        outcomes: list[InboundOutcome] = []
+        while (entry := await self.inbound.claim()) is not None:
+            outcome = await self.process_entry(entry)
+            if outcome is not None:
+                outcomes.append(outcome)
+        return outcomes
+
+    # -- one entry ---------------------------------------------------------------------
+
+    async def process_entry(self, entry: Claimed) -> InboundOutcome | None:
+        """One pass over a claimed entry; never raises for a bad message (None when the
+        spool or the audit failed: the entry stays in ``active/``)."""
+        try:
+            return await self._process(entry)
+        except (SpoolError, OSError) as error:
+            log.error("inbound.spool_error", queue_id=entry.queue_id, error=str(error))
+            return None
+        except Exception as error:  # noqa: BLE001 - a bad message must not stop the worker
+            reason = f"inbound agent error: {type(error).__name__}"
+            log.error("inbound.entry_failed", queue_id=entry.queue_id, error=reason)
+            try:
+                await self.inbound.hold(entry, reason)
+            except Exception as hold_error:  # noqa: BLE001 - stays in active/, recovered
+                log.error("inbound.hold_failed", queue_id=entry.queue_id, error=str(hold_error))
+                return None
+            return InboundOutcome(entry.queue_id, "held")
+
+    async def _process(self, entry: Claimed) -> InboundOutcome:
+        try:
+            content = b"".join([chunk async for chunk in self.inbound.content(entry)])
+        except CorruptEntry as error:
+            await self.inbound.quarantine(entry, str(error))
+            return InboundOutcome(entry.queue_id, "corrupt")
+        record = entry.record
+        states = list(record.state.recipients)
+        handoffs: list[str] = []
+        held: list[RecipientReport] = []
+        for index in record.unfinished:
+            recipient = record.envelope.recipients[index]
+            result = await asyncio.to_thread(self._open_for, content, recipient.address)
+            await self.audit.record(_processed_event(entry, result))
+            attempts = states[index].attempts + 1
+            if result.decision is Decision.HOLD:
+                log.warning(
+                    "inbound.held",
+                    queue_id=entry.queue_id,
+                    reason=result.reason,
+                    detail=result.facts.failure_detail,
+                )
+                states[index] = RecipientState(RecipientStatus.PENDING, attempts, result.reason)
+                if should_send_dsn(Action.FAILED, recipient.notify, record.envelope.mail_from):
+                    held.append(self._held_report(recipient.address, recipient.orcpt))
+                continue
+            child_envelope = Envelope(
+                record.envelope.mail_from, (recipient,), record.envelope.params
+            )
+            key = handoff_key("local", None, [recipient.address])
+            child = await self.inbound.hand_off(
+                entry, self.local, key, child_envelope, result.message
+            )
+            handoffs.append(child)
+            states[index] = RecipientState(RecipientStatus.DELIVERED, attempts)
+        dsn = await self._queue_dsn(entry, content, held) if held else None
+        if any(not state.status.final for state in states):
+            await self._hold(entry, states)
+            return InboundOutcome(entry.queue_id, "held", tuple(handoffs), dsn)
+        await self.inbound.complete(entry, states)
+        return InboundOutcome(entry.queue_id, "completed", tuple(handoffs), dsn)
+
+    def _open_for(self, content: bytes, address: str) -> InboundResult:
+        return process_inbound(
+            content,
+            address,
+            keys=self.keystore.decryption_keys(address),
+            validator=self.validator,
+            policy=self.policy,
+            hostname=self.config.gateway.hostname,
+        )
+
+    def _held_report(self, address: str, orcpt: str | None) -> RecipientReport:
+        return RecipientReport(
+            address,
+            Action.FAILED,
+            STATUS_CRYPTO_FAILURE,
+            original_recipient=orcpt,
+            last_attempt=self.clock(),
+            reason=Reason.UNDECRYPTABLE,
+        )
+
+    async def _hold(self, entry: Claimed, states: Sequence[RecipientState]) -> None:
+        """The entry to ``hold/`` with the new per-recipient states (quarantine)."""
+        updated = Claimed(
+            entry.stage,
+            entry.queue_id,
+            entry.path,
+            entry.record.with_state(self.clock(), states),
+            entry.claimed_from,
+        )
+        await self.inbound.hold(updated, HELD_REASON)
+
+    async def _queue_dsn(
+        self, entry: Claimed, content: bytes, reports: list[RecipientReport]
+    ) -> str | None:
+        record = entry.record
+        sender = record.envelope.mail_from
+        try:
+            dsn = build_dsn(
+                reporting_mta=self.config.gateway.hostname,
+                original_sender=sender,
+                recipients=reports,
+                original=content,
+                arrival_date=record.received,
+                now=self.clock(),
+                language=self.config.gateway.language,
+                ret="HDRS",  # never the body, whatever RET asked (nothing decrypted)
+                envid=record.envelope.params.envid,
+                protected=True,
+            )
+            envelope = dsn_envelope(sender)
+        except DsnRefused as error:
+            log.warning("inbound.dsn_refused", queue_id=entry.queue_id, error=str(error))
+            return None
+        key = handoff_key("dsn-held", None, (r.final_recipient for r in reports))
+        child = await self.inbound.hand_off(
+            entry, self.received, key, envelope, dsn, origin=INTERNAL_ORIGIN, new_message=True
+        )
+        log.info("inbound.dsn_queued", queue_id=entry.queue_id, child=child)
+        return child
+
+
+def _processed_event(entry: Claimed, result: InboundResult) -> AuditEvent:
+    facts: AuditFacts = result.facts
+    serials = tuple(s for s in (facts.key_serial, facts.signer_serial) if s)
+    algorithms = tuple(a for a in (facts.cipher, facts.key_transport) if a)
+    details = {
+        "decision": result.decision.value,
+        "encrypted": _yes_no(facts.encrypted),
+        "decrypted": _yes_no(facts.decrypted),
+        "signature": facts.signature.value,
+        "weak": _yes_no(facts.weak),
+        "header_source": facts.header_source,
+    }
+    optional = {
+        "key_serial": facts.key_serial,
+        "signer": facts.signer,
+        "signer_serial": facts.signer_serial,
+        "signature_reason": facts.signature_reason,
+        "cipher": facts.cipher,
+        "reason": result.reason,
+    }
+    details.update({name: value for name, value in optional.items() if value})
+    return AuditEvent(
+        type="inbound.processed",
+        queue_id=entry.queue_id,
+        mail_from=entry.record.envelope.mail_from,
+        rcpt_to=(facts.recipient,),
+        actor="inbound-agent",
+        cert_serials=serials,
+        algorithms=algorithms,
+        outcome=result.decision.value,
+        details=details,
+    )
+
+
+def _yes_no(value: bool) -> str:
+    return "yes" if value else "no"
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+# -- the worker process ----------------------------------------------------------------
+
+
+async def run_inbound_worker(config: Config, stop: asyncio.Event) -> None:
+    """``missive worker inbound``: build the stage from ``config`` and run it until
+    ``stop``. ``config`` must have been loaded with ``agent_keys=True`` (private keys)."""
+    from gateway.app import revocation_cache  # the composition root's path rule
+
+    validator = CertificateValidator.from_files(
+        config.trust.anchors,
+        config.trust.intermediates,
+        config.trust.crls,
+        config.trust.revocation,
+        cache_dir=revocation_cache(config),
+    )
+    keystore = KeyStore.load(config.keys.dir)
+    audit = AuditSink(config.audit.path)
+    audit.start()
+    try:
+        spool = Spool(
+            config.gateway.spool_dir,
+            audit=audit,
+            actor="inbound-agent",
+            max_message_size=config.delivery.max_message_size,
+        )
+        try:
+            await InboundStage(config, spool, keystore, validator, audit).run(stop)
+        finally:
+            await spool.aclose()
+    finally:
+        await audit.aclose()
+    log.info("inbound.stopped")

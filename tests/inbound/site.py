@@ -1,0 +1,171 @@
+"""A local site for the inbound stage and local delivery tests: a configuration on the
+session's dev PKI (loaded with the real loader), a spool, an in-memory audit trail, the
+two local users' keys in ``var/keys``, and messages made with ``gateway.smime`` as the
+outbound agent of another gateway would make them.
+
+Cast: claire.durand@clinique-b.test (outside) writes to alice.martin@ and
+bruno.petit@chu-a.test (local); the gateway holds both local users' keys."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from cryptography import x509
+
+from gateway.audit import AuditEvent
+from gateway.config import Config, load_config
+from gateway.pki.dev import DevPki
+from gateway.pki.store import load_first_certificate, load_private_key
+from gateway.relay import protect
+from gateway.smime.encrypt import Recipient as CmsRecipient
+from gateway.smime.encrypt import encrypt_entity
+from gateway.smime.sign import sign
+from gateway.spool import EntryReader, Envelope, Origin, Recipient, RetryPolicy, Spool
+
+ALICE = "alice.martin@chu-a.test"
+BRUNO = "bruno.petit@chu-a.test"
+CLAIRE = "claire.durand@clinique-b.test"
+HOST = "mx.chu-a.test"
+SECRET = b"Le patient Dupont va mieux."
+SUBJECT = "Compte rendu Dupont"
+FROM_OUTSIDE = Origin("mx", client_address="127.0.0.1")
+POLICY = RetryPolicy((timedelta(minutes=5),), timedelta(hours=1), jitter=0)
+
+LETTER = (
+    b"From: Claire <claire.durand@clinique-b.test>\r\n"
+    b"To: Alice <alice.martin@chu-a.test>, Bruno <bruno.petit@chu-a.test>\r\n"
+    b"Subject: " + SUBJECT.encode() + b"\r\n"
+    b"Date: Sat, 28 Nov 2026 12:00:00 +0100\r\n"
+    b"Message-ID: <m1@clinique-b.test>\r\n"
+    b"MIME-Version: 1.0\r\n"
+    b"Content-Type: text/plain; charset=utf-8\r\n"
+    b"\r\n" + SECRET + b"\r\n"
+)
+
+
+class Trail:
+    """An in-memory audit trail."""
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    async def record(self, event: AuditEvent) -> object:
+        self.events.append(event)
+        return None
+
+    def of_type(self, kind: str) -> list[AuditEvent]:
+        return [event for event in self.events if event.type == kind]
+
+
+@dataclass
+class Clock:
+    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def write_config(root: Path, pki: DevPki, *, inbound: str) -> Config:
+    """The site's configuration; ``inbound`` is the body of its ``[inbound]`` table."""
+    keys = root / "var" / "keys"
+    keys.mkdir(parents=True, exist_ok=True)
+    keys.chmod(0o700)
+    (root / "var" / "annuaire.ldif").touch()
+    (root / "conf").mkdir(exist_ok=True)
+    (root / "conf" / "users.toml").touch()
+    path = root / "missive.toml"
+    path.write_text(
+        f"""\
+[gateway]
+home = "{root}"
+hostname = "{HOST}"
+local_domains = ["chu-a.test"]
+
+[tls]
+certificate = "{pki.server_cert(HOST)}"
+private_key = "{pki.server_key(HOST)}"
+
+[trust]
+anchors = ["{pki.root_cert}"]
+intermediates = ["{pki.intermediates}"]
+crls = ["{pki.crl("personnes")}", "{pki.crl("serveurs")}"]
+
+[inbound]
+{inbound}
+""",
+        encoding="utf-8",
+    )
+    return load_config(path)
+
+
+def install_keys(config: Config, pki: DevPki, *addresses: str) -> None:
+    """Each address's signing and encryption key files (key, certificate, chain), 0600."""
+    for address in addresses:
+        for purpose in ("sign", "enc"):
+            target = config.keys.dir / f"{address}.{purpose}.pem"
+            target.write_bytes(
+                pki.user_key(address, purpose).read_bytes()
+                + pki.user_cert(address, purpose).read_bytes()
+                + pki.intermediates.read_bytes()
+            )
+            target.chmod(0o600)
+
+
+def certificate(pki: DevPki, address: str, purpose: str = "enc") -> x509.Certificate:
+    return load_first_certificate(pki.user_cert(address, purpose))
+
+
+def incoming_letter(
+    pki: DevPki,
+    *recipients: str,
+    cipher: str = "aes-256-gcm",
+    signed: bool = True,
+) -> bytes:
+    """Claire's letter as her gateway sends it: header-protected, signed, encrypted to
+    every address of ``recipients``."""
+    split = protect.SplitMessage.of(LETTER)
+    payload = protect.cryptographic_payload(split, protect=True, wrap=False)
+    outer = protect.outer_header(split, protect=True)
+    if signed:
+        key = load_private_key(pki.user_key(CLAIRE, "sign"))
+        chain = x509.load_pem_x509_certificates(pki.intermediates.read_bytes())
+        payload = sign(payload, certificate(pki, CLAIRE, "sign"), key, chain, detached=True)
+    targets = [CmsRecipient(certificate(pki, address)) for address in recipients]
+    entity = encrypt_entity(payload, targets, cipher=cipher)
+    return outer + b"MIME-Version: 1.0\r\n" + entity
+
+
+def envelope(*recipients: str, sender: str = CLAIRE) -> Envelope:
+    return Envelope(sender, tuple(Recipient(address) for address in recipients))
+
+
+def open_spool(config: Config, trail: Trail, clock: Clock, actor: str) -> Spool:
+    return Spool(
+        config.gateway.spool_dir, audit=trail, actor=actor, max_message_size=1 << 20, clock=clock
+    )
+
+
+def stored_content(path: Path) -> bytes:
+    reader = EntryReader(path)
+    try:
+        chunks = []
+        while chunk := reader.read(65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        reader.close()
+
+
+async def entries(spool: Spool, stage: str, state: str) -> list[tuple[Envelope, bytes]]:
+    found = []
+    for info in await spool.queue(stage).scan(state):  # type: ignore[arg-type]
+        assert info.record is not None
+        found.append((info.record.envelope, stored_content(info.path)))
+    return found
+
+
+def files_containing(root: Path, needle: bytes) -> list[Path]:
+    """Every regular file under ``root`` whose bytes contain ``needle``."""
+    return [p for p in root.rglob("*") if p.is_file() and needle in p.read_bytes()]
