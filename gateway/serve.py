@@ -8,9 +8,11 @@ records ``gateway.start`` / ``gateway.stop`` in the audit trail.
 Then it starts the stage workers (``gateway.workers``), each in its own process: the
 secure agent (reads ``received/``, signs and encrypts per route, hands off to
 ``relay/<route>``, ``inbound/``, the postal outbox or a DSN) and the relay (delivers
-``relay/<route>`` with retries and DSNs). The SMTP front answers ``250`` only once a
-message is fsynced into ``received/``. The inbound agent and local delivery are a later
-issue: mail for local recipients waits in ``inbound/`` (``missive queue list`` shows it).
+``relay/<route>`` with retries and DSNs), the inbound agent (reads ``inbound/``: decrypts,
+verifies, marks, quarantines; hands off to ``local/``) and local delivery (``[inbound]
+deliver_to``: LMTP, SMTP or maildir), plus the IMAP fetcher when ``[[inbound.imap_fetch]]``
+is configured. The SMTP front answers ``250`` only once a message is
+fsynced into ``received/``.
 
 Least privilege: this process is the SMTP front; it loads the TLS key of its listeners
 but never an S/MIME private key (the configuration is loaded with ``agent_keys=False``);
@@ -68,14 +70,20 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         )
         listeners = await _start_front(gateway)
         try:
-            workers = await start_workers(config, agents=1, relays=1)
+            workers = await start_workers(
+                config,
+                agents=1,
+                relays=1,
+                inbound=1,
+                delivery=1,
+                imap=1 if config.inbound.imap_fetch else 0,
+            )
             try:
                 _log.info(
                     "gateway.ready",
                     listeners_open=len(listeners.listeners),
                     accepting_mail="yes",
                     workers=len(workers.workers),
-                    inbound_delivery="not-built",
                 )
                 await stop.wait()
                 _log.info("gateway.stopping")
