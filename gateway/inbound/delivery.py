@@ -25,7 +25,15 @@ protocol error or a Maildir I/O error -> deferred with the ``RetryPolicy`` of
 failure DSN (``gateway.relay.dsn``: the sender is told; ``protected`` unless the sender
 is local, as in the secure agent). One ``delivery.local`` audit event per recipient.
 
-Invariants as in every stage runner: the DSN is queued before the entry leaves
+Dispatched MDN (issue 7 item 5; Direct "Delivery Notification" guide §3): when a
+recipient is delivered and the message asks for it with
+``Disposition-Notification-Options: X-DIRECT-FINAL-DESTINATION-DELIVERY=optional,true``
+(``wants_final_delivery_mdn``), a *dispatched* MDN is queued into ``received`` by
+``gateway.inbound.stage.queue_mdn`` (clear, signed and encrypted by the secure agent;
+hand-off key per recipient, so a repeated pass queues it once; never for an MDN, a DSN
+or a null sender).
+
+Invariants as in every stage runner: the DSN (and any MDN) is queued before the entry leaves
 ``active/``; a crash after the store's ``250`` and before ``complete`` delivers twice
 at most (at-least-once, docs/spool.md).
 
@@ -54,6 +62,7 @@ from pathlib import Path
 
 from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
+from gateway.inbound.stage import queue_mdn
 from gateway.log import get_logger
 from gateway.relay import routing
 from gateway.relay.agent_stage import handoff_key
@@ -67,6 +76,7 @@ from gateway.relay.dsn import (
     dsn_envelope,
     should_send_dsn,
 )
+from gateway.relay.mdn import Disposition, wants_final_delivery_mdn
 from gateway.spool import (
     LOCAL,
     RECEIVED,
@@ -411,6 +421,8 @@ class LocalDelivery:
             if report is not None:
                 failures.append(report)
             await self.audit.record(_delivery_event(entry, recipient.address, reply, states[index]))
+            if reply.delivered:
+                await self._queue_dispatched_mdn(entry, content, recipient)
         dsn = await self._queue_dsn(entry, content, failures) if failures else None
         shown = tuple(
             (r.address, reply.code, reply.text)
@@ -495,6 +507,23 @@ class LocalDelivery:
             return "completed"
         await self.local.bounce(entry, "the local mail store refused the message", states)
         return "bounced"
+
+    async def _queue_dispatched_mdn(
+        self, entry: Claimed, content: bytes, recipient: Recipient
+    ) -> str | None:
+        """The dispatched MDN of a delivered recipient, when the message asks for it."""
+        if not wants_final_delivery_mdn(content.partition(b"\r\n\r\n")[0] + b"\r\n"):
+            return None
+        return await queue_mdn(
+            self.config,
+            self.local,
+            self.received,
+            entry,
+            content,
+            recipient,
+            Disposition.DISPATCHED,
+            self.clock(),
+        )
 
     async def _queue_dsn(
         self, entry: Claimed, content: bytes, reports: list[RecipientReport]

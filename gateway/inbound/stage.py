@@ -20,6 +20,23 @@ with their own key and never one opened with the other's.
   directory; only ``missive queue release`` moves it on, and a released entry is
   processed again for its held recipients only; the DSN's hand-off key is the same, so
   it is not sent twice while the entry stays in the spool);
+- MDNs (issue 7 item 5, RFC 8098): after a ``DELIVER`` / ``PASS_MARKED`` hand-off, when
+  the delivered copy asks for one (``should_send_mdn`` with the envelope's MAIL FROM:
+  never for an MDN, a DSN or a null sender) a *processed* MDN is queued into
+  ``received`` (``queue_mdn``; MAIL FROM:<>, ``Origin("internal")``, hand-off key
+  ``handoff_key("mdn-processed", None, [address])`` so a repeated pass queues it once).
+  ``gateway.inbound.delivery`` queues the *dispatched* MDN the same way on final
+  delivery when ``X-DIRECT-FINAL-DESTINATION-DELIVERY`` is asked. Design decision: the
+  MDN is queued *in clear* and the secure agent protects it like any outbound message
+  from this gateway (``gateway.relay.agent``): it signs it (an internal message has no
+  authenticated login, so with ``keys.organisation_signing``; no signing key -> the
+  agent defers it, fail closed) and, on an ``smime`` route where the annuaire has the
+  original sender's certificate, encrypts it to that certificate; otherwise the route's
+  fallback applies, as for any mail. Signing here with the recipient's personal key
+  would make the agent wrap an already signed message a second time (triple wrapping,
+  RFC 2634) for no gain in trust. The MDN is built from the delivered copy's header
+  block but only its addressing fields and Message-ID are read (``build_mdn``): no
+  Subject, no body, no third part, so nothing decrypted goes out;
 - one ``inbound.processed`` audit event per recipient: decision, key serial, signer
   and its validity, cipher, key transport, where the headers came from. The precise
   cause of a failure (``AuditFacts.failure_detail``) goes to the local log only.
@@ -63,6 +80,8 @@ from gateway.relay.dsn import (
     dsn_envelope,
     should_send_dsn,
 )
+from gateway.relay.mdn import Disposition, MdnRefused, build_mdn, mdn_envelope, should_send_mdn
+from gateway.relay.report import NotificationRefused
 from gateway.smime.keystore import KeyStore
 from gateway.smime.types import ChainValidator
 from gateway.smime.validate import CertificateValidator
@@ -76,6 +95,7 @@ from gateway.spool import (
     Envelope,
     Origin,
     Queue,
+    Recipient,
     RecipientState,
     RecipientStatus,
     Spool,
@@ -100,6 +120,7 @@ class InboundOutcome:
     disposition: str  # "completed" | "held" | "corrupt"
     handoffs: tuple[str, ...] = ()
     dsn: str | None = None
+    mdns: tuple[str, ...] = ()
 
 
 class InboundStage:
@@ -192,6 +213,7 @@ class InboundStage:
         record = entry.record
         states = list(record.state.recipients)
         handoffs: list[str] = []
+        mdns: list[str] = []
         held: list[RecipientReport] = []
         for index in record.unfinished:
             recipient = record.envelope.recipients[index]
@@ -218,12 +240,24 @@ class InboundStage:
             )
             handoffs.append(child)
             states[index] = RecipientState(RecipientStatus.DELIVERED, attempts)
+            mdn = await queue_mdn(
+                self.config,
+                self.inbound,
+                self.received,
+                entry,
+                result.message,
+                recipient,
+                Disposition.PROCESSED,
+                self.clock(),
+            )
+            if mdn is not None:
+                mdns.append(mdn)
         dsn = await self._queue_dsn(entry, content, held) if held else None
         if any(not state.status.final for state in states):
             await self._hold(entry, states)
-            return InboundOutcome(entry.queue_id, "held", tuple(handoffs), dsn)
+            return InboundOutcome(entry.queue_id, "held", tuple(handoffs), dsn, tuple(mdns))
         await self.inbound.complete(entry, states)
-        return InboundOutcome(entry.queue_id, "completed", tuple(handoffs), dsn)
+        return InboundOutcome(entry.queue_id, "completed", tuple(handoffs), dsn, tuple(mdns))
 
     def _open_for(self, content: bytes, address: str) -> InboundResult:
         return process_inbound(
@@ -284,6 +318,54 @@ class InboundStage:
         )
         log.info("inbound.dsn_queued", queue_id=entry.queue_id, child=child)
         return child
+
+
+async def queue_mdn(
+    config: Config,
+    source: Queue,
+    received: Queue,
+    entry: Claimed,
+    message: bytes,
+    recipient: Recipient,
+    disposition: Disposition,
+    now: datetime,
+) -> str | None:
+    """Queue the MDN ``message`` asks for into ``received`` as a child of ``entry``
+    (claimed from ``source``); clear: the secure agent signs and encrypts it (see the
+    module docstring).
+
+    ``message``: the copy delivered to ``recipient`` (only its header block is read, and
+    only its addressing fields and Message-ID go into the MDN). None when no MDN is due
+    (not asked, a notification, a null sender, a bad address). The hand-off key depends
+    on the disposition and the recipient only: a repeated pass writes nothing twice.
+    """
+    header_block = message.partition(b"\r\n\r\n")[0] + b"\r\n"
+    mail_from = entry.record.envelope.mail_from
+    if not should_send_mdn(header_block, mail_from):
+        return None
+    try:
+        mdn = build_mdn(
+            reporting_ua=config.gateway.hostname,
+            original_headers=header_block,
+            final_recipient=recipient.address,
+            disposition=disposition,
+            now=now,
+            language=config.gateway.language,
+            original_recipient=recipient.orcpt,
+            return_path=mail_from,
+        )
+        envelope = mdn_envelope(header_block)
+    except (MdnRefused, NotificationRefused) as error:
+        log.warning("inbound.mdn_refused", queue_id=entry.queue_id, error=str(error))
+        return None
+    key = handoff_key(f"mdn-{disposition.value}", None, [recipient.address])
+    child = await source.hand_off(
+        entry, received, key, envelope, mdn, origin=INTERNAL_ORIGIN, new_message=True
+    )
+    log.info(
+        "inbound.mdn_queued", queue_id=entry.queue_id, child=child, disposition=disposition.value
+    )
+    return child
 
 
 def _processed_event(entry: Claimed, result: InboundResult) -> AuditEvent:
