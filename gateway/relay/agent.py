@@ -37,6 +37,7 @@ listens on a socket (STYLE §9). Crypto runs in ``asyncio.to_thread``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -116,8 +117,9 @@ class OutgoingMessage:
     cert_serials: tuple[str, ...] = ()
     algorithms: tuple[str, ...] = ()
 
-    @property
+    @functools.cached_property
     def sha256(self) -> str:
+        """Hex SHA-256 of ``content`` (computed once; ``_protect`` does it in its thread)."""
         return hashlib.sha256(self.content).hexdigest()
 
 
@@ -253,7 +255,7 @@ class SecureAgent:
         certificates = await self._certificates(route, candidates, out)
         if not certificates:
             return
-        signer = await asyncio.to_thread(self._signer, envelope.mail_from, origin)
+        signer = await self._choose_signer(envelope.mail_from, origin)
         if signer is None:
             for address in certificates:
                 out.deferred.append(RecipientOutcome(address, route.name, "no signing key"))
@@ -322,6 +324,13 @@ class SecureAgent:
             out.fallback.append(RecipientOutcome(address, route.name, reason, target.action))
         return found
 
+    async def _choose_signer(self, mail_from: str, origin: Origin) -> _Signer | None:
+        """``_signer``; in a worker thread only when a personal key is to be validated
+        (the organisation's signer needs no I/O nor validation: no thread hop)."""
+        if origin.auth_login and mail_from:
+            return await asyncio.to_thread(self._signer, mail_from, origin)
+        return self._signer(mail_from, origin)
+
     def _signer(self, mail_from: str, origin: Origin) -> _Signer | None:
         """The personal key of an authenticated sender, else the organisation's."""
         if origin.auth_login and mail_from and self._may_send_as(origin.auth_login, mail_from):
@@ -384,7 +393,7 @@ class SecureAgent:
             *sorted({r.key_transport for r in cms_recipients}),
             f"sign:{signer.kind}",
         )
-        return OutgoingMessage(
+        outgoing = OutgoingMessage(
             route.name,
             mail_from,
             recipients,
@@ -393,6 +402,8 @@ class SecureAgent:
             tuple(certificate_label(c) for c in certificates),
             algorithms,
         )
+        _ = outgoing.sha256  # hashed here, in the worker thread, not on the event loop
+        return outgoing
 
     # -- audit -------------------------------------------------------------------------
 
