@@ -90,15 +90,13 @@ from gateway.spool import (
     RecipientStatus,
     RetryPolicy,
     Spool,
-    SpoolBusy,
-    SpoolError,
+    consumer,
 )
 
 log = get_logger("inbound.delivery")
 
 INTERNAL_ORIGIN = Origin("internal")
 DEFAULT_POLL_INTERVAL = 0.2
-STANDBY_INTERVAL = 1.0
 COMMAND_TIMEOUT = 60.0
 DATA_TIMEOUT = 600.0
 MAX_LINE = 4096
@@ -361,48 +359,29 @@ class LocalDelivery:
     async def run(self, stop: asyncio.Event) -> None:
         """Recover (standby while another delivery worker holds the lock), then deliver
         entries one at a time until ``stop`` is set."""
-        announced = False
-        while not stop.is_set():
-            try:
-                await self.local.recover()
-                break
-            except SpoolBusy:
-                if not announced:
-                    log.info("delivery.standby", reason="another delivery worker consumes local/")
-                    announced = True
-                await _sleep_unless(stop, STANDBY_INTERVAL)
-        while not stop.is_set():
-            entry = await self.local.claim()
-            if entry is None:
-                await _sleep_unless(stop, self.poll_interval)
-                continue
-            await self.process_entry(entry)
+        if (
+            await consumer.take_queue(self.local, stop, area="delivery", who="delivery worker")
+            is None
+        ):
+            return
+        await consumer.consume(
+            self.local, stop, self.process_entry, poll_interval=self.poll_interval
+        )
 
     async def drain(self) -> list[DeliveryOutcome]:
         """Deliver every entry ready now (tests, tools); ``recover`` must have run."""
-        outcomes: list[DeliveryOutcome] = []
-        while (entry := await self.local.claim()) is not None:
-            outcome = await self.process_entry(entry)
-            if outcome is not None:
-                outcomes.append(outcome)
-        return outcomes
+        return await consumer.drain(self.local, self.process_entry)
 
     async def process_entry(self, entry: Claimed) -> DeliveryOutcome | None:
         """One pass over a claimed entry; never raises for a bad message."""
-        try:
-            return await self._process(entry)
-        except (SpoolError, OSError) as error:
-            log.error("delivery.spool_error", queue_id=entry.queue_id, error=str(error))
-            return None
-        except Exception as error:  # noqa: BLE001 - a bad message must not stop the worker
-            reason = f"local delivery error: {type(error).__name__}"
-            log.error("delivery.entry_failed", queue_id=entry.queue_id, error=reason)
-            try:
-                await self.local.hold(entry, reason)
-            except Exception as hold_error:  # noqa: BLE001 - stays in active/, recovered
-                log.error("delivery.hold_failed", queue_id=entry.queue_id, error=str(hold_error))
-                return None
-            return DeliveryOutcome(entry.queue_id, "held")
+        return await consumer.guarded(
+            self.local,
+            entry,
+            self._process,
+            area="delivery",
+            what="local delivery",
+            held=lambda queue_id: DeliveryOutcome(queue_id, "held"),
+        )
 
     async def _process(self, entry: Claimed) -> DeliveryOutcome:
         try:
@@ -586,13 +565,6 @@ def _trust_context(config: Config) -> ssl.SSLContext:
         except (OSError, ssl.SSLError) as error:
             log.warning("delivery.anchor_unusable", anchor=str(anchor), error=str(error))
     return context
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 # -- the worker process ----------------------------------------------------------------

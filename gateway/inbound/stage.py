@@ -99,15 +99,13 @@ from gateway.spool import (
     RecipientState,
     RecipientStatus,
     Spool,
-    SpoolBusy,
-    SpoolError,
+    consumer,
 )
 
 log = get_logger("inbound.stage")
 
 INTERNAL_ORIGIN = Origin("internal")
 DEFAULT_POLL_INTERVAL = 0.2
-STANDBY_INTERVAL = 1.0
 STATUS_CRYPTO_FAILURE = "5.7.5"  # RFC 3463: cryptographic failure
 HELD_REASON = "held in quarantine: the message could not be decrypted or verified"
 
@@ -158,51 +156,32 @@ class InboundStage:
     async def run(self, stop: asyncio.Event) -> None:
         """Recover (standby while another inbound agent holds the lock), then claim and
         process entries one at a time until ``stop`` is set."""
-        announced = False
-        while not stop.is_set():
-            try:
-                await self.inbound.recover()
-                break
-            except SpoolBusy:
-                if not announced:
-                    log.info("inbound.standby", reason="another inbound agent consumes inbound/")
-                    announced = True
-                await _sleep_unless(stop, STANDBY_INTERVAL)
-        while not stop.is_set():
-            entry = await self.inbound.claim()
-            if entry is None:
-                await _sleep_unless(stop, self.poll_interval)
-                continue
-            await self.process_entry(entry)
+        if (
+            await consumer.take_queue(self.inbound, stop, area="inbound", who="inbound agent")
+            is None
+        ):
+            return
+        await consumer.consume(
+            self.inbound, stop, self.process_entry, poll_interval=self.poll_interval
+        )
 
     async def drain(self) -> list[InboundOutcome]:
         """Process every entry ready now (tests, tools); ``recover`` must have run."""
-        outcomes: list[InboundOutcome] = []
-        while (entry := await self.inbound.claim()) is not None:
-            outcome = await self.process_entry(entry)
-            if outcome is not None:
-                outcomes.append(outcome)
-        return outcomes
+        return await consumer.drain(self.inbound, self.process_entry)
 
     # -- one entry ---------------------------------------------------------------------
 
     async def process_entry(self, entry: Claimed) -> InboundOutcome | None:
         """One pass over a claimed entry; never raises for a bad message (None when the
         spool or the audit failed: the entry stays in ``active/``)."""
-        try:
-            return await self._process(entry)
-        except (SpoolError, OSError) as error:
-            log.error("inbound.spool_error", queue_id=entry.queue_id, error=str(error))
-            return None
-        except Exception as error:  # noqa: BLE001 - a bad message must not stop the worker
-            reason = f"inbound agent error: {type(error).__name__}"
-            log.error("inbound.entry_failed", queue_id=entry.queue_id, error=reason)
-            try:
-                await self.inbound.hold(entry, reason)
-            except Exception as hold_error:  # noqa: BLE001 - stays in active/, recovered
-                log.error("inbound.hold_failed", queue_id=entry.queue_id, error=str(hold_error))
-                return None
-            return InboundOutcome(entry.queue_id, "held")
+        return await consumer.guarded(
+            self.inbound,
+            entry,
+            self._process,
+            area="inbound",
+            what="inbound agent",
+            held=lambda queue_id: InboundOutcome(queue_id, "held"),
+        )
 
     async def _process(self, entry: Claimed) -> InboundOutcome:
         try:
@@ -404,13 +383,6 @@ def _processed_event(entry: Claimed, result: InboundResult) -> AuditEvent:
 
 def _yes_no(value: bool) -> str:
     return "yes" if value else "no"
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 # -- the worker process ----------------------------------------------------------------

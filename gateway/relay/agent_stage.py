@@ -107,8 +107,7 @@ from gateway.spool import (
     RecipientStatus,
     RetryPolicy,
     Spool,
-    SpoolBusy,
-    SpoolError,
+    consumer,
     relay_stage,
 )
 
@@ -117,7 +116,6 @@ log = get_logger("relay.agent_stage")
 INTERNAL_ORIGIN = Origin("internal")
 DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their fsyncs
 DEFAULT_POLL_INTERVAL = 0.05  # seconds between claims of an empty queue (a listdir)
-STANDBY_INTERVAL = 1.0  # seconds between attempts to take the consumer lock
 _DIGEST_CHARS = 20
 
 # RFC 3463 codes of this stage's own failures
@@ -214,40 +212,17 @@ class AgentStage:
     async def run(self, stop: asyncio.Event) -> None:
         """Recover (or wait as a standby while another agent holds the lock), then
         claim and process entries until ``stop`` is set; in-flight entries finish."""
-        if not await self._take_queue(stop):
+        report = await consumer.take_queue(self.received, stop, area="agent", who="secure agent")
+        if report is None:
             return
-        running: set[asyncio.Task[EntryOutcome | None]] = set()
-        try:
-            while not stop.is_set():
-                if len(running) >= self.concurrency:
-                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                    running = {task for task in running if not task.done()}
-                    continue
-                entry = await self.received.claim()
-                if entry is None:
-                    await _sleep_unless(stop, self.poll_interval)
-                    continue
-                running.add(asyncio.create_task(self.process_entry(entry)))
-                running = {task for task in running if not task.done()}
-        finally:
-            if running:
-                await asyncio.gather(*running, return_exceptions=True)
-
-    async def _take_queue(self, stop: asyncio.Event) -> bool:
-        """``recover`` once the consumer lock is ours; False if stopped while waiting."""
-        announced = False
-        while not stop.is_set():
-            try:
-                report = await self.received.recover()
-            except SpoolBusy:
-                if not announced:
-                    log.info("agent.standby", reason="another secure agent consumes received/")
-                    announced = True
-                await _sleep_unless(stop, STANDBY_INTERVAL)
-                continue
-            log.info("agent.started", recovered=len(report.requeued))
-            return True
-        return False
+        log.info("agent.started", recovered=len(report.requeued))
+        await consumer.consume(
+            self.received,
+            stop,
+            self.process_entry,
+            poll_interval=self.poll_interval,
+            concurrency=self.concurrency,
+        )
 
     async def process_next(self) -> EntryOutcome | None:
         """Claim and process one ready entry; None when there is none (or the spool
@@ -258,12 +233,7 @@ class AgentStage:
     async def drain(self) -> list[EntryOutcome]:
         """Process every entry that is ready now, one after the other (tests, tools).
         The caller must have called ``recover`` (it takes the consumer lock)."""
-        outcomes: list[EntryOutcome] = []
-        while (entry := await self.received.claim()) is not None:
-            outcome = await self.process_entry(entry)
-            if outcome is not None:
-                outcomes.append(outcome)
-        return outcomes
+        return await consumer.drain(self.received, self.process_entry)
 
     # -- one entry ---------------------------------------------------------------------
 
@@ -272,20 +242,14 @@ class AgentStage:
 
         Returns None when the spool or the audit trail failed: the entry then stays in
         ``active/`` and is recovered at the next start."""
-        try:
-            return await self._process(entry)
-        except (SpoolError, OSError) as error:
-            log.error("agent.spool_error", queue_id=entry.queue_id, error=str(error))
-            return None
-        except Exception as error:  # noqa: BLE001 - a bad message must not stop the worker
-            reason = f"secure agent error: {type(error).__name__}"
-            log.error("agent.entry_failed", queue_id=entry.queue_id, error=reason)
-            try:
-                await self.received.hold(entry, reason)
-            except Exception as hold_error:  # noqa: BLE001 - stays in active/, recovered
-                log.error("agent.hold_failed", queue_id=entry.queue_id, error=str(hold_error))
-                return None
-            return EntryOutcome(entry.queue_id, "held")
+        return await consumer.guarded(
+            self.received,
+            entry,
+            self._process,
+            area="agent",
+            what="secure agent",
+            held=lambda queue_id: EntryOutcome(queue_id, "held"),
+        )
 
     async def _process(self, entry: Claimed) -> EntryOutcome:
         try:
@@ -540,13 +504,6 @@ def _postal_event(entry: Claimed, address: str) -> AuditEvent:
         rcpt_to=(address,),
         outcome="posted",
     )
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    try:
-        await asyncio.wait_for(stop.wait(), seconds)
-    except TimeoutError:
-        pass
 
 
 # -- the worker process ----------------------------------------------------------------

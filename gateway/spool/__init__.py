@@ -32,6 +32,7 @@ Modules, each small and named by concern:
 - ``spooldir``: ``Spool``, which owns the I/O threads and builds the queues;
 - ``runtime``: what the queues of one ``Spool`` share;
 - ``schedule``: the retry schedule of ``[delivery]``;
+- ``consumer``: the claim loop, standby and error guard every stage worker shares;
 - ``events``: the ``spool.*`` audit events; ``errors``: typed errors with SMTP meaning;
 - ``cli`` and ``display``: ``missive queue list|show|retry|delete|hold|release`` and
   its text output.

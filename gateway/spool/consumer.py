@@ -1,0 +1,128 @@
+"""The consumer loop every stage worker shares: take a queue, claim, process, repeat.
+
+One stage (secure agent, inbound agent, local delivery) consumes one queue. This module
+holds what they do alike, so each stage module keeps only what it decides:
+
+- ``take_queue``: ``recover`` the queue, which takes its consumer lock; while another
+  worker holds it, wait as a standby (logged once) until it is free or ``stop`` is set;
+- ``consume``: claim ready entries and process them, at most ``concurrency`` at once,
+  polling every ``poll_interval`` when the queue is empty; in-flight entries finish when
+  ``stop`` is set;
+- ``drain``: process every entry ready now, one at a time (tests and tools);
+- ``guarded``: run one entry's processing so that a bad message never stops the worker:
+  a spool or audit failure leaves the entry in ``active/`` (recovered at the next start);
+  any other error puts the entry on hold with a reason naming the error type (never the
+  message content), and a failing hold also leaves it in ``active/``.
+
+Trust level: no I/O of its own beyond the queue's; no message content is logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from gateway.log import get_logger
+from gateway.spool.errors import SpoolBusy, SpoolError
+from gateway.spool.queue import Claimed, Queue, RecoveryReport
+
+T = TypeVar("T")
+
+STANDBY_INTERVAL = 1.0  # seconds between attempts to take the consumer lock
+
+_log = get_logger("stage")
+
+
+async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    """Sleep ``seconds``, or less if ``stop`` is set meanwhile."""
+    try:
+        await asyncio.wait_for(stop.wait(), seconds)
+    except TimeoutError:
+        pass
+
+
+async def take_queue(
+    queue: Queue, stop: asyncio.Event, *, area: str, who: str
+) -> RecoveryReport | None:
+    """Recover ``queue`` once its consumer lock is ours; None if stopped while waiting.
+
+    ``area`` prefixes the log event (``<area>.standby``); ``who`` names the worker kind in
+    the standby reason."""
+    announced = False
+    while not stop.is_set():
+        try:
+            return await queue.recover()
+        except SpoolBusy:
+            if not announced:
+                _log.info(f"{area}.standby", reason=f"another {who} consumes {queue.name}/")
+                announced = True
+            await sleep_unless(stop, STANDBY_INTERVAL)
+    return None
+
+
+async def consume(
+    queue: Queue,
+    stop: asyncio.Event,
+    process: Callable[[Claimed], Awaitable[object]],
+    *,
+    poll_interval: float,
+    concurrency: int = 1,
+) -> None:
+    """Claim and ``process`` entries until ``stop`` is set (``take_queue`` first)."""
+    running: set[asyncio.Task[object]] = set()
+    try:
+        while not stop.is_set():
+            if len(running) >= concurrency:
+                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                running = {task for task in running if not task.done()}
+                continue
+            entry = await queue.claim()
+            if entry is None:
+                await sleep_unless(stop, poll_interval)
+                continue
+            running.add(asyncio.ensure_future(process(entry)))
+            running = {task for task in running if not task.done()}
+    finally:
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
+
+
+async def drain(queue: Queue, process: Callable[[Claimed], Awaitable[T | None]]) -> list[T]:
+    """Process every entry ready now, one at a time; ``recover`` must have run."""
+    outcomes: list[T] = []
+    while (entry := await queue.claim()) is not None:
+        outcome = await process(entry)
+        if outcome is not None:
+            outcomes.append(outcome)
+    return outcomes
+
+
+async def guarded(
+    queue: Queue,
+    entry: Claimed,
+    process: Callable[[Claimed], Awaitable[T]],
+    *,
+    area: str,
+    what: str,
+    held: Callable[[str], T],
+) -> T | None:
+    """``process(entry)``, never raising for a bad message (see the module docstring).
+
+    ``area`` prefixes the log events; ``what`` names the stage in the hold reason
+    (``"<what> error: <ExceptionType>"``); ``held(queue_id)`` builds the outcome of an
+    entry put on hold. Returns None when the entry stays in ``active/``."""
+    try:
+        return await process(entry)
+    except (SpoolError, OSError) as error:
+        _log.error(f"{area}.spool_error", queue_id=entry.queue_id, error=str(error))
+        return None
+    except Exception as error:  # noqa: BLE001 - a bad message must not stop the worker
+        reason = f"{what} error: {type(error).__name__}"
+        _log.error(f"{area}.entry_failed", queue_id=entry.queue_id, error=reason)
+        try:
+            await queue.hold(entry, reason)
+        except Exception as hold_error:  # noqa: BLE001 - stays in active/, recovered
+            _log.error(f"{area}.hold_failed", queue_id=entry.queue_id, error=str(hold_error))
+            return None
+        return held(entry.queue_id)
