@@ -64,16 +64,13 @@ from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
 from gateway.inbound.stage import queue_mdn
 from gateway.log import get_logger
-from gateway.relay import routing
+from gateway.relay import notices, routing
 from gateway.relay.agent_stage import handoff_key
 from gateway.relay.client import DotStuffer, ProtocolError, Reply, ReplyParser
 from gateway.relay.dsn import (
     Action,
-    DsnRefused,
     Reason,
     RecipientReport,
-    build_dsn,
-    dsn_envelope,
     should_send_dsn,
 )
 from gateway.relay.mdn import Disposition, wants_final_delivery_mdn
@@ -83,7 +80,6 @@ from gateway.spool import (
     AuditTrail,
     Claimed,
     CorruptEntry,
-    Origin,
     Queue,
     Recipient,
     RecipientState,
@@ -95,7 +91,6 @@ from gateway.spool import (
 
 log = get_logger("inbound.delivery")
 
-INTERNAL_ORIGIN = Origin("internal")
 DEFAULT_POLL_INTERVAL = 0.2
 COMMAND_TIMEOUT = 60.0
 DATA_TIMEOUT = 600.0
@@ -507,31 +502,21 @@ class LocalDelivery:
     async def _queue_dsn(
         self, entry: Claimed, content: bytes, reports: list[RecipientReport]
     ) -> str | None:
-        record = entry.record
-        sender = record.envelope.mail_from
-        try:
-            dsn = build_dsn(
-                reporting_mta=self.config.gateway.hostname,
-                original_sender=sender,
-                recipients=reports,
-                original=content,
-                arrival_date=record.received,
-                now=self.clock(),
-                language=self.config.gateway.language,
-                ret=record.envelope.params.ret,
-                envid=record.envelope.params.envid,
-                protected=not routing.is_local(self.config, sender),
-            )
-            envelope = dsn_envelope(sender)
-        except DsnRefused as error:
-            log.warning("delivery.dsn_refused", queue_id=entry.queue_id, error=str(error))
-            return None
-        key = handoff_key("dsn-local", None, (r.final_recipient for r in reports))
-        child = await self.local.hand_off(
-            entry, self.received, key, envelope, dsn, origin=INTERNAL_ORIGIN, new_message=True
+        sender = entry.record.envelope.mail_from
+        return await notices.queue_dsn(
+            source=self.local,
+            received=self.received,
+            entry=entry,
+            original=content,
+            reports=reports,
+            key=handoff_key("dsn-local", None, (r.final_recipient for r in reports)),
+            hostname=self.config.gateway.hostname,
+            language=self.config.gateway.language,
+            now=self.clock(),
+            protected=not routing.is_local(self.config, sender),
+            ret=entry.record.envelope.params.ret,
+            area="delivery",
         )
-        log.info("delivery.dsn_queued", queue_id=entry.queue_id, child=child)
-        return child
 
 
 def _enhanced(reply: StoreReply) -> str | None:

@@ -70,14 +70,12 @@ from gateway.inbound.process import (
     process_inbound,
 )
 from gateway.log import get_logger
+from gateway.relay import notices
 from gateway.relay.agent_stage import handoff_key
 from gateway.relay.dsn import (
     Action,
-    DsnRefused,
     Reason,
     RecipientReport,
-    build_dsn,
-    dsn_envelope,
     should_send_dsn,
 )
 from gateway.relay.mdn import Disposition, MdnRefused, build_mdn, mdn_envelope, should_send_mdn
@@ -93,7 +91,6 @@ from gateway.spool import (
     Claimed,
     CorruptEntry,
     Envelope,
-    Origin,
     Queue,
     Recipient,
     RecipientState,
@@ -104,7 +101,6 @@ from gateway.spool import (
 
 log = get_logger("inbound.stage")
 
-INTERNAL_ORIGIN = Origin("internal")
 DEFAULT_POLL_INTERVAL = 0.2
 STATUS_CRYPTO_FAILURE = "5.7.5"  # RFC 3463: cryptographic failure
 HELD_REASON = "held in quarantine: the message could not be decrypted or verified"
@@ -272,31 +268,20 @@ class InboundStage:
     async def _queue_dsn(
         self, entry: Claimed, content: bytes, reports: list[RecipientReport]
     ) -> str | None:
-        record = entry.record
-        sender = record.envelope.mail_from
-        try:
-            dsn = build_dsn(
-                reporting_mta=self.config.gateway.hostname,
-                original_sender=sender,
-                recipients=reports,
-                original=content,
-                arrival_date=record.received,
-                now=self.clock(),
-                language=self.config.gateway.language,
-                ret="HDRS",  # never the body, whatever RET asked (nothing decrypted)
-                envid=record.envelope.params.envid,
-                protected=True,
-            )
-            envelope = dsn_envelope(sender)
-        except DsnRefused as error:
-            log.warning("inbound.dsn_refused", queue_id=entry.queue_id, error=str(error))
-            return None
-        key = handoff_key("dsn-held", None, (r.final_recipient for r in reports))
-        child = await self.inbound.hand_off(
-            entry, self.received, key, envelope, dsn, origin=INTERNAL_ORIGIN, new_message=True
+        return await notices.queue_dsn(
+            source=self.inbound,
+            received=self.received,
+            entry=entry,
+            original=content,
+            reports=reports,
+            key=handoff_key("dsn-held", None, (r.final_recipient for r in reports)),
+            hostname=self.config.gateway.hostname,
+            language=self.config.gateway.language,
+            now=self.clock(),
+            protected=True,
+            ret="HDRS",  # never the body, whatever RET asked (nothing decrypted)
+            area="inbound",
         )
-        log.info("inbound.dsn_queued", queue_id=entry.queue_id, child=child)
-        return child
 
 
 async def queue_mdn(
@@ -339,7 +324,7 @@ async def queue_mdn(
         return None
     key = handoff_key(f"mdn-{disposition.value}", None, [recipient.address])
     child = await source.hand_off(
-        entry, received, key, envelope, mdn, origin=INTERNAL_ORIGIN, new_message=True
+        entry, received, key, envelope, mdn, origin=notices.INTERNAL_ORIGIN, new_message=True
     )
     log.info(
         "inbound.mdn_queued", queue_id=entry.queue_id, child=child, disposition=disposition.value

@@ -76,15 +76,12 @@ from annuaire.lookup import CertificateLookup
 from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
 from gateway.log import get_logger
-from gateway.relay import routing
+from gateway.relay import notices, routing
 from gateway.relay.agent import AgentResult, OrganisationSigner, RecipientOutcome, SecureAgent
 from gateway.relay.dsn import (
     Action,
-    DsnRefused,
     Reason,
     RecipientReport,
-    build_dsn,
-    dsn_envelope,
     should_send_dsn,
 )
 from gateway.relay.postal import PostalError, render_letter, write_to_outbox
@@ -100,7 +97,6 @@ from gateway.spool import (
     Claimed,
     CorruptEntry,
     Envelope,
-    Origin,
     Queue,
     Recipient,
     RecipientState,
@@ -113,7 +109,6 @@ from gateway.spool import (
 
 log = get_logger("relay.agent_stage")
 
-INTERNAL_ORIGIN = Origin("internal")
 DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their fsyncs
 DEFAULT_POLL_INTERVAL = 0.05  # seconds between claims of an empty queue (a listdir)
 _DIGEST_CHARS = 20
@@ -445,31 +440,21 @@ class AgentStage:
     async def _queue_dsn(
         self, entry: Claimed, content: bytes, reports: list[RecipientReport], action: Action
     ) -> str | None:
-        record = entry.record
-        sender = record.envelope.mail_from
-        try:
-            dsn = build_dsn(
-                reporting_mta=self.config.gateway.hostname,
-                original_sender=sender,
-                recipients=reports,
-                original=content,
-                arrival_date=record.received,
-                now=self.clock(),
-                language=self.config.gateway.language,
-                ret=record.envelope.params.ret,
-                envid=record.envelope.params.envid,
-                protected=not routing.is_local(self.config, sender),
-            )
-            envelope = dsn_envelope(sender)
-        except DsnRefused as error:  # a bad sender address: nobody to tell
-            log.warning("agent.dsn_refused", queue_id=entry.queue_id, error=str(error))
-            return None
-        key = handoff_key(f"dsn-{action.value}", None, (r.final_recipient for r in reports))
-        child = await self.received.hand_off(
-            entry, self.received, key, envelope, dsn, origin=INTERNAL_ORIGIN, new_message=True
+        sender = entry.record.envelope.mail_from
+        return await notices.queue_dsn(
+            source=self.received,
+            received=self.received,
+            entry=entry,
+            original=content,
+            reports=reports,
+            key=handoff_key(f"dsn-{action.value}", None, (r.final_recipient for r in reports)),
+            hostname=self.config.gateway.hostname,
+            language=self.config.gateway.language,
+            now=self.clock(),
+            protected=not routing.is_local(self.config, sender),
+            ret=entry.record.envelope.params.ret,
+            area="agent",
         )
-        log.info("agent.dsn_queued", queue_id=entry.queue_id, child=child, action=action.value)
-        return child
 
     async def _finish(
         self, entry: Claimed, work: _Pass, handoffs: list[str], dsns: list[str]

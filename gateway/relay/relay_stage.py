@@ -74,14 +74,12 @@ from gateway.log import get_logger
 from gateway.relay.client import DeliveryResult, Outcome, RelayClient
 from gateway.relay.dsn import (
     Action,
-    DsnRefused,
     Reason,
     RecipientReport,
-    build_dsn,
-    dsn_envelope,
     should_send_dsn,
 )
 from gateway.relay.mx import MxResolver, make_resolver
+from gateway.relay.notices import queue_dsn
 from gateway.relay.tlsclient import PeerVerifier
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.listeblanche import load_liste_blanche
@@ -90,7 +88,6 @@ from gateway.spool import (
     Claimed,
     CorruptEntry,
     Envelope,
-    Origin,
     Queue,
     QueueRecord,
     Recipient,
@@ -537,34 +534,20 @@ class RelayStage:
         record = entry.record
         headers = await asyncio.to_thread(_read_headers, entry)
         for notice in notices:
-            try:
-                message = build_dsn(
-                    reporting_mta=self._settings.hostname,
-                    original_sender=record.envelope.mail_from,
-                    recipients=notice.reports,
-                    original=headers,
-                    arrival_date=record.received,
-                    now=now,
-                    language=self._settings.language,
-                    ret=record.envelope.params.ret,
-                    envid=record.envelope.params.envid,
-                    protected=True,
-                )
-                envelope = dsn_envelope(record.envelope.mail_from)
-            except DsnRefused as error:
-                _log.warning("relay.dsn_refused", queue_id=entry.queue_id, error=str(error))
-                continue
-            key = notice.key(record.state.revision)
-            child = await queue.hand_off(
-                entry,
-                self._received,
-                key,
-                envelope,
-                message,
-                origin=Origin("internal"),
-                new_message=True,
+            await queue_dsn(
+                source=queue,
+                received=self._received,
+                entry=entry,
+                original=headers,
+                reports=notice.reports,
+                key=notice.key(record.state.revision),
+                hostname=self._settings.hostname,
+                language=self._settings.language,
+                now=now,
+                protected=True,
+                ret=record.envelope.params.ret,
+                area="relay",
             )
-            _log.info("relay.dsn_queued", queue_id=entry.queue_id, dsn=child, action=notice.action)
 
     async def _move_on(self, queue: Queue, entry: Claimed, plan: AttemptPlan) -> None:
         if plan.next_attempt is not None:
