@@ -11,10 +11,16 @@ ratio to it:
    same table, one transaction per batch, WAL, ``synchronous`` FULL then NORMAL;
 2. sink: ``await sink.record(event)`` from C concurrent asyncio tasks (group commit
    in the writer thread) vs the same tasks doing ``await asyncio.sleep(0)``: wall time
-   per event, and CPU time of the event loop's thread per event (what the SMTP front
-   pays), for C = 1 (each record waits for its own commit) and C = 100;
-3. verify: rows per second of a full chain walk; building an ``AuditEvent`` (its
-   validation runs on the caller's side).
+   per event, CPU time of the event loop's thread per event (what the SMTP front
+   pays) and CPU time of the whole process per event (loop + writer thread: what the
+   2 cores pay), for C = 1 (each record waits for its own commit) and C = 100; and one
+   task awaiting 3 records at once with ``gather`` (as the secure agent does per pass);
+3. writer: sealing one event into its row (canonical JSON, SHA-256, row codec: the
+   writer thread's CPU, no SQLite) with ``seal_row`` vs the reference path
+   ``row_of(seal(...))`` (the C JSON encoder over a built document);
+4. verify: rows per second of a full chain walk; building an ``AuditEvent`` (its
+   validation runs on the caller's side) vs building a plain frozen dataclass of the
+   same fields without any check.
 
 ``--smoke`` runs each case briefly (about 2 s in all) so CI proves the benchmark runs;
 it does not measure anything worth quoting.
@@ -29,13 +35,14 @@ import sqlite3
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from gateway.audit import AuditEvent, AuditSink, AuditStore
-from gateway.audit.record import GENESIS_HASH, row_of, seal
+from gateway.audit.record import GENESIS_HASH, row_of, seal, seal_row
 from gateway.audit.store import _INSERT, _SCHEMA, Synchronous
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -49,10 +56,29 @@ class Result:
     extra: str = ""
 
 
-def make_events(count: int) -> list[AuditEvent]:
+@dataclass(frozen=True, slots=True)
+class PlainEvent:
+    """The baseline of ``AuditEvent(...)``: the same fields, no check at all."""
+
+    type: str
+    time: datetime | None = None
+    queue_id: str | None = None
+    message_id: str | None = None
+    mail_from: str | None = None
+    rcpt_to: tuple[str, ...] = ()
+    actor: str | None = None
+    peer: str | None = None
+    cert_serials: tuple[str, ...] = ()
+    algorithms: tuple[str, ...] = ()
+    outcome: str | None = None
+    sha256: str | None = None
+    details: Mapping[str, str] | None = None
+
+
+def make_events(count: int, kind: type[AuditEvent] | type[PlainEvent] = AuditEvent) -> list[Any]:
     """Realistic acceptance events with their time set (as the sink would stamp them)."""
     return [
-        AuditEvent(
+        kind(
             type="smtp.accepted",
             time=T0 + timedelta(milliseconds=index),
             queue_id=f"Q{index:08d}",
@@ -102,34 +128,54 @@ def chained_append(path: Path, events: Sequence[AuditEvent], size: int, sync: Sy
 
 async def _run_tasks(
     tasks: int, per_task: int, step: Callable[[int], Awaitable[object]]
-) -> tuple[float, float]:
-    """Wall and loop-thread CPU seconds for ``tasks`` tasks awaiting ``step`` ``per_task`` times."""
+) -> tuple[float, float, float]:
+    """Wall, loop-thread CPU and process CPU seconds for ``tasks`` tasks awaiting ``step``
+    ``per_task`` times."""
 
     async def worker(offset: int) -> None:
         for index in range(offset, offset + per_task):
             await step(index)
 
-    wall, cpu = time.perf_counter(), time.thread_time()
+    wall, cpu, process = time.perf_counter(), time.thread_time(), time.process_time()
     await asyncio.gather(*(worker(n * per_task) for n in range(tasks)))
-    return time.perf_counter() - wall, time.thread_time() - cpu
+    return (
+        time.perf_counter() - wall,
+        time.thread_time() - cpu,
+        time.process_time() - process,
+    )
 
 
 def sink_case(
-    directory: Path, events: Sequence[AuditEvent], tasks: int, sync: Synchronous
-) -> tuple[Result, Result]:
-    per_task = len(events) // tasks
-    total = per_task * tasks
+    directory: Path,
+    events: Sequence[AuditEvent],
+    tasks: int,
+    sync: Synchronous,
+    together: int = 1,
+) -> tuple[Result, Result, Result]:
+    """``tasks`` tasks, each awaiting ``together`` records at once (``gather``) per step."""
+    per_task = len(events) // tasks // together
+    total = per_task * tasks * together
 
-    async def measure() -> tuple[float, float, float, float]:
-        base_wall, base_cpu = await _run_tasks(tasks, per_task, lambda _: asyncio.sleep(0))
-        async with AuditSink(directory / f"sink-{tasks}-{sync}.sqlite", synchronous=sync) as sink:
-            wall, cpu = await _run_tasks(tasks, per_task, lambda i: sink.record(events[i]))
+    async def measure() -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+        async def sleep_step(_: int) -> None:
+            await asyncio.gather(*(asyncio.sleep(0) for _ in range(together)))
+
+        base = await _run_tasks(tasks, per_task, sleep_step)
+        name = f"sink-{tasks}-{together}-{sync}.sqlite"
+        async with AuditSink(directory / name, synchronous=sync) as sink:
+
+            async def record_step(index: int) -> None:
+                first = index * together
+                await asyncio.gather(*(sink.record(events[first + n]) for n in range(together)))
+
+            measured = await _run_tasks(tasks, per_task, record_step)
         group_sizes.append(sink.committed / max(sink.commits, 1))
-        return base_wall, base_cpu, wall, cpu
+        return base, measured
 
     group_sizes: list[float] = []
-    base_wall, base_cpu, wall, cpu = asyncio.run(measure())
-    label = f"sink {sync:<6} {tasks:>3} tasks"
+    (base_wall, base_cpu, base_process), (wall, cpu, process) = asyncio.run(measure())
+    shape = f"{tasks:>3} tasks" if together == 1 else f"{tasks:>3} task x{together}"
+    label = f"sink {sync:<6} {shape}"
     return (
         Result(
             f"{label}: await record, wall",
@@ -138,7 +184,28 @@ def sink_case(
             f"{total / wall:,.0f} events/s, {group_sizes[0]:.1f} records/commit",
         ),
         Result(f"{label}: await record, loop CPU", cpu / total * 1e6, base_cpu / total * 1e6),
+        Result(
+            f"{label}: await record, process CPU",
+            process / total * 1e6,
+            base_process / total * 1e6,
+        ),
     )
+
+
+def writer_case(events: Sequence[AuditEvent]) -> Result:
+    """The writer thread's CPU per record, without SQLite: new path vs reference path."""
+    started = time.process_time()
+    prev_hash = GENESIS_HASH
+    for seq, event in enumerate(events, 1):
+        prev_hash = row_of(seal(seq, event, prev_hash)).hash
+    reference = time.process_time() - started
+    started = time.process_time()
+    prev_hash = GENESIS_HASH
+    for seq, event in enumerate(events, 1):
+        prev_hash = seal_row(seq, event, prev_hash).hash
+    fast = time.process_time() - started
+    per = 1e6 / len(events)
+    return Result("writer: seal_row vs row_of(seal()) (CPU)", fast * per, reference * per)
 
 
 def store_cases(directory: Path, events: Sequence[AuditEvent], size: int) -> list[Result]:
@@ -166,10 +233,15 @@ def verify_case(directory: Path) -> Result:
 
 
 def event_case(count: int) -> Result:
-    started = time.perf_counter()
+    started = time.process_time()
+    make_events(count, PlainEvent)
+    baseline = time.process_time() - started
+    started = time.process_time()
     make_events(count)
-    elapsed = time.perf_counter() - started
-    return Result("AuditEvent(...) construction + checks", elapsed / count * 1e6)
+    elapsed = time.process_time() - started
+    return Result(
+        "AuditEvent(...) construction + checks (CPU)", elapsed / count * 1e6, baseline / count * 1e6
+    )
 
 
 def print_table(results: Sequence[Result]) -> None:
@@ -196,8 +268,10 @@ def main(argv: Sequence[str]) -> int:
         events = make_events(count)
         results = store_cases(directory, events, size=64)
         results += sink_case(directory, events[: max(200, count // 20)], 1, "FULL")
+        results += sink_case(directory, events[: max(300, count // 20)], 1, "FULL", together=3)
         for sync in ("FULL", "NORMAL"):
             results += sink_case(directory, events, 100, sync)
+        results.append(writer_case(events))
         results.append(verify_case(directory))
         results.append(event_case(count))
     finally:

@@ -14,9 +14,10 @@ is waiting (up to ``max_batch``), seals the records in order and commits them in
 transaction (one WAL fsync for the whole batch), then settles the waiters: one
 ``call_soon_threadsafe`` per event loop per batch, not one per event. While a commit
 is on disk the next batch accumulates, so the fsync cost per record falls as load
-rises. The loop thread only validates, stamps the time and enqueues; hashing,
-encoding and SQLite run in the writer thread (SQLite releases the GIL while it does
-I/O).
+rises; a producer signals the writer only when it sleeps waiting for items (a busy
+writer takes them with its next batch), so a queued event costs a lock and an append.
+The loop thread only validates, stamps the time and enqueues; hashing, encoding and
+SQLite run in the writer thread (SQLite releases the GIL while it does I/O).
 
 Invariants:
 
@@ -128,12 +129,14 @@ class _Inbox:
         self._not_full = threading.Condition(self._lock)
         self._room_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._closed = True  # until the writer thread runs: nobody would take the items
+        self._taker_waiting = False  # the writer sleeps on _not_empty: wake it
 
     def _append(self, item: Pending) -> None:
         if self._closed:
             raise AuditSinkClosed("the audit sink is not running")
         self._items.append(item)
-        self._not_empty.notify()
+        if self._taker_waiting:  # a busy writer takes the item with its next batch
+            self._not_empty.notify()
 
     def put(self, item: Pending) -> None:
         """Queue ``item``, blocking while full; ``AuditSinkClosed`` if not running."""
@@ -159,11 +162,17 @@ class _Inbox:
         """Wait for items and take up to ``limit``; None once closed and drained."""
         with self._lock:
             while not self._items and not self._closed:
+                self._taker_waiting = True
                 self._not_empty.wait()
-            if not self._items:
+                self._taker_waiting = False
+            items = self._items
+            if not items:
                 return None
-            count = min(limit, len(self._items))
-            batch = [self._items.popleft() for _ in range(count)]
+            if len(items) <= limit:
+                batch = list(items)
+                items.clear()
+            else:
+                batch = [items.popleft() for _ in range(limit)]
             self._wake_producers()
             return batch
 

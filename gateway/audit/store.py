@@ -61,8 +61,7 @@ from gateway.audit.record import (
     AuditRecord,
     Row,
     record_from_row,
-    row_of,
-    seal,
+    seal_row,
 )
 from gateway.errors import MissiveError
 
@@ -294,17 +293,19 @@ class AuditStore:
         row = self._connection.execute(_HEAD).fetchone()
         return None if row is None else AuditReceipt(row[0], row[1])
 
-    def _insert(self, events: Sequence[AuditEvent], head: AuditReceipt | None) -> list[AuditRecord]:
+    def _insert(
+        self, events: Sequence[AuditEvent], head: AuditReceipt | None
+    ) -> list[AuditReceipt]:
         """Seal ``events`` after ``head`` and insert them (inside a write transaction)."""
         seq, prev_hash = (0, GENESIS_HASH) if head is None else (head.seq, head.hash)
-        records: list[AuditRecord] = []
+        rows: list[Row] = []
         for event in events:
             seq += 1
-            record = seal(seq, event, prev_hash)
-            prev_hash = record.hash
-            records.append(record)
-        self._connection.executemany(_INSERT, [row_of(record) for record in records])
-        return records
+            row = seal_row(seq, event, prev_hash)
+            prev_hash = row.hash
+            rows.append(row)
+        self._connection.executemany(_INSERT, rows)
+        return [AuditReceipt(row.seq, row.hash) for row in rows]
 
     def append(self, events: Sequence[AuditEvent]) -> list[AuditReceipt]:
         """Seal and commit ``events`` in one transaction; returns once committed.
@@ -319,8 +320,7 @@ class AuditStore:
                 raise ValueError(f"audit event type {event.type!r} is reserved for the trail")
             stamped.append(event if event.time is not None else event.at(now))
         with self._write_transaction():
-            records = self._insert(stamped, self._read_head())
-        return [record.receipt for record in records]
+            return self._insert(stamped, self._read_head())
 
     # -- reading -----------------------------------------------------------------------
 
@@ -379,8 +379,8 @@ class AuditStore:
                 outcome="pruned",
                 details=checkpoint.details(),
             )
-            [record] = self._insert([event], head)
-        return PruneResult(cutoff, count, first_seq, last.seq, record.receipt)
+            [receipt] = self._insert([event], head)
+        return PruneResult(cutoff, count, first_seq, last.seq, receipt)
 
     def _delete_prefix(
         self, cutoff: str, head: AuditReceipt | None

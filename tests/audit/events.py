@@ -1,8 +1,11 @@
-"""Events for the audit tests: realistic, distinct per index, at chosen times."""
+"""Events for the audit tests: realistic, distinct per index, at chosen times; and a
+Hypothesis strategy for arbitrary valid events."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+
+from hypothesis import strategies as st
 
 from gateway.audit import AuditEvent
 
@@ -26,3 +29,26 @@ def make_event(index: int, *, time: datetime | None = None) -> AuditEvent:
         sha256=f"{index:064x}",
         details={"listener": "submission", "size": str(1000 + index)},
     )
+
+
+_text = st.text(max_size=40)
+any_event = st.builds(
+    AuditEvent,
+    type=st.from_regex(r"[a-z]{1,8}(\.[a-z][a-z_]{0,7}){1,3}", fullmatch=True),
+    time=st.datetimes(
+        min_value=datetime(1970, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(UTC)
+    ),
+    queue_id=st.none() | _text,
+    message_id=st.none() | _text,
+    mail_from=st.none() | _text,
+    rcpt_to=st.lists(_text, max_size=5).map(tuple),
+    actor=st.none() | _text,
+    peer=st.none() | _text,
+    cert_serials=st.lists(_text, max_size=3).map(tuple),
+    algorithms=st.lists(_text, max_size=3).map(tuple),
+    outcome=st.none() | _text,
+    sha256=st.none() | st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
+    details=st.dictionaries(
+        st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True), _text, max_size=8
+    ),
+)

@@ -25,6 +25,8 @@ from gateway.audit.record import (
 )
 from gateway.audit.store import _INSERT
 
+from .events import any_event as _events
+
 MOMENT = datetime(2026, 11, 28, 12, 0, 0, 123456, tzinfo=UTC)
 
 
@@ -93,29 +95,6 @@ def test_rows_the_writer_cannot_produce_are_unreadable(
     with pytest.raises(RecordFormatError, match=reason) as caught:
         record_from_row(row)
     assert caught.value.seq == 3
-
-
-_text = st.text(max_size=40)
-_events = st.builds(
-    AuditEvent,
-    type=st.from_regex(r"[a-z]{1,8}(\.[a-z][a-z_]{0,7}){1,3}", fullmatch=True),
-    time=st.datetimes(
-        min_value=datetime(1970, 1, 1), max_value=datetime(9999, 1, 1), timezones=st.just(UTC)
-    ),
-    queue_id=st.none() | _text,
-    message_id=st.none() | _text,
-    mail_from=st.none() | _text,
-    rcpt_to=st.lists(_text, max_size=5).map(tuple),
-    actor=st.none() | _text,
-    peer=st.none() | _text,
-    cert_serials=st.lists(_text, max_size=3).map(tuple),
-    algorithms=st.lists(_text, max_size=3).map(tuple),
-    outcome=st.none() | _text,
-    sha256=st.none() | st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
-    details=st.dictionaries(
-        st.from_regex(r"[a-z][a-z0-9_.-]{0,10}", fullmatch=True), _text, max_size=8
-    ),
-)
 
 
 # no deadline (the machine is shared: no timed assertions), no example database on disk

@@ -1,0 +1,1 @@
+"""Tests of structured logging (gateway.log)."""
