@@ -34,7 +34,7 @@ from gateway.config import Config, load_config
 from gateway.log import get_logger, setup_logging
 from gateway.smtp.listener import ListenerGroup, start_listeners
 from gateway.spool import RECEIVED
-from gateway.workers import start_workers
+from gateway.workers import crypto_worker_count, start_workers
 
 _log = get_logger("serve")
 
@@ -72,9 +72,9 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         try:
             workers = await start_workers(
                 config,
-                agents=1,
+                agents=crypto_worker_count(config),
                 relays=1,
-                inbound=1,
+                inbound=crypto_worker_count(config),
                 delivery=1,
                 imap=1 if config.inbound.imap_fetch else 0,
             )

@@ -4,12 +4,14 @@ Role (ARCHITECTURE "Each stage can run as its own process"; STYLE §9, least pri
 process): the secure agent and the relay each run in processes of their own, started by
 ``missive serve`` through ``start_workers`` and supervised there:
 
-- ``missive worker agent --config FILE`` runs ``gateway.relay.agent_stage.run_agent_worker``;
+- ``missive worker agent --config FILE [--slot K]`` runs
+  ``gateway.relay.agent_stage.run_agent_worker``;
   it loads S/MIME private keys (its configuration is loaded with ``agent_keys=True``),
   as only the inbound worker also does, and it opens no listening socket;
 - ``missive worker relay --config FILE`` runs ``gateway.relay.relay_stage.run_relay_worker``
   (configuration loaded with ``agent_keys=False``: it never sees an S/MIME key);
-- ``missive worker inbound --config FILE`` runs ``gateway.inbound.stage.run_inbound_worker``
+- ``missive worker inbound --config FILE [--slot K]`` runs
+  ``gateway.inbound.stage.run_inbound_worker``
   (decrypts and verifies mail for local domains: loads private keys, ``agent_keys=True``);
 - ``missive worker delivery --config FILE`` runs
   ``gateway.inbound.delivery.run_delivery_worker`` (LMTP/SMTP/Maildir; no private key);
@@ -30,9 +32,17 @@ file) does not spin. ``aclose`` sends SIGTERM to every worker's process group, w
 to ``stop_timeout`` and then SIGKILLs the group. Processes are addressed only by their
 own PID / process group, never by name.
 
-Several agents: the ``received`` queue has one consumer at a time (its consumer lock,
-``gateway.spool.queue``); an extra agent waits as a hot standby and takes over when the
-first one stops (``AgentStage.run``). The crypto of one agent already runs in threads.
+Several crypto workers (ARCHITECTURE "crypto can use every core"): ``[gateway]
+crypto_workers`` (``crypto_worker_count``: 0 means one per CPU core the process may run
+on) secure agents and as many inbound agents are started, the worker of index K with
+``--slot K`` (``worker_commands``; slot 0 has no ``--slot``, so a single worker's command
+line is what it always was). Workers of different slots consume the same queue at once,
+each claiming into its own active directory; a restarted worker recovers its slot's
+entries and never those of a live one (``gateway.spool.queue``). ``--slot`` sets the
+slot of every ``Spool`` the worker builds (``gateway.spool.spooldir.consumer_slot_scope``),
+so the stage modules need no parameter for it. Two workers of the *same* slot (extra
+relay or delivery workers, which stay single consumers) make the second a hot standby
+that takes over when the first stops. The crypto of one agent also runs in threads.
 
 Trust level: the supervisor holds no key and runs in the ``serve`` process; the workers
 are as described above.
@@ -53,14 +63,18 @@ from typing import Literal
 
 from gateway.cli_common import SubParsers, add_config_argument
 from gateway.config import Config, load_config
-from gateway.errors import MissiveError
+from gateway.errors import MissiveError, UsageError
 from gateway.log import get_logger, setup_logging
+from gateway.spool.layout import CONSUMER_SLOTS
+from gateway.spool.spooldir import consumer_slot_scope
 
 log = get_logger("workers")
 
 WorkerKind = Literal["agent", "relay", "inbound", "delivery", "imap"]
 KINDS: tuple[WorkerKind, ...] = ("agent", "relay", "inbound", "delivery", "imap")
 KEY_HOLDERS: tuple[WorkerKind, ...] = ("agent", "inbound")  # load S/MIME private keys
+CRYPTO_KINDS: tuple[WorkerKind, ...] = ("agent", "inbound")  # one slot per worker
+QUEUE_CONSUMERS: tuple[WorkerKind, ...] = ("agent", "relay", "inbound", "delivery")
 DEFAULT_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "gateway")
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
@@ -84,21 +98,49 @@ def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     )
     parser.add_argument("kind", choices=KINDS, help="which stage to run")
     add_config_argument(parser)
+    parser.add_argument(
+        "--slot",
+        type=int,
+        default=0,
+        metavar="K",
+        help=(
+            f"consumer slot (0 to {CONSUMER_SLOTS - 1}; default 0): workers of different "
+            "slots share the stage's queue, a second worker of one slot waits as a standby"
+        ),
+    )
     parser.set_defaults(handler=run_worker)
 
 
 def run_worker(args: argparse.Namespace) -> int:
     kind: WorkerKind = args.kind
+    slot = checked_slot(kind, args.slot)
     config = load_config(args.config, agent_keys=kind in KEY_HOLDERS)
     setup_logging(config.gateway.log_level)
-    asyncio.run(serve_worker(kind, config))
+    asyncio.run(serve_worker(kind, config, slot=slot))
     return 0
 
 
-async def serve_worker(kind: WorkerKind, config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run the stage ``kind`` until ``stop`` is set (by SIGTERM/SIGINT when not given)."""
+def checked_slot(kind: WorkerKind, slot: int) -> int:
+    """``slot`` if ``kind`` can run in it; ``UsageError`` (exit 2) otherwise."""
+    if not 0 <= slot < CONSUMER_SLOTS:
+        raise UsageError(f"--slot: expected 0 to {CONSUMER_SLOTS - 1}, got {slot}")
+    if slot and kind not in QUEUE_CONSUMERS:
+        raise UsageError(f"--slot: the {kind} worker consumes no queue; it takes no slot")
+    return slot
+
+
+async def serve_worker(
+    kind: WorkerKind, config: Config, stop: asyncio.Event | None = None, *, slot: int = 0
+) -> None:
+    """Run the stage ``kind`` as consumer ``slot`` until ``stop`` is set (by SIGTERM/SIGINT
+    when not given)."""
     stop = stop or _stop_on_signals()
-    log.info("worker.start", kind=kind, pid=os.getpid())
+    with consumer_slot_scope(slot):
+        await _serve_stage(kind, config, stop, slot)
+
+
+async def _serve_stage(kind: WorkerKind, config: Config, stop: asyncio.Event, slot: int) -> None:
+    log.info("worker.start", kind=kind, slot=slot, pid=os.getpid())
     if kind == "agent":
         from gateway.relay.agent_stage import run_agent_worker
 
@@ -119,7 +161,7 @@ async def serve_worker(kind: WorkerKind, config: Config, stop: asyncio.Event | N
         from gateway.relay.relay_stage import run_relay_worker
 
         await run_relay_worker(config, stop)
-    log.info("worker.stopped", kind=kind, pid=os.getpid())
+    log.info("worker.stopped", kind=kind, slot=slot, pid=os.getpid())
 
 
 def _stop_on_signals() -> asyncio.Event:
@@ -245,6 +287,16 @@ def _signal_group(pid: int, signum: signal.Signals) -> None:
         os.killpg(pid, signum)
 
 
+def crypto_worker_count(config: Config) -> int:
+    """How many secure agents and how many inbound agents to start: ``[gateway]
+    crypto_workers``, or when it is 0 the CPU cores this process may run on (at most
+    ``CONSUMER_SLOTS``)."""
+    configured = config.gateway.crypto_workers
+    if configured:
+        return configured
+    return max(1, min(len(os.sched_getaffinity(0)), CONSUMER_SLOTS))
+
+
 def worker_commands(
     config: Config,
     *,
@@ -255,7 +307,9 @@ def worker_commands(
     imap: int = 0,
     program: Sequence[str] = DEFAULT_PROGRAM,
 ) -> list[tuple[str, tuple[str, ...]]]:
-    """``(name, argv)`` of each worker: ``<program> worker <kind> --config <file>``."""
+    """``(name, argv)`` of each worker: ``<program> worker <kind> --config <file>``, plus
+    ``--slot K`` for the K-th (from 0) agent or inbound worker when K > 0; extra relay
+    and delivery workers get no slot (standbys of slot 0)."""
     counts = (
         ("agent", agents),
         ("relay", relays),
@@ -265,10 +319,14 @@ def worker_commands(
     )
     if any(count < 0 for _, count in counts):
         raise ValueError("the number of workers cannot be negative")
+    if agents > CONSUMER_SLOTS or inbound > CONSUMER_SLOTS:
+        raise ValueError(f"at most {CONSUMER_SLOTS} agent or inbound workers (one per slot)")
     commands: list[tuple[str, tuple[str, ...]]] = []
     for kind, count in counts:
         for index in range(count):
             argv = (*program, "worker", kind, "--config", str(config.source))
+            if index and kind in CRYPTO_KINDS:
+                argv = (*argv, "--slot", str(index))
             commands.append((f"{kind}-{index + 1}", argv))
     return commands
 
@@ -284,7 +342,8 @@ async def start_workers(
     program: Sequence[str] = DEFAULT_PROGRAM,
 ) -> WorkerGroup:
     """Spawn ``agents`` secure agent, ``relays`` relay, ``inbound`` inbound agent,
-    ``delivery`` local delivery and ``imap`` IMAP fetcher workers for ``config``'s file.
+    ``delivery`` local delivery and ``imap`` IMAP fetcher workers for ``config``'s file
+    (``serve`` passes ``crypto_worker_count(config)`` for ``agents`` and ``inbound``).
 
     ``program`` is how to run the ``missive`` command line (default: this Python with
     ``-m gateway``). The caller must ``aclose`` the group."""

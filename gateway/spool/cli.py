@@ -8,7 +8,8 @@ refused with a clear message and exit status 1 (try again once it has left). Rea
 
 - ``list`` [--stage S] [--state S]: one line per entry: id, stage, state, age (since
   first accepted), content size, sender, number of recipients, next attempt.
-  Unreadable files are listed too, with the reason.
+  Unreadable files are listed too, with the reason. An entry held by the consumer of
+  slot K >= 1 shows the state ``active/K`` (its directory, ``gateway.spool.layout``).
 - ``show ID``: envelope, origin, per-recipient state, then the header section only;
   ``--full`` prints the whole message instead of the headers (bytes as stored).
   Each ``show`` is recorded in the audit trail (``spool.viewed``) *before* anything
@@ -220,8 +221,11 @@ def run_show(args: argparse.Namespace) -> int:
 
 async def _show(args: argparse.Namespace, name: str, *, full: bool) -> int:
     async with _open_spool(args, audit=True) as spool:
-        queue, state = await _find(spool, name)
-        path = queue.dirs.entry(state, name)
+        queue, _ = await _find(spool, name)
+        found = await queue.locate_path(name)
+        if found is None:
+            raise EntryStateError(f"{name} moved or was removed meanwhile; try again")
+        state, path = found
         try:
             reader = EntryReader(path)
         except FileNotFoundError:

@@ -3,8 +3,11 @@
 One stage (secure agent, inbound agent, local delivery) consumes one queue. This module
 holds what they do alike, so each stage module keeps only what it decides:
 
-- ``take_queue``: ``recover`` the queue, which takes its consumer lock; while another
-  worker holds it, wait as a standby (logged once) until it is free or ``stop`` is set;
+- ``take_queue``: ``recover`` the queue, which takes the lock of its consumer slot;
+  while another worker holds that slot, wait as a standby (logged once) until it is
+  free or ``stop`` is set. Workers of *different* slots consume the same queue at once
+  (``gateway.spool.queue``; the slot comes from the ``Spool``, set by
+  ``missive worker ... --slot K``), so the secure and inbound agents can use every core;
 - ``consume``: claim ready entries and process them, at most ``concurrency`` at once,
   polling every ``poll_interval`` when the queue is empty; in-flight entries finish when
   ``stop`` is set;
@@ -55,7 +58,10 @@ async def take_queue(
             return await queue.recover()
         except SpoolBusy:
             if not announced:
-                _log.info(f"{area}.standby", reason=f"another {who} consumes {queue.name}/")
+                _log.info(
+                    f"{area}.standby",
+                    reason=f"another {who} consumes {queue.name}/ as slot {queue.slot}",
+                )
                 announced = True
             await sleep_unless(stop, STANDBY_INTERVAL)
     return None

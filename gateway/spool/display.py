@@ -1,6 +1,9 @@
 """The text output of ``missive queue``: table rows, durations, sizes, record descriptions.
 
 Role: pure formatting for the operator's terminal, kept apart from the commands.
+The STATE column is the directory: ``active/K`` for an entry held by the consumer of
+slot K >= 1 (``gateway.spool.layout``).
+
 Invariant: anything that came from a peer or from a file name (addresses, DNs, HELO
 names, names in ``corrupt/``) passes through ``printable`` before it reaches the
 terminal, so a crafted value cannot move the cursor or change colours (terminal
@@ -20,11 +23,12 @@ from gateway.spool.stagefiles import EntryInfo
 
 def list_row(info: EntryInfo, now: datetime) -> tuple[str, ...]:
     record = info.record
+    where = info.state if info.slot == 0 else f"{info.state}/{info.slot}"
     if record is None:
         return (
             info.name,
             info.stage,
-            info.state,
+            where,
             "?",
             size_text(info.file_size),
             f"unreadable: {info.error}",
@@ -35,7 +39,7 @@ def list_row(info: EntryInfo, now: datetime) -> tuple[str, ...]:
     return (
         record.queue_id,
         info.stage,
-        info.state,
+        where,
         age(now - record.received),
         size_text(record.content_length),
         f"<{record.envelope.mail_from}>",

@@ -16,19 +16,32 @@ and inside every stage the same state directories (Postfix's names, STYLE 5)::
       tmp/             files being written; never an entry (a crash leaves debris here,
                        removed by the stage's recovery once stale)
       incoming/        complete entries waiting for the stage's consumer
-      active/          entries a consumer has claimed and is working on
+      active/          entries the consumer of slot 0 has claimed and is working on
+        <K>/           the same for the consumer of slot K (1..63), when several
+                       consumers share the stage (``[gateway] crypto_workers``)
       deferred/        entries waiting for a retry; the file's mtime is the next attempt
       hold/            stopped until an operator releases them (``missive queue release``)
       corrupt/         files that failed validation; never deleted by the gateway
       handed/          empty tombstones ``<parent id>.<child id>``: a child of this stage
                        was removed while its parent may still be re-run; not an entry
                        (``gateway.spool.tombstones``)
-      consumer.lock    flock(2) held by the stage's consumer while it runs
+      consumer.lock    flock(2) held by the stage's consumer of slot 0 while it runs
+      consumer-<K>.lock  the same for the consumer of slot K
 
 There is no ``done/``: once every recipient of an entry has its final outcome and the
 outcome is in the audit trail, the entry is removed (data minimisation: a delivered
 health message is not kept in clear on the relay; the trail keeps its SHA-256). A
 "delivered" or "bounced" message is therefore an audit event, not a directory.
+
+Consumer slots (decision): several processes may consume one stage at once, each under
+its own *slot* number. Slot K claims into its own active directory and holds its own
+lock file, so a consumer that starts can tell which claimed entries belong to a dead
+consumer (the lock of their slot is free) and never touches those of a live one.
+Slot 0 is exactly the single-consumer layout (``active/``, ``consumer.lock``); the
+directory of slot K >= 1 is ``active/<K>/``, inside ``active/`` so that everything
+being processed is under ``active/`` and a slot name (1 to 2 digits) can never be a
+queue id (26 characters). Slot directories are created by their consumer's first
+recovery, never by ``create``.
 
 Invariants: every directory is created 0700 (and an existing one tightened to 0700);
 stage names are checked here so that no configuration value can make a path leave the
@@ -60,12 +73,28 @@ FIXED_STAGES = (RECEIVED, INBOUND, LOCAL)
 TMP_DIR = "tmp"
 HANDED_DIR = "handed"
 LOCK_FILE = "consumer.lock"
+CONSUMER_SLOTS = 64  # slots 0..63 ([gateway] crypto_workers is at most 64)
+_SLOT_RE = re.compile(r"[1-9][0-9]?")
 _ROUTE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 def relay_stage(route: str) -> str:
     """The stage name of the relay queue of ``route`` (``relay/<route>``)."""
     return check_stage_name(RELAY_PREFIX + route)
+
+
+def check_slot(slot: int) -> int:
+    """``slot`` if it is a consumer slot number (0..63); ``ValueError`` otherwise."""
+    if isinstance(slot, bool) or not 0 <= slot < CONSUMER_SLOTS:
+        raise ValueError(f"not a consumer slot: {slot!r} (expected 0 to {CONSUMER_SLOTS - 1})")
+    return slot
+
+
+def slot_of_name(name: str) -> int | None:
+    """The slot whose directory is ``active/<name>``, or None if ``name`` names none."""
+    if _SLOT_RE.fullmatch(name) and int(name) < CONSUMER_SLOTS:
+        return int(name)
+    return None
 
 
 def check_stage_name(name: str) -> str:
@@ -100,9 +129,20 @@ class StageDirs:
 
     @property
     def lock_file(self) -> Path:
+        """The lock of slot 0 (the single consumer of a stage)."""
         return self.root / LOCK_FILE
 
+    def consumer_lock(self, slot: int) -> Path:
+        """The lock file held by the consumer of ``slot`` while it runs."""
+        return self.lock_file if check_slot(slot) == 0 else self.root / f"consumer-{slot}.lock"
+
+    def active(self, slot: int) -> Path:
+        """The directory the consumer of ``slot`` claims into."""
+        base = self.state("active")
+        return base if check_slot(slot) == 0 else base / str(slot)
+
     def entry(self, state: State, name: str) -> Path:
+        """Where ``name`` is in ``state`` (for ``active``: slot 0's directory)."""
         return self.root / state / name
 
     def create(self) -> None:
@@ -120,6 +160,10 @@ class StageDirs:
         ensure_private_dir(self.handed)
         for state in STATES:
             ensure_private_dir(self.state(state))
+
+    def create_active(self, slot: int) -> None:
+        """Create the active directory of ``slot`` (0700; idempotent)."""
+        ensure_private_dir(self.active(slot))
 
 
 @dataclass(frozen=True, slots=True)

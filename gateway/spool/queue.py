@@ -1,14 +1,16 @@
 """The queue API: one ``Queue`` per stage of a ``Spool``; every operation keyed by queue id.
 
 A stage (``received``, ``relay/<route>``, ``inbound``, ``local``; see
-``gateway.spool.layout``) is worked by one *consumer* (the secure agent, the relay of a
-route, ...) and written by the stages before it::
+``gateway.spool.layout``) is worked by one or several *consumers* (the secure agent,
+the relay of a route, ...), each in its own consumer *slot*, and written by the stages
+before it::
 
-    writer side                        consumer side
-    add / open_writer -> incoming/     recover()            active/ -> incoming/, at start
+    writer side                        consumer side (slot K)
+    add / open_writer -> incoming/     recover()            K's active dir -> incoming/,
+                                                             at start (+ dead slots')
     hand_off (from the previous        claim()              incoming/ or due deferred/
-      stage's claimed entry)                                 -> active/ (one rename: only
-                                                             one claimer wins)
+      stage's claimed entry)                                 -> K's active dir (one
+                                                             rename: one claimer wins)
                                        defer(until)         active/ -> deferred/
                                        hold(entry)          active/ -> hold/
                                        complete / bounce    active/ -> removed
@@ -37,9 +39,20 @@ Invariants:
   all; an entry in ``active/`` belongs to its consumer and is refused with a clear
   ``EntryStateError``; a rename that loses a race to a claimer (``ENOENT``) is
   reported the same way, never retried blindly.
-- **One consumer per stage at a time.** ``recover()`` takes ``consumer.lock``
-  (``flock``, released by ``close``) because moving ``active/`` back would steal the
-  entries of a running consumer; a second consumer gets ``SpoolBusy``.
+- **One consumer per slot at a time; several slots per stage.** Slot K claims into its
+  own active directory (``active/`` for slot 0, ``active/<K>/`` otherwise) and
+  ``recover()`` takes slot K's lock (``consumer.lock``, ``consumer-<K>.lock``; ``flock``,
+  released by ``close`` or by the kernel when the process dies) before moving that
+  directory back to ``incoming/``: a second consumer of the same slot gets
+  ``SpoolBusy`` (a standby), and the entries of a live consumer of another slot are
+  never moved, because only the holder of a slot's lock moves its entries. Recovery
+  also adopts the entries of every *other* slot whose lock is free (its consumer died
+  and is not running): it takes that lock for the move, so a consumer of that slot
+  starting at the same moment waits as a standby and then finds its directory empty.
+  An entry is processed by at most one live consumer because a claim is one rename out
+  of ``incoming/``/``deferred/``, and an entry goes back there only from a dead
+  consumer's directory. The slot of a ``Queue`` comes from its ``Spool``
+  (``gateway.spool.spooldir``); a single consumer is slot 0, the layout of old.
 - **Audit.** Removals (complete, bounce, delete) are recorded before they happen, and
   an operator's move is undone if its event cannot be recorded; the audit error is
   raised in every case except the clean-up of a write that is already failing.
@@ -75,6 +88,7 @@ from gateway.spool.runtime import SpoolRuntime
 from gateway.spool.stagefiles import (
     ConsumerLock,
     EntryInfo,
+    find_entry,
     list_candidates,
     locate,
     move_back,
@@ -83,6 +97,7 @@ from gateway.spool.stagefiles import (
     read_quietly,
     remove_stale_temps,
     requeue_active,
+    requeue_orphaned_slots,
     scan,
     take,
     write_version,
@@ -148,11 +163,13 @@ async def _chunks(content: ContentSource) -> AsyncIterator[bytes]:
 class Queue:
     """The entries of one stage. Built by ``Spool.queue``."""
 
-    def __init__(self, runtime: SpoolRuntime, dirs: StageDirs) -> None:
+    def __init__(self, runtime: SpoolRuntime, dirs: StageDirs, slot: int = 0) -> None:
         self._runtime = runtime
         self.dirs = dirs
+        self.slot = slot
         self._candidates: deque[tuple[State, str]] = deque()
-        self._lock = ConsumerLock(dirs)
+        self._lock = ConsumerLock(dirs, slot)
+        self._active_ready = slot == 0  # slot 0's active/ is made with the stage
 
     @property
     def name(self) -> str:
@@ -258,6 +275,7 @@ class Queue:
         Returns None when there is nothing to do. Files that do not validate are moved
         to ``corrupt/`` on the way.
         """
+        await self._ensure_active()
         for refill in (False, True):
             if refill:
                 await self._refill()
@@ -272,10 +290,16 @@ class Queue:
         now = self._runtime.clock().timestamp()
         self._candidates.extend(await self._runtime.run(lambda: list_candidates(self.dirs, now)))
 
+    async def _ensure_active(self) -> None:
+        if not self._active_ready:
+            await self._runtime.run(lambda: self.dirs.create_active(self.slot))
+            self._active_ready = True
+
     async def _try_claim(self, state: State, name: str) -> Claimed | None:
-        active = self.dirs.entry("active", name)
+        slot = self.slot
+        active = self.dirs.active(slot) / name
         checkpoint = self._runtime.checkpoint
-        taken = await self._runtime.run(lambda: take(self.dirs, state, name, checkpoint))
+        taken = await self._runtime.run(lambda: take(self.dirs, state, name, checkpoint, slot))
         if isinstance(taken, CorruptEntry):
             await self._to_corrupt(active, name, taken.reason)
             return None
@@ -425,12 +449,20 @@ class Queue:
         """``deferred/`` -> ``incoming/``: try now (an operator)."""
         await self._move_by_id(queue_id, ("deferred",), "incoming", "retried", None)
 
-    async def delete(self, name: str, reason: str) -> None:
-        """Remove an entry that is not being processed (an operator); recorded first."""
+    async def delete(
+        self,
+        name: str,
+        reason: str,
+        *,
+        only_from: tuple[State, ...] = ("incoming", "deferred", "hold", "corrupt"),
+    ) -> None:
+        """Remove an entry that is not being processed (an operator); recorded first.
+
+        ``only_from`` narrows the states an entry may be deleted from: the quarantine
+        purge passes ``("hold",)`` so an entry an operator released meanwhile is refused
+        (``EntryStateError``), never deleted from ``incoming/``."""
         runtime = self._runtime
-        state = await self._state_for_action(
-            name, "delete", ("incoming", "deferred", "hold", "corrupt")
-        )
+        state = await self._state_for_action(name, "delete", only_from)
         source = self.dirs.entry(state, name)
         parked = self.dirs.tmp / temp_name(name, DELETING_SUFFIX)
         # the tombstone goes before the park: a parked child is invisible to hand_off
@@ -448,21 +480,30 @@ class Queue:
     # -- recovery ----------------------------------------------------------------------
 
     async def recover(self, stale_after: timedelta = STALE_TEMP_AGE) -> RecoveryReport:
-        """At a consumer's start: take the stage lock, move ``active/`` back to
-        ``incoming/``, remove ``tmp/`` debris older than ``stale_after`` and the
-        tombstones of ``handed/`` whose parent has left the spool (a crash between a
-        removal and its clean-up leaves them; ``gateway.spool.tombstones``).
+        """At a consumer's start: take the lock of this queue's slot, move the slot's
+        active directory back to ``incoming/`` and, with their lock taken in turn, those
+        of other slots whose consumer is not running (module docstring), remove ``tmp/``
+        debris older than ``stale_after`` and the tombstones of ``handed/`` whose parent
+        has left the spool (a crash between a removal and its clean-up leaves them;
+        ``gateway.spool.tombstones``).
 
-        ``SpoolBusy`` if another consumer holds the lock. Debris is never an entry: no
-        ``250`` was sent for it; ``spool.discarded`` records each abandoned write.
+        ``SpoolBusy`` if another consumer holds this slot's lock. Debris is never an
+        entry: no ``250`` was sent for it; ``spool.discarded`` records each abandoned
+        write.
         """
         runtime = self._runtime
+        dirs, slot = self.dirs, self.slot
         await runtime.run(self._lock.acquire)
-        requeued = await runtime.run(lambda: requeue_active(self.dirs))
+        await runtime.run(lambda: dirs.create_active(slot))
+        self._active_ready = True
+        own = await runtime.run(lambda: requeue_active(dirs, slot))
+        adopted = await runtime.run(lambda: requeue_orphaned_slots(dirs, slot))
+        requeued = [(slot, name, record) for name, record in own] + adopted
         if requeued:
-            await runtime.committer.sync(self.dirs.state("incoming"))
-        for name, record in requeued:
-            await self._record("recovered", name, record, details={"from": "active"})
+            await runtime.committer.sync(dirs.state("incoming"))
+        for held_by, name, record in requeued:
+            details = {"from": "active" if held_by == 0 else f"active/{held_by}"}
+            await self._record("recovered", name, record, details=details)
         older_than = runtime.clock().timestamp() - stale_after.total_seconds()
         removed = await runtime.run(lambda: remove_stale_temps(self.dirs, older_than))
         for name, abandoned in removed:
@@ -477,25 +518,31 @@ class Queue:
         _log.info(
             "spool.recovered",
             stage=self.name,
+            slot=slot,
             requeued=len(requeued),
+            adopted=len(adopted),
             removed_temps=len(removed),
             removed_tombstones=len(orphans),
         )
         return RecoveryReport(
-            tuple(name for name, _ in requeued),
+            tuple(name for _, name, _ in requeued),
             tuple(name for name, _ in removed),
             tuple(orphans),
         )
 
     def close(self) -> None:
-        """Release the consumer lock, if this queue holds it."""
+        """Release the consumer lock of this queue's slot, if it holds it."""
         self._lock.release()
 
     # -- looking -----------------------------------------------------------------------
 
     async def locate(self, name: str) -> State | None:
-        """The state directory holding entry ``name``, or None."""
+        """The state directory holding entry ``name`` (any slot's, for ``active``), or None."""
         return await self._runtime.run(lambda: locate(self.dirs, name))
+
+    async def locate_path(self, name: str) -> tuple[State, Path] | None:
+        """The state holding entry ``name`` and its file (in ``active/``, the slot's)."""
+        return await self._runtime.run(lambda: find_entry(self.dirs, name))
 
     async def scan(self, state: State) -> list[EntryInfo]:
         """Every file of one state directory with its record or its error, by name."""

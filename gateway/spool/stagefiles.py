@@ -8,15 +8,21 @@ and these stay testable without an event loop.
 
 Invariants:
 
-- a claim is one ``rename`` into ``active/``: of two claimers, exactly one succeeds,
-  the other sees ``FileNotFoundError`` and moves on;
+- a claim is one ``rename`` into the claimer's active directory (``active/`` for slot
+  0, ``active/<K>/`` for slot K; ``gateway.spool.layout``): of two claimers, exactly
+  one succeeds, the other sees ``FileNotFoundError`` and moves on;
 - a file is trusted only if its record validates *and* its name is the queue id
   inside it (a renamed or copied file would otherwise be processed under another id);
 - ``locate`` declares an entry absent only after several passes over the state
   directories miss it, because an entry can move from a directory not yet looked at
   into one already looked at during one pass;
-- the consumer lock is ``flock(LOCK_EX | LOCK_NB)`` on ``consumer.lock``: held for
-  the life of the consumer, released by the kernel if the process dies.
+- the consumer lock of slot K is ``flock(LOCK_EX | LOCK_NB)`` on its lock file
+  (``consumer.lock``, ``consumer-<K>.lock``): held for the life of the consumer,
+  released by the kernel if the process dies. Only the holder of slot K's lock moves
+  entries out of slot K's active directory back to ``incoming/`` (``requeue_active``,
+  ``requeue_orphaned_slots``): a live consumer's entries are never taken from it;
+- "in ``active/``" means in any slot's active directory: ``locate`` and ``scan``
+  look in each (a slot directory is never an entry).
 
 Trust level: reads and renames under one stage directory; content only through
 ``write_version``'s kernel copy.
@@ -36,7 +42,7 @@ from pathlib import Path
 from gateway.spool.atomic import TEMP_SUFFIX, TempFile, move
 from gateway.spool.entry import read_record
 from gateway.spool.errors import CorruptEntry, SpoolBusy
-from gateway.spool.layout import STATES, StageDirs, State
+from gateway.spool.layout import STATES, StageDirs, State, slot_of_name
 from gateway.spool.model import QueueRecord
 from gateway.spool.record import PREAMBLE_SIZE, Preamble, encode_record, encode_trailer
 
@@ -57,6 +63,7 @@ class EntryInfo:
     modified: datetime
     record: QueueRecord | None
     error: str | None
+    slot: int = 0  # in ``active/``: the consumer slot holding it
 
 
 def read_named(path: Path, name: str) -> QueueRecord:
@@ -94,11 +101,12 @@ def list_candidates(dirs: StageDirs, now: float) -> list[tuple[State, str]]:
 
 
 def take(
-    dirs: StageDirs, state: State, name: str, moved: Callable[[str], None]
+    dirs: StageDirs, state: State, name: str, moved: Callable[[str], None], slot: int = 0
 ) -> QueueRecord | CorruptEntry | None:
-    """Claim ``state/name``: None if another claimer won, the damage if it is corrupt
-    (it is then in ``active/``), else its record. ``moved`` is the crash checkpoint."""
-    active = dirs.entry("active", name)
+    """Claim ``state/name`` for ``slot``: None if another claimer won, the damage if it is
+    corrupt (it is then in the slot's active directory), else its record. ``moved`` is
+    the crash checkpoint."""
+    active = dirs.active(slot) / name
     try:
         move(dirs.entry(state, name), active)
     except FileNotFoundError:
@@ -110,18 +118,51 @@ def take(
         return error
 
 
-def locate(dirs: StageDirs, name: str) -> State | None:
-    """The state directory holding ``name``, or None after ``LOCATE_PASSES`` misses."""
+def slot_dirs(dirs: StageDirs) -> list[tuple[int, Path]]:
+    """The active directories of slots >= 1 present under ``active/`` (by name only: a
+    file that happens to bear a slot's name holds no entry, and is harmless here)."""
+    active = dirs.state("active")
+    found = ((slot_of_name(name), name) for name in os.listdir(active))
+    return sorted((slot, active / name) for slot, name in found if slot is not None)
+
+
+def _is_slot_dir(directory: Path, name: str) -> bool:
+    return slot_of_name(name) is not None and stat.S_ISDIR(os.lstat(directory / name).st_mode)
+
+
+def _existing_path(dirs: StageDirs, state: State, name: str) -> Path | None:
+    """``state/name`` if it exists; for ``active``, in whichever slot's directory."""
+    path = dirs.entry(state, name)
+    if os.path.lexists(path):
+        return path
+    if state != "active":
+        return None
+    in_slots = (directory / name for _, directory in slot_dirs(dirs))
+    return next((path for path in in_slots if os.path.lexists(path)), None)
+
+
+def find_entry(dirs: StageDirs, name: str) -> tuple[State, Path] | None:
+    """The state holding ``name`` and its path, or None after ``LOCATE_PASSES`` misses."""
     for _ in range(LOCATE_PASSES):
         for state in STATES:
-            if os.path.lexists(dirs.entry(state, name)):
-                return state
+            path = _existing_path(dirs, state, name)
+            if path is not None:
+                return state, path
     return None
 
 
-def inspect(dirs: StageDirs, state: State, name: str) -> EntryInfo | None:
-    """One file's ``EntryInfo``; None if it is gone."""
-    path = dirs.entry(state, name)
+def locate(dirs: StageDirs, name: str) -> State | None:
+    """The state directory holding ``name`` (any slot's, for ``active``), or None after
+    ``LOCATE_PASSES`` misses."""
+    found = find_entry(dirs, name)
+    return None if found is None else found[0]
+
+
+def inspect(
+    dirs: StageDirs, state: State, name: str, *, slot: int = 0, path: Path | None = None
+) -> EntryInfo | None:
+    """One file's ``EntryInfo`` (``path`` defaults to ``state/name``); None if it is gone."""
+    path = path or dirs.entry(state, name)
     try:
         status = os.lstat(path)
         record, error = read_named(path, name), None
@@ -138,13 +179,41 @@ def inspect(dirs: StageDirs, state: State, name: str) -> EntryInfo | None:
         modified=datetime.fromtimestamp(status.st_mtime, UTC),
         record=record,
         error=error,
+        slot=slot,
     )
 
 
 def scan(dirs: StageDirs, state: State) -> list[EntryInfo]:
-    """Every file of one state directory, by name."""
-    found = (inspect(dirs, state, name) for name in sorted(os.listdir(dirs.state(state))))
-    return [info for info in found if info is not None]
+    """Every file of one state directory, by name; for ``active``, slot 0's then each
+    other slot's (the slot directories themselves are not listed)."""
+    if state != "active":
+        found = (inspect(dirs, state, name) for name in sorted(os.listdir(dirs.state(state))))
+        return [info for info in found if info is not None]
+    infos: list[EntryInfo] = []
+    for slot, directory in [(0, dirs.active(0)), *slot_dirs(dirs)]:
+        for name in _entry_names(directory, slot):
+            info = inspect(dirs, state, name, slot=slot, path=directory / name)
+            if info is not None:
+                infos.append(info)
+    return infos
+
+
+def _entry_names(directory: Path, slot: int) -> list[str]:
+    """The names of ``directory`` (a slot's active directory) that can be entries."""
+    try:
+        names = sorted(os.listdir(directory))
+    except FileNotFoundError:
+        return []
+    if slot != 0:
+        return names
+    return [name for name in names if not _is_slot_dir_quietly(directory, name)]
+
+
+def _is_slot_dir_quietly(directory: Path, name: str) -> bool:
+    try:
+        return _is_slot_dir(directory, name)
+    except FileNotFoundError:
+        return False
 
 
 def write_version(dirs: StageDirs, current: Path, record: QueueRecord) -> None:
@@ -196,14 +265,46 @@ def move_to_free_name(path: Path, directory: Path, name: str) -> Path:
     raise OSError(errno.EEXIST, "no free name", str(directory))
 
 
-def requeue_active(dirs: StageDirs) -> list[tuple[str, QueueRecord | None]]:
-    """Move everything in ``active/`` back to ``incoming/`` (the consumer's start)."""
+def requeue_active(dirs: StageDirs, slot: int = 0) -> list[tuple[str, QueueRecord | None]]:
+    """Move everything in ``slot``'s active directory back to ``incoming/`` (the start of
+    that slot's consumer, which holds its lock); the other slots' directories are left
+    alone."""
     moved: list[tuple[str, QueueRecord | None]] = []
-    for name in sorted(os.listdir(dirs.state("active"))):
-        source = dirs.entry("active", name)
+    directory = dirs.active(slot)
+    for name in _entry_names(directory, slot):
+        source = directory / name
         record = read_quietly(source)
         move(source, dirs.entry("incoming", name))
         moved.append((name, record))
+    return moved
+
+
+def requeue_orphaned_slots(
+    dirs: StageDirs, own_slot: int
+) -> list[tuple[int, str, QueueRecord | None]]:
+    """For every other slot whose lock is free (its consumer is dead or gone), move its
+    active directory back to ``incoming/`` while holding that lock; a slot whose lock is
+    held (a live consumer, or one starting right now, which recovers it itself) is
+    skipped, and so is an empty directory (its lock is not even tried, so a consumer
+    starting meanwhile is not made to wait). Returns ``(slot, name, record)`` of each
+    entry moved.
+
+    Decision: adopting orphans here means a slot that is no longer started (fewer
+    ``crypto_workers`` after a restart) does not strand its claimed entries."""
+    others = [slot for slot, _ in slot_dirs(dirs)]
+    if own_slot != 0:
+        others.insert(0, 0)
+    moved: list[tuple[int, str, QueueRecord | None]] = []
+    for slot in others:
+        if slot == own_slot or not _entry_names(dirs.active(slot), slot):
+            continue  # an empty directory: nothing to adopt, its lock is left alone
+        lock = ConsumerLock(dirs, slot)
+        if not lock.try_acquire():
+            continue
+        try:
+            moved.extend((slot, name, record) for name, record in requeue_active(dirs, slot))
+        finally:
+            lock.release()
     return moved
 
 
@@ -212,6 +313,8 @@ def remove_stale_temps(dirs: StageDirs, older_than: float) -> list[tuple[str, bo
 
     Each removed name comes with True for an unpublished write (a ``.tmp`` file with a
     single link); a second link to a published entry or a parked deletion is False.
+    Consumers of several slots may run this at once: each file is reported by the one
+    whose ``unlink`` removed it.
     """
     removed: list[tuple[str, bool]] = []
     for name in sorted(os.listdir(dirs.tmp)):
@@ -222,32 +325,46 @@ def remove_stale_temps(dirs: StageDirs, older_than: float) -> list[tuple[str, bo
             continue
         if info.st_mtime > older_than:
             continue
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:  # another consumer of the stage, recovering too
+            continue
         removed.append((name, name.endswith(TEMP_SUFFIX) and info.st_nlink == 1))
     return removed
 
 
 class ConsumerLock:
-    """``flock`` on a stage's ``consumer.lock``: one consumer per stage at a time."""
+    """``flock`` on the lock file of one consumer slot of a stage: one consumer per slot
+    at a time (``flock`` locks belong to the open file, so two ``ConsumerLock`` of one
+    slot exclude each other even inside one process)."""
 
-    def __init__(self, dirs: StageDirs) -> None:
+    def __init__(self, dirs: StageDirs, slot: int = 0) -> None:
         self._dirs = dirs
+        self._slot = slot
+        self._path = dirs.consumer_lock(slot)
         self._fd: int | None = None
 
     def acquire(self) -> None:
-        """Take the lock (idempotent); ``SpoolBusy`` if another process holds it."""
+        """Take the lock (idempotent); ``SpoolBusy`` if another consumer holds it."""
+        if not self.try_acquire():
+            slot = "" if self._slot == 0 else f" in slot {self._slot}"
+            raise SpoolBusy(
+                f"stage {self._dirs.name} already has a running consumer{slot} "
+                f"({self._path} is locked)"
+            )
+
+    def try_acquire(self) -> bool:
+        """Take the lock if it is free (True; idempotent), else False."""
         if self._fd is not None:
-            return
-        path = self._dirs.lock_file
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            return True
+        fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise SpoolBusy(
-                f"stage {self._dirs.name} already has a running consumer ({path} is locked)"
-            ) from None
+            return False
         self._fd = fd
+        return True
 
     def release(self) -> None:
         if self._fd is not None:

@@ -1,7 +1,8 @@
 """Worker processes for real: ``missive worker agent`` in a subprocess takes mail from
 ``received/``; the supervisor restarts a worker killed with SIGKILL and stops every
 worker it started (by PID) on ``aclose``; a bad configuration exits 2 without a
-traceback.
+traceback. Several secure agents run at once, each in its consumer slot
+(``[gateway] crypto_workers``, ``--slot K``).
 
 The workers run as ``python -m gateway.workers worker ...`` (the same ``register``
 as ``missive worker``) so these tests do not depend on ``gateway.cli.COMMANDS``."""
@@ -18,10 +19,11 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import AuditEvent
-from gateway.config import Config
+from gateway.config import Config, load_config
+from gateway.errors import ConfigError
 from gateway.pki.dev import DevPki
 from gateway.spool import INBOUND, RECEIVED, Envelope, Origin, Recipient, Spool
-from gateway.workers import WorkerGroup, start_workers, worker_commands
+from gateway.workers import WorkerGroup, crypto_worker_count, start_workers, worker_commands
 from tests.relay.configs import write_site
 
 PROGRAM = (sys.executable, "-m", "gateway")
@@ -126,3 +128,72 @@ def test_worker_with_a_broken_configuration_exits_2_without_traceback(tmp_path: 
     assert result.returncode == 2
     assert "unknown_key" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def with_gateway_key(config: Config, line: str) -> Path:
+    """``config``'s file with ``line`` added to ``[gateway]``."""
+    text = config.source.read_text(encoding="utf-8")
+    config.source.write_text(text.replace("[gateway]\n", f"[gateway]\n{line}\n", 1), "utf-8")
+    return config.source
+
+
+def test_each_crypto_worker_gets_its_slot(dev_pki: DevPki, tmp_path: Path) -> None:
+    config = write_site(tmp_path, dev_pki)
+    commands = dict(worker_commands(config, agents=3, relays=2, inbound=2, program=("m",)))
+    base = ("--config", str(config.source))
+    assert commands["agent-1"] == ("m", "worker", "agent", *base)  # slot 0: as before
+    assert commands["agent-2"] == ("m", "worker", "agent", *base, "--slot", "1")
+    assert commands["agent-3"] == ("m", "worker", "agent", *base, "--slot", "2")
+    assert commands["inbound-2"] == ("m", "worker", "inbound", *base, "--slot", "1")
+    assert commands["relay-2"] == ("m", "worker", "relay", *base)  # a standby of slot 0
+    with pytest.raises(ValueError, match="at most 64"):
+        worker_commands(config, agents=65, relays=0)
+
+
+def test_crypto_workers_comes_from_the_configuration(dev_pki: DevPki, tmp_path: Path) -> None:
+    config = write_site(tmp_path, dev_pki)
+    assert config.gateway.crypto_workers == 0
+    assert crypto_worker_count(config) == len(os.sched_getaffinity(0))  # one per core
+    assert crypto_worker_count(load_config(with_gateway_key(config, "crypto_workers = 3"))) == 3
+
+
+def test_a_bad_crypto_workers_value_names_the_key(dev_pki: DevPki, tmp_path: Path) -> None:
+    config = write_site(tmp_path, dev_pki)
+    with pytest.raises(ConfigError) as raised:
+        load_config(with_gateway_key(config, "crypto_workers = 65"))
+    assert any("gateway.crypto_workers" in problem for problem in raised.value.problems)
+
+
+@pytest.mark.parametrize(
+    ("kind", "slot", "message"), [("agent", "64", "expected 0 to 63"), ("imap", "1", "no slot")]
+)
+def test_a_bad_slot_exits_2_without_traceback(
+    dev_pki: DevPki, tmp_path: Path, kind: str, slot: str, message: str
+) -> None:
+    config = write_site(tmp_path, dev_pki)
+    result = subprocess.run(
+        [*PROGRAM, "worker", kind, "--config", str(config.source), "--slot", slot],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+async def test_two_agents_consume_received_at_once(spool_of: tuple[Config, Spool]) -> None:
+    config, spool = spool_of
+    group = await start_workers(config, agents=2, relays=0, program=PROGRAM)
+    slot_one = spool.queue(RECEIVED).dirs.active(1)
+    try:
+        for _ in range(6):
+            await submit(spool)
+        await wait_for_inbound(spool, 6, group)
+        while not slot_one.is_dir():  # made by slot 1's recovery (the test timeout bounds it)
+            await asyncio.sleep(0.05)
+    finally:
+        await group.aclose()
+    assert [worker.exits for worker in group.workers] == [[0], [0]]
+    assert await spool.queue(RECEIVED).scan("active") == []
+    assert len(await spool.queue(INBOUND).scan("incoming")) == 6

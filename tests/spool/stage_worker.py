@@ -1,6 +1,7 @@
 """A stage process for the crash and concurrency tests.
 
-Run as ``python -m tests.spool.stage_worker SCENARIO SPOOL AUDIT_DB COUNT``, optionally with
+Run as ``python -m tests.spool.stage_worker SCENARIO SPOOL AUDIT_DB COUNT [SLOT]`` (SLOT:
+the consumer slot every queue of the process uses, default 0), optionally with
 ``MISSIVE_CRASH_AT=<checkpoint>:<n>`` to die at the n-th time that step is reached
 (exit status ``CRASH_STATUS``; nothing is flushed or closed, like ``kill -9`` for the
 spool's purposes: the page cache survives, the process does not).
@@ -21,6 +22,11 @@ Scenarios (each prints one line per acknowledged step, flushed at once):
 - ``churn``: COUNT claim attempts on ``received``; each claimed entry is deferred with
   a due time in the past, so entries keep moving between ``incoming/``, ``active/``
   and ``deferred/`` while operator commands run against them; ``ROUNDS <n>``.
+- ``hold-then-drain``: one of several consumers of ``received``: takes the queue as its
+  slot (``take_queue``, standby while the slot is busy; ``RECOVERED <ids...>``), claims
+  COUNT entries and keeps them in its active directory (``CLAIMED <id>`` each, then
+  ``HOLDING``) until a line arrives on stdin, then completes them and every entry it
+  can still claim (``DONE <id>`` each) and says ``EMPTY``.
 """
 
 from __future__ import annotations
@@ -34,12 +40,16 @@ from pathlib import Path
 from gateway.audit import AuditSink
 from gateway.spool import (
     RECEIVED,
+    Claimed,
+    Queue,
     RecipientState,
     RecipientStatus,
     Spool,
     relay_stage,
 )
+from gateway.spool.consumer import take_queue
 from gateway.spool.runtime import Checkpoint, no_checkpoint
+from gateway.spool.spooldir import consumer_slot_scope
 
 from .support import envelope, message, origin
 
@@ -134,6 +144,32 @@ async def churn(spool: Spool, count: int) -> None:
     say(f"ROUNDS {claimed}")
 
 
+async def hold_then_drain(spool: Spool, count: int) -> None:
+    queue = spool.queue(RECEIVED)
+    report = await take_queue(queue, asyncio.Event(), area="test", who="test consumer")
+    assert report is not None
+    say(" ".join(["RECOVERED", *report.requeued]))
+    held = []
+    for _ in range(count):
+        entry = await queue.claim()
+        assert entry is not None, "fewer entries than asked to hold"
+        held.append(entry)
+        say(f"CLAIMED {entry.queue_id}")
+    say("HOLDING")
+    await asyncio.get_running_loop().run_in_executor(None, sys.stdin.readline)
+    for entry in held:
+        await complete(queue, entry)
+    while (entry := await queue.claim()) is not None:
+        await complete(queue, entry)
+    say("EMPTY")
+
+
+async def complete(queue: Queue, entry: Claimed) -> None:
+    done = [RecipientState(RecipientStatus.DELIVERED, 1)] * len(entry.record.envelope.recipients)
+    await queue.complete(entry, done)
+    say(f"DONE {entry.queue_id}")
+
+
 SCENARIOS = {
     "add": add,
     "handoff": handoff,
@@ -141,11 +177,19 @@ SCENARIOS = {
     "defer": defer,
     "hold-one": hold_one,
     "churn": churn,
+    "hold-then-drain": hold_then_drain,
 }
 
 
-async def main(scenario: str, spool_dir: Path, audit_db: Path, count: int) -> None:
+async def main(scenario: str, spool_dir: Path, audit_db: Path, count: int, slot: int) -> None:
     checkpoint = crash_checkpoint(os.environ.get("MISSIVE_CRASH_AT"))
+    with consumer_slot_scope(slot):
+        await run(scenario, spool_dir, audit_db, count, checkpoint)
+
+
+async def run(
+    scenario: str, spool_dir: Path, audit_db: Path, count: int, checkpoint: Checkpoint
+) -> None:
     async with AuditSink(audit_db) as sink:
         spool = Spool(
             spool_dir,
@@ -159,4 +203,5 @@ async def main(scenario: str, spool_dir: Path, audit_db: Path, count: int) -> No
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4])))
+    slot_arg = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    asyncio.run(main(sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3]), int(sys.argv[4]), slot_arg))

@@ -1,0 +1,311 @@
+"""Several consumers of one stage queue (consumer slots, ``gateway.spool.queue``).
+
+In this process: a slot claims into its own active directory; recovering a slot moves
+back only that slot's entries (and those of slots whose lock is free), never those of a
+live consumer; ``locate``/``scan``/``missive queue`` see an entry of any slot as
+``active`` and refuse to act on it.
+
+With real processes (``stage_worker hold-then-drain``): three consumers of ``received``
+hold entries at the same time and together process every entry exactly once; a
+consumer killed with SIGKILL while holding entries gets them back when its slot
+restarts, while the entries of the other, live consumer are never moved.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+import gateway.cli
+from gateway.audit import AuditSink, AuditStore
+from gateway.spool import (
+    RECEIVED,
+    EntryStateError,
+    RecipientState,
+    RecipientStatus,
+    Spool,
+    SpoolBusy,
+)
+from gateway.spool.display import list_row
+from gateway.spool.layout import check_slot
+from gateway.spool.spooldir import consumer_slot_scope, current_consumer_slot
+
+from .support import RecordingTrail, envelope, message, origin
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+Run = Callable[..., tuple[int, str, str]]
+
+
+def open_spool(root: Path, trail: RecordingTrail, slot: int) -> Spool:
+    return Spool(
+        root, audit=trail, actor=f"slot-{slot}", max_message_size=1 << 20, consumer_slot=slot
+    )
+
+
+async def add(spool: Spool, count: int) -> list[str]:
+    queue = spool.queue(RECEIVED)
+    return [await queue.add(envelope(), origin(), message(n)) for n in range(count)]
+
+
+def names(directory: Path) -> list[str]:
+    return sorted(name for name in os.listdir(directory) if (directory / name).is_file())
+
+
+# -- in one process ---------------------------------------------------------------------
+
+
+async def test_each_slot_claims_into_its_own_directory(tmp_path: Path) -> None:
+    trail = RecordingTrail()
+    first, second = open_spool(tmp_path, trail, 0), open_spool(tmp_path, trail, 1)
+    try:
+        ids = await add(first, 3)
+        zero, one = first.queue(RECEIVED), second.queue(RECEIVED)
+        await zero.recover()
+        await one.recover()
+        held_by_zero = await zero.claim()
+        held_by_one = await one.claim()
+        assert held_by_zero is not None and held_by_one is not None
+        active = zero.dirs.state("active")
+        assert names(active) == [held_by_zero.queue_id]
+        assert names(active / "1") == [held_by_one.queue_id]
+        assert held_by_one.path == active / "1" / held_by_one.queue_id
+        # every view sees both as active; the slot directory itself is no entry
+        assert await zero.locate(held_by_one.queue_id) == "active"
+        infos = await zero.scan("active")
+        assert [(info.name, info.slot) for info in infos] == [
+            (held_by_zero.queue_id, 0),
+            (held_by_one.queue_id, 1),
+        ]
+        assert list_row(infos[1], datetime.now(UTC))[2] == "active/1"
+        with pytest.raises(EntryStateError, match="is being processed"):
+            await zero.hold(held_by_one.queue_id, "operator")
+        # the holder leaves active/1/ as it would leave active/
+        await one.complete(held_by_one, [RecipientState(RecipientStatus.DELIVERED, 1)])
+        assert await zero.locate(held_by_one.queue_id) is None
+        assert names(active / "1") == [] and len(ids) == 3
+    finally:
+        await first.aclose()
+        await second.aclose()
+
+
+async def test_recovery_moves_back_only_its_slot_while_the_others_live(tmp_path: Path) -> None:
+    trail = RecordingTrail()
+    live = open_spool(tmp_path, trail, 0)
+    crashed = open_spool(tmp_path, trail, 1)
+    try:
+        await add(live, 4)
+        zero, one = live.queue(RECEIVED), crashed.queue(RECEIVED)
+        await zero.recover()
+        await one.recover()
+        kept = [await zero.claim(), await zero.claim()]
+        lost = [await one.claim(), await one.claim()]
+        await crashed.aclose()  # slot 1 "dies": its lock is released, its entries stay
+        restarted = open_spool(tmp_path, trail, 1)
+        try:
+            report = await restarted.queue(RECEIVED).recover()
+            assert sorted(report.requeued) == sorted(e.queue_id for e in lost if e)
+            active = zero.dirs.state("active")
+            assert names(active) == sorted(e.queue_id for e in kept if e)  # never moved
+            assert names(active / "1") == []
+            recovered = [(e.queue_id, e.details["from"]) for e in trail.of("spool.recovered")]
+            assert sorted(recovered) == sorted((e.queue_id, "active/1") for e in lost if e)
+        finally:
+            await restarted.aclose()
+    finally:
+        await live.aclose()
+        await crashed.aclose()
+
+
+async def test_slot_zero_recovery_skips_live_slots_and_adopts_orphans(tmp_path: Path) -> None:
+    trail = RecordingTrail()
+    one_spool = open_spool(tmp_path, trail, 1)
+    three_spool = open_spool(tmp_path, trail, 3)
+    try:
+        await add(one_spool, 2)
+        one, three = one_spool.queue(RECEIVED), three_spool.queue(RECEIVED)
+        await one.recover()
+        await three.recover()
+        live = await one.claim()
+        orphan = await three.claim()
+        assert live is not None and orphan is not None
+        await three_spool.aclose()  # slot 3 is not running any more (fewer workers)
+        zero_spool = open_spool(tmp_path, trail, 0)
+        try:
+            report = await zero_spool.queue(RECEIVED).recover()
+            assert report.requeued == (orphan.queue_id,)
+            active = one.dirs.state("active")
+            assert names(active / "1") == [live.queue_id]  # slot 1 runs: untouched
+            assert names(active / "3") == []
+            assert sorted(os.listdir(active)) == ["1", "3"]  # slot dirs are no entries
+            assert os.listdir(one.dirs.state("incoming")) == [orphan.queue_id]
+        finally:
+            await zero_spool.aclose()
+    finally:
+        await one_spool.aclose()
+        await three_spool.aclose()
+
+
+async def test_a_second_consumer_of_one_slot_is_refused(tmp_path: Path) -> None:
+    trail = RecordingTrail()
+    spools = [open_spool(tmp_path, trail, slot) for slot in (2, 2, 0)]
+    try:
+        await spools[0].queue(RECEIVED).recover()
+        with pytest.raises(SpoolBusy, match="slot 2"):
+            await spools[1].queue(RECEIVED).recover()
+        await spools[2].queue(RECEIVED).recover()  # another slot is another lock
+    finally:
+        for spool in spools:
+            await spool.aclose()
+
+
+async def test_the_slot_comes_from_the_scope_and_is_checked(tmp_path: Path) -> None:
+    assert current_consumer_slot() == 0
+    with consumer_slot_scope(5):
+        spool = Spool(tmp_path, audit=RecordingTrail(), actor="t", max_message_size=1)
+        assert spool.queue(RECEIVED).slot == 5
+        await spool.aclose()
+    assert current_consumer_slot() == 0
+    for bad in (-1, 64, True):
+        with pytest.raises(ValueError, match="not a consumer slot"):
+            check_slot(bad)
+
+
+# -- several processes ------------------------------------------------------------------
+
+
+@pytest.fixture
+def site(tmp_path: Path) -> SimpleNamespace:
+    spool, trail = tmp_path / "spool", tmp_path / "audit.sqlite"
+    return SimpleNamespace(spool=spool, trail=trail, args=("--spool", spool, "--audit-db", trail))
+
+
+async def _fill(site: SimpleNamespace, count: int) -> list[str]:
+    async with AuditSink(site.trail) as sink:
+        async with Spool(site.spool, audit=sink, actor="smtp", max_message_size=1 << 20) as spool:
+            queue = spool.queue(RECEIVED)
+            return [await queue.add(envelope(), origin(), message(n)) for n in range(count)]
+
+
+@pytest.fixture
+def consumers() -> Iterator[list[subprocess.Popen[str]]]:
+    started: list[subprocess.Popen[str]] = []
+    yield started
+    for process in started:  # stop every consumer we started, by PID, even on failure
+        if process.poll() is None:
+            process.kill()
+        process.communicate(timeout=30)
+
+
+def start(
+    site: SimpleNamespace, started: list[subprocess.Popen[str]], slot: int, hold: int
+) -> subprocess.Popen[str]:
+    command = [
+        *(sys.executable, "-m", "tests.spool.stage_worker", "hold-then-drain"),
+        *(str(site.spool), str(site.trail), str(hold), str(slot)),
+    ]
+    process = subprocess.Popen(
+        command,
+        cwd=REPOSITORY,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    started.append(process)
+    return process
+
+
+def until_holding(process: subprocess.Popen[str]) -> dict[str, list[str]]:
+    """The lines up to ``HOLDING``: tag -> words (CLAIMED collects every id)."""
+    assert process.stdout is not None
+    said: dict[str, list[str]] = {"RECOVERED": [], "CLAIMED": []}
+    while (line := process.stdout.readline()) and line.strip() != "HOLDING":
+        tag, *words = line.split()
+        said[tag].extend(words)
+    assert line, f"consumer exited early: {process.communicate(timeout=30)[1]}"
+    return said
+
+
+def finish(process: subprocess.Popen[str]) -> list[str]:
+    """Let the consumer go on; the ids it completed."""
+    out, err = process.communicate("go\n", timeout=60)
+    assert process.returncode == 0, err
+    assert out.splitlines()[-1] == "EMPTY"
+    return [line.split()[1] for line in out.splitlines() if line.startswith("DONE ")]
+
+
+def audited(site: SimpleNamespace, kind: str) -> list[tuple[str, dict[str, str]]]:
+    with AuditStore.open_reader(site.trail) as store:
+        return [
+            (record.event.queue_id or "", dict(record.event.details))
+            for record in store.iter_records()
+            if record.event.type == kind
+        ]
+
+
+@pytest.fixture
+def missive(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
+    monkeypatch.setattr(gateway.cli, "COMMANDS", ("gateway.spool.cli",))
+
+    def run(*argv: str | Path) -> tuple[int, str, str]:
+        status = gateway.cli.main([str(arg) for arg in argv])
+        captured = capsys.readouterr()
+        return status, captured.out, captured.err
+
+    return run
+
+
+def test_three_consumer_processes_process_each_entry_exactly_once(
+    site: SimpleNamespace, consumers: list[subprocess.Popen[str]], missive: Run
+) -> None:
+    ids = asyncio.run(_fill(site, 30))
+    processes = [start(site, consumers, slot, hold=2) for slot in (0, 1, 2)]
+    held = [until_holding(process)["CLAIMED"] for process in processes]
+    # all three hold entries at the same time, each in its own directory
+    active = site.spool / RECEIVED / "active"
+    assert [names(active), names(active / "1"), names(active / "2")] == [
+        sorted(each) for each in held
+    ]
+    busy = held[1][0]
+    status, out, _ = missive("queue", "list", "--state", "active", *site.args)
+    assert status == 0 and "active/1" in out and "active/2" in out and "6 entries" in out
+    status, _, err = missive("queue", "hold", busy, *site.args)
+    assert status == 1 and f"{busy} is being processed" in err
+    assert missive("queue", "show", busy, *site.args)[0] == 0  # reading is allowed
+    done = [queue_id for process in processes for queue_id in finish(process)]
+    assert sorted(done) == sorted(ids)  # every entry, none twice
+    completed = [queue_id for queue_id, _ in audited(site, "spool.completed")]
+    assert sorted(completed) == sorted(ids)
+    assert not any(os.listdir(site.spool / RECEIVED / "incoming"))
+
+
+def test_a_killed_consumer_gets_its_entries_back_and_never_the_live_ones(
+    site: SimpleNamespace, consumers: list[subprocess.Popen[str]]
+) -> None:
+    ids = asyncio.run(_fill(site, 10))
+    live = start(site, consumers, 0, hold=2)
+    live_held = until_holding(live)["CLAIMED"]
+    doomed = start(site, consumers, 1, hold=3)
+    doomed_held = until_holding(doomed)["CLAIMED"]
+    os.kill(doomed.pid, signal.SIGKILL)
+    doomed.communicate(timeout=30)
+    assert doomed.returncode == -signal.SIGKILL
+    active = site.spool / RECEIVED / "active"
+    assert names(active / "1") == sorted(doomed_held)  # still held by the dead slot
+    restarted = start(site, consumers, 1, hold=0)
+    recovered = until_holding(restarted)["RECOVERED"]
+    assert sorted(recovered) == sorted(doomed_held)
+    assert names(active) == sorted(live_held)  # the live consumer's, never moved
+    events = [(queue_id, details["from"]) for queue_id, details in audited(site, "spool.recovered")]
+    assert sorted(events) == sorted((queue_id, "active/1") for queue_id in doomed_held)
+    done = finish(restarted) + finish(live)
+    assert sorted(done) == sorted(ids)
