@@ -29,7 +29,12 @@ Defaults the contract's sample leaves implicit, decided here: a listener's ``tls
 ``transport`` is ``smtp`` and its ``tls`` ``verify`` (fail closed); arrays of tables
 (listeners, routes, imap_fetch) are empty; every optional file or address is ``""``.
 
-Keys added to the contract: none. ``Config.source`` (the file read) is not a key.
+Keys added to the contract: ``inbound.quarantine_retention`` (how long the inbound
+agent's quarantine in ``inbound/hold/`` is kept; at least
+``QUARANTINE_RETENTION_MINIMUM``, see ``gateway.inbound.quarantine``).
+Also added: ``gateway.crypto_workers`` (processes per crypto stage, 0..64, 0 = one per
+core; ``gateway.workers``).
+``Config.source`` (the file read) is not a key.
 """
 
 # The field specs below (setting, required, section, table_array) return dataclasses.field()
@@ -69,6 +74,10 @@ InboundAccept = Literal["trust-space", "signed", "any"]
 UnknownKey = Literal["pass-marked", "hold"]
 UnsignedCbc = Literal["mark", "hold"]
 
+# A sysadmin must have time to look at a quarantined message (and its sender to
+# answer the DSN) before it is purged: a shorter retention is refused.
+QUARANTINE_RETENTION_MINIMUM = timedelta(days=1)
+
 
 def _choice(literal: Any) -> s.Reader[Any]:
     """Reader of one of the strings of a ``Literal[...]`` type."""
@@ -90,6 +99,7 @@ class GatewaySection:
     nameservers: tuple[HostPort, ...] = s.setting(
         s.array(s.host_port(default_port=53, ip_only=True)), []
     )
+    crypto_workers: int = s.setting(s.integer(0, 64), 0)  # per crypto stage; 0 = one per core
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -224,6 +234,9 @@ class InboundSection:
     accept: InboundAccept = s.setting(_choice(InboundAccept), "signed")
     unknown_key: UnknownKey = s.setting(_choice(UnknownKey), "pass-marked")
     unsigned_cbc: UnsignedCbc = s.setting(_choice(UnsignedCbc), "mark")
+    quarantine_retention: timedelta = s.setting(
+        s.duration_at_least(QUARANTINE_RETENTION_MINIMUM, "1d"), "30d"
+    )
     imap_fetch: tuple[ImapFetch, ...] = s.table_array(ImapFetch)
 
 

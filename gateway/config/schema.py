@@ -121,6 +121,19 @@ def duration(*, positive: bool = False) -> Reader[timedelta]:
     return read
 
 
+def duration_at_least(minimum: timedelta, shown: str) -> Reader[timedelta]:
+    """A duration no shorter than ``minimum`` (written ``shown`` in the message, e.g. "1d")."""
+    parse = duration()
+
+    def read(raw: object, ctx: Context) -> timedelta:
+        value = parse(raw, ctx)
+        if value < minimum:
+            raise FieldProblem(f"must be at least {shown}, got {show(raw)}")
+        return value
+
+    return read
+
+
 def size(raw: object, ctx: Context) -> int:
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise FieldProblem(f'expected a size like "50MB" or an integer of bytes, got {show(raw)}')

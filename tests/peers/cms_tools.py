@@ -101,6 +101,10 @@ OPENSSL_CIPHERS = frozenset(
 )
 
 
+#: des-ede3-cbc (RFC 8018 §B.2.2), for ``Gpgsm.encrypt_with_cipher``.
+GPGSM_3DES_OID = "1.2.840.113549.3.7"
+
+
 class PeerToolError(RuntimeError):
     """A program failed; ``str()`` gives the command, exit status and stderr tail."""
 
@@ -496,6 +500,18 @@ class Gpgsm(_ToolHome):
     def encrypt(self, content: bytes, recipients: Sequence[str]) -> bytes:
         """EnvelopedData (AES-CBC, RSA PKCS#1 v1.5) to the certificates of ``recipients``."""
         args: list[str | Path] = ["--encrypt"]
+        for recipient in recipients:
+            args += ["-r", recipient]
+        out = self._scratch("enveloped")
+        self._run(*args, "--output", out, self._scratch("content", content))
+        return out.read_bytes()
+
+    def encrypt_with_cipher(
+        self, content: bytes, recipients: Sequence[str], cipher_oid: str
+    ) -> bytes:
+        """EnvelopedData as ``encrypt`` but with the content cipher named by its OID
+        (``--cipher-algo``): gpgsm 2.2 still writes ``GPGSM_3DES_OID`` (3DES) that way."""
+        args: list[str | Path] = ["--encrypt", "--cipher-algo", cipher_oid]
         for recipient in recipients:
             args += ["-r", recipient]
         out = self._scratch("enveloped")

@@ -421,3 +421,21 @@ def destroy_postfix(instance: PostfixInstance) -> None:
         instance.stop()
     finally:
         remove_temp_dir(instance.directory)
+
+
+RECIPIENT_ACCESS = "recipient_access"
+
+
+def set_recipient_access(instance: PostfixInstance, replies: dict[str, str]) -> None:
+    """Make smtpd answer ``RCPT TO:<address>`` with ``replies[address]`` (a full reply
+    such as ``"450 4.2.1 mailbox busy"``; other addresses as before), through a
+    ``check_recipient_access texthash:`` table in the instance's etc/ (texthash needs no
+    postmap). Files are rewritten at once; a running instance reads them at its next
+    ``restart()`` (smtpd keeps the table it opened)."""
+    table = instance.etc_dir / RECIPIENT_ACCESS
+    instance.main_cf["smtpd_recipient_restrictions"] = (
+        f"check_recipient_access texthash:{table}, permit_mynetworks, reject_unauth_destination"
+    )
+    instance.write_files()
+    table.write_text("".join(f"{a} {r}\n" for a, r in replies.items()), encoding="utf-8")
+    _backdate([table])
