@@ -20,7 +20,14 @@ Protocol (RFC 5321 unless noted):
   (RFC 3207) then EHLO again (§4.2 of 3207: forget what was learnt before TLS);
   ``verify`` never continues in clear when STARTTLS is missing or fails;
 - AUTH PLAIN (RFC 4954, RFC 4616) toward a route with ``auth_user``, only on a TLS
-  session, only when the peer advertises PLAIN;
+  session, only when the peer advertises PLAIN; the login (never the password) is in
+  ``DeliveryResult.auth_user`` and the ``relay.transaction`` log line. A refused AUTH
+  (535 5.7.8 "credentials invalid", or 454, RFC 4954 §6) ends the session like any
+  session failure: next host, then every recipient *deferred*, never bounced nor sent
+  to the fallback — the credentials are the gateway's own configuration, not a fault
+  of the message, and the operator fixes the password while the queue waits (Postfix's
+  ``smtp_sasl_auth_soft_bounce = yes`` default makes the same choice); past
+  ``max_lifetime`` the message fails with a DSN as any deferred one;
 - MAIL FROM with SIZE (RFC 1870) when advertised, BODY=8BITMIME (RFC 6152) and SMTPUTF8
   (RFC 6531) when the message needs them (a peer lacking what the message needs is a
   permanent failure: 5.6.3 / 5.6.7), RET/ENVID and per-RCPT NOTIFY/ORCPT (RFC 3461 §4)
@@ -165,6 +172,7 @@ class DeliveryResult:
     peer_verified: bool = False
     dsn_passed: bool = False
     attempts: tuple[str, ...] = field(default=())  # why earlier hosts failed
+    auth_user: str | None = None  # the login SMTP AUTH succeeded with (never the password)
 
 
 class ProtocolError(Exception):
@@ -343,6 +351,7 @@ class SmtpSession:
         self._writer: asyncio.StreamWriter | None = None
         self.extensions: dict[str, str] = {}
         self.peer = PeerIdentity(None, None, None, verified=False)
+        self.auth_user: str | None = None
         self.messages_sent = 0
         self.idle_since = time.monotonic()
         self.broken = False
@@ -445,6 +454,7 @@ class SmtpSession:
         reply = await self.command(f"AUTH PLAIN {token}")
         if reply.code != 235:
             raise SessionFailure(f"authentication failed: {reply.code} {reply.text}")
+        self.auth_user = user
 
     # -- transactions --
 
@@ -658,6 +668,7 @@ class RelayClient:
             address=address,
             tls=session.peer.tls_version or "none",
             peer_dn=session.peer.dn or "",
+            auth=session.auth_user or "none",
             delivered=sum(o.delivered for o in outcomes.values()),
             recipients=len(outcomes),
         )
@@ -746,6 +757,7 @@ def _result(
         peer_dn=peer.dn,
         peer_cert_serial=peer.serial,
         peer_verified=peer.verified,
+        auth_user=session.auth_user,
         dsn_passed=dsn,
         attempts=tuple(attempts),
     )

@@ -1,0 +1,345 @@
+"""Two Missive sites on loopback for the partner-network bridge test (issue 6 item 4).
+
+Cast:
+- the *hospital* (chu-a.test): a copy of the shipped ``conf/`` (listeners moved to free
+  ports), ``var/pki`` a copy of the session's dev PKI completed by ``certs init-dev``
+  (demo annuaire, key store, organisation signing key), plus an ``apicrypt`` route for
+  ``*.apicrypt.test`` toward the partner: ``tls = "verify"``, ``tls_name``, the
+  partner's root as the route's ``anchors`` (or none), ``auth_user`` and a 0600
+  ``auth_password_file``; the recipient's entry (an encryption certificate issued by the
+  partner's PKI) added to its LDIF annuaire;
+- the *partner* (medical.apicrypt.test, "Apicrypt-like"): a separate Missive with its own
+  home, spool, audit trail and dev PKI (another root, made by ``init_dev_pki`` in another
+  directory; its CA names are the same strings as the hospital's, but other keys), a
+  STARTTLS submission listener whose certificate is ``mx.medical.apicrypt.test`` from
+  that PKI, AUTH required, one login ``passerelle`` (hash made by ``missive users add``)
+  allowed to send as the hospital's sender; its local domain delivers to a Maildir. It
+  does not hold the recipient's private key (Apicrypt-like: the doctor's client
+  decrypts), so its inbound stage delivers the message still encrypted and marked
+  (``unknown_key = "pass-marked"``): the Maildir file holds the bytes that crossed the
+  wire, and the test opens them with the recipient's key.
+
+Trust of the recipient's S/MIME certificate: the secure agent validates recipient
+certificates against ``[trust]`` only (``CertificateLookup`` is built on the validator of
+``trust.anchors``/``intermediates``; the route's ``anchors`` feed only the relay's TLS
+check). A site made with ``smime_trust="route-only"`` shows that: the partner's root is
+in the route's ``anchors`` and nowhere else. With ``smime_trust="person-ca"`` (the default)
+the hospital also lists the partner's *person* CA in ``trust.anchors`` — it cannot vouch
+for the partner's server certificate (another CA), so TLS still depends on the route's
+``anchors`` alone — and the partner's CRLs in ``trust.crls`` (revocation is hard-fail).
+
+``serve`` runs in its own session with its output in a log file (no pipe to fill), and
+is stopped by PID: SIGTERM, then SIGKILL to its process group if it does not stop.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from gateway.pki.dev import DevPki, init_dev_pki, load_dev_pki
+from gateway.pki.store import load_first_certificate
+from tests.peers.ports import free_ports
+
+REPOSITORY = Path(__file__).resolve().parents[2]
+MISSIVE = [sys.executable, "-m", "gateway"]
+FIXED_PORTS = (2587, 2465, 2525)  # the shipped listeners, moved to free ports in the copy
+SENDER = "alice.martin@chu-a.test"
+RECIPIENT = "jean.dupont@medical.apicrypt.test"
+PARTNER_MX = "mx.medical.apicrypt.test"
+PARTNER_DOMAIN = "medical.apicrypt.test"
+AUTH_USER = "passerelle"
+CONFIG = "conf/missive.toml"
+
+SmimeTrust = Literal["person-ca", "route-only"]
+
+
+def missive(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*MISSIVE, *args],
+        cwd=home,
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def listener_port(home: Path, name: str) -> int:
+    toml = (home / CONFIG).read_text()
+    block = toml.split(f'name = "{name}"', 1)[1]
+    return int(block.split('address = "127.0.0.1:', 1)[1].split('"', 1)[0])
+
+
+# -- the partner network -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PartnerSite:
+    home: Path
+    pki: DevPki
+    port: int
+
+    @property
+    def maildir(self) -> Path:
+        return self.home / "var" / "mail" / RECIPIENT.partition("@")[0]
+
+
+def make_partner(home: Path, password: str) -> PartnerSite:
+    """A second Missive: own home, spool, audit trail and PKI (another root than the
+    hospital's: the recipient and the smarthost's certificate), an empty key store and
+    annuaire, a users file where ``missive users add`` put ``passerelle``."""
+    pki = init_dev_pki(home / "var" / "pki", users=[RECIPIENT], servers=[PARTNER_MX])
+    (home / "var" / "keys").mkdir(mode=0o700)
+    (home / "var" / "annuaire.ldif").touch()
+    (home / "conf").mkdir()
+    users = home / "conf" / "users.toml"
+    users.touch()
+    added = missive(
+        home,
+        "users",
+        "add",
+        AUTH_USER,
+        "--users-file",
+        str(users),
+        "--address",
+        SENDER,
+        stdin=password + "\n",
+    )
+    assert added.returncode == 0, added.stderr
+    [port] = free_ports(1)
+    (home / CONFIG).write_text(_partner_toml(home, pki, port), encoding="utf-8")
+    return PartnerSite(home, pki, port)
+
+
+def _partner_toml(home: Path, pki: DevPki, port: int) -> str:
+    crls = ", ".join(f'"{pki.crl(ca)}"' for ca in ("root", "personnes", "serveurs"))
+    return f"""\
+[gateway]
+home = "{home}"
+hostname = "{PARTNER_MX}"
+local_domains = ["{PARTNER_DOMAIN}"]
+language = "en"
+
+[tls]
+certificate = "{pki.server_cert(PARTNER_MX)}"
+private_key = "{pki.server_key(PARTNER_MX)}"
+
+[trust]
+anchors = ["{pki.root_cert}"]
+intermediates = ["{pki.intermediates}"]
+crls = [{crls}]
+
+[[listeners]]
+name = "submission"
+address = "127.0.0.1:{port}"
+kind = "submission"
+tls = "starttls"
+
+[auth]
+users_file = "conf/users.toml"
+
+[keys]
+dir = "var/keys"
+
+[[routes]]
+name = "default"
+domains = ["*"]
+transport = "reject"
+
+[inbound]
+deliver_to = "maildir:var/mail"
+unknown_key = "pass-marked"
+"""
+
+
+# -- the hospital ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HospitalSite:
+    home: Path
+    pki: DevPki
+
+
+def make_hospital_template(home: Path, session_pki: DevPki, partner: PartnerSite) -> Path:
+    """The shipped ``conf/`` and ``var/`` as ``certs init-dev`` completes them, plus the
+    recipient's annuaire entry (its certificate from the partner's PKI)."""
+    shutil.copytree(REPOSITORY / "conf", home / "conf")
+    shutil.copytree(session_pki.directory, home / "var" / "pki")
+    prepared = missive(
+        home,
+        "certs",
+        "init-dev",
+        "var/pki",
+        "--demo-annuaire",
+        "var/annuaire.ldif",
+        "--keys-dir",
+        "var/keys",
+    )
+    assert prepared.returncode == 0, prepared.stderr
+    with (home / "var" / "annuaire.ldif").open("a", encoding="ascii") as ldif:
+        ldif.write(recipient_ldif(partner.pki))
+    return home
+
+
+def make_hospital(
+    home: Path,
+    template: Path,
+    partner: PartnerSite,
+    password: str,
+    *,
+    route_anchors: bool,
+    smime_trust: SmimeTrust = "person-ca",
+) -> HospitalSite:
+    """A copy of ``template`` with an ``apicrypt`` route to ``partner``."""
+    shutil.copytree(template, home)
+    secret = home / "conf" / "apicrypt.secret"
+    secret.touch(mode=0o600)
+    secret.write_text(password + "\n", encoding="utf-8")
+    toml = home / CONFIG
+    text = _free_listener_ports(toml.read_text())
+    text = _with_partner_trust(text, partner.pki, smime_trust)
+    text = _with_route(text, _apicrypt_route(partner, route_anchors))
+    toml.write_text(text)
+    return HospitalSite(home, load_dev_pki(home / "var" / "pki"))
+
+
+def _free_listener_ports(text: str) -> str:
+    for fixed, port in zip(FIXED_PORTS, free_ports(len(FIXED_PORTS)), strict=True):
+        text = text.replace(f'address = "127.0.0.1:{fixed}"', f'address = "127.0.0.1:{port}"')
+    return text
+
+
+def _replace_once(text: str, old: str, new: str) -> str:
+    assert text.count(old) == 1, old
+    return text.replace(old, new)
+
+
+def _with_partner_trust(text: str, partner: DevPki, smime_trust: SmimeTrust) -> str:
+    """``person-ca``: the partner's person CA as an S/MIME anchor and its CRLs."""
+    if smime_trust == "route-only":
+        return text
+    text = _replace_once(
+        text,
+        'anchors = ["var/pki/root.crt"]',
+        f'anchors = ["var/pki/root.crt", "{partner.ca_cert("personnes")}"]',
+    )
+    partner_crls = "".join(f', "{partner.crl(ca)}"' for ca in ("root", "personnes", "serveurs"))
+    shipped = '"var/pki/personnes.crl", "var/pki/serveurs.crl"'
+    return _replace_once(text, shipped + "]", shipped + partner_crls + "]")
+
+
+def _apicrypt_route(partner: PartnerSite, route_anchors: bool) -> str:
+    anchors = f'["{partner.pki.root_cert}"]' if route_anchors else "[]"
+    return f"""\
+[[routes]]
+name = "apicrypt"
+domains = ["*.apicrypt.test"]
+transport = "smtp"
+next_hop = "127.0.0.1:{partner.port}"
+tls = "verify"
+tls_name = "{PARTNER_MX}"
+security = "smime"
+anchors = {anchors}
+auth_user = "{AUTH_USER}"
+auth_password_file = "conf/apicrypt.secret"
+fallback = "postal"
+
+"""
+
+
+def _with_route(text: str, route: str) -> str:
+    """``route`` inserted before the last (default) route: the first match wins."""
+    default = text.index('\nname = "default"')
+    start = text.rindex("[[routes]]", 0, default)
+    return text[:start] + route + text[start:]
+
+
+def recipient_ldif(partner: DevPki) -> str:
+    """The recipient's annuaire entry: inetOrgPerson, postal address, encryption cert."""
+    der = load_first_certificate(partner.user_cert(RECIPIENT, "enc")).public_bytes(Encoding.DER)
+    encoded = base64.b64encode(der).decode("ascii")
+    folded = "\n ".join(encoded[i : i + 76] for i in range(0, len(encoded), 76))
+    return f"""
+dn: uid=899900000901,ou=people,dc=annuaire,dc=test
+objectClass: top
+objectClass: person
+objectClass: organizationalPerson
+objectClass: inetOrgPerson
+uid: 899900000901
+cn: Jean Dupont
+sn: Dupont
+givenName: Jean
+o: Cabinet medical (fictif, reseau Apicrypt-like)
+postalAddress: Cabinet medical$2 rue de l'Exemple
+postalCode: 99002
+l: Ville-B
+mail: {RECIPIENT}
+userCertificate;binary:: {folded}
+"""
+
+
+# -- serve --------------------------------------------------------------------------------
+
+
+@contextmanager
+def serving(home: Path) -> Iterator[Path]:
+    """``missive serve`` on ``home`` until the block ends; yields its log file."""
+    proc = _start_serve(home)
+    try:
+        _wait_for_log(proc, _log_of(home), "event=gateway.ready", time.monotonic() + 30)
+        yield _log_of(home)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0, _log_of(home).read_text()
+    finally:
+        _kill_group(proc)
+
+
+def _log_of(home: Path) -> Path:
+    return home / "serve.log"
+
+
+def _start_serve(home: Path) -> subprocess.Popen[bytes]:
+    """In its own session (process group = its PID), output to ``serve.log``."""
+    with _log_of(home).open("w") as log_file:
+        return subprocess.Popen(
+            [*MISSIVE, "serve", "--config", CONFIG],
+            cwd=home,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        )
+
+
+def _kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGKILL to ``proc``'s process group (serve and its workers) if any is left."""
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass  # serve and every worker already gone
+    proc.wait()
+
+
+def _wait_for_log(
+    proc: subprocess.Popen[bytes], log_path: Path, marker: str, deadline: float
+) -> None:
+    while marker not in log_path.read_text(errors="replace"):
+        assert proc.poll() is None, "serve exited early:\n" + log_path.read_text()
+        if time.monotonic() > deadline:
+            raise AssertionError(f"no {marker!r} in serve's output:\n" + log_path.read_text())
+        time.sleep(0.05)
