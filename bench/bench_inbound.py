@@ -16,10 +16,24 @@ worker's audit trail (``AuditSink``) runs ``synchronous = FULL``.
 Figures, all from the same run:
 
 - **end to end msg/s**: N / (start of the inbound stage -> the N-th delivery completed);
+  both stages run as their workers do: ``InboundStage`` drains with its default
+  entries in flight, ``LocalDelivery`` runs the shared consumer loop
+  (``consumer.consume``) with its default concurrency, poll interval and LMTP pool;
 - **inbound stage msg/s**: N / (start -> the inbound stage drained ``inbound/``);
-- baseline **bare LMTP msg/s**: N clear 10 KB messages delivered to the same Dovecot with
-  the gateway's own LMTP client (``send_over_protocol``: one connection per message, as
-  ``LocalDelivery`` does), one after the other, no spool, no crypto.
+- baseline **bare LMTP msg/s**: N clear 10 KB messages delivered to the same Dovecot
+  with the gateway's own LMTP client *as ``LocalDelivery`` uses it*: the same
+  ``StorePool`` (connections reused, ``DEFAULT_CONNECTIONS`` of them) fed by
+  ``DEFAULT_CONCURRENCY`` tasks; no spool, no audit, no crypto. Measured before *and*
+  after the end-to-end run (the two show how much the machine's load moved meanwhile);
+  the ratio end to end / baseline uses their mean and is the figure to read;
+- extra line, **bare LMTP, one connection per message**: the old baseline
+  (``send_over_protocol``, one message after the other), for comparison with earlier
+  runs;
+- **CPU ms per message** during the end-to-end run, per process: the inbound stage
+  (this process), the delivery worker, and Dovecot (every process whose title carries
+  the instance name, plus the children its master reaped; read from ``/proc``, so
+  Linux only and approximate). Their sum against 2 cores bounds what the machine can
+  do whatever the waits.
 
 ``--smoke`` runs a few dozen messages (about 10 s in all) so CI proves the benchmark
 runs; its numbers mean nothing. Loopback only; Dovecot and the delivery process are
@@ -31,6 +45,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import multiprocessing
+import os
 import shutil
 import sys
 import tempfile
@@ -45,7 +60,14 @@ from cryptography import x509  # noqa: E402
 
 from gateway.audit import AuditSink  # noqa: E402
 from gateway.config import Config  # noqa: E402
-from gateway.inbound.delivery import LocalDelivery, send_over_protocol  # noqa: E402
+from gateway.inbound.delivery import (  # noqa: E402
+    DEFAULT_CONCURRENCY,
+    DEFAULT_CONNECTIONS,
+    LocalDelivery,
+    StorePool,
+    StoreTarget,
+    send_over_protocol,
+)
 from gateway.inbound.stage import InboundStage  # noqa: E402
 from gateway.pki.dev import DevPki, init_dev_pki  # noqa: E402
 from gateway.pki.store import load_private_key  # noqa: E402
@@ -55,12 +77,22 @@ from gateway.smime.encrypt import encrypt_entity  # noqa: E402
 from gateway.smime.keystore import KeyStore  # noqa: E402
 from gateway.smime.sign import sign  # noqa: E402
 from gateway.smime.validate import CertificateValidator  # noqa: E402
-from gateway.spool import INBOUND, LOCAL, Envelope, Origin, Recipient, Spool  # noqa: E402
+from gateway.spool import (  # noqa: E402
+    INBOUND,
+    LOCAL,
+    Claimed,
+    Envelope,
+    Origin,
+    Recipient,
+    Spool,
+    consumer,
+)
 from tests.inbound.site import ALICE, CLAIRE, HOST, POLICY, install_keys, write_config  # noqa: E402
 from tests.peers.dovecot import create_dovecot, destroy_dovecot  # noqa: E402
 
 FROM_OUTSIDE = Origin("mx", client_address="127.0.0.1")
 MAX_SIZE = 1 << 20
+RATIO = "end to end / baseline"
 
 
 def letter(index: int, size: int) -> bytes:
@@ -128,38 +160,108 @@ async def run_inbound(config: Config, pki: DevPki) -> float:
         await audit.aclose()
 
 
-def delivery_process(config_path: str, count: int, done: multiprocessing.Queue[float]) -> None:
-    """The delivery worker: deliver until ``count`` entries are completed."""
+Done = tuple[float, int, float]  # last completion (monotonic), connections, CPU seconds
+
+
+def process_cpu(pid: str, *, reaped: bool = False) -> float:
+    """User + system CPU seconds of ``pid`` from ``/proc`` (and of its reaped children)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0  # exited meanwhile
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if reaped:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def dovecot_cpu(instance: str) -> float:
+    """CPU seconds of the Dovecot instance's processes (titles carry ``instance``)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            title = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if instance.encode() in title:
+            total += process_cpu(entry.name, reaped=b"dovecot" in title.split(b"\0")[0])
+    return total
+
+
+def delivery_process(config_path: str, count: int, done: multiprocessing.Queue[Done]) -> None:
+    """The delivery worker: deliver until ``count`` entries are completed; puts the
+    monotonic time of the last completion, the LMTP connections opened and the CPU
+    seconds used meanwhile."""
     asyncio.run(_deliver(Path(config_path), count, done))
 
 
-async def _deliver(config_path: Path, count: int, done: multiprocessing.Queue[float]) -> None:
+async def _deliver(config_path: Path, count: int, done: multiprocessing.Queue[Done]) -> None:
     from gateway.config import load_config
 
     config = load_config(config_path)
     audit = AuditSink(config.gateway.home / "var" / "audit-delivery.db")
     audit.start()
     spool = open_spool(config, audit, "delivery")
+    stop = asyncio.Event()
     delivered = 0
+    failures: list[object] = []
     try:
         delivery = LocalDelivery(config, spool, audit, policy=POLICY)
+
+        async def counted(entry: Claimed) -> None:
+            nonlocal delivered
+            outcome = await delivery.process_entry(entry)
+            if outcome is None or outcome.disposition != "completed":
+                failures.append(outcome)
+                stop.set()
+            delivered += 1
+            if delivered >= count:
+                stop.set()
+
         await spool.queue(LOCAL).recover()
-        while delivered < count:
-            outcomes = await delivery.drain()
-            bad = [o for o in outcomes if o.disposition != "completed"]
-            if bad:
-                raise RuntimeError(f"delivery: {bad[0]}")
-            delivered += len(outcomes)
-            if not outcomes:
-                await asyncio.sleep(0.005)
-        done.put(time.monotonic())
+        cpu = time.process_time()
+        await consumer.consume(
+            spool.queue(LOCAL),
+            stop,
+            counted,
+            poll_interval=delivery.poll_interval,
+            concurrency=delivery.concurrency,
+        )
+        if failures:
+            raise RuntimeError(f"delivery: {failures[0]}")
+        assert delivery.pool is not None
+        done.put((time.monotonic(), delivery.pool.opened, time.process_time() - cpu))
+        await delivery.aclose()
     finally:
         await spool.aclose()
         await audit.aclose()
 
 
-async def bare_lmtp(port: int, count: int, size: int) -> float:
-    """The baseline: msg/s of clear messages straight to Dovecot over LMTP."""
+async def bare_lmtp_pooled(port: int, count: int, size: int) -> tuple[float, int]:
+    """The baseline: msg/s of clear messages straight to Dovecot through the same pool,
+    connections and entries in flight as ``LocalDelivery``; and connections opened."""
+    pool = StorePool(StoreTarget(True, "127.0.0.1", port, HOST), size=DEFAULT_CONNECTIONS)
+    indexes = iter(range(count))
+
+    async def sender() -> None:
+        for index in indexes:  # shared: each index is taken by one sender
+            [reply] = await pool.deliver(CLAIRE, [ALICE], letter(index, size))
+            if not reply.delivered:
+                raise RuntimeError(f"bare LMTP: {reply}")
+
+    started = time.monotonic()
+    try:
+        await asyncio.gather(*(sender() for _ in range(DEFAULT_CONCURRENCY)))
+        rate = count / (time.monotonic() - started)
+    finally:
+        await pool.aclose()
+    return rate, pool.opened
+
+
+async def bare_lmtp_per_message(port: int, count: int, size: int) -> float:
+    """The old baseline: one connection per message, one message after the other."""
     started = time.monotonic()
     for index in range(count):
         [reply] = await send_over_protocol(
@@ -196,24 +298,52 @@ def measure(work: Path, count: int, size: int) -> dict[str, float]:
             flush=True,
         )
         asyncio.run(fill_inbound(config, messages))
-        bare = asyncio.run(bare_lmtp(dovecot.lmtp_port, count, size))
+        bare, bare_connections = asyncio.run(bare_lmtp_pooled(dovecot.lmtp_port, count, size))
+        per_message = asyncio.run(bare_lmtp_per_message(dovecot.lmtp_port, count, size))
 
         context = multiprocessing.get_context("spawn")
-        done: multiprocessing.Queue[float] = context.Queue()
+        done: multiprocessing.Queue[Done] = context.Queue()
         process = context.Process(
             target=delivery_process, args=(str(site / "missive.toml"), count, done)
         )
         delivery = process
         process.start()
         time.sleep(1.0)  # the delivery process imports and recovers before the clock starts
+        dovecot_before = dovecot_cpu(dovecot.instance_name)
+        inbound_cpu = time.process_time()
         started = time.monotonic()
         inbound_end = asyncio.run(run_inbound(config, pki))
-        delivered_end = done.get(timeout=600)
+        inbound_cpu = time.process_time() - inbound_cpu
+        delivered_end, connections, delivery_cpu = done.get(timeout=600)
+        dovecot_used = dovecot_cpu(dovecot.instance_name) - dovecot_before
         process.join(timeout=60)
+        end_to_end = count / (delivered_end - started)
+        bare_after, _ = asyncio.run(bare_lmtp_pooled(dovecot.lmtp_port, count, size))
+        print(
+            f"LMTP connections opened: {connections} by the delivery worker,"
+            f" {bare_connections} by the pooled baseline",
+            flush=True,
+        )
+        print(
+            "CPU ms per message, end to end: "
+            + ", ".join(
+                f"{name} {1000 * seconds / count:.1f}"
+                for name, seconds in (
+                    ("inbound stage", inbound_cpu),
+                    ("delivery worker", delivery_cpu),
+                    ("Dovecot", dovecot_used),
+                    ("sum", inbound_cpu + delivery_cpu + dovecot_used),
+                )
+            ),
+            flush=True,
+        )
         return {
-            "end to end (decrypt + verify + LMTP)": count / (delivered_end - started),
+            "end to end (decrypt + verify + LMTP)": end_to_end,
             "inbound stage alone (decrypt + verify + spool)": count / (inbound_end - started),
-            "bare LMTP delivery (baseline)": bare,
+            "bare LMTP, pooled as LocalDelivery (baseline)": bare,
+            "  the same, measured after the end-to-end run": bare_after,
+            "bare LMTP, one connection per message (old)": per_message,
+            RATIO: 100 * end_to_end / ((bare + bare_after) / 2),
         }
     finally:
         if delivery is not None and delivery.is_alive():
@@ -238,7 +368,7 @@ def main(argv: list[str]) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print(f"inbound, {count} messages of {args.size} bytes (signed + AES-256-GCM):")
     for name, value in figures.items():
-        print(f"  {name:<48} {value:8.0f} msg/s")
+        print(f"  {name:<48} {value:8.0f} {'%' if name == RATIO else 'msg/s'}")
     return 0
 
 

@@ -33,13 +33,28 @@ recipient is delivered and the message asks for it with
 hand-off key per recipient, so a repeated pass queues it once; never for an MDN, a DSN
 or a null sender).
 
+Connections (RFC 2033 §4.1, RFC 5321 §4.1.1.5): an LMTP or SMTP session carries many
+transactions, so ``StorePool`` keeps up to ``connections`` sessions open (default 4)
+and hands one to each entry in turn. A reused session is reset with ``RSET`` before its
+next ``MAIL``; if that probe fails (the store closed the connection, a ``421``, a reset
+socket, a timeout) the session is dropped and the transaction runs on a fresh one:
+nothing of the message was sent yet, so this cannot deliver twice. A session idle for
+``MAX_IDLE`` seconds or open for ``MAX_AGE`` is closed (``QUIT``) rather than reused;
+any error inside a transaction closes its session. Per-recipient replies are read as
+before (LMTP: one per accepted RCPT; SMTP: the DATA reply for all).
+
+Throughput (issue 7 Speed): ``concurrency`` entries (default 16) are in flight at once,
+so their spool fsyncs and audit commits share group commits; those beyond the pool's
+``connections`` wait for a free session. Entries finish in any order.
+
 Invariants as in every stage runner: the DSN (and any MDN) is queued before the entry leaves
 ``active/``; a crash after the store's ``250`` and before ``complete`` delivers twice
 at most (at-least-once, docs/spool.md).
 
-Written by hand: the LMTP/SMTP client is a few commands on an asyncio stream
-(aiosmtplib is not a dependency and ``smtplib.LMTP`` misreads RFC 2033 §4.2 replies);
-reply parsing and dot-stuffing reuse ``gateway.relay.client``.
+Written by hand: the LMTP/SMTP client and its small connection pool are a few commands on
+an asyncio stream (aiosmtplib is not a dependency, has no LMTP mode nor pool, and
+``smtplib.LMTP`` misreads RFC 2033 §4.2 replies); reply parsing and dot-stuffing reuse
+``gateway.relay.client``.
 
 Trust level: runs in the delivery worker (``missive worker delivery``), which holds no
 private key. It reads decrypted content: the local store is the end of the gateway.
@@ -92,7 +107,12 @@ from gateway.spool import (
 log = get_logger("inbound.delivery")
 
 DEFAULT_POLL_INTERVAL = 0.2
+DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their fsyncs
+DEFAULT_CONNECTIONS = 4  # sessions open at once to the mail store
+MAX_IDLE = 5.0  # seconds a pooled session may stay unused before it is closed
+MAX_AGE = 300.0  # seconds a pooled session is used at most (then closed and reopened)
 COMMAND_TIMEOUT = 60.0
+QUIT_TIMEOUT = 5.0
 DATA_TIMEOUT = 600.0
 MAX_LINE = 4096
 STATUS_EXPIRED = "5.4.7"
@@ -161,10 +181,13 @@ class _Conversation:
         return await self.reply()
 
     async def close(self) -> None:
+        """``QUIT``, its ``221`` awaited briefly (RFC 5321 §4.1.1.10), then close; a dead
+        or silent peer is not an error here."""
         try:
             self.writer.write(b"QUIT\r\n")
             await self.writer.drain()
-        except (OSError, RuntimeError):
+            await self.reply(QUIT_TIMEOUT)
+        except (OSError, RuntimeError, TimeoutError, TemporaryFailure, ProtocolError):
             pass
         self.writer.close()
         try:
@@ -183,6 +206,153 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+@dataclass(frozen=True)
+class StoreTarget:
+    """Where ``LocalDelivery`` talks LMTP or SMTP, and how it introduces itself."""
+
+    lmtp: bool
+    host: str
+    port: int
+    helo: str
+    tls_context: ssl.SSLContext | None = None
+
+
+class StoreSession:
+    """One open session with the store, greeted (and, for SMTP off loopback, under TLS);
+    it runs one mail transaction after another (module docstring, "Connections")."""
+
+    def __init__(self, talk: _Conversation, target: StoreTarget) -> None:
+        self.talk = talk
+        self.target = target
+        self.opened = time.monotonic()
+        self.last_used = self.opened
+        self.transactions = 0
+
+    @classmethod
+    async def open(cls, target: StoreTarget) -> StoreSession:
+        """Connect, read the greeting, LHLO/EHLO (and STARTTLS); ``TemporaryFailure``."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(target.host, target.port, limit=MAX_LINE),
+                COMMAND_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as error:
+            raise TemporaryFailure(
+                f"cannot connect to {target.host}:{target.port}: {error}"
+            ) from error
+        talk = _Conversation(reader, writer)
+        try:
+            await _introduce(talk, target)
+        except BaseException as error:
+            await talk.close()
+            if isinstance(error, _SESSION_ERRORS):
+                raise TemporaryFailure(f"{type(error).__name__}: {error}") from error
+            raise
+        return cls(talk, target)
+
+    def expired(self, now: float) -> bool:
+        """Too long idle or too old to be reused."""
+        return now - self.last_used > MAX_IDLE or now - self.opened > MAX_AGE
+
+    async def reset(self) -> bool:
+        """``RSET`` before reusing the session; False if the session is no longer usable."""
+        try:
+            reply = await self.talk.command("RSET")
+        except (TemporaryFailure, *_SESSION_ERRORS):
+            return False
+        return reply.code == 250
+
+    async def send(
+        self, mail_from: str, recipients: Sequence[str], content: bytes
+    ) -> list[StoreReply]:
+        """One mail transaction; ``TemporaryFailure`` (the session is then unusable)."""
+        try:
+            replies = await _mail_transaction(
+                self.talk, self.target.lmtp, mail_from, recipients, content
+            )
+        except _SESSION_ERRORS as error:
+            raise TemporaryFailure(f"{type(error).__name__}: {error}") from error
+        self.transactions += 1
+        self.last_used = time.monotonic()
+        return replies
+
+    async def close(self) -> None:
+        """``QUIT`` and close (errors ignored)."""
+        await self.talk.close()
+
+
+_SESSION_ERRORS = (OSError, TimeoutError, ProtocolError, ssl.SSLError)
+
+
+class StorePool:
+    """Up to ``size`` sessions with one store, reused across transactions.
+
+    ``deliver`` waits for a free slot, takes an idle session (``RSET`` first) or opens
+    one, runs the transaction and gives the session back; a session that failed is
+    closed, never given back. ``opened`` counts the connections made (for tests and
+    the benchmark). ``aclose`` closes the idle sessions; call it when the stage stops.
+    """
+
+    def __init__(self, target: StoreTarget, *, size: int = DEFAULT_CONNECTIONS) -> None:
+        if size < 1:
+            raise ValueError("the pool needs at least one connection")
+        self.target = target
+        self.size = size
+        self.opened = 0
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[StoreSession] = []
+
+    async def deliver(
+        self, mail_from: str, recipients: Sequence[str], content: bytes
+    ) -> list[StoreReply]:
+        """One transaction on a pooled session; ``TemporaryFailure`` as
+        ``send_over_protocol``."""
+        async with self._slots:
+            session = await self._take()
+            try:
+                replies = await session.send(mail_from, recipients, content)
+            except BaseException:
+                await session.close()
+                raise
+            self._idle.append(session)
+            return replies
+
+    async def _take(self) -> StoreSession:
+        """The most recently used idle session that still answers ``RSET``, else a new
+        one; expired and broken sessions are closed on the way."""
+        while self._idle:
+            session = self._idle.pop()
+            try:
+                usable = not session.expired(time.monotonic()) and await session.reset()
+            except BaseException:  # cancelled while probing: never leak the socket
+                await session.close()
+                raise
+            if usable:
+                return session
+            log.info("delivery.session_dropped", transactions=session.transactions)
+            await session.close()
+        session = await StoreSession.open(self.target)
+        self.opened += 1
+        return session
+
+    async def close_expired(self, now: float | None = None) -> int:
+        """Close the idle sessions past ``MAX_IDLE`` or ``MAX_AGE`` at ``now`` (monotonic,
+        default: the current time), so a quiet worker holds no half-closed sockets; the
+        number closed."""
+        moment = time.monotonic() if now is None else now
+        expired = [session for session in self._idle if session.expired(moment)]
+        self._idle = [session for session in self._idle if session not in expired]
+        for session in expired:
+            await session.close()
+        return len(expired)
+
+    async def aclose(self) -> None:
+        """Close every idle session (``QUIT``)."""
+        idle, self._idle = self._idle, []
+        for session in idle:
+            await session.close()
+
+
 async def send_over_protocol(
     *,
     lmtp: bool,
@@ -194,45 +364,38 @@ async def send_over_protocol(
     content: bytes,
     tls_context: ssl.SSLContext | None = None,
 ) -> list[StoreReply]:
-    """Deliver ``content`` once to ``recipients``; one ``StoreReply`` per recipient.
+    """Deliver ``content`` once to ``recipients`` on a connection of its own; one
+    ``StoreReply`` per recipient (``StorePool`` reuses connections instead).
 
     LMTP: one reply per accepted RCPT after DATA (RFC 2033 §4.2). SMTP: STARTTLS unless
     ``host`` is loopback (``TemporaryFailure`` if not offered), the DATA reply for all.
     ``TemporaryFailure`` for a connection problem or a refusal of the whole session."""
+    session = await StoreSession.open(StoreTarget(lmtp, host, port, helo, tls_context))
     try:
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(host, port, limit=MAX_LINE), COMMAND_TIMEOUT
-        )
-    except (OSError, TimeoutError) as error:
-        raise TemporaryFailure(f"cannot connect to {host}:{port}: {error}") from error
-    talk = _Conversation(reader, writer)
-    try:
-        return await _transaction(
-            talk, lmtp, host, helo, mail_from, recipients, content, tls_context
-        )
-    except (OSError, TimeoutError, ProtocolError, ssl.SSLError) as error:
-        raise TemporaryFailure(f"{type(error).__name__}: {error}") from error
+        return await session.send(mail_from, recipients, content)
     finally:
-        await talk.close()
+        await session.close()
 
 
-async def _transaction(
-    talk: _Conversation,
-    lmtp: bool,
-    host: str,
-    helo: str,
-    mail_from: str,
-    recipients: Sequence[str],
-    content: bytes,
-    tls_context: ssl.SSLContext | None,
-) -> list[StoreReply]:
+async def _introduce(talk: _Conversation, target: StoreTarget) -> None:
+    """Greeting, LHLO/EHLO, and STARTTLS for SMTP off loopback (RFC 3207)."""
     greeting = await talk.reply()
     if greeting.code != 220:
         raise TemporaryFailure(f"greeting {greeting.code} {greeting.text}")
-    hello = await talk.command(f"{'LHLO' if lmtp else 'EHLO'} {helo}")
+    hello = await talk.command(f"{'LHLO' if target.lmtp else 'EHLO'} {target.helo}")
     _expect(hello, "hello")
-    if not lmtp and not is_loopback(host):
-        await _starttls(talk, hello, host, helo, tls_context)
+    if not target.lmtp and not is_loopback(target.host):
+        await _starttls(talk, hello, target.host, target.helo, target.tls_context)
+
+
+async def _mail_transaction(
+    talk: _Conversation,
+    lmtp: bool,
+    mail_from: str,
+    recipients: Sequence[str],
+    content: bytes,
+) -> list[StoreReply]:
+    """MAIL, one RCPT per recipient, DATA and its reply or replies (module docstring)."""
     _expect(await talk.command(f"MAIL FROM:<{mail_from}>"), "MAIL FROM")
     replies: dict[str, StoreReply] = {}
     accepted: list[str] = []
@@ -340,7 +503,13 @@ class LocalDelivery:
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_interval: float = DEFAULT_POLL_INTERVAL,
         tls_context: ssl.SSLContext | None = None,
+        concurrency: int = DEFAULT_CONCURRENCY,
+        connections: int = DEFAULT_CONNECTIONS,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if connections < 1:
+            raise ValueError("the pool needs at least one connection")
         self.config = config
         self.spool = spool
         self.audit = audit
@@ -348,24 +517,59 @@ class LocalDelivery:
         self.clock = clock
         self.poll_interval = poll_interval
         self.tls_context = tls_context or _trust_context(config)
+        self.concurrency = concurrency
+        self.pool = _pool_for(config, self.tls_context, connections)
         self.local: Queue = spool.queue(LOCAL)
         self.received: Queue = spool.queue(RECEIVED)
 
     async def run(self, stop: asyncio.Event) -> None:
         """Recover (standby while another delivery worker holds the lock), then deliver
-        entries one at a time until ``stop`` is set."""
-        if (
-            await consumer.take_queue(self.local, stop, area="delivery", who="delivery worker")
-            is None
-        ):
-            return
-        await consumer.consume(
-            self.local, stop, self.process_entry, poll_interval=self.poll_interval
-        )
+        entries, ``concurrency`` at once, until ``stop`` is set; the pooled connections
+        are closed on the way out."""
+        try:
+            if (
+                await consumer.take_queue(self.local, stop, area="delivery", who="delivery worker")
+                is None
+            ):
+                return
+            consumed = asyncio.Event()
+            reaper = asyncio.ensure_future(self._close_idle_sessions(consumed))
+            try:
+                await consumer.consume(
+                    self.local,
+                    stop,
+                    self.process_entry,
+                    poll_interval=self.poll_interval,
+                    concurrency=self.concurrency,
+                )
+            finally:
+                consumed.set()
+                await reaper
+        finally:
+            await self.aclose()
+
+    async def _close_idle_sessions(self, consumed: asyncio.Event) -> None:
+        """Every ``MAX_IDLE`` seconds until ``consumed`` is set, close the pooled sessions
+        that expired (a quiet worker keeps no half-closed socket)."""
+        while self.pool is not None and not consumed.is_set():
+            await consumer.sleep_unless(consumed, MAX_IDLE)
+            await self.pool.close_expired()
 
     async def drain(self) -> list[DeliveryOutcome]:
-        """Deliver every entry ready now (tests, tools); ``recover`` must have run."""
-        return await consumer.drain(self.local, self.process_entry)
+        """Deliver every entry ready now, ``concurrency`` at once, outcomes in the order
+        they finished (tests, tools); ``recover`` must have run. The entries of one
+        drain share the pooled connections, which are closed when it ends."""
+        try:
+            return await consumer.drain(
+                self.local, self.process_entry, concurrency=self.concurrency
+            )
+        finally:
+            await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the pooled connections to the store (idempotent)."""
+        if self.pool is not None:
+            await self.pool.aclose()
 
     async def process_entry(self, entry: Claimed) -> DeliveryOutcome | None:
         """One pass over a claimed entry; never raises for a bad message."""
@@ -412,18 +616,9 @@ class LocalDelivery:
         if target.scheme == "maildir":
             assert target.path is not None
             return [await self._to_maildir(target.path, a, content) for a in addresses]
-        assert target.address is not None
+        assert self.pool is not None
         try:
-            return await send_over_protocol(
-                lmtp=target.scheme == "lmtp",
-                host=target.address.host,
-                port=target.address.port,
-                helo=self.config.gateway.hostname,
-                mail_from=mail_from,
-                recipients=addresses,
-                content=content,
-                tls_context=self.tls_context,
-            )
+            return await self.pool.deliver(mail_from, addresses, content)
         except TemporaryFailure as error:
             return [StoreReply(451, f"4.4.1 {error}") for _ in addresses]
 
@@ -538,6 +733,23 @@ def _delivery_event(
         actor="local-delivery",
         outcome=state.status.value,
         details={"reply": f"{reply.code} {reply.text}"[:500]},
+    )
+
+
+def _pool_for(config: Config, tls_context: ssl.SSLContext, connections: int) -> StorePool | None:
+    """The connection pool for an ``lmtp://`` or ``smtp://`` target; None for Maildir."""
+    target = config.inbound.deliver_to
+    if target.address is None:
+        return None
+    return StorePool(
+        StoreTarget(
+            lmtp=target.scheme == "lmtp",
+            host=target.address.host,
+            port=target.address.port,
+            helo=config.gateway.hostname,
+            tls_context=tls_context,
+        ),
+        size=connections,
     )
 
 

@@ -48,6 +48,16 @@ before the entry leaves ``active/``; a content failing its SHA-256 check ->
 bad message never stops the worker; spool and audit errors leave the entry in
 ``active/`` for the next start.
 
+Throughput (issue 7 Speed): each pass waits on fsyncs (the ``local/`` hand-off, the
+completion of the ``inbound/`` entry: the spool's group commit) and on the audit
+trail's ``synchronous = FULL`` commits, so ``concurrency`` entries (default 16) are in
+flight at once and share those commits, as in ``gateway.relay.agent_stage``;
+decryption and verification run in a worker thread (``asyncio.to_thread``) so the
+loop keeps driving the other entries' I/O. Entries are independent: the order in which
+they finish is not the order they were claimed in, and nothing relies on it (each
+hand-off key depends on its own entry and recipient only). ``drain`` uses the same
+bound (``consumer.drain``).
+
 Trust level: runs in the inbound worker (``missive worker inbound``), which loads the
 S/MIME private keys and listens on no socket. Decrypted content exists only in memory
 and in ``local/`` (docs/spool.md).
@@ -102,6 +112,7 @@ from gateway.spool import (
 log = get_logger("inbound.stage")
 
 DEFAULT_POLL_INTERVAL = 0.2
+DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their fsyncs
 STATUS_CRYPTO_FAILURE = "5.7.5"  # RFC 3463: cryptographic failure
 HELD_REASON = "held in quarantine: the message could not be decrypted or verified"
 
@@ -130,7 +141,10 @@ class InboundStage:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         poll_interval: float = DEFAULT_POLL_INTERVAL,
+        concurrency: int = DEFAULT_CONCURRENCY,
     ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
         self.config = config
         self.spool = spool
         self.keystore = keystore
@@ -138,6 +152,7 @@ class InboundStage:
         self.audit = audit
         self.clock = clock
         self.poll_interval = poll_interval
+        self.concurrency = concurrency
         self.policy = InboundPolicy(
             unknown_key=config.inbound.unknown_key,
             unsigned_cbc=config.inbound.unsigned_cbc,
@@ -151,19 +166,24 @@ class InboundStage:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Recover (standby while another inbound agent holds the lock), then claim and
-        process entries one at a time until ``stop`` is set."""
+        process entries, ``concurrency`` at once, until ``stop`` is set."""
         if (
             await consumer.take_queue(self.inbound, stop, area="inbound", who="inbound agent")
             is None
         ):
             return
         await consumer.consume(
-            self.inbound, stop, self.process_entry, poll_interval=self.poll_interval
+            self.inbound,
+            stop,
+            self.process_entry,
+            poll_interval=self.poll_interval,
+            concurrency=self.concurrency,
         )
 
     async def drain(self) -> list[InboundOutcome]:
-        """Process every entry ready now (tests, tools); ``recover`` must have run."""
-        return await consumer.drain(self.inbound, self.process_entry)
+        """Process every entry ready now, ``concurrency`` at once, outcomes in the order
+        they finished (tests, tools); ``recover`` must have run."""
+        return await consumer.drain(self.inbound, self.process_entry, concurrency=self.concurrency)
 
     # -- one entry ---------------------------------------------------------------------
 
@@ -396,9 +416,30 @@ async def run_inbound_worker(config: Config, stop: asyncio.Event) -> None:
             max_message_size=config.delivery.max_message_size,
         )
         try:
-            await InboundStage(config, spool, keystore, validator, audit).run(stop)
+            stage = InboundStage(config, spool, keystore, validator, audit)
+            await _run_with_quarantine_sweeper(stage, config, stop)
         finally:
             await spool.aclose()
     finally:
         await audit.aclose()
     log.info("inbound.stopped")
+
+
+async def _run_with_quarantine_sweeper(
+    stage: InboundStage, config: Config, stop: asyncio.Event
+) -> None:
+    """Run ``stage`` and, in the worker of consumer slot 0 only (one sweeper per spool,
+    not one per inbound agent), the quarantine retention sweeper beside it."""
+    from gateway.inbound.quarantine import run_quarantine_sweeper  # it imports this module
+
+    if stage.inbound.slot != 0:
+        await stage.run(stop)
+        return
+    retention = config.inbound.quarantine_retention
+    sweeper = asyncio.create_task(run_quarantine_sweeper(stage.inbound, retention, stop))
+    try:
+        await stage.run(stop)
+    finally:
+        if not stop.is_set():  # the stage failed: stop the sweeper; else it ends on its own
+            sweeper.cancel()
+        await asyncio.gather(sweeper, return_exceptions=True)

@@ -11,7 +11,8 @@ holds what they do alike, so each stage module keeps only what it decides:
 - ``consume``: claim ready entries and process them, at most ``concurrency`` at once,
   polling every ``poll_interval`` when the queue is empty; in-flight entries finish when
   ``stop`` is set;
-- ``drain``: process every entry ready now, one at a time (tests and tools);
+- ``drain``: process every entry ready now, at most ``concurrency`` at once (tests and
+  tools);
 - ``guarded``: run one entry's processing so that a bad message never stops the worker:
   a spool or audit failure leaves the entry in ``active/`` (recovered at the next start);
   any other error puts the entry on hold with a reason naming the error type (never the
@@ -94,14 +95,36 @@ async def consume(
             await asyncio.gather(*running, return_exceptions=True)
 
 
-async def drain(queue: Queue, process: Callable[[Claimed], Awaitable[T | None]]) -> list[T]:
-    """Process every entry ready now, one at a time; ``recover`` must have run."""
+async def drain(
+    queue: Queue,
+    process: Callable[[Claimed], Awaitable[T | None]],
+    *,
+    concurrency: int = 1,
+) -> list[T]:
+    """Process every entry ready now, at most ``concurrency`` at once; the outcomes (None
+    ones left out) in the order they finished. ``recover`` must have run (tests, tools).
+
+    Claims stop at the first empty claim; every started entry finishes before this
+    returns, even on cancellation (as in ``consume``). ``process`` must not raise
+    (``guarded``)."""
     outcomes: list[T] = []
-    while (entry := await queue.claim()) is not None:
-        outcome = await process(entry)
-        if outcome is not None:
-            outcomes.append(outcome)
-    return outcomes
+    running: set[asyncio.Task[T | None]] = set()
+    exhausted = False
+    try:
+        while True:
+            while not exhausted and len(running) < concurrency:
+                entry = await queue.claim()
+                if entry is None:
+                    exhausted = True
+                else:
+                    running.add(asyncio.ensure_future(process(entry)))
+            if not running:
+                return outcomes
+            finished, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            outcomes.extend(o for task in finished if (o := task.result()) is not None)
+    finally:
+        if running:
+            await asyncio.gather(*running, return_exceptions=True)
 
 
 async def guarded(
