@@ -11,8 +11,10 @@ secure agent (reads ``received/``, signs and encrypts per route, hands off to
 ``relay/<route>`` with retries and DSNs), the inbound agent (reads ``inbound/``: decrypts,
 verifies, marks, quarantines; hands off to ``local/``) and local delivery (``[inbound]
 deliver_to``: LMTP, SMTP or maildir), plus the IMAP fetcher when ``[[inbound.imap_fetch]]``
-is configured. The SMTP front answers ``250`` only once a message is
-fsynced into ``received/``.
+is configured (the relay worker only when a route has ``transport = "smtp"``: with
+none it would have no queue to serve and exit at once; the secure agent and the inbound
+agent: ``[gateway] crypto_workers`` processes each). The SMTP front answers ``250``
+only once a message is fsynced into ``received/``.
 
 Least privilege: this process is the SMTP front; it loads the TLS key of its listeners
 but never an S/MIME private key (the configuration is loaded with ``agent_keys=False``);
@@ -73,7 +75,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
             workers = await start_workers(
                 config,
                 agents=crypto_worker_count(config),
-                relays=1,
+                relays=1 if _has_smtp_route(config) else 0,
                 inbound=crypto_worker_count(config),
                 delivery=1,
                 imap=1 if config.inbound.imap_fetch else 0,
@@ -114,3 +116,8 @@ def _stop_on_signals() -> asyncio.Event:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     return stop
+
+
+def _has_smtp_route(config: Config) -> bool:
+    """Whether a relay worker has a ``relay/<route>`` queue to serve."""
+    return any(route.transport == "smtp" for route in config.routes)
