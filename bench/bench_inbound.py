@@ -60,15 +60,14 @@ from cryptography import x509  # noqa: E402
 
 from gateway.audit import AuditSink  # noqa: E402
 from gateway.config import Config  # noqa: E402
-from gateway.inbound.delivery import (  # noqa: E402
-    DEFAULT_CONCURRENCY,
+from gateway.inbound.delivery import DEFAULT_CONCURRENCY, LocalDelivery  # noqa: E402
+from gateway.inbound.stage import InboundStage  # noqa: E402
+from gateway.inbound.store_client import (  # noqa: E402
     DEFAULT_CONNECTIONS,
-    LocalDelivery,
     StorePool,
     StoreTarget,
     send_over_protocol,
 )
-from gateway.inbound.stage import InboundStage  # noqa: E402
 from gateway.pki.dev import DevPki, init_dev_pki  # noqa: E402
 from gateway.pki.store import load_private_key  # noqa: E402
 from gateway.relay import protect  # noqa: E402

@@ -13,8 +13,10 @@ the ``[NON VÉRIFIÉ]`` Subject tag).
 spool's ``inbound/`` queue (one copy per recipient, opened with its own key), hands what
 may be delivered to ``local/``, holds the rest in quarantine with a DSN to the sender, and
 records every decision in the audit trail. ``delivery.LocalDelivery`` delivers ``local/``
-per ``[inbound] deliver_to`` (LMTP, SMTP, maildir) with the outbound retry rules.
-``imap_fetch`` pulls remote mailboxes into ``inbound/``. Not built yet: MDNs on delivery.
+per ``[inbound] deliver_to`` with the outbound retry rules (and queues the dispatched MDN
+a message asks for): over LMTP or SMTP through ``store_client.StorePool`` (RFC 2033,
+RFC 5321, STARTTLS per RFC 3207), or into ``maildir.deliver_to_maildir``.
+``imap_fetch`` pulls remote mailboxes into ``inbound/``.
 
 Trust level: runs in the secure agent's worker processes, which alone hold private keys
 and never listen on a socket (STYLE §9).

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.inbound.delivery import LocalDelivery, PermanentFailure, mailbox_of
+from gateway.inbound.delivery import LocalDelivery
+from gateway.inbound.maildir import PermanentFailure, mailbox_of
 from gateway.pki.dev import DevPki
 from gateway.spool import LOCAL, RECEIVED, Origin
 from tests.inbound.site import (

@@ -22,7 +22,8 @@ import pytest
 
 from gateway.audit import AuditEvent
 from gateway.config import Config
-from gateway.inbound.delivery import MAX_IDLE, LocalDelivery, StorePool, StoreTarget
+from gateway.inbound.delivery import LocalDelivery
+from gateway.inbound.store_client import MAX_IDLE, StorePool, StoreTarget
 from gateway.pki.dev import DevPki
 from gateway.spool import LOCAL, Origin, RecipientStatus
 from tests.inbound.site import (

@@ -9,7 +9,7 @@ for chu-a.test, STARTTLS offered with the development PKI's certificate).
   recipients keeps each recipient's outcome (RFC 5321 §4.1.1.4: one DATA reply for
   every accepted recipient);
 - a ``5xx`` bounces the recipient with a failure DSN to the sender;
-- "STARTTLS required unless loopback" (``gateway.inbound.delivery``): to 127.0.0.1 the
+- "STARTTLS required unless loopback" (``gateway.inbound.store_client``): to 127.0.0.1 the
   session stays in clear (Postfix writes ``with ESMTP``); the other branch is reached
   with ``is_loopback`` patched to say "not loopback" (the tests only use loopback
   addresses): the session then uses STARTTLS with the server certificate verified
@@ -30,7 +30,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import Config
-from gateway.inbound import delivery
+from gateway.inbound import store_client
 from gateway.inbound.delivery import DeliveryOutcome, LocalDelivery
 from gateway.inbound.stage import InboundStage
 from gateway.pki.dev import DevPki
@@ -146,7 +146,7 @@ def stored_in(server: PostfixInstance, address: str) -> list[bytes]:
 @pytest.fixture
 def remote(monkeypatch: pytest.MonkeyPatch) -> None:
     """Treat 127.0.0.1 as a remote host: the "TLS required" branch of the rule."""
-    monkeypatch.setattr(delivery, "is_loopback", lambda host: False)
+    monkeypatch.setattr(store_client, "is_loopback", lambda host: False)
 
 
 # -- delivery -------------------------------------------------------------------------------

@@ -1,0 +1,371 @@
+"""The LMTP/SMTP client of local delivery and its connection pool.
+
+Role: hand one message to the hospital's mail store for some recipients and say, per
+recipient, what the store answered (``StoreReply``). ``gateway.inbound.delivery`` (the
+stage runner) calls ``StorePool.deliver`` for ``[inbound] deliver_to = "lmtp://..."``
+or ``"smtp://..."``; ``send_over_protocol`` does the same on a connection of its own.
+
+Protocols:
+
+- LMTP (RFC 2033): LHLO, MAIL, one RCPT per recipient, DATA, then *one reply per
+  accepted RCPT*, in RCPT order (§4.2): each recipient's outcome is its own;
+- SMTP (RFC 5321) to the hospital's server: EHLO, then STARTTLS (RFC 3207) is required
+  unless the host is a loopback address (``is_loopback``); the server certificate is
+  verified with the ``ssl.SSLContext`` of the ``StoreTarget`` (the stage builds it from
+  ``[trust] anchors`` and the system store). One DATA reply (§4.1.1.4) counts for every
+  accepted recipient. ``QUIT`` waits briefly for its ``221`` (§4.1.1.10).
+
+Connections (RFC 2033 §4.1, RFC 5321 §4.1.1.5): an LMTP or SMTP session carries many
+transactions, so ``StorePool`` keeps up to ``size`` sessions open (default
+``DEFAULT_CONNECTIONS``) and hands one to each transaction in turn; callers beyond that
+wait for a free session. A reused session is reset with ``RSET`` before its next
+``MAIL``; if that probe fails (the store closed the connection, a ``421``, a reset
+socket, a timeout) the session is dropped and the transaction runs on a fresh one:
+nothing of the message was sent yet, so this cannot deliver twice. A session idle for
+``MAX_IDLE`` seconds or open for ``MAX_AGE`` is closed (``QUIT``) rather than reused;
+any error inside a transaction closes its session.
+
+Invariants and failures: a refused connection, a timeout, a TLS error, a protocol error
+or a refusal of the whole session (greeting, hello, STARTTLS, MAIL) raise
+``TemporaryFailure`` (the caller defers every recipient); a per-recipient refusal is a
+``StoreReply`` in the list, one per recipient in the caller's order. Every read is
+bounded: ``MAX_LINE`` per line, ``COMMAND_TIMEOUT`` per reply, ``DATA_TIMEOUT`` for the
+replies after the message.
+
+Security: off loopback an SMTP session without STARTTLS gets nothing of the message,
+and the handshake verifies the server name and certificate with the target's context
+(``ssl.create_default_context()`` when it has none). This module logs only
+``delivery.session_dropped`` with a transaction count: no address, no content.
+
+Written by hand: a few commands on an asyncio stream (aiosmtplib is not a dependency,
+has no LMTP mode nor pool, and ``smtplib.LMTP`` misreads RFC 2033 §4.2 replies); reply
+parsing and dot-stuffing reuse ``gateway.relay.client``.
+
+Trust level: runs in the delivery worker (``missive worker delivery``), which holds no
+private key; it sends decrypted content to the local store, the end of the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from gateway.log import get_logger
+from gateway.relay.client import DotStuffer, ProtocolError, Reply, ReplyParser
+
+log = get_logger("inbound.store_client")
+
+DEFAULT_CONNECTIONS = 4  # sessions open at once to the mail store
+MAX_IDLE = 5.0  # seconds a pooled session may stay unused before it is closed
+MAX_AGE = 300.0  # seconds a pooled session is used at most (then closed and reopened)
+COMMAND_TIMEOUT = 60.0
+QUIT_TIMEOUT = 5.0
+DATA_TIMEOUT = 600.0
+MAX_LINE = 4096
+
+
+@dataclass(frozen=True)
+class StoreReply:
+    """The store's answer for one recipient: an SMTP code and its text."""
+
+    code: int
+    text: str
+
+    @property
+    def delivered(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def permanent(self) -> bool:
+        return 500 <= self.code < 600
+
+
+class TemporaryFailure(Exception):
+    """The store could not be reached or spoke nonsense: try again later."""
+
+
+class _Conversation:
+    """One LMTP or SMTP connection: commands and multi-line replies."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader = reader
+        self.writer = writer
+
+    async def reply(self, timeout: float = COMMAND_TIMEOUT) -> Reply:
+        parser = ReplyParser()
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.reader.readline()
+                if not line:
+                    raise TemporaryFailure("connection closed by the mail store")
+                reply = parser.feed(line)
+                if reply is not None:
+                    return reply
+
+    async def command(self, line: str) -> Reply:
+        self.writer.write(line.encode("utf-8") + b"\r\n")
+        await self.writer.drain()
+        return await self.reply()
+
+    async def close(self) -> None:
+        """``QUIT``, its ``221`` awaited briefly (RFC 5321 §4.1.1.10), then close; a dead
+        or silent peer is not an error here."""
+        try:
+            self.writer.write(b"QUIT\r\n")
+            await self.writer.drain()
+            await self.reply(QUIT_TIMEOUT)
+        except (OSError, RuntimeError, TimeoutError, TemporaryFailure, ProtocolError):
+            pass
+        self.writer.close()
+        try:
+            await self.writer.wait_closed()
+        except (OSError, ssl.SSLError):
+            pass
+
+
+def is_loopback(host: str) -> bool:
+    """True for a loopback address or ``localhost`` (TLS optional there)."""
+    if host.lower() in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
+class StoreTarget:
+    """Where ``LocalDelivery`` talks LMTP or SMTP, and how it introduces itself."""
+
+    lmtp: bool
+    host: str
+    port: int
+    helo: str
+    tls_context: ssl.SSLContext | None = None
+
+
+class StoreSession:
+    """One open session with the store, greeted (and, for SMTP off loopback, under TLS);
+    it runs one mail transaction after another (module docstring, "Connections")."""
+
+    def __init__(self, talk: _Conversation, target: StoreTarget) -> None:
+        self.talk = talk
+        self.target = target
+        self.opened = time.monotonic()
+        self.last_used = self.opened
+        self.transactions = 0
+
+    @classmethod
+    async def open(cls, target: StoreTarget) -> StoreSession:
+        """Connect, read the greeting, LHLO/EHLO (and STARTTLS); ``TemporaryFailure``."""
+        try:
+            reader, writer = await asyncio.wait_for(
+                asyncio.open_connection(target.host, target.port, limit=MAX_LINE),
+                COMMAND_TIMEOUT,
+            )
+        except (OSError, TimeoutError) as error:
+            raise TemporaryFailure(
+                f"cannot connect to {target.host}:{target.port}: {error}"
+            ) from error
+        talk = _Conversation(reader, writer)
+        try:
+            await _introduce(talk, target)
+        except BaseException as error:
+            await talk.close()
+            if isinstance(error, _SESSION_ERRORS):
+                raise TemporaryFailure(f"{type(error).__name__}: {error}") from error
+            raise
+        return cls(talk, target)
+
+    def expired(self, now: float) -> bool:
+        """Too long idle or too old to be reused."""
+        return now - self.last_used > MAX_IDLE or now - self.opened > MAX_AGE
+
+    async def reset(self) -> bool:
+        """``RSET`` before reusing the session; False if the session is no longer usable."""
+        try:
+            reply = await self.talk.command("RSET")
+        except (TemporaryFailure, *_SESSION_ERRORS):
+            return False
+        return reply.code == 250
+
+    async def send(
+        self, mail_from: str, recipients: Sequence[str], content: bytes
+    ) -> list[StoreReply]:
+        """One mail transaction; ``TemporaryFailure`` (the session is then unusable)."""
+        try:
+            replies = await _mail_transaction(
+                self.talk, self.target.lmtp, mail_from, recipients, content
+            )
+        except _SESSION_ERRORS as error:
+            raise TemporaryFailure(f"{type(error).__name__}: {error}") from error
+        self.transactions += 1
+        self.last_used = time.monotonic()
+        return replies
+
+    async def close(self) -> None:
+        """``QUIT`` and close (errors ignored)."""
+        await self.talk.close()
+
+
+_SESSION_ERRORS = (OSError, TimeoutError, ProtocolError, ssl.SSLError)
+
+
+class StorePool:
+    """Up to ``size`` sessions with one store, reused across transactions.
+
+    ``deliver`` waits for a free slot, takes an idle session (``RSET`` first) or opens
+    one, runs the transaction and gives the session back; a session that failed is
+    closed, never given back. ``opened`` counts the connections made (for tests and
+    the benchmark). ``aclose`` closes the idle sessions; call it when the stage stops.
+    """
+
+    def __init__(self, target: StoreTarget, *, size: int = DEFAULT_CONNECTIONS) -> None:
+        if size < 1:
+            raise ValueError("the pool needs at least one connection")
+        self.target = target
+        self.size = size
+        self.opened = 0
+        self._slots = asyncio.Semaphore(size)
+        self._idle: list[StoreSession] = []
+
+    async def deliver(
+        self, mail_from: str, recipients: Sequence[str], content: bytes
+    ) -> list[StoreReply]:
+        """One transaction on a pooled session; ``TemporaryFailure`` as
+        ``send_over_protocol``."""
+        async with self._slots:
+            session = await self._take()
+            try:
+                replies = await session.send(mail_from, recipients, content)
+            except BaseException:
+                await session.close()
+                raise
+            self._idle.append(session)
+            return replies
+
+    async def _take(self) -> StoreSession:
+        """The most recently used idle session that still answers ``RSET``, else a new
+        one; expired and broken sessions are closed on the way."""
+        while self._idle:
+            session = self._idle.pop()
+            try:
+                usable = not session.expired(time.monotonic()) and await session.reset()
+            except BaseException:  # cancelled while probing: never leak the socket
+                await session.close()
+                raise
+            if usable:
+                return session
+            log.info("delivery.session_dropped", transactions=session.transactions)
+            await session.close()
+        session = await StoreSession.open(self.target)
+        self.opened += 1
+        return session
+
+    async def close_expired(self, now: float | None = None) -> int:
+        """Close the idle sessions past ``MAX_IDLE`` or ``MAX_AGE`` at ``now`` (monotonic,
+        default: the current time), so a quiet worker holds no half-closed sockets; the
+        number closed."""
+        moment = time.monotonic() if now is None else now
+        expired = [session for session in self._idle if session.expired(moment)]
+        self._idle = [session for session in self._idle if session not in expired]
+        for session in expired:
+            await session.close()
+        return len(expired)
+
+    async def aclose(self) -> None:
+        """Close every idle session (``QUIT``)."""
+        idle, self._idle = self._idle, []
+        for session in idle:
+            await session.close()
+
+
+async def send_over_protocol(
+    *,
+    lmtp: bool,
+    host: str,
+    port: int,
+    helo: str,
+    mail_from: str,
+    recipients: Sequence[str],
+    content: bytes,
+    tls_context: ssl.SSLContext | None = None,
+) -> list[StoreReply]:
+    """Deliver ``content`` once to ``recipients`` on a connection of its own; one
+    ``StoreReply`` per recipient (``StorePool`` reuses connections instead).
+
+    LMTP: one reply per accepted RCPT after DATA (RFC 2033 §4.2). SMTP: STARTTLS unless
+    ``host`` is loopback (``TemporaryFailure`` if not offered), the DATA reply for all.
+    ``TemporaryFailure`` for a connection problem or a refusal of the whole session."""
+    session = await StoreSession.open(StoreTarget(lmtp, host, port, helo, tls_context))
+    try:
+        return await session.send(mail_from, recipients, content)
+    finally:
+        await session.close()
+
+
+async def _introduce(talk: _Conversation, target: StoreTarget) -> None:
+    """Greeting, LHLO/EHLO, and STARTTLS for SMTP off loopback (RFC 3207)."""
+    greeting = await talk.reply()
+    if greeting.code != 220:
+        raise TemporaryFailure(f"greeting {greeting.code} {greeting.text}")
+    hello = await talk.command(f"{'LHLO' if target.lmtp else 'EHLO'} {target.helo}")
+    _expect(hello, "hello")
+    if not target.lmtp and not is_loopback(target.host):
+        await _starttls(talk, hello, target.host, target.helo, target.tls_context)
+
+
+async def _mail_transaction(
+    talk: _Conversation,
+    lmtp: bool,
+    mail_from: str,
+    recipients: Sequence[str],
+    content: bytes,
+) -> list[StoreReply]:
+    """MAIL, one RCPT per recipient, DATA and its reply or replies (module docstring)."""
+    _expect(await talk.command(f"MAIL FROM:<{mail_from}>"), "MAIL FROM")
+    replies: dict[str, StoreReply] = {}
+    accepted: list[str] = []
+    for address in recipients:
+        reply = await talk.command(f"RCPT TO:<{address}>")
+        replies[address] = StoreReply(reply.code, reply.text)
+        if reply.code in (250, 251):
+            accepted.append(address)
+    if not accepted:
+        return [replies[address] for address in recipients]
+    start = await talk.command("DATA")
+    if start.code != 354:
+        return [
+            replies[a] if a not in accepted else StoreReply(start.code, start.text)
+            for a in recipients
+        ]
+    stuffer = DotStuffer()
+    talk.writer.write(stuffer.feed(content) + stuffer.finish())
+    await talk.writer.drain()
+    if lmtp:  # one reply per accepted recipient, in RCPT order (RFC 2033 §4.2)
+        for address in accepted:
+            reply = await talk.reply(DATA_TIMEOUT)
+            replies[address] = StoreReply(reply.code, reply.text)
+    else:  # one reply for the whole transaction (RFC 5321 §4.1.1.4)
+        reply = await talk.reply(DATA_TIMEOUT)
+        replies.update({address: StoreReply(reply.code, reply.text) for address in accepted})
+    return [replies[address] for address in recipients]
+
+
+async def _starttls(
+    talk: _Conversation, hello: Reply, host: str, helo: str, context: ssl.SSLContext | None
+) -> None:
+    if not any(line.upper().startswith("STARTTLS") for line in hello.lines[1:]):
+        raise TemporaryFailure(f"{host} does not offer STARTTLS (required: not loopback)")
+    _expect(await talk.command("STARTTLS"), "STARTTLS", code=220)
+    await talk.writer.start_tls(context or ssl.create_default_context(), server_hostname=host)
+    _expect(await talk.command(f"EHLO {helo}"), "EHLO after STARTTLS")
+
+
+def _expect(reply: Reply, what: str, code: int = 250) -> None:
+    if reply.code != code:
+        raise TemporaryFailure(f"{what} refused: {reply.code} {reply.text}")
