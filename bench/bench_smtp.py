@@ -1,7 +1,7 @@
 """Benchmark of the SMTP front: accepted messages per second, spooled durably before 250.
 
 Usage: ``python bench/bench_smtp.py [--smoke] [--messages N] [--sessions S] [--size BYTES]
-[--dir DIR] [--audit-sync FULL|NORMAL]``.
+[--rounds R] [--dir DIR] [--audit-sync FULL|NORMAL]``.
 
 Every figure comes with baselines measured in the same run, on the same machine, with the
 same client (the machine is shared and noisy: compare ratios, not absolute numbers):
@@ -21,6 +21,10 @@ TLS on: ``smtp-source`` has no STARTTLS, so one Python asyncio client (S session
 connection and a STARTTLS handshake per message) drives bare aiosmtpd with STARTTLS and
 the Missive relay listener with STARTTLS; the client's own CPU is in both figures.
 
+``--rounds R`` runs the whole sequence R times and reports, per case, the median rate
+and the median (and range) of the ratios, each against the baseline of its own round:
+on a shared machine one slow baseline can move a single ratio by 20 points or more.
+
 Target (issue 5): Missive >= 70 % of bare aiosmtpd. ``--smoke`` runs each case with a
 few messages so CI proves the benchmark runs; its numbers mean nothing.
 """
@@ -31,6 +35,7 @@ import argparse
 import asyncio
 import shutil
 import ssl
+import statistics
 import sys
 import tempfile
 import time
@@ -302,12 +307,24 @@ async def measure(
     return Result(case, messages, seconds, baseline)
 
 
-async def run_all(args: argparse.Namespace, work: Path) -> list[Result]:
+async def run_all(args: argparse.Namespace, work: Path) -> list[list[Result]]:
+    """``args.rounds`` rounds of every case, each round in a directory of its own."""
     pki = init_dev_pki(work / "pki", servers=("mx.chu-a.test",))
     ca = work / "ca.pem"
     ca.write_bytes(pki.root_cert.read_bytes() + pki.intermediates.read_bytes())
     server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     server_tls.load_cert_chain(pki.server_cert("mx.chu-a.test"), pki.server_key("mx.chu-a.test"))
+    rounds = []
+    for number in range(args.rounds):
+        directory = work / f"round{number}"
+        directory.mkdir()
+        rounds.append(await run_round(args, directory, pki, ca, server_tls))
+    return rounds
+
+
+async def run_round(
+    args: argparse.Namespace, work: Path, pki: DevPki, ca: Path, server_tls: ssl.SSLContext
+) -> list[Result]:
     n, s, size = args.messages, args.sessions, args.size
     results = []
     async with smtp_sink() as port:
@@ -358,14 +375,25 @@ async def run_all(args: argparse.Namespace, work: Path) -> list[Result]:
     return results
 
 
-def report(results: list[Result]) -> None:
-    by_case = {result.case: result for result in results}
-    print(f"{'case':<44}{'msg/s':>10}{'vs baseline':>13}")
-    for result in results:
-        ratio = ""
-        if result.baseline is not None:
-            ratio = f"{result.per_second / by_case[result.baseline].per_second:.0%}"
-        print(f"{result.case:<44}{result.per_second:>10,.0f}{ratio:>13}")
+def report(rounds: list[list[Result]]) -> None:
+    """Per case: the median rate over the rounds and the median of the per-round ratios
+    (each against the baseline of its own round), with their range when rounds > 1."""
+    print(f"{'case':<44}{'msg/s':>10}{'vs baseline':>13}{'ratio range':>16}")
+    for index, first in enumerate(rounds[0]):
+        per_round = [results[index] for results in rounds]
+        rate = statistics.median(result.per_second for result in per_round)
+        ratio = spread = ""
+        if first.baseline is not None:
+            ratios = [_ratio(results, results[index]) for results in rounds]
+            ratio = f"{statistics.median(ratios):.0%}"
+            if len(ratios) > 1:
+                spread = f"{min(ratios):.0%}-{max(ratios):.0%}"
+        print(f"{first.case:<44}{rate:>10,.0f}{ratio:>13}{spread:>16}")
+
+
+def _ratio(results: list[Result], result: Result) -> float:
+    baseline = next(other for other in results if other.case == result.baseline)
+    return result.per_second / baseline.per_second
 
 
 def main(argv: list[str]) -> int:
@@ -374,6 +402,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--messages", type=int, default=2000)
     parser.add_argument("--sessions", type=int, default=20)
     parser.add_argument("--size", type=int, default=10240)
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="repeat every case; report medians (noisy machine)"
+    )
     parser.add_argument("--dir", type=Path, default=None, help="spool and audit go here")
     parser.add_argument(
         "--audit-sync",
@@ -386,10 +417,10 @@ def main(argv: list[str]) -> int:
         args.messages = 40
     work = Path(tempfile.mkdtemp(prefix="mv-bench-smtp-", dir=args.dir))
     try:
-        results = asyncio.run(run_all(args, work))
+        rounds = asyncio.run(run_all(args, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    report(results)
+    report(rounds)
     return 0
 
 

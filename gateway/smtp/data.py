@@ -1,11 +1,23 @@
-"""Receiving DATA line by line: end detection, un-dot-stuffing, limits, smuggling (sans-IO).
+"""Receiving DATA by lines or blocks: end detection, un-dot-stuffing, limits, smuggling (sans-IO).
 
-Role: the session reads lines ending in CRLF (or fragments of an over-long line) and feeds
-them here; this object says when the message ended, hands out the dot-unstuffed content in
-chunks for the spool, keeps the header section for the after-DATA policy, and records the
-first problem found. Once a problem is found nothing more is kept, but the session must
-still read up to the final dot before replying (RFC 5321 §4.2.5: the reply comes after the
+Role: the session feeds the data as it reads it, either line by line (``feed_line``,
+``feed_fragment`` for a piece of an over-long line) or in blocks (``feed_block``: what
+``StreamReader.readuntil(b".\r\n")`` returns, ``gateway.smtp.session.read_block``);
+this object says when the message ended, hands out the dot-unstuffed content in chunks
+for the spool, keeps the header section for the after-DATA policy, and records the first
+problem found. Once a problem is found nothing more is kept, but the session must still
+read up to the final dot before replying (RFC 5321 §4.2.5: the reply comes after the
 end of data).
+
+Blocks (the fast path of the SMTP front, issue 5): a block never goes past the first
+``.<CRLF>`` of the stream, so the final dot can only be at its end and the bytes a client
+pipelined after it stay in the reader for the next command. The complete lines of a
+block are judged together with ``bytes`` methods (CR, LF and CRLF counts, line lengths,
+``replace`` for the transparency dots) when they are body lines with no problem;
+anything else (header lines, a line with a problem, the size limit reached) goes
+through the same per-line code as ``feed_line``, so both ways give the same outcome,
+content and headers (a test drives both through a real ``StreamReader``). A partial
+line is kept for the next block; one longer than ``MAX_LINE`` is dropped at once.
 
 Rules (each decides a reply):
 
@@ -29,6 +41,8 @@ from gateway.smtp.replies import Reply
 
 MAX_LINE = 1001  # 998 octets + CRLF (RFC 5321 §4.5.3.1.6) + the transparency dot
 END_OF_DATA = b".\r\n"
+_CRLF = b"\r\n"
+_FINAL_LINE = b"\r\n.\r\n"  # the final dot with the end of the line before it
 HEADER_LIMIT = 256 * 1024  # larger header sections are refused (552 5.3.4)
 CHUNK_SIZE = 64 * 1024
 
@@ -46,6 +60,8 @@ class DataReceiver:
         self._headers = bytearray()
         self._in_headers = True
         self._in_fragment = False
+        self._partial = b""  # feed_block: the start of a line not ended yet
+        self._at_line_start = True  # feed_block: _partial starts a line (not a tail)
 
     @property
     def headers(self) -> bytes:
@@ -75,6 +91,56 @@ class DataReceiver:
         """Part of a line too long for the reader: the message is refused."""
         self._in_fragment = True
         self._fail(r.LINE_TOO_LONG)
+
+    def feed_block(self, block: bytes) -> bool:
+        """Bytes as read from the stream, never past its first ``.<CRLF>`` since the last
+        block (``gateway.smtp.session.read_block``); True when it ended with the final dot."""
+        text = self._partial + block if self._partial else block
+        final = text.find(_FINAL_LINE)
+        if self._at_line_start and text.startswith(END_OF_DATA):
+            final = -2  # the final dot is the first line
+        if final != -1 and final != len(text) - len(_FINAL_LINE):
+            raise ValueError("block read past the final dot")  # read_block never does
+        if final != -1:
+            self._partial = b""
+            self._feed_complete(text[: final + len(_CRLF)])
+            self.ended = True
+            return True
+        end = text.rfind(_CRLF) + len(_CRLF)  # 1 when there is no CRLF: no whole line
+        if end == 1:
+            end = 0
+        self._feed_complete(text[:end])
+        self._at_line_start = self._at_line_start or end > 0
+        self._partial = text[end:]
+        if len(self._partial) > MAX_LINE:
+            self.feed_fragment(self._partial)
+            self._partial, self._at_line_start = b"", False
+        return False
+
+    def _feed_complete(self, lines: bytes) -> None:
+        """Whole lines (``lines`` ends in CRLF), the final dot not among them."""
+        if not lines:
+            return
+        if self.problem is not None:
+            self._in_fragment = False  # what feed_line would do: nothing kept
+            return
+        if self._in_headers:
+            end_of_headers = _end_of_headers(lines)
+            self._feed_each(lines[:end_of_headers])
+            lines = lines[end_of_headers:]
+            if not lines or self.problem is not None:
+                return
+        content = _clean_body(lines) if not self._in_fragment else None
+        if content is None or self.size + len(content) > self.max_size:
+            self._feed_each(lines)  # the per-line path finds and names the problem
+            return
+        self.size += len(content)
+        self._pending += content
+
+    def _feed_each(self, lines: bytes) -> None:
+        """The per-line path, on lines cut exactly where ``readuntil(b"\r\n")`` would."""
+        for line in lines.split(_CRLF)[:-1]:
+            self.feed_line(line + _CRLF)
 
     def take_chunk(self, *, final: bool = False) -> bytes:
         """Content ready for the spool (at least ``chunk_size`` unless ``final``)."""
@@ -108,3 +174,24 @@ class DataReceiver:
         if self.problem is None:
             self.problem = reply
         self._pending.clear()
+
+
+def _end_of_headers(lines: bytes) -> int:
+    """Offset just past the empty line that ends the header section (or the end)."""
+    if lines.startswith(_CRLF):
+        return len(_CRLF)
+    empty = lines.find(b"\r\n\r\n")
+    return len(lines) if empty == -1 else empty + 2 * len(_CRLF)
+
+
+def _clean_body(lines: bytes) -> bytes | None:
+    """Body lines without a problem, dot-unstuffed; None if any line has one (bare CR or
+    LF, RFC 5321 §2.3.8; longer than ``MAX_LINE``), for the per-line path to name it."""
+    crlf = lines.count(_CRLF)
+    if lines.count(b"\r") != crlf or lines.count(b"\n") != crlf:
+        return None
+    if len(lines) > MAX_LINE and max(map(len, lines.split(b"\n"))) >= MAX_LINE:
+        return None  # a piece of MAX_LINE octets + LF is a line longer than MAX_LINE
+    if lines.startswith(b".") or b"\r\n." in lines:
+        return (_CRLF + lines).replace(b"\r\n.", _CRLF)[len(_CRLF) :]
+    return lines

@@ -85,35 +85,117 @@ class MessageFacts:
     @classmethod
     def from_headers(cls, headers: bytes) -> MessageFacts:
         """Parse the header section; a missing, repeated or unparsable From: is 550 5.6.0."""
-        from_lines = _strict_from_count(headers)
-        message = BytesHeaderParser(policy=default_policy).parsebytes(headers + b"\r\n")
-        fields = message.get_all("From") or []
-        if len(fields) != 1 or from_lines != 1:
-            raise SmtpReply(r.BAD_HEADER, f"{max(len(fields), from_lines)} From: fields")
-        addresses = tuple(_header_address(item) for item in getattr(fields[0], "addresses", ()))
-        if not addresses:
-            raise SmtpReply(r.BAD_HEADER, "From: without an address")
-        return cls(addresses, _is_smime(message.get_content_type(), message.get_param("protocol")))
+        fields = _policy_fields(headers)
+        if len(fields.from_fields) != 1:
+            raise SmtpReply(r.BAD_HEADER, f"{len(fields.from_fields)} From: fields")
+        addresses = _simple_from(fields.from_fields[0])
+        smime = _simple_smime(fields.content_types)
+        if addresses is None or smime is None:
+            message = BytesHeaderParser(policy=default_policy).parsebytes(fields.joined())
+            if addresses is None:
+                addresses = _parsed_from(message.get_all("From") or [])
+            if smime is None:
+                smime = _is_smime(message.get_content_type(), message.get_param("protocol"))
+        return cls(addresses, smime)
 
 
 _FIELD_NAME = re.compile(rb"[!-9;-~]+:")  # RFC 5322 §3.6.8: printable, no space, no colon
 
 
-def _strict_from_count(headers: bytes) -> int:
-    """Count the From: fields by RFC 5322's own rules, refusing any line that is neither
-    a field nor a continuation. The stdlib parser skips what it cannot read (e.g. the
-    obsolete ``From :`` form, RFC 5322 §4.5.1), and a mail reader may still show it: the
-    policy must never judge fewer From: fields than a reader could see."""
-    count = 0
+@dataclass(frozen=True)
+class _PolicyFields:
+    """The raw From: and Content-Type: fields (with their continuation lines, in order)."""
+
+    from_fields: tuple[bytes, ...]
+    content_types: tuple[bytes, ...]
+    in_order: tuple[bytes, ...]
+
+    def joined(self) -> bytes:
+        """A header section of these fields only, for the stdlib parser."""
+        return b"".join(self.in_order) + b"\r\n"
+
+
+def _policy_fields(headers: bytes) -> _PolicyFields:
+    """Pick the From: and Content-Type: fields by RFC 5322's own rules, refusing any line
+    that is neither a field nor a continuation. The stdlib parser skips what it cannot
+    read (e.g. the obsolete ``From :`` form, RFC 5322 §4.5.1), and a mail reader may
+    still show it: the policy must never judge fewer From: fields than a reader could
+    see. Only these fields are parsed (the others cost time and decide nothing)."""
+    kept: list[list[bytes]] = []
+    current: list[bytes] | None = None
     for line in headers.split(b"\r\n"):
-        if not line or line[:1] in (b" ", b"\t"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if current is not None:
+                current.append(line + b"\r\n")
             continue
         match = _FIELD_NAME.match(line)
         if match is None:
             raise SmtpReply(r.BAD_HEADER, "malformed header field")
-        if match.group()[:-1].lower() == b"from":
-            count += 1
-    return count
+        current = None
+        if match.group()[:-1].lower() in (b"from", b"content-type"):
+            current = [line + b"\r\n"]
+            kept.append(current)
+    fields = tuple(b"".join(field) for field in kept)
+    return _PolicyFields(
+        from_fields=tuple(f for f in fields if f[:5].lower() == b"from:"),
+        content_types=tuple(f for f in fields if f[:5].lower() != b"from:"),
+        in_order=fields,
+    )
+
+
+# Fast paths, each for a form the stdlib parser reads the same way (a differential test
+# checks it, tests/smtp/test_policy_fast_path.py); anything else goes to the stdlib.
+_DOT_ATOM_LOCAL = rb"[A-Za-z0-9_+-]+(?:\.[A-Za-z0-9_+-]+)*"
+_DOMAIN = rb"[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+_ADDRESS = rb"(?P<local>" + _DOT_ATOM_LOCAL + rb")@(?P<domain>" + _DOMAIN + rb")"
+_SIMPLE_FROM = re.compile(
+    rb"[Ff][Rr][Oo][Mm]:[ \t]*"
+    rb"(?:" + _ADDRESS + rb"|(?:[A-Za-z0-9_-]+(?: [A-Za-z0-9_-]+)* ?"
+    rb'|"[A-Za-z0-9 ._-]*" ?)?<' + _ADDRESS.replace(b"?P<", b"?P<a_") + rb">)"
+    rb"[ \t]*\r\n"
+)
+_SIMPLE_CONTENT_TYPE = re.compile(
+    rb"[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-[Tt][Yy][Pp][Ee]:[ \t]*"
+    rb"(?P<type>[A-Za-z0-9!#$&^_.+-]+/[A-Za-z0-9!#$&^_.+-]+)[ \t]*(?:;[^\r\n]*)?\r\n"
+)
+
+
+def _simple_from(field: bytes) -> tuple[Address, ...] | None:
+    """The address of a one-line From: of the plain forms ``a@b``, ``<a@b>``,
+    ``Name <a@b>``, ``"Name" <a@b>`` (ASCII dot-atoms); None for anything else."""
+    match = _SIMPLE_FROM.fullmatch(field)
+    if match is None:
+        return None
+    local = match.group("local") or match.group("a_local")
+    domain = match.group("domain") or match.group("a_domain")
+    return (Address(local.decode("ascii"), domain.decode("ascii").lower()),)
+
+
+def _simple_smime(content_types: tuple[bytes, ...]) -> bool | None:
+    """False when the content type is plainly neither S/MIME signed nor enveloped (no
+    Content-Type: is text/plain, RFC 2045 §5.2); None when the stdlib must decide."""
+    if not content_types:
+        return False
+    if len(content_types) > 1:
+        return None
+    match = _SIMPLE_CONTENT_TYPE.fullmatch(content_types[0])
+    if match is None:
+        return None
+    content_type = match.group("type").decode("ascii").lower()
+    if content_type == "multipart/signed" or content_type in _ENVELOPED_TYPES:
+        return None
+    return False
+
+
+def _parsed_from(fields: list[object]) -> tuple[Address, ...]:
+    if len(fields) != 1:
+        raise SmtpReply(r.BAD_HEADER, f"{len(fields)} From: fields")
+    addresses = tuple(_header_address(item) for item in getattr(fields[0], "addresses", ()))
+    if not addresses:
+        raise SmtpReply(r.BAD_HEADER, "From: without an address")
+    return addresses
 
 
 def _header_address(address: HeaderAddress) -> Address:

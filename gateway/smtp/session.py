@@ -19,8 +19,10 @@ Invariants:
 - The reply to a refusal comes from ``SmtpReply`` via ``replies.reply_line`` only.
 - Commands pipelined before STARTTLS are discarded (RFC 3207 §4.2): aiosmtpd clears its
   read buffer when the TLS layer comes up; a test checks it.
-- During DATA the idle limit is ``data_timeout``, measured from the last line read
-  (a time stamp per line, the timer re-armed only when it fires).
+- During DATA the idle limit is ``data_timeout``, measured from the last bytes read
+  (a time stamp per block read, the timer re-armed only when it fires). DATA is read
+  in blocks that never go past a ``.<CRLF>`` (``read_block``), so
+  commands pipelined after the final dot stay for the command loop.
 
 Trust level: faces the Internet; holds no private key but the TLS one; never logs
 message content, Subject or a password.
@@ -33,7 +35,7 @@ import base64
 import binascii
 import ssl
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -45,7 +47,7 @@ from gateway.config.model import Listener
 from gateway.log import get_logger
 from gateway.smime.types import ChainValidator
 from gateway.smtp import replies as r
-from gateway.smtp.data import DataReceiver
+from gateway.smtp.data import END_OF_DATA, DataReceiver
 from gateway.smtp.envelope import MailCommand, RcptCommand, parse_mail, parse_rcpt, to_recipient
 from gateway.smtp.policy import ClientFacts, MessageFacts, Policy
 from gateway.smtp.replies import Reply, SmtpReply, reply_for, reply_line
@@ -129,6 +131,10 @@ class _NoHooks:
     """aiosmtpd wants a handler object; Missive uses none of its hooks."""
 
 
+_DISCOVERED_PREFIXES = ("smtp_", "auth_")
+_discovered_names: dict[type, list[str]] = {}
+
+
 class MissiveSMTP(SMTP):
     """One SMTP connection of a Missive listener; see the module docstring."""
 
@@ -138,18 +144,11 @@ class MissiveSMTP(SMTP):
         must_tls = starttls is not None and (
             submission or listener.client_certificate == "required"
         )
-        super().__init__(
-            _NoHooks(),
-            data_size_limit=settings.max_message_size,
-            enable_SMTPUTF8=True,
-            hostname=settings.hostname,
-            ident="Missive ESMTP",
-            tls_context=starttls,
-            require_starttls=must_tls,
-            timeout=listener.command_timeout.total_seconds(),
-            auth_required=submission,
-            auth_require_tls=True,
-        )
+        self._discovering = True
+        try:
+            self._aiosmtpd_init(settings, starttls, submission, must_tls)
+        finally:
+            self._discovering = False
         # With implicit TLS the whole connection is encrypted: aiosmtpd only knows
         # STARTTLS, so tell it after its constructor (which warns on the False value).
         self._auth_require_tls = not settings.implicit_tls
@@ -167,6 +166,44 @@ class MissiveSMTP(SMTP):
         self._in_data = False
         self._last_activity = 0.0
         self._background: set[asyncio.Task[None]] = set()
+
+    def __dir__(self) -> Iterable[str]:
+        """While aiosmtpd's constructor runs, only the ``smtp_*`` and ``auth_*`` names.
+
+        aiosmtpd 1.4.6 finds its command and AUTH methods with ``dir(self)`` and
+        ``inspect.getmembers(self)`` (a ``getattr`` of every attribute) for every new
+        connection: about three quarters of the constructor's time (measured, issue 5).
+        The names it looks for depend only on the class, so they are listed once per
+        class; it finds the same methods, and ``dir`` is complete again afterwards
+        (``tests/smtp/test_session_discovery.py``)."""
+        if not self.__dict__.get("_discovering", False):
+            return super().__dir__()
+        names = _discovered_names.get(type(self))
+        if names is None:
+            names = [name for name in super().__dir__() if name.startswith(_DISCOVERED_PREFIXES)]
+            _discovered_names[type(self)] = names
+        return names
+
+    def _aiosmtpd_init(
+        self,
+        settings: SessionSettings,
+        starttls: ssl.SSLContext | None,
+        submission: bool,
+        must_tls: bool,
+    ) -> None:
+        listener = settings.listener
+        super().__init__(
+            _NoHooks(),
+            data_size_limit=settings.max_message_size,
+            enable_SMTPUTF8=True,
+            hostname=settings.hostname,
+            ident="Missive ESMTP",
+            tls_context=starttls,
+            require_starttls=must_tls,
+            timeout=listener.command_timeout.total_seconds(),
+            auth_required=submission,
+            auth_require_tls=True,
+        )
 
     # -- connection life cycle -----------------------------------------------------------
 
@@ -512,7 +549,7 @@ class MissiveSMTP(SMTP):
         self._last_activity = self.loop.time()
         self._reset_timeout(self.settings.listener.data_timeout.total_seconds())
         try:
-            while not await self._read_data_line(receiver):
+            while not await self._read_data_block(receiver):
                 chunk = receiver.take_chunk()
                 if chunk:
                     await self._write_chunk(writer, receiver, chunk)
@@ -521,16 +558,14 @@ class MissiveSMTP(SMTP):
             self._reset_timeout()
         return receiver
 
-    async def _read_data_line(self, receiver: DataReceiver) -> bool:
+    async def _read_data_block(self, receiver: DataReceiver) -> bool:
+        """Read the next block of DATA (``read_block``); True at the final dot."""
         try:
-            line = await self._reader.readuntil(b"\r\n")
-        except asyncio.LimitOverrunError as error:
-            receiver.feed_fragment(await self._reader.read(error.consumed))
-            return False
+            block = await read_block(self._reader)
         except asyncio.IncompleteReadError as error:
             raise ConnectionResetError("end of stream during DATA") from error
         self._last_activity = self.loop.time()
-        return receiver.feed_line(line)
+        return receiver.feed_block(block)
 
     @staticmethod
     async def _write_chunk(writer: MessageWriter, receiver: DataReceiver, chunk: bytes) -> None:
@@ -573,6 +608,17 @@ class MissiveSMTP(SMTP):
             client_cert_dn=self._client_dn,
             auth_login=self._login,
         )
+
+
+async def read_block(reader: asyncio.StreamReader) -> bytes:
+    """The next DATA bytes for ``DataReceiver.feed_block``: up to the first ``.<CRLF>``
+    (which may or may not be the final dot), or, past the reader's limit, what it holds
+    before it; never a byte after it, so pipelined commands stay in ``reader``.
+    ``IncompleteReadError`` at the end of the stream."""
+    try:
+        return await reader.readuntil(END_OF_DATA)
+    except asyncio.LimitOverrunError as error:
+        return await reader.readexactly(error.consumed)
 
 
 def _command_limits() -> Any:

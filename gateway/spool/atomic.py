@@ -22,6 +22,18 @@ maddy, Haraka and stdlib ``mailbox.Maildir`` each skip):
 second link to a published entry (``st_nlink > 1``) or an unpublished file; recovery
 removes both (nothing in ``tmp/`` was ever acknowledged).
 
+``UnnamedTempFile`` (a new entry written in one go, the SMTP front's usual case) skips
+the temp name: ``open(<stage>/tmp, O_TMPFILE)`` gives a file with no name at all, so
+there is no name to create in ``tmp/``, nor to remove after ``publish``, and nothing
+is left behind by a crash (measured on the development VM with 16 threads: about 1.4x
+the adds per second of a named temp file, less CPU; issue 5). Steps 2 and 3 are the
+same (``finish`` fsyncs but keeps the descriptor open, ``link`` needs it); ``publish``
+is ``linkat(AT_SYMLINK_FOLLOW)`` of ``/proc/self/fd/<fd>`` (the kernel's documented way
+to name an ``O_TMPFILE`` file; Python 3.11's ``os.link`` only calls ``linkat`` when a
+directory descriptor is given, hence ``dst_dir_fd``), which, like ``link``, never
+replaces an existing name. Where the file system or ``/proc`` cannot do it,
+``UnnamedTempFile.create`` falls back to a named ``TempFile``.
+
 Moves between state directories are plain ``rename(2)`` (``move``): atomic, the file
 keeps its inode, and its target never exists because a queue id lives in exactly one
 state directory at a time (the only writer of a new name is ``publish``, which checks).
@@ -48,6 +60,9 @@ _CREATE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOE
 _COPY_CHUNK = 1 << 20
 _NO_COPY_FILE_RANGE = {errno.ENOSYS, errno.EXDEV, errno.EOPNOTSUPP, errno.EINVAL}
 _FULL = {errno.ENOSPC, errno.EDQUOT}
+_TMPFILE_FLAGS = os.O_WRONLY | os.O_TMPFILE | os.O_CLOEXEC
+# the file system (or an old kernel, which reads O_TMPFILE as O_DIRECTORY) cannot
+_NO_TMPFILE = {errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL}
 
 
 def as_spool_error(error: OSError, doing: str) -> SpoolWriteError:
@@ -153,6 +168,58 @@ class TempFile:
             os.unlink(self.path)
         except OSError:
             pass
+
+
+class UnnamedTempFile(TempFile):
+    """A new file without any name until ``publish`` (``O_TMPFILE``); module docstring.
+
+    ``path`` is the directory it was created in (for messages); ``replace`` is not
+    available (a new version of an entry is written as a named ``TempFile``).
+    """
+
+    @classmethod
+    def create(cls, directory: Path, stem: str) -> TempFile:
+        """An unnamed file in ``directory``, mode 0600; a named ``TempFile`` where the
+        file system cannot make one."""
+        try:
+            fd = os.open(directory, _TMPFILE_FLAGS, FILE_MODE)
+        except OSError as error:
+            if error.errno not in _NO_TMPFILE:
+                raise
+            return TempFile.create(directory, stem)
+        try:
+            os.fchmod(fd, FILE_MODE)
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(directory, fd)
+
+    def finish(self) -> None:
+        """``fsync``; the descriptor stays open for ``publish`` (which closes it)."""
+        os.fsync(self.fd)
+
+    def publish(self, target: Path) -> None:
+        """Give the file its entry name (``FileExistsError`` if taken), then close it."""
+        directory = os.open(target.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.link(
+                f"/proc/self/fd/{self.fd}", target.name, dst_dir_fd=directory, follow_symlinks=True
+            )
+        finally:
+            os.close(directory)
+        self.discard()
+
+    def replace(self, target: Path) -> None:
+        raise NotImplementedError("an unnamed file only becomes a new entry (publish)")
+
+    def discard(self) -> None:
+        """Close if open (the file disappears unless published; never raises)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 def sync_directory(path: Path) -> None:

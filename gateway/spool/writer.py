@@ -26,10 +26,12 @@ the attempt). A crash after 3 and before the ``250`` leaves a queued message who
 sender will retry: a duplicate, never a loss.
 
 The temp file is created at the first flush (or at ``commit`` for a message smaller
-than ``FLUSH_SIZE``). Steps 1 and 2's fsync are one I/O-thread job, which tells the
-loop (``call_soon_threadsafe``) when the bytes are written so the audit commit starts
-then; so a small message costs two thread hops: write and fsync (while the audit
-commits), then link and directory fsync (shared with concurrent adds).
+than ``FLUSH_SIZE``: then an ``UnnamedTempFile``, which gets its only name when it is
+linked into ``incoming/``, ``gateway.spool.atomic``). Steps 1 and 2's fsync are one
+I/O-thread job, which tells the loop (``call_soon_threadsafe``) when the bytes are
+written so the audit commit starts then; so a small message costs two thread hops:
+write and fsync (while the audit commits), then link and directory fsync (shared with
+concurrent adds).
 
 ``commit`` runs shielded from cancellation: if the SMTP client goes away during the
 commit, the commit still completes (a possible duplicate rather than a half-written
@@ -52,7 +54,7 @@ from pathlib import Path
 from types import TracebackType
 
 from gateway.log import get_logger
-from gateway.spool.atomic import TempFile, as_spool_error
+from gateway.spool.atomic import TempFile, UnnamedTempFile, as_spool_error
 from gateway.spool.errors import MessageTooLarge, SpoolError
 from gateway.spool.events import added_details, entry_event
 from gateway.spool.ids import QueueId
@@ -228,7 +230,7 @@ class EntryWriter:
         preamble = Preamble(self._size, len(payload))
         trailer = encode_trailer(preamble, payload)
         if self._temp is None:
-            self._temp = TempFile.create(self._dirs.tmp, self.queue_id)
+            self._temp = UnnamedTempFile.create(self._dirs.tmp, self.queue_id)
             self._temp.write(b"".join((preamble.encode(), data, trailer)))
             return record
         self._temp.write(data)

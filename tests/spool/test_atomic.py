@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import gateway.spool.atomic as atomic
-from gateway.spool.atomic import TempFile
+from gateway.spool.atomic import TempFile, UnnamedTempFile
 from gateway.spool.layout import STATES, Layout, check_stage_name, relay_stage
 
 from .support import mode
@@ -69,6 +69,52 @@ def test_write_at_patches_without_moving_the_position(tmp_path: Path) -> None:
     temp.write(b"!")
     temp.finish()
     assert temp.path.read_bytes() == b"HEADpayload!"
+
+
+def test_an_unnamed_file_gets_its_only_name_at_publish(tmp_path: Path, loose_umask: None) -> None:
+    tmp, incoming = tmp_path / "tmp", tmp_path / "incoming"
+    tmp.mkdir()
+    incoming.mkdir()
+    os.umask(0o277)
+    temp = UnnamedTempFile.create(tmp, "ENTRY")
+    assert isinstance(temp, UnnamedTempFile)
+    temp.write(b"....payload")
+    temp.write_at(b"HEAD", 0)
+    temp.finish()
+    assert list(tmp.iterdir()) == []  # never a name in tmp/, so nothing to clean up
+    taken = incoming / "TAKEN"
+    taken.write_bytes(b"first")
+    with pytest.raises(FileExistsError):
+        temp.publish(taken)
+    temp.publish(incoming / "ENTRY")
+    assert (incoming / "ENTRY").read_bytes() == b"HEADpayload"
+    assert mode(incoming / "ENTRY") == 0o600 and taken.read_bytes() == b"first"
+    with pytest.raises(ValueError, match="closed"):
+        temp.write(b"more")  # publish closed it
+
+
+def test_an_unnamed_file_discarded_leaves_nothing(tmp_path: Path) -> None:
+    temp = UnnamedTempFile.create(tmp_path, "X")
+    temp.write(b"data")
+    temp.discard()
+    temp.discard()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_without_o_tmpfile_a_named_temp_file_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = os.open
+
+    def no_tmpfile(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        if flags & os.O_TMPFILE == os.O_TMPFILE:
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", no_tmpfile)
+    temp = UnnamedTempFile.create(tmp_path, "X")
+    assert type(temp) is TempFile and temp.path.parent == tmp_path
+    temp.discard()
 
 
 @pytest.mark.parametrize("kernel_copy", [True, False])

@@ -117,10 +117,13 @@ class FsyncObserver:
             self._append("dir-end", path)
             return
         self.real_fsync(fd)
-        self._append("file", path)
+        self._append("file", f"inode {os.fstat(fd).st_ino}")  # a new entry has no name yet
 
     def link(self, source: object, target: object, **kwargs: object) -> None:
         self.real_link(source, target, **kwargs)  # type: ignore[arg-type]
+        directory = kwargs.get("dst_dir_fd")
+        if isinstance(directory, int):
+            target = os.path.join(os.readlink(f"/proc/self/fd/{directory}"), str(target))
         self._append("link", str(target))
 
     def _append(self, kind: str, path: str) -> None:
@@ -168,7 +171,8 @@ def _check_order(observer: FsyncObserver, queue_id: str) -> None:
     """file fsync < link < start of a directory fsync < its end < acknowledgement."""
     (done,) = observer.index("done", lambda path: path == queue_id)
     (linked,) = observer.index("link", lambda path: path.endswith(f"/incoming/{queue_id}"))
-    (file_synced,) = observer.index("file", lambda path: f"/tmp/{queue_id}." in path)
+    inode = os.stat(observer.watched + "/" + queue_id).st_ino
+    (file_synced,) = observer.index("file", lambda path: path == f"inode {inode}")
     assert file_synced < linked < done
     starts = observer.index("dir-start", lambda path: True)
     ends = observer.index("dir-end", lambda path: True)
