@@ -201,10 +201,9 @@ class SecureAgent:
         self, envelope: Envelope, message: bytes, origin: Origin, *, queue_id: str | None = None
     ) -> AgentResult:
         """Route, sign and encrypt one message (see the module docstring)."""
-        split = protect.SplitMessage.of(message)
-        shown = routing.header_addresses(split.block())
+        split = protect.SplitMessage.of(message)  # the one header scan of this message
         by_address = {r.address: r for r in envelope.recipients}
-        plan = routing.plan_routes(self.config, envelope.addresses, shown)
+        plan = routing.plan_routes(self.config, envelope.addresses, split.shown)
         out = _Collector()
         for address in plan.unrouted:
             out.failed.append(RecipientOutcome(address, None, "no route for this domain"))
@@ -386,7 +385,7 @@ class SecureAgent:
             key_transport=self.config.smime.key_transport,
         )
         entity = encrypt_entity(signed, cms_recipients, cipher=cipher)
-        content = outer + b"MIME-Version: 1.0\r\n" + entity
+        content = b"".join((outer, b"MIME-Version: 1.0\r\n", entity))  # one copy
         certificates = [signer.certificate, *(r.certificate for r in cms_recipients)]
         algorithms = (
             cipher,

@@ -56,7 +56,12 @@ Throughput (issue 6 Speed): each pass waits on several fsyncs (the spool's group
 the audit trail's ``synchronous = FULL``), so ``concurrency`` entries are in flight at
 once and share those commits; the audit events of one pass are queued together and
 awaited together (all committed before any hand-off, as before), and an empty queue is
-looked at again after ``poll_interval`` (a listdir).
+looked at again after ``poll_interval`` (a listdir). Per entry the content is read in
+one I/O job (``notices.read_content``), its header block is parsed once
+(``protect.SplitMessage``: routing, the Bcc split and the tamper rule share it), and
+the one info log line is the spool's ``spool.added`` of each hand-off (its ``parent``
+and ``stage`` say what ``agent.handed_off``, now a debug line, says; the audit trail has
+the rest).
 
 Trust level: runs in the secure agent worker process (``missive worker agent``), the
 only process that loads private keys; it never listens on a socket.
@@ -248,7 +253,7 @@ class AgentStage:
 
     async def _process(self, entry: Claimed) -> EntryOutcome:
         try:
-            content = b"".join([chunk async for chunk in self.received.content(entry)])
+            content = await asyncio.to_thread(notices.read_content, entry)
         except CorruptEntry as error:
             await self.received.quarantine(entry, str(error))
             return EntryOutcome(entry.queue_id, "corrupt")
@@ -257,11 +262,13 @@ class AgentStage:
         if not pending:  # every recipient already final (an operator's release)
             await self.received.complete(entry)
             return EntryOutcome(entry.queue_id, "completed")
-        envelope = Envelope(
-            record.envelope.mail_from,
-            tuple(record.envelope.recipients[i] for i in pending),
-            record.envelope.params,
-        )
+        envelope = record.envelope
+        if len(pending) < len(envelope.recipients):  # a later pass: the unfinished only
+            envelope = Envelope(
+                envelope.mail_from,
+                tuple(envelope.recipients[i] for i in pending),
+                envelope.params,
+            )
         result = await self.agent.process(envelope, content, record.origin, queue_id=entry.queue_id)
         await self._record_all(result.audit)
         work = _Pass(
@@ -307,7 +314,7 @@ class AgentStage:
             children.append(child)
             for address in addresses:
                 work.set(address, RecipientStatus.DELIVERED)
-            log.info(
+            log.debug(  # the spool's info line ``spool.added`` says it (parent, stage)
                 "agent.handed_off",
                 queue_id=entry.queue_id,
                 child=child,

@@ -36,6 +36,7 @@ outer Subject; header values are copied as raw bytes (folding kept).
 from __future__ import annotations
 
 import email.utils
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -75,7 +76,7 @@ class HeaderField:
     name: str
     raw: bytes
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
         return self.name.lower()
 
@@ -83,6 +84,9 @@ class HeaderField:
     def value(self) -> str:
         text = self.raw.split(b":", 1)[1].decode("utf-8", "replace")
         return " ".join(text.split())
+
+
+_OBSCURED_SUBJECT_FIELD = HeaderField("Subject", f"Subject: {OBSCURED_SUBJECT}\r\n".encode("ascii"))
 
 
 def header_fields(block: bytes) -> list[HeaderField]:
@@ -120,21 +124,31 @@ class SplitMessage:
         """The whole message again, Bcc removed (what a wrapped copy carries)."""
         return self.block() + self.entity
 
+    @functools.cached_property
+    def shown(self) -> tuple[str, ...]:
+        """The To and Cc addresses (``routing.header_addresses``), read once per message:
+        routing, the Bcc split and the tamper rule all ask for them."""
+        return header_addresses(self.block())
+
 
 def outer_header(message: SplitMessage, *, protect: bool) -> bytes:
     """The clear header block around the S/MIME entity (see the module docstring)."""
+    return b"".join(f.raw for f in _outer_fields(message, protect=protect))
+
+
+def _outer_fields(message: SplitMessage, *, protect: bool) -> list[HeaderField]:
     if not protect:
-        return message.block()
-    kept = [f.raw for f in message.fields if f.key in OUTER_ALLOWED]
-    kept.append(f"Subject: {OBSCURED_SUBJECT}\r\n".encode("ascii"))
-    return b"".join(kept)
+        return [f for f in message.fields if f.key not in NEVER_COPIED]
+    kept = [f for f in message.fields if f.key in OUTER_ALLOWED]
+    kept.append(_OBSCURED_SUBJECT_FIELD)
+    return kept
 
 
-def _hp_outer_fields(outer: bytes) -> bytes:
+def _hp_outer_fields(outer: Sequence[HeaderField]) -> bytes:
     """RFC 9788 §2.2: ``HP-Outer: <name>: <value>`` for each outer field (trace excluded)."""
     lines = [
         f"HP-Outer: {f.name}: {f.value}\r\n".encode()
-        for f in header_fields(outer)
+        for f in outer
         if f.key not in ("received", "return-path")
     ]
     return b"".join(lines)
@@ -147,7 +161,8 @@ def cryptographic_payload(message: SplitMessage, *, protect: bool, wrap: bool) -
         return wrap_rfc822(message.without_bcc())
     if not protect:
         return message.entity
-    protected = message.block() + _hp_outer_fields(outer_header(message, protect=True))
+    outer = _outer_fields(message, protect=True)
+    protected = message.block() + _hp_outer_fields(outer)
     return mime.with_protected_headers(message.entity, protected, hp=HP_CIPHER)
 
 
@@ -163,7 +178,6 @@ def check_tamper(message: SplitMessage, mail_from: str, recipients: Sequence[str
     senders = [address for _, address in email.utils.getaddresses(authors) if address]
     if not contains_address(senders, mail_from):
         raise TamperError(f"MAIL FROM <{mail_from}> is neither the From nor the Sender address")
-    shown = header_addresses(message.block())
     for recipient in recipients:
-        if not contains_address(shown, recipient):
+        if not contains_address(message.shown, recipient):
             raise TamperError(f"RCPT TO <{recipient}> is in neither To nor Cc")

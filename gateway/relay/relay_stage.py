@@ -4,8 +4,10 @@ and delivery status notifications.
 Role: the consumer of every ``relay/<route>`` queue of an ``smtp`` route (ARCHITECTURE,
 outbound flow; issue 6 items 2-3, 6). For each claimed entry (``incoming/``, or
 ``deferred/`` once its time has come: ``Queue.claim`` returns both) it sends the
-message with ``RelayClient`` (content streamed from ``Queue.content``), then decides per
-recipient (``plan_attempt``, sans-IO):
+message with ``RelayClient`` (an entry up to ``notices.WHOLE_READ_LIMIT`` is read and
+its SHA-256 checked in one I/O job before any connection, so a corrupt one is
+quarantined without a byte sent; a larger one is streamed from ``Queue.content``), then
+decides per recipient (``plan_attempt``, sans-IO):
 
 - a 2xx after the end of DATA: ``delivered``. No "delivered" DSN of our own: when the
   peer took the DSN parameters the NOTIFY went on with the message and a success DSN is
@@ -71,7 +73,7 @@ from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
 from gateway.config.model import Language, Route
 from gateway.log import get_logger
-from gateway.relay.client import DeliveryResult, Outcome, RelayClient
+from gateway.relay.client import ContentSource, DeliveryResult, Outcome, RelayClient
 from gateway.relay.dsn import (
     Action,
     Reason,
@@ -79,7 +81,7 @@ from gateway.relay.dsn import (
     should_send_dsn,
 )
 from gateway.relay.mx import MxResolver, make_resolver
-from gateway.relay.notices import queue_dsn
+from gateway.relay.notices import WHOLE_READ_LIMIT, queue_dsn, read_content
 from gateway.relay.tlsclient import PeerVerifier
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.listeblanche import load_liste_blanche
@@ -492,8 +494,9 @@ class RelayStage:
         record = entry.record
         attempted: dict[int, Attempted] = {}
         try:
+            content = await _content_source(queue, entry)
             for indexes in delivery_groups(route, record):
-                result = await self._deliver(queue, route, entry, indexes)
+                result = await self._deliver(route, entry, indexes, content)
                 await self._audit.record(attempt_event(route, record, indexes, result))
                 for index in indexes:
                     address = record.envelope.recipients[index].address
@@ -508,15 +511,11 @@ class RelayStage:
         await self._move_on(queue, entry, plan)
 
     async def _deliver(
-        self, queue: Queue, route: Route, entry: Claimed, indexes: Sequence[int]
+        self, route: Route, entry: Claimed, indexes: Sequence[int], content: ContentSource
     ) -> DeliveryResult:
         record = entry.record
         recipients = tuple(record.envelope.recipients[i] for i in indexes)
         envelope = Envelope(record.envelope.mail_from, recipients, record.envelope.params)
-
-        def content() -> AsyncIterator[bytes]:
-            return queue.content(entry)
-
         try:
             return await self._client.deliver(route, envelope, content, size=record.content_length)
         except CorruptEntry:
@@ -556,6 +555,20 @@ class RelayStage:
             await queue.complete(entry, plan.states)
         else:
             await queue.bounce(entry, "every recipient failed", plan.states)
+
+
+async def _content_source(queue: Queue, entry: Claimed) -> ContentSource:
+    """What the client sends: an entry up to ``WHOLE_READ_LIMIT`` is read (and its
+    SHA-256 checked, ``CorruptEntry``) in one I/O job before any connection, then sent
+    from memory at each attempt; a larger one is streamed from the spool per attempt."""
+    if entry.record.content_length > WHOLE_READ_LIMIT:
+        return lambda: queue.content(entry)
+    data = await asyncio.to_thread(read_content, entry)
+
+    async def from_memory() -> AsyncIterator[bytes]:
+        yield data
+
+    return from_memory
 
 
 def _read_headers(entry: Claimed) -> bytes:

@@ -10,8 +10,10 @@ Why bytes and not the ``email`` package: on a 10 MB or 50 MB message a full
 the message (it is what dominates cryptography's own S/MIME writer, measured). Here the
 hot path works on the raw bytes: the header block is split from the body at the first
 empty line, multipart bodies are cut at their boundary delimiters (RFC 2046 §5.1.1) with
-``bytes.find``, and only the small header blocks are handed to ``email`` (compat32
-policy) to read Content-Type parameters (RFC 2045 §5.1, RFC 2231). Base64 uses
+``bytes.find``, and only the small header blocks are read into an ``email`` (compat32
+policy) ``Message`` to get Content-Type parameters (RFC 2045 §5.1, RFC 2231): a plain
+block by hand (``plain_header_message``, the feed parser's exact result at a third of
+its cost, measured), any other by ``email``'s parser. Base64 uses
 ``pybase64`` (SIMD, ~5x faster than the stdlib on 10 MB, measured) when installed, else
 ``binascii`` on 57-byte chunks; it is written block by block into a ``BytesIO`` so
 that a 50 MB body costs its output once (1.4x the input), not twice (measured 2.7x with
@@ -84,6 +86,7 @@ _SAFE_PARAMETER = re.compile(r"[A-Za-z0-9!#$%&'*+.^_`|~-]+")
 _SAFE_FILENAME = re.compile(r"[A-Za-z0-9._-]{1,64}")
 _HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
 _HEADER_PARSER = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+_FIELD_START = re.compile(r"([\x21-\x39\x3b-\x7e]+):")  # ftext, then the colon
 
 
 # --------------------------------------------------------------------------- line ends
@@ -245,10 +248,61 @@ def parse_entity(
 
 
 def _parse_header_block(header: bytes) -> Message:
+    """The fields of a header block as ``email`` (compat32) reads them.
+
+    A *plain* block (``plain_header_message``) is read by hand, the same way, without
+    the feed parser's machinery (about 3x cheaper, measured; the outbound agent parses
+    a few blocks per message); anything else goes to ``email``, whose result is the
+    reference (``tests/relay/test_one_pass.py`` compares the two on generated and
+    hostile blocks)."""
+    plain = plain_header_message(header)
+    if plain is not None:
+        return plain
     try:
         return _HEADER_PARSER.parsebytes(header + CRLF)
     except (ValueError, LookupError, TypeError):  # pragma: no cover - compat32 is lenient
         raise MalformedMessage("unparsable header block") from None
+
+
+def plain_header_message(header: bytes) -> Message | None:
+    """The ``Message`` that ``BytesHeaderParser(policy=compat32)`` builds from
+    ``header + CRLF``, or None when the block is not *plain*.
+
+    Plain: CRLF line ends only (no bare CR or LF), every line either a continuation
+    (starting with space or tab, never the first line) or ``name:`` with a name of
+    RFC 5322 §3.6.8 ftext (no unix ``From `` line, no line without a colon, no empty
+    name). Then the feed parser's result is fixed: one ``set_raw`` per field with the
+    value of ``Compat32.header_source_parse`` (text after the colon, leading blanks
+    removed, continuation lines kept with their CRLF, trailing CR/LF removed; bytes
+    decoded as ASCII with surrogateescape, as ``BytesParser`` does) and an empty
+    payload. Written by hand because ``email`` has no cheaper entry point."""
+    if not header:
+        return _message_of([])
+    if not header.endswith(CRLF):
+        return None
+    text = header.decode("ascii", "surrogateescape")
+    fields: list[tuple[str, list[str]]] = []
+    for line in text[:-2].split("\r\n"):
+        if "\n" in line or "\r" in line:
+            return None
+        if line[:1] in (" ", "\t"):
+            if not fields:
+                return None
+            fields[-1][1].append(line + "\r\n")
+            continue
+        match = _FIELD_START.match(line)
+        if match is None:
+            return None
+        fields.append((match.group(1), [line[match.end() :].lstrip(" \t") + "\r\n"]))
+    return _message_of([(name, "".join(lines).rstrip("\r\n")) for name, lines in fields])
+
+
+def _message_of(fields: list[tuple[str, str]]) -> Message:
+    message = Message(policy=email.policy.compat32)
+    for name, value in fields:
+        message.set_raw(name, value)
+    message.set_payload("")
+    return message
 
 
 # --------------------------------------------------------------------------- multipart

@@ -1,0 +1,213 @@
+"""Issue 6 Speed, the agent's and the relay's cheaper paths: each must give what the
+slower one gave.
+
+- ``mime.plain_header_message`` (a header block read by hand) against the reference,
+  ``email``'s ``BytesHeaderParser`` (compat32), on generated and hostile blocks: the same
+  ``Message`` (every attribute), or None and the reference is used;
+- ``protect.SplitMessage.shown`` (the To/Cc addresses read once per message) against
+  ``routing.header_addresses`` of the whole header block;
+- ``notices.read_content`` (one I/O job per entry) against the spool's chunked reader,
+  and a corrupt entry: ``CorruptEntry``; the relay stage quarantines a corrupt entry
+  before it connects (the sink gets nothing).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import email.parser
+import email.policy
+import os
+import random
+from email.message import Message
+from pathlib import Path
+
+import pytest
+
+from gateway.audit import AuditEvent
+from gateway.pki.dev import DevPki
+from gateway.relay import protect, routing
+from gateway.relay.notices import read_content
+from gateway.smime import mime
+from gateway.spool import (
+    RECEIVED,
+    CorruptEntry,
+    Envelope,
+    MailParams,
+    Origin,
+    Recipient,
+    Spool,
+)
+from gateway.spool.record import PREAMBLE_SIZE
+from tests.peers.smtp_sink import SmtpSink
+from tests.relay.test_relay_stage import BOB, WAIT, running, write_config
+
+REFERENCE = email.parser.BytesHeaderParser(policy=email.policy.compat32)
+
+NAMES = ("To", "cc", "From", "Subject", "Content-Type", "X-Ünï", "Received", "A", "x-y_z")
+VALUES = (
+    b"<claire.durand@clinique-b.test>",
+    b'"Durand, Claire" <claire@b.test>, dan@b.test',
+    b"undisclosed-recipients:;",
+    b"Caf\xc3\xa9 \xff r\xc3\xa9sultats",
+    b"",
+    b"  \t padded  ",
+    b"a:b:c",
+    b'text/plain; charset="utf-8"',
+    b"=?utf-8?q?Dupont?=",
+)
+HOSTILE = (
+    b"",
+    b"\r\n",
+    b"To: x",
+    b"From alice@chu-a.test Sat Nov 28 12:00:00 2026\r\nTo: x\r\n",
+    b" leading continuation\r\nTo: x\r\n",
+    b":no name\r\nTo: x\r\n",
+    b"To : space before the colon\r\n",
+    b"no colon at all\r\nTo: x\r\n",
+    b"To: bare\rCR\r\n",
+    b"To: bare\nLF\r\n",
+    b"To: x\r\n\r\nCc: after a blank line\r\n",
+    b"To: x\r\r\n",
+    b"To: x\r\n\t\r\n",
+    b"To: vertical\x0btab and \x85 next line\r\n",
+    b"To: nul\x00\r\n",
+)
+
+
+def _attributes(message: Message) -> dict[str, object]:
+    found = dict(vars(message))
+    found["defects"] = [repr(defect) for defect in message.defects]
+    return found
+
+
+def _generated(rng: random.Random) -> bytes:
+    lines: list[bytes] = []
+    for _ in range(rng.randint(0, 6)):
+        name = rng.choice(NAMES).encode("utf-8")
+        lines.append(name + b":" + rng.choice((b" ", b"", b"\t")) + rng.choice(VALUES))
+        for _ in range(rng.choice((0, 0, 1, 2))):
+            lines.append(rng.choice((b" ", b"\t", b"  ")) + rng.choice(VALUES))
+    return b"".join(line + b"\r\n" for line in lines)
+
+
+def _assert_same_as_reference(block: bytes) -> bool:
+    """The fast parse equals the reference; True when the fast path took the block."""
+    reference = REFERENCE.parsebytes(block + b"\r\n")
+    plain = mime.plain_header_message(block)
+    if plain is not None:
+        assert _attributes(plain) == _attributes(reference), block
+    entity = mime.parse_entity(block + b"\r\nbody\r\n")  # the header it carves out
+    carved = REFERENCE.parsebytes(entity.header + b"\r\n")
+    assert _attributes(entity.fields) == _attributes(carved), block
+    return plain is not None
+
+
+def test_plain_header_blocks_parse_as_email_does() -> None:
+    rng = random.Random(6)
+    for _ in range(2000):
+        block = _generated(rng)
+        took_fast_path = _assert_same_as_reference(block)
+        assert took_fast_path == ("X-Ünï".encode() not in block)  # the one name not ftext
+
+
+@pytest.mark.parametrize("block", HOSTILE)
+def test_hostile_header_blocks_parse_as_email_does(block: bytes) -> None:
+    _assert_same_as_reference(block)
+
+
+def test_unplain_blocks_are_left_to_email() -> None:
+    for block in HOSTILE[2:]:
+        if block.startswith(b"To: x\r\n\r\n") or b"\r\n\t\r\n" in block:
+            continue
+        if b"\x0b" in block or b"\x00" in block or b"x\r\r\n" in block:
+            continue
+        assert mime.plain_header_message(block) is None, block
+
+
+def test_random_bytes_parse_as_email_does() -> None:
+    rng = random.Random(9)
+    pieces = (b"To", b":", b" ", b"\t", b"\r\n", b"\r", b"\n", b"a@b", b"From ", b"\xc3\xa9")
+    for _ in range(3000):
+        block = b"".join(rng.choice(pieces) for _ in range(rng.randint(0, 20)))
+        _assert_same_as_reference(block + rng.choice((b"", b"\r\n")))
+
+
+def test_split_message_shown_is_the_to_and_cc_addresses() -> None:
+    message = (
+        b"Received: from a\r\n\tby b\r\n"
+        b"From: Alice <alice.martin@chu-a.test>\r\n"
+        b'To: "Durand, Claire" <claire.durand@clinique-b.test>,\r\n dan@clinique-b.test\r\n'
+        b"Cc: eve@clinique-b.test\r\nBcc: hidden@clinique-b.test\r\n"
+        b"Subject: x\r\nContent-Type: text/plain\r\n\r\nbody\r\n"
+    )
+    split = protect.SplitMessage.of(message)
+    assert split.shown == routing.header_addresses(split.block())
+    assert split.shown == (
+        "claire.durand@clinique-b.test",
+        "dan@clinique-b.test",
+        "eve@clinique-b.test",
+    )
+    protect.check_tamper(split, "alice.martin@chu-a.test", ["dan@clinique-b.test"])
+    with pytest.raises(protect.TamperError):
+        protect.check_tamper(split, "alice.martin@chu-a.test", ["hidden@clinique-b.test"])
+
+
+class _Events:
+    """The audit trail of a bare spool: events kept in memory."""
+
+    def __init__(self) -> None:
+        self.events: list[AuditEvent] = []
+
+    async def record(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+
+async def _spool_entry(root: Path, content: bytes) -> tuple[Spool, str]:
+    spool = Spool(root, audit=_Events(), actor="test", max_message_size=1 << 20)
+    envelope = Envelope("alice.martin@chu-a.test", (Recipient(BOB),), MailParams())
+    queue_id = await spool.queue(RECEIVED).add(envelope, Origin("test"), content)
+    return spool, queue_id
+
+
+def _flip_content_byte(path: Path) -> None:
+    with path.open("r+b") as file:
+        file.seek(PREAMBLE_SIZE + 5)
+        byte = file.read(1)
+        file.seek(PREAMBLE_SIZE + 5)
+        file.write(bytes([byte[0] ^ 0x01]))
+        file.flush()
+        os.fsync(file.fileno())
+
+
+@pytest.mark.parametrize("size", [6, 10_240, 600_000])
+async def test_read_content_is_the_whole_checked_content(tmp_path: Path, size: int) -> None:
+    content = (b"line of text\r\n" * (size // 14 + 1))[:size]
+    spool, queue_id = await _spool_entry(tmp_path / "spool", content)
+    try:
+        queue = spool.queue(RECEIVED)
+        await queue.recover()
+        entry = await queue.claim()
+        assert entry is not None and entry.queue_id == queue_id
+        assert await asyncio.to_thread(read_content, entry) == content
+        assert b"".join([chunk async for chunk in queue.content(entry)]) == content
+        _flip_content_byte(entry.path)
+        with pytest.raises(CorruptEntry):
+            await asyncio.to_thread(read_content, entry)
+    finally:
+        await spool.aclose()
+
+
+async def test_the_relay_quarantines_a_corrupt_entry_before_connecting(
+    smtp_sink: SmtpSink, dev_pki: DevPki, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path, dev_pki, smtp_sink.port)
+    async with running(config, serve=False) as site:
+        queue_id = await site.add(Recipient(BOB))
+        _flip_content_byte(site.relay.dirs.entry("incoming", queue_id))
+    async with running(config) as site:
+        async with asyncio.timeout(WAIT):
+            while not [e for e in site.audit_events("spool.corrupt") if e.queue_id == queue_id]:
+                await asyncio.sleep(0.05)
+        assert await site.relay.scan("corrupt")
+    assert smtp_sink.messages == []
+    assert smtp_sink.connection_count == 0
