@@ -171,6 +171,20 @@ class CertificateLookup:
         self._cache: dict[str, tuple[float, LookupResult]] = {}
         self._inflight: dict[str, asyncio.Future[LookupResult]] = {}
 
+    def with_validator(self, validator: ChainValidator) -> CertificateLookup:
+        """The same sources and cache settings, another validator (a route's own trust,
+        ``gateway.relay.route_trust``), and a cache of its own: validity differs."""
+        return CertificateLookup(
+            self.directory,
+            validator,
+            cache_ttl=timedelta(seconds=self._positive_ttl),
+            negative_cache_ttl=timedelta(seconds=self._negative_ttl),
+            dns=self.dns,
+            max_entries=self._max_entries,
+            clock=self._clock,
+            utc_now=self._utc_now,
+        )
+
     @classmethod
     def from_config(
         cls, config: Config, directory: Directory, validator: ChainValidator

@@ -3,7 +3,8 @@
 Role (ARCHITECTURE, outbound step 3; issue 6 item 1): for each recipient the route
 (``gateway.relay.routing``); for a ``security = "smime"`` route the recipient's
 encryption certificate from the annuaire (``CertificateLookup``, validated for
-``Purpose.SMIME_ENCRYPT`` and bound to the address), then **one** message for the
+``Purpose.SMIME_ENCRYPT`` and bound to the address; against ``[trust]`` plus the route's
+own ``anchors`` when it has some, ``gateway.relay.route_trust``), then **one** message for the
 recipients of the route shown in To/Cc (plus the sender's own certificate when
 ``smime.copy_to_sender``) and **one message per hidden (Bcc) recipient**, each signed
 then encrypted (RFC 8551 §3.5 then §3.3: sign-then-encrypt). ``tls-only`` and local
@@ -55,6 +56,7 @@ from gateway.config.model import Route
 from gateway.errors import ConfigError
 from gateway.log import get_logger
 from gateway.relay import protect, routing
+from gateway.relay.route_trust import RouteTrust
 from gateway.smime.capabilities import CapabilitiesStore
 from gateway.smime.encrypt import encrypt_entity, plan_recipients
 from gateway.smime.keystore import KeyStore, NoUsableKey
@@ -188,6 +190,7 @@ class SecureAgent:
         organisation_signer: OrganisationSigner | None,
         *,
         send_as: SendAsChecker | None = None,
+        route_trust: RouteTrust | None = None,
     ) -> None:
         self.config = config
         self.lookup = lookup
@@ -196,6 +199,8 @@ class SecureAgent:
         self.capabilities = capabilities
         self.organisation_signer = organisation_signer
         self.send_as = send_as
+        self.route_trust = route_trust
+        self._route_lookups: dict[tuple[Path, ...], CertificateLookup] = {}
 
     async def process(
         self, envelope: Envelope, message: bytes, origin: Origin, *, queue_id: str | None = None
@@ -311,7 +316,7 @@ class SecureAgent:
         found: dict[str, x509.Certificate] = {}
         for address in addresses:
             try:
-                result = await self.lookup.lookup(address)
+                result = await (await self._lookup_for(route)).lookup(address)
             except DirectoryUnavailable as error:
                 out.deferred.append(RecipientOutcome(address, route.name, str(error)))
                 continue
@@ -322,6 +327,18 @@ class SecureAgent:
             reason = _why_no_certificate(result)
             out.fallback.append(RecipientOutcome(address, route.name, reason, target.action))
         return found
+
+    async def _lookup_for(self, route: Route) -> CertificateLookup:
+        """The lookup whose validator also trusts ``route.anchors`` (``RouteTrust``; one
+        per anchor set, each with its own cache); the shared one for other routes."""
+        if not route.anchors or self.route_trust is None:
+            return self.lookup
+        key = tuple(route.anchors)
+        lookup = self._route_lookups.get(key)
+        if lookup is None:
+            validator = await asyncio.to_thread(self.route_trust.validator_for, route)
+            lookup = self._route_lookups.setdefault(key, self.lookup.with_validator(validator))
+        return lookup
 
     async def _choose_signer(self, mail_from: str, origin: Origin) -> _Signer | None:
         """``_signer``; in a worker thread only when a personal key is to be validated

@@ -11,11 +11,13 @@ yet, and write what it decided:
 - a recipient of a ``transport = "postal"`` route, or whose fallback resolves to
   ``postal`` -> ``render_letter`` (with the recipient's annuaire entry) and
   ``write_to_outbox``, then a ``relayed`` DSN (``postal=True``);
-- a fallback ``route:<name>``: the recipient's certificate is looked up per address,
-  not per route, so the target route (an S/MIME route: the configuration refuses a
-  weaker one) would find the same answer; the chain of fallbacks is therefore followed
-  here (``resolve_fallback``) until it ends in ``postal`` or ``bounce``, a loop ending as
-  ``bounce`` (fail closed: never sent in clear);
+- a fallback ``route:<name>``: the chain of fallbacks is followed here
+  (``resolve_fallback``) until it ends in ``postal`` or ``bounce``, a loop ending as
+  ``bounce`` (fail closed: never sent in clear). The target route (an S/MIME route: the
+  configuration refuses a weaker one) would look the recipient up again; it could find
+  another answer only if it had ``anchors`` of its own that the first route lacks
+  (``gateway.relay.route_trust``): that second lookup is not tried (decision: the
+  recipient gets the final fallback, never a weaker protection);
 - ``failed`` recipients, a fallback ``bounce``, a permanent postal error (no postal
   address, unreadable message) -> one failure DSN per pass (when ``should_send_dsn``);
 - ``deferred`` recipients (directory down, no signing key, a temporary postal error) ->
@@ -90,9 +92,9 @@ from gateway.relay.dsn import (
     should_send_dsn,
 )
 from gateway.relay.postal import PostalError, render_letter, write_to_outbox
+from gateway.relay.route_trust import RouteTrust
 from gateway.smime.capabilities import CapabilitiesStore
 from gateway.smime.keystore import KeyStore
-from gateway.smime.types import ChainValidator
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.users import Authenticator
 from gateway.spool import (
@@ -502,7 +504,7 @@ def _postal_event(entry: Claimed, address: str) -> AuditEvent:
 
 
 def build_secure_agent(
-    config: Config, lookup: CertificateLookup, validator: ChainValidator
+    config: Config, lookup: CertificateLookup, validator: CertificateValidator
 ) -> SecureAgent:
     """The ``SecureAgent`` of a worker: key store, organisation key, capabilities, users.
 
@@ -517,6 +519,7 @@ def build_secure_agent(
         CapabilitiesStore(config.gateway.data_dir),
         OrganisationSigner.load(organisation) if organisation is not None else None,
         send_as=Authenticator(config.auth.users_file),
+        route_trust=RouteTrust(validator),
     )
 
 

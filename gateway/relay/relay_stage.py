@@ -335,6 +335,7 @@ def attempt_event(
         "mx_host": result.mx_host or "",
         "tls_version": result.tls_version or "none",
         "peer_verified": "yes" if result.peer_verified else "no",
+        "auth": (result.auth_user or "none")[:_MAX_DETAIL],  # the login, never a password
         "dsn_passed": "yes" if result.dsn_passed else "no",
     }
     if result.attempts:

@@ -54,8 +54,9 @@ from cryptography.x509.verification import (
 
 from gateway.config.model import Route, TlsSection, TrustSection
 from gateway.errors import ConfigError
+from gateway.relay.route_trust import RouteTrust
 from gateway.smime.types import Purpose, ValidationResult
-from gateway.smime.validate import CertificateValidator, load_certificates
+from gateway.smime.validate import CertificateValidator
 from gateway.smtp.listeblanche import ListeBlanche
 
 _VERSIONS = {"1.2": ssl.TLSVersion.TLSv1_2, "1.3": ssl.TLSVersion.TLSv1_3}
@@ -145,19 +146,12 @@ class PeerVerifier:
     def __init__(
         self, validator: CertificateValidator, liste_blanche: ListeBlanche | None = None
     ) -> None:
-        self._validator = validator
+        self._trust = RouteTrust(validator)
         self._liste_blanche = liste_blanche
-        self._per_route: dict[tuple[Path, ...], CertificateValidator] = {}
 
     def validator_for(self, route: Route) -> CertificateValidator:
-        """The validator with the route's own anchors added (cached per anchor set)."""
-        if not route.anchors:
-            return self._validator
-        key = tuple(route.anchors)
-        if key not in self._per_route:
-            extra = [cert for path in key for cert in load_certificates(path)]
-            self._per_route[key] = self._validator.with_extra_anchors(extra)
-        return self._per_route[key]
+        """The validator with the route's own anchors added (``RouteTrust``)."""
+        return self._trust.validator_for(route)
 
     async def verify(self, ssl_object: ssl.SSLObject, route: Route, reference: str) -> PeerIdentity:
         """Validate the peer chain and name; ``TlsVerificationError`` if refused."""

@@ -5,8 +5,8 @@ Cast:
   ports), ``var/pki`` a copy of the session's dev PKI completed by ``certs init-dev``
   (demo annuaire, key store, organisation signing key), plus an ``apicrypt`` route for
   ``*.apicrypt.test`` toward the partner: ``tls = "verify"``, ``tls_name``, the
-  partner's root as the route's ``anchors`` (or none), ``auth_user`` and a 0600
-  ``auth_password_file``; the recipient's entry (an encryption certificate issued by the
+  partner's root and person CA as the route's ``anchors`` (or none), ``auth_user``
+  and a 0600 ``auth_password_file``; the recipient's entry (an encryption certificate issued by the
   partner's PKI) added to its LDIF annuaire;
 - the *partner* (medical.apicrypt.test, "Apicrypt-like"): a separate Missive with its own
   home, spool, audit trail and dev PKI (another root, made by ``init_dev_pki`` in another
@@ -19,14 +19,18 @@ Cast:
   (``unknown_key = "pass-marked"``): the Maildir file holds the bytes that crossed the
   wire, and the test opens them with the recipient's key.
 
-Trust of the recipient's S/MIME certificate: the secure agent validates recipient
-certificates against ``[trust]`` only (``CertificateLookup`` is built on the validator of
-``trust.anchors``/``intermediates``; the route's ``anchors`` feed only the relay's TLS
-check). A site made with ``smime_trust="route-only"`` shows that: the partner's root is
-in the route's ``anchors`` and nowhere else. With ``smime_trust="person-ca"`` (the default)
-the hospital also lists the partner's *person* CA in ``trust.anchors`` — it cannot vouch
-for the partner's server certificate (another CA), so TLS still depends on the route's
-``anchors`` alone — and the partner's CRLs in ``trust.crls`` (revocation is hard-fail).
+Trust of the recipient's S/MIME certificate: the secure agent validates the
+certificates of a route's recipients against ``[trust]`` plus the route's own
+``anchors`` (``gateway.relay.route_trust``), as the relay does for the route's TLS peer.
+With ``smime_trust="route"`` (the default) the partner's CAs are in the route's
+``anchors`` and nowhere else (the person CA is needed there: both dev PKIs use the same
+CA names, so the hospital's own intermediate of that name cannot complete the path);
+the hospital lists the partner's CRLs in ``trust.crls`` (revocation data, not trust:
+revocation is hard-fail). With ``smime_trust="person-ca"``
+the hospital also lists the partner's *person* CA in ``trust.anchors``, so that a
+recipient certificate is valid without the route's ``anchors`` — it cannot vouch for
+the partner's server certificate (another CA), so TLS still depends on the route's
+``anchors`` alone (the test of a partner outside the route's anchors).
 
 ``serve`` runs in its own session with its output in a log file (no pipe to fill), and
 is stopped by PID: SIGTERM, then SIGKILL to its process group if it does not stop.
@@ -63,7 +67,7 @@ PARTNER_DOMAIN = "medical.apicrypt.test"
 AUTH_USER = "passerelle"
 CONFIG = "conf/missive.toml"
 
-SmimeTrust = Literal["person-ca", "route-only"]
+SmimeTrust = Literal["route", "person-ca"]
 
 
 def missive(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
@@ -203,7 +207,7 @@ def make_hospital(
     password: str,
     *,
     route_anchors: bool,
-    smime_trust: SmimeTrust = "person-ca",
+    smime_trust: SmimeTrust = "route",
 ) -> HospitalSite:
     """A copy of ``template`` with an ``apicrypt`` route to ``partner``."""
     shutil.copytree(template, home)
@@ -230,21 +234,24 @@ def _replace_once(text: str, old: str, new: str) -> str:
 
 
 def _with_partner_trust(text: str, partner: DevPki, smime_trust: SmimeTrust) -> str:
-    """``person-ca``: the partner's person CA as an S/MIME anchor and its CRLs."""
-    if smime_trust == "route-only":
-        return text
-    text = _replace_once(
-        text,
-        'anchors = ["var/pki/root.crt"]',
-        f'anchors = ["var/pki/root.crt", "{partner.ca_cert("personnes")}"]',
-    )
+    """The partner's CRLs; with ``person-ca`` its person CA as an anchor too."""
+    if smime_trust == "person-ca":
+        text = _replace_once(
+            text,
+            'anchors = ["var/pki/root.crt"]',
+            f'anchors = ["var/pki/root.crt", "{partner.ca_cert("personnes")}"]',
+        )
     partner_crls = "".join(f', "{partner.crl(ca)}"' for ca in ("root", "personnes", "serveurs"))
     shipped = '"var/pki/personnes.crl", "var/pki/serveurs.crl"'
     return _replace_once(text, shipped + "]", shipped + partner_crls + "]")
 
 
 def _apicrypt_route(partner: PartnerSite, route_anchors: bool) -> str:
-    anchors = f'["{partner.pki.root_cert}"]' if route_anchors else "[]"
+    # the partner's root for its server certificate (its chain comes in the handshake)
+    # and its person CA for its recipients' certificates (an annuaire entry carries no
+    # chain): both are this network's own, trusted on this route only
+    pki = partner.pki
+    anchors = f'["{pki.root_cert}", "{pki.ca_cert("personnes")}"]' if route_anchors else "[]"
     return f"""\
 [[routes]]
 name = "apicrypt"

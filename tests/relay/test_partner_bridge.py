@@ -20,8 +20,8 @@ Checked:
 - the hospital's trail: ``relay.attempt`` delivered with the TLS version, the partner's
   DN and certificate serial, ``peer_verified``; AUTH: the partner's trail records the
   message as received from login ``passerelle`` over TLS, the hospital's log names the
-  login (the ``relay.attempt`` event has no AUTH field yet: reported, the event is built
-  in ``relay_stage.py``); the password is in no log, trail or spool file of either site;
+  login and so does the ``relay.attempt`` event (``auth``); the password is in no log,
+  trail or spool file of either site;
 - a wrong password: the partner answers 535 (RFC 4954 §6) and records
   ``smtp.auth_failed``; the relay client ends the session and the message is *deferred*
   (not bounced: the credentials are the gateway's configuration, not a fault of the
@@ -31,12 +31,12 @@ Checked:
 - the route without ``anchors``: the handshake fails verification, the attempt is
   deferred with 4.7.5 and the reason recorded; the session never left STARTTLS (the
   partner received no MAIL), nothing is in clear anywhere on the partner's site;
-- a gap of the product, pinned: route ``anchors`` are not used to validate S/MIME
-  recipient certificates (only ``[trust]`` is), so with the partner's root in the route
-  alone the recipient has no valid certificate and goes to the route's fallback (a
-  postal letter), never in clear. The other tests therefore also list the partner's
-  *person* CA in the hospital's ``trust.anchors`` (it cannot vouch for the partner's
-  server certificate, so the TLS checks above still rest on the route's ``anchors``).
+  (that test makes the recipient's certificate valid through the partner's *person* CA
+  in ``trust.anchors``, which cannot vouch for the partner's server certificate);
+- the route's ``anchors`` also make the partner's recipient certificates valid
+  (``gateway.relay.route_trust``): without them, and without the person CA, the
+  recipient has no valid certificate and goes to the route's fallback (a postal
+  letter), never in clear, and nothing is relayed.
 
 Loopback only; each ``serve`` is stopped by PID (SIGTERM, then SIGKILL of its process
 group) even when a test fails.
@@ -154,7 +154,7 @@ def _hospital(
     password: str,
     *,
     route_anchors: bool = True,
-    smime_trust: SmimeTrust = "person-ca",
+    smime_trust: SmimeTrust = "route",
 ) -> HospitalSite:
     return make_hospital(
         tmp_path / "hospital",
@@ -356,6 +356,7 @@ def test_letter_crosses_the_bridge_signed_encrypted_over_verified_tls_with_auth(
     assert details["route"] == "apicrypt"
     assert details["tls_version"].startswith("TLSv1.")
     assert details["peer_verified"] == "yes"
+    assert details["auth"] == "passerelle"
     assert attempt["peer"] == f"CN={PARTNER_MX},O=MISSIVE DEV (TEST ONLY),C=FR"
     assert attempt["cert_serials"] == [_partner_leaf_serial(partner)]
     # AUTH: the partner took it from the login over TLS; the hospital logged the login.
@@ -405,7 +406,16 @@ def test_wrong_password_defers_the_message_and_sends_nothing(
 def test_partner_certificate_outside_the_route_anchors_is_refused(
     tmp_path: Path, hospital_template: Path, partner: RunningPartner, password: str
 ) -> None:
-    hospital = _hospital(tmp_path, hospital_template, partner, password, route_anchors=False)
+    """The recipient's certificate is made valid another way (the partner's person CA
+    in ``trust.anchors``) so that the TLS check is what refuses the partner."""
+    hospital = _hospital(
+        tmp_path,
+        hospital_template,
+        partner,
+        password,
+        route_anchors=False,
+        smime_trust="person-ca",
+    )
     mark = Mark.of(partner)
     with serving(hospital.home):
         _submit(hospital)
@@ -426,12 +436,13 @@ def test_partner_certificate_outside_the_route_anchors_is_refused(
     _assert_password_nowhere(hospital, partner, password)
 
 
-def test_route_anchors_do_not_make_a_recipient_certificate_valid(
+def test_without_route_anchors_the_recipient_certificate_is_untrusted_and_goes_by_post(
     tmp_path: Path, hospital_template: Path, partner: RunningPartner, password: str
 ) -> None:
-    """Pinned gap (see the module docstring): the partner's root only in the route's
-    ``anchors`` leaves the recipient without a valid certificate: postal fallback."""
-    hospital = _hospital(tmp_path, hospital_template, partner, password, smime_trust="route-only")
+    """The route's ``anchors`` are what make the partner's recipient certificates valid:
+    without them the recipient has no valid certificate and gets the postal fallback,
+    nothing is relayed (never in clear)."""
+    hospital = _hospital(tmp_path, hospital_template, partner, password, route_anchors=False)
     mark = Mark.of(partner)
     with serving(hospital.home):
         _submit(hospital)
