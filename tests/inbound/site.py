@@ -1,13 +1,17 @@
 """A local site for the inbound stage and local delivery tests: a configuration on the
 session's dev PKI (loaded with the real loader), a spool, an in-memory audit trail, the
 two local users' keys in ``var/keys``, and messages made with ``gateway.smime`` as the
-outbound agent of another gateway would make them.
+outbound agent of another gateway would make them; the inbound agent and local delivery
+built on that site with their queue recovered.
 
 Cast: claire.durand@clinique-b.test (outside) writes to alice.martin@ and
 bruno.petit@chu-a.test (local); the gateway holds both local users' keys."""
 
 from __future__ import annotations
 
+import ssl
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -16,13 +20,30 @@ from cryptography import x509
 
 from gateway.audit import AuditEvent
 from gateway.config import Config, load_config
+from gateway.inbound.delivery import DEFAULT_CONCURRENCY as DELIVERY_CONCURRENCY
+from gateway.inbound.delivery import LocalDelivery
+from gateway.inbound.stage import DEFAULT_CONCURRENCY as STAGE_CONCURRENCY
+from gateway.inbound.stage import InboundStage
+from gateway.inbound.store_client import DEFAULT_CONNECTIONS
 from gateway.pki.dev import DevPki
 from gateway.pki.store import load_first_certificate, load_private_key
 from gateway.relay import protect
 from gateway.smime.encrypt import Recipient as CmsRecipient
 from gateway.smime.encrypt import encrypt_entity
+from gateway.smime.keystore import KeyStore
 from gateway.smime.sign import sign
-from gateway.spool import EntryReader, Envelope, Origin, Recipient, RetryPolicy, Spool
+from gateway.smime.validate import CertificateValidator
+from gateway.spool import (
+    INBOUND,
+    LOCAL,
+    EntryReader,
+    Envelope,
+    Origin,
+    Queue,
+    Recipient,
+    RetryPolicy,
+    Spool,
+)
 
 ALICE = "alice.martin@chu-a.test"
 BRUNO = "bruno.petit@chu-a.test"
@@ -31,6 +52,9 @@ HOST = "mx.chu-a.test"
 SECRET = b"Le patient Dupont va mieux."
 SUBJECT = "Compte rendu Dupont"
 FROM_OUTSIDE = Origin("mx", client_address="127.0.0.1")
+INBOUND_AGENT = Origin("mx", client_address="127.0.0.1")  # what queued into ``local/``
+MAILDIR = 'deliver_to = "maildir:var/mail"'
+HOLD_UNSIGNED_CBC = MAILDIR + '\nunsigned_cbc = "hold"'  # Maildirs; unsigned CBC quarantined
 POLICY = RetryPolicy((timedelta(minutes=5),), timedelta(hours=1), jitter=0)
 
 LETTER = (
@@ -43,6 +67,16 @@ LETTER = (
     b"Content-Type: text/plain; charset=utf-8\r\n"
     b"\r\n" + SECRET + b"\r\n"
 )
+
+
+def numbered(index: int) -> bytes:
+    """``LETTER`` with a Message-ID of its own: ``<m{index}@clinique-b.test>``."""
+    return LETTER.replace(b"<m1@clinique-b.test>", f"<m{index}@clinique-b.test>".encode())
+
+
+def message_ids(stored: list[bytes]) -> list[bytes]:
+    """The Message-ID of each stored message, sorted."""
+    return sorted(raw.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0] for raw in stored)
 
 
 class Trail:
@@ -59,9 +93,15 @@ class Trail:
         return [event for event in self.events if event.type == kind]
 
 
+def real_now() -> datetime:
+    return datetime.now(UTC)
+
+
 @dataclass
 class Clock:
-    now: datetime = field(default_factory=lambda: datetime.now(UTC))
+    """A clock that stays where a test puts it (``now``, by default the time it was made)."""
+
+    now: datetime = field(default_factory=real_now)
 
     def __call__(self) -> datetime:
         return self.now
@@ -100,6 +140,11 @@ crls = ["{pki.crl("personnes")}", "{pki.crl("serveurs")}"]
     return load_config(path)
 
 
+def lmtp_to(port: int) -> str:
+    """The ``[inbound]`` body delivering over LMTP to 127.0.0.1:``port``."""
+    return f'deliver_to = "lmtp://127.0.0.1:{port}"'
+
+
 def install_keys(config: Config, pki: DevPki, *addresses: str) -> None:
     """Each address's signing and encryption key files (key, certificate, chain), 0600."""
     for address in addresses:
@@ -117,15 +162,16 @@ def certificate(pki: DevPki, address: str, purpose: str = "enc") -> x509.Certifi
     return load_first_certificate(pki.user_cert(address, purpose))
 
 
-def incoming_letter(
+def seal(
     pki: DevPki,
+    letter: bytes,
     *recipients: str,
     cipher: str = "aes-256-gcm",
     signed: bool = True,
 ) -> bytes:
-    """Claire's letter as her gateway sends it: header-protected, signed, encrypted to
-    every address of ``recipients``."""
-    split = protect.SplitMessage.of(LETTER)
+    """``letter`` as Claire's gateway sends it: header-protected, signed (unless
+    ``signed`` is false), encrypted with ``cipher`` to every address of ``recipients``."""
+    split = protect.SplitMessage.of(letter)
     payload = protect.cryptographic_payload(split, protect=True, wrap=False)
     outer = protect.outer_header(split, protect=True)
     if signed:
@@ -137,6 +183,24 @@ def incoming_letter(
     return outer + b"MIME-Version: 1.0\r\n" + entity
 
 
+def incoming_letter(
+    pki: DevPki,
+    *recipients: str,
+    cipher: str = "aes-256-gcm",
+    signed: bool = True,
+) -> bytes:
+    """Claire's ``LETTER`` sealed by her gateway for ``recipients`` (see ``seal``)."""
+    return seal(pki, LETTER, *recipients, cipher=cipher, signed=signed)
+
+
+def validator_of(pki: DevPki) -> CertificateValidator:
+    """The site's chain validator: the dev PKI's root, intermediates and both CRLs
+    (what its ``[trust]`` table names)."""
+    return CertificateValidator.from_files(
+        [pki.root_cert], [pki.intermediates], [pki.crl("personnes"), pki.crl("serveurs")]
+    )
+
+
 def envelope(*recipients: str, sender: str = CLAIRE) -> Envelope:
     return Envelope(sender, tuple(Recipient(address) for address in recipients))
 
@@ -145,6 +209,93 @@ def open_spool(config: Config, trail: Trail, clock: Clock, actor: str) -> Spool:
     return Spool(
         config.gateway.spool_dir, audit=trail, actor=actor, max_message_size=1 << 20, clock=clock
     )
+
+
+@dataclass
+class OpenSite:
+    """A configured site with its spool open: what most inbound tests start from; builds
+    the inbound agent and local delivery the way the workers do, their queue recovered."""
+
+    pki: DevPki
+    config: Config
+    spool: Spool
+    trail: Trail
+    clock: Clock
+
+    @property
+    def inbound(self) -> Queue:
+        return self.spool.queue(INBOUND)
+
+    @property
+    def local(self) -> Queue:
+        return self.spool.queue(LOCAL)
+
+    async def inbound_agent(
+        self,
+        *,
+        clock: Callable[[], datetime] | None = None,
+        concurrency: int = STAGE_CONCURRENCY,
+    ) -> InboundStage:
+        """The inbound agent (keys from ``var/keys``, ``validator_of(pki)``, the site's
+        clock unless ``clock`` is given), ``inbound/`` recovered."""
+        keys = KeyStore.load(self.config.keys.dir)
+        validator = validator_of(self.pki)
+        stage = InboundStage(
+            self.config,
+            self.spool,
+            keys,
+            validator,
+            self.trail,
+            clock=clock or self.clock,
+            concurrency=concurrency,
+        )
+        await self.inbound.recover()
+        return stage
+
+    async def local_delivery(
+        self,
+        *,
+        concurrency: int = DELIVERY_CONCURRENCY,
+        connections: int = DEFAULT_CONNECTIONS,
+        tls_context: ssl.SSLContext | None = None,
+    ) -> LocalDelivery:
+        """Local delivery with ``POLICY`` and the site's clock, ``local/`` recovered."""
+        delivery = LocalDelivery(
+            self.config,
+            self.spool,
+            self.trail,
+            policy=POLICY,
+            clock=self.clock,
+            concurrency=concurrency,
+            connections=connections,
+            tls_context=tls_context,
+        )
+        await self.local.recover()
+        return delivery
+
+
+@asynccontextmanager
+async def opened_site(
+    root: Path,
+    pki: DevPki,
+    *,
+    inbound: str,
+    actor: str,
+    keys_of: tuple[str, ...] = (),
+    trail: Trail | None = None,
+) -> AsyncIterator[OpenSite]:
+    """The site of ``write_config(root, pki, inbound=inbound)`` with the keys of
+    ``keys_of`` installed, ``trail`` (a fresh one by default), a fresh clock, and its
+    spool opened as ``actor``; the spool is closed on the way out."""
+    config = write_config(root, pki, inbound=inbound)
+    install_keys(config, pki, *keys_of)
+    trail = Trail() if trail is None else trail
+    clock = Clock()
+    spool = open_spool(config, trail, clock, actor)
+    try:
+        yield OpenSite(pki, config, spool, trail, clock)
+    finally:
+        await spool.aclose()
 
 
 def stored_content(path: Path) -> bytes:

@@ -43,26 +43,22 @@ import pytest
 from asn1crypto import cms
 
 from gateway.inbound.headers import NOT_VERIFIED_TAG
-from gateway.inbound.stage import InboundOutcome, InboundStage
+from gateway.inbound.stage import InboundOutcome
 from gateway.pki.dev import DevPki
 from gateway.smime import mime
-from gateway.smime.keystore import KeyStore
-from gateway.smime.validate import CertificateValidator
 from gateway.spool import INBOUND, LOCAL, RECEIVED
 from tests.inbound.site import (
     ALICE,
     CLAIRE,
     FROM_OUTSIDE,
+    MAILDIR,
     SECRET,
     SUBJECT,
-    Clock,
     Trail,
     entries,
     envelope,
     files_containing,
-    install_keys,
-    open_spool,
-    write_config,
+    opened_site,
 )
 from tests.peers.cms_tools import GPGSM_3DES_OID, Gpgsm, OpenSSLCms
 
@@ -138,6 +134,16 @@ def corpus(dev_pki: DevPki) -> dict[tuple[str, bool], Sample]:
     return {(sample.producer, sample.signed): sample for sample in samples}
 
 
+@pytest.fixture(
+    params=[(producer, signed) for producer in PRODUCERS for signed in (False, True)],
+    ids=lambda kind: f"{kind[0]}-{'signed-enveloped' if kind[1] else 'enveloped'}",
+)
+def sample(corpus: dict[tuple[str, bool], Sample], request: pytest.FixtureRequest) -> Sample:
+    """Each message of the corpus in turn: every producer, enveloped and signed-enveloped."""
+    producer, signed = request.param
+    return corpus[producer, signed]
+
+
 @dataclass
 class Result:
     outcome: InboundOutcome
@@ -150,34 +156,21 @@ class Result:
 async def run_inbound(dev_pki: DevPki, root: Path, message: bytes, accept_3des: bool) -> Result:
     """``message`` through the inbound agent configured with ``accept_3des``."""
     setting = "true" if accept_3des else "false"
-    config = write_config(
-        root,
-        dev_pki,
-        inbound=f'deliver_to = "maildir:var/mail"\n\n[smime]\naccept_3des = {setting}',
-    )
-    assert config.smime.accept_3des is accept_3des
-    install_keys(config, dev_pki, ALICE)
-    validator = CertificateValidator.from_files(
-        [dev_pki.root_cert], [dev_pki.intermediates], [dev_pki.crl("personnes")]
-    )
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "inbound-agent")
-    try:
-        await spool.queue(INBOUND).add(envelope(ALICE), FROM_OUTSIDE, message)
-        stage = InboundStage(
-            config, spool, KeyStore.load(config.keys.dir), validator, trail, clock=clock
-        )
-        await spool.queue(INBOUND).recover()
+    inbound = f"{MAILDIR}\n\n[smime]\naccept_3des = {setting}"
+    async with opened_site(
+        root, dev_pki, inbound=inbound, actor="inbound-agent", keys_of=(ALICE,)
+    ) as site:
+        assert site.config.smime.accept_3des is accept_3des
+        await site.inbound.add(envelope(ALICE), FROM_OUTSIDE, message)
+        stage = await site.inbound_agent()
         [outcome] = await stage.drain()
         return Result(
             outcome,
-            trail,
-            [content for _, content in await entries(spool, INBOUND, "hold")],
-            [content for _, content in await entries(spool, LOCAL, "incoming")],
-            [content for _, content in await entries(spool, RECEIVED, "incoming")],
+            site.trail,
+            [content for _, content in await entries(site.spool, INBOUND, "hold")],
+            [content for _, content in await entries(site.spool, LOCAL, "incoming")],
+            [content for _, content in await entries(site.spool, RECEIVED, "incoming")],
         )
-    finally:
-        await spool.aclose()
 
 
 def security_field(delivered: bytes) -> str:
@@ -189,16 +182,10 @@ def subject_of(delivered: bytes) -> str:
     return str(email.message_from_bytes(delivered, policy=email.policy.default)["Subject"])
 
 
-@pytest.mark.parametrize("signed", [False, True], ids=["enveloped", "signed-enveloped"])
-@pytest.mark.parametrize("producer", PRODUCERS)
 async def test_3des_accepted_is_decrypted_and_marked_weak(
-    corpus: dict[tuple[str, bool], Sample],
-    dev_pki: DevPki,
-    tmp_path: Path,
-    producer: str,
-    signed: bool,
+    sample: Sample, dev_pki: DevPki, tmp_path: Path
 ) -> None:
-    result = await run_inbound(dev_pki, tmp_path, corpus[producer, signed].message, True)
+    result = await run_inbound(dev_pki, tmp_path, sample.message, True)
     assert result.outcome.disposition == "completed" and result.dsns == []
     [delivered] = result.local
     assert SECRET in delivered and b"application/pkcs7-mime" not in delivered
@@ -206,7 +193,7 @@ async def test_3des_accepted_is_decrypted_and_marked_weak(
     assert security.startswith("encrypted=des-ede3-cbc;") and security.endswith("weak=yes")
     [event] = result.trail.of_type("inbound.processed")
     assert event.details["weak"] == "yes" and event.details["cipher"] == "des-ede3-cbc"
-    if signed:
+    if sample.signed:
         assert "signature=valid" in security and f'signer="{CLAIRE}"' in security
         assert subject_of(delivered) == SUBJECT
     else:
@@ -214,19 +201,12 @@ async def test_3des_accepted_is_decrypted_and_marked_weak(
         assert subject_of(delivered).startswith(NOT_VERIFIED_TAG)
 
 
-@pytest.mark.parametrize("signed", [False, True], ids=["enveloped", "signed-enveloped"])
-@pytest.mark.parametrize("producer", PRODUCERS)
 async def test_3des_refused_is_held_as_received_with_a_dsn(
-    corpus: dict[tuple[str, bool], Sample],
-    dev_pki: DevPki,
-    tmp_path: Path,
-    producer: str,
-    signed: bool,
+    sample: Sample, dev_pki: DevPki, tmp_path: Path
 ) -> None:
-    message = corpus[producer, signed].message
-    result = await run_inbound(dev_pki, tmp_path, message, False)
+    result = await run_inbound(dev_pki, tmp_path, sample.message, False)
     assert result.outcome.disposition == "held" and result.local == []
-    assert result.held == [message]  # as received: still encrypted
+    assert result.held == [sample.message]  # as received: still encrypted
     [dsn] = result.dsns
     assert b"Action: failed" in dsn and b"Status: 5.7.5" in dsn
     [event] = result.trail.of_type("inbound.processed")

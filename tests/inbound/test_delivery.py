@@ -11,41 +11,31 @@ from pathlib import Path
 
 import pytest
 
-from gateway.inbound.delivery import LocalDelivery
 from gateway.inbound.maildir import PermanentFailure, mailbox_of
 from gateway.pki.dev import DevPki
-from gateway.spool import LOCAL, RECEIVED, Origin
+from gateway.spool import RECEIVED
 from tests.inbound.site import (
     ALICE,
     BRUNO,
     CLAIRE,
+    INBOUND_AGENT,
     LETTER,
-    POLICY,
-    Clock,
-    Trail,
+    MAILDIR,
     entries,
     envelope,
-    open_spool,
-    write_config,
+    lmtp_to,
+    opened_site,
 )
 from tests.peers.dovecot import MAIL_GID, MAIL_UID, DovecotInstance
 
-INBOUND_AGENT = Origin("mx", client_address="127.0.0.1")
-
 
 async def test_maildir_delivery_writes_a_0600_file_in_new(dev_pki: DevPki, tmp_path: Path) -> None:
-    config = write_config(tmp_path, dev_pki, inbound='deliver_to = "maildir:var/mail"')
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "local-delivery")
-    try:
-        await spool.queue(LOCAL).add(envelope(ALICE), INBOUND_AGENT, LETTER)
-        await spool.queue(LOCAL).add(envelope(ALICE), INBOUND_AGENT, LETTER + b"second\r\n")
-        delivery = LocalDelivery(config, spool, trail, policy=POLICY, clock=clock)
-        await spool.queue(LOCAL).recover()
+    async with opened_site(tmp_path, dev_pki, inbound=MAILDIR, actor="local-delivery") as site:
+        await site.local.add(envelope(ALICE), INBOUND_AGENT, LETTER)
+        await site.local.add(envelope(ALICE), INBOUND_AGENT, LETTER + b"second\r\n")
+        delivery = await site.local_delivery()
         outcomes = await delivery.drain()
         assert [o.disposition for o in outcomes] == ["completed", "completed"]
-    finally:
-        await spool.aclose()
     mailbox = tmp_path / "var" / "mail" / "alice.martin"
     files = sorted((mailbox / "new").iterdir())
     assert len(files) == 2 and files[0].name != files[1].name
@@ -53,7 +43,7 @@ async def test_maildir_delivery_writes_a_0600_file_in_new(dev_pki: DevPki, tmp_p
     assert all(stat.S_IMODE(path.stat().st_mode) == 0o600 for path in files)
     assert list((mailbox / "tmp").iterdir()) == []
     assert (mailbox / "cur").is_dir()
-    assert [e.outcome for e in trail.of_type("delivery.local")] == ["delivered"] * 2
+    assert [e.outcome for e in site.trail.of_type("delivery.local")] == ["delivered"] * 2
 
 
 @pytest.mark.parametrize("local_part", ["../etc", ".hidden", "a/b", ""])
@@ -69,17 +59,13 @@ async def test_lmtp_4xx_is_deferred_then_delivered(
     dev_pki: DevPki, tmp_path: Path, dovecot_factory: Callable[..., DovecotInstance]
 ) -> None:
     dovecot = dovecot_factory(users={ALICE: "alice-pw"})
-    config = write_config(
-        tmp_path, dev_pki, inbound=f'deliver_to = "lmtp://127.0.0.1:{dovecot.lmtp_port}"'
-    )
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "local-delivery")
-    queue = spool.queue(LOCAL)
-    os.chown(dovecot.mail_dir, 0, 0)  # Dovecot cannot create the mailbox: LMTP 451
-    try:
+    async with opened_site(
+        tmp_path, dev_pki, inbound=lmtp_to(dovecot.lmtp_port), actor="local-delivery"
+    ) as site:
+        queue = site.local
+        os.chown(dovecot.mail_dir, 0, 0)  # Dovecot cannot create the mailbox: LMTP 451
         queue_id = await queue.add(envelope(ALICE), INBOUND_AGENT, LETTER)
-        delivery = LocalDelivery(config, spool, trail, policy=POLICY, clock=clock)
-        await queue.recover()
+        delivery = await site.local_delivery()
         [first] = await delivery.drain()
         assert first.disposition == "deferred"
         [(address, code, text)] = first.replies
@@ -91,9 +77,7 @@ async def test_lmtp_4xx_is_deferred_then_delivered(
         [second] = await delivery.drain()
         assert second.disposition == "completed" and second.replies[0][1] == 250
         assert await queue.locate(queue_id) is None
-        assert await entries(spool, RECEIVED, "incoming") == []  # no DSN
-    finally:
-        await spool.aclose()
+        assert await entries(site.spool, RECEIVED, "incoming") == []  # no DSN
     [raw] = dovecot.fetch_all(ALICE)
     assert b"Subject: Compte rendu Dupont" in raw
 
@@ -103,27 +87,21 @@ async def test_lmtp_5xx_bounces_with_a_failure_dsn(
     dev_pki: DevPki, tmp_path: Path, dovecot_factory: Callable[..., DovecotInstance]
 ) -> None:
     dovecot = dovecot_factory(users={ALICE: "alice-pw"})
-    config = write_config(
-        tmp_path, dev_pki, inbound=f'deliver_to = "lmtp://127.0.0.1:{dovecot.lmtp_port}"'
-    )
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "local-delivery")
-    unknown = "nobody@chu-a.test"
-    try:
-        queue_id = await spool.queue(LOCAL).add(envelope(unknown), INBOUND_AGENT, LETTER)
-        delivery = LocalDelivery(config, spool, trail, policy=POLICY, clock=clock)
-        await spool.queue(LOCAL).recover()
+    async with opened_site(
+        tmp_path, dev_pki, inbound=lmtp_to(dovecot.lmtp_port), actor="local-delivery"
+    ) as site:
+        unknown = "nobody@chu-a.test"
+        queue_id = await site.local.add(envelope(unknown), INBOUND_AGENT, LETTER)
+        delivery = await site.local_delivery()
         [outcome] = await delivery.drain()
         assert outcome.disposition == "bounced" and outcome.dsn is not None
         assert outcome.replies[0][1] == 550
-        assert await spool.queue(LOCAL).locate(queue_id) is None
-        [(dsn_envelope, dsn)] = await entries(spool, RECEIVED, "incoming")
+        assert await site.local.locate(queue_id) is None
+        [(dsn_envelope, dsn)] = await entries(site.spool, RECEIVED, "incoming")
         assert dsn_envelope.mail_from == "" and dsn_envelope.recipients[0].address == CLAIRE
         assert b"Action: failed" in dsn and b"Final-Recipient: rfc822; " + unknown.encode() in dsn
         assert b"Status: 5.1.1" in dsn and b"Diagnostic-Code: smtp; 550" in dsn
-        assert [e.outcome for e in trail.of_type("delivery.local")] == ["failed"]
-    finally:
-        await spool.aclose()
+        assert [e.outcome for e in site.trail.of_type("delivery.local")] == ["failed"]
 
 
 @pytest.mark.peer
@@ -133,25 +111,19 @@ async def test_lmtp_reads_one_reply_per_accepted_recipient(
     """RFC 2033 §4.2: after DATA, one reply per accepted RCPT, in order; a refused
     recipient keeps its RCPT reply and alone gets a failure DSN."""
     dovecot = dovecot_factory(users={ALICE: "alice-pw", BRUNO: "bruno-pw"})
-    config = write_config(
-        tmp_path, dev_pki, inbound=f'deliver_to = "lmtp://127.0.0.1:{dovecot.lmtp_port}"'
-    )
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "local-delivery")
-    unknown = "nobody@chu-a.test"
-    try:
-        await spool.queue(LOCAL).add(envelope(ALICE, unknown, BRUNO), INBOUND_AGENT, LETTER)
-        delivery = LocalDelivery(config, spool, trail, policy=POLICY, clock=clock)
-        await spool.queue(LOCAL).recover()
+    async with opened_site(
+        tmp_path, dev_pki, inbound=lmtp_to(dovecot.lmtp_port), actor="local-delivery"
+    ) as site:
+        unknown = "nobody@chu-a.test"
+        await site.local.add(envelope(ALICE, unknown, BRUNO), INBOUND_AGENT, LETTER)
+        delivery = await site.local_delivery()
         [outcome] = await delivery.drain()
         assert outcome.disposition == "completed"
         codes = {address: code for address, code, _ in outcome.replies}
         assert codes == {ALICE: 250, unknown: 550, BRUNO: 250}
         texts = {address: text for address, _, text in outcome.replies}
         assert ALICE in texts[ALICE] and BRUNO in texts[BRUNO]  # each its own reply
-        [(_, dsn)] = await entries(spool, RECEIVED, "incoming")
+        [(_, dsn)] = await entries(site.spool, RECEIVED, "incoming")
         assert b"Final-Recipient: rfc822; " + unknown.encode() in dsn
         assert dsn.count(b"Final-Recipient:") == 1
-    finally:
-        await spool.aclose()
     assert len(dovecot.fetch_all(ALICE)) == 1 and len(dovecot.fetch_all(BRUNO)) == 1

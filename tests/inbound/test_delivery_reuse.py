@@ -21,31 +21,25 @@ from pathlib import Path
 import pytest
 
 from gateway.audit import AuditEvent
-from gateway.config import Config
 from gateway.inbound.delivery import LocalDelivery
 from gateway.inbound.store_client import MAX_IDLE, StorePool, StoreTarget
 from gateway.pki.dev import DevPki
-from gateway.spool import LOCAL, Origin, RecipientStatus
+from gateway.spool import LOCAL, RecipientStatus, Spool
 from tests.inbound.site import (
     ALICE,
     BRUNO,
     CLAIRE,
+    INBOUND_AGENT,
     LETTER,
     POLICY,
-    Clock,
     Trail,
     envelope,
-    open_spool,
-    write_config,
+    lmtp_to,
+    message_ids,
+    numbered,
+    opened_site,
 )
 from tests.peers.dovecot import DovecotInstance
-
-INBOUND_AGENT = Origin("mx", client_address="127.0.0.1")
-
-
-def numbered(index: int) -> bytes:
-    """``LETTER`` with a Message-ID of its own."""
-    return LETTER.replace(b"<m1@clinique-b.test>", f"<m{index}@clinique-b.test>".encode())
 
 
 @dataclass
@@ -143,8 +137,10 @@ async def scripted() -> AsyncIterator[ScriptedLmtp]:
         await server.wait_closed()
 
 
-def lmtp_site(tmp_path: Path, pki: DevPki, port: int) -> Config:
-    return write_config(tmp_path, pki, inbound=f'deliver_to = "lmtp://127.0.0.1:{port}"')
+async def queue_letters_to_alice(spool: Spool, count: int) -> None:
+    """``numbered(1)`` ... ``numbered(count)`` queued in ``local/`` for Alice."""
+    for index in range(1, count + 1):
+        await spool.queue(LOCAL).add(envelope(ALICE), INBOUND_AGENT, numbered(index))
 
 
 def lmtp_sessions_logged(dovecot: DovecotInstance) -> int:
@@ -161,26 +157,17 @@ async def test_several_messages_share_one_lmtp_connection_to_dovecot(
     dev_pki: DevPki, tmp_path: Path, dovecot_factory: Callable[..., DovecotInstance]
 ) -> None:
     dovecot = dovecot_factory(users={ALICE: "alice-pw"})
-    config = write_config(
-        tmp_path, dev_pki, inbound=f'deliver_to = "lmtp://127.0.0.1:{dovecot.lmtp_port}"'
-    )
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "local-delivery")
-    try:
-        for index in range(1, 6):
-            await spool.queue(LOCAL).add(envelope(ALICE), INBOUND_AGENT, numbered(index))
-        delivery = LocalDelivery(
-            config, spool, trail, policy=POLICY, clock=clock, concurrency=4, connections=1
-        )
-        await spool.queue(LOCAL).recover()
+    async with opened_site(
+        tmp_path, dev_pki, inbound=lmtp_to(dovecot.lmtp_port), actor="local-delivery"
+    ) as site:
+        await queue_letters_to_alice(site.spool, 5)
+        delivery = await site.local_delivery(concurrency=4, connections=1)
         outcomes = await delivery.drain()
         assert [o.disposition for o in outcomes] == ["completed"] * 5
         assert delivery.pool is not None and delivery.pool.opened == 1
-    finally:
-        await spool.aclose()
-    stored = dovecot.fetch_all(ALICE)
-    ids = sorted(raw.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0] for raw in stored)
-    assert ids == sorted(f"<m{i}@clinique-b.test>".encode() for i in range(1, 6))
+    assert message_ids(dovecot.fetch_all(ALICE)) == sorted(
+        f"<m{i}@clinique-b.test>".encode() for i in range(1, 6)
+    )
     assert lmtp_sessions_logged(dovecot) == 1  # Dovecot's own count agrees
 
 
@@ -189,19 +176,13 @@ async def test_a_store_that_drops_the_session_between_messages_gets_a_new_one(
     dev_pki: DevPki, tmp_path: Path, scripted: ScriptedLmtp, misbehaviour: str
 ) -> None:
     scripted.after_transaction = misbehaviour
-    config, trail, clock = lmtp_site(tmp_path, dev_pki, scripted.port), Trail(), Clock()
-    spool = open_spool(config, trail, clock, "local-delivery")
-    try:
-        for index in range(1, 4):
-            await spool.queue(LOCAL).add(envelope(ALICE), INBOUND_AGENT, numbered(index))
-        delivery = LocalDelivery(
-            config, spool, trail, policy=POLICY, clock=clock, concurrency=1, connections=1
-        )
-        await spool.queue(LOCAL).recover()
+    async with opened_site(
+        tmp_path, dev_pki, inbound=lmtp_to(scripted.port), actor="local-delivery"
+    ) as site:
+        await queue_letters_to_alice(site.spool, 3)
+        delivery = await site.local_delivery(concurrency=1, connections=1)
         outcomes = await delivery.drain()
         assert [o.disposition for o in outcomes] == ["completed"] * 3
-    finally:
-        await spool.aclose()
     assert scripted.connections == 3 and delivery.pool is not None
     assert delivery.pool.opened == 3
     delivered = scripted.delivered_to(ALICE)
@@ -214,13 +195,12 @@ async def test_a_4xx_for_one_recipient_defers_only_that_one(
     dev_pki: DevPki, tmp_path: Path, scripted: ScriptedLmtp, where: str
 ) -> None:
     (scripted.refuse_rcpt if where == "rcpt" else scripted.defer_data).add(BRUNO)
-    config, trail, clock = lmtp_site(tmp_path, dev_pki, scripted.port), Trail(), Clock()
-    spool = open_spool(config, trail, clock, "local-delivery")
-    queue = spool.queue(LOCAL)
-    try:
+    async with opened_site(
+        tmp_path, dev_pki, inbound=lmtp_to(scripted.port), actor="local-delivery"
+    ) as site:
+        queue = site.local
         queue_id = await queue.add(envelope(ALICE, BRUNO), INBOUND_AGENT, LETTER)
-        delivery = LocalDelivery(config, spool, trail, policy=POLICY, clock=clock)
-        await queue.recover()
+        delivery = await site.local_delivery()
         [first] = await delivery.drain()
         assert first.disposition == "deferred"
         codes = {address: code for address, code, _ in first.replies}
@@ -236,13 +216,11 @@ async def test_a_4xx_for_one_recipient_defers_only_that_one(
         [second] = await delivery.drain()
         assert second.disposition == "completed"
         assert [(a, c) for a, c, _ in second.replies] == [(BRUNO, 250)]  # Bruno only
-    finally:
-        await spool.aclose()
     assert [t.recipients for t in scripted.transactions] == (
         [[ALICE], [BRUNO]] if where == "rcpt" else [[ALICE, BRUNO], [BRUNO]]
     )
     assert len(scripted.delivered_to(ALICE)) == 1  # Alice's copy never sent twice
-    outcomes = [(e.rcpt_to[0], e.outcome) for e in trail.of_type("delivery.local")]
+    outcomes = [(e.rcpt_to[0], e.outcome) for e in site.trail.of_type("delivery.local")]
     assert outcomes == [(ALICE, "delivered"), (BRUNO, "deferred"), (BRUNO, "delivered")]
 
 
@@ -264,23 +242,28 @@ class CountingTrail(Trail):
 async def test_run_reuses_a_connection_and_closes_it_when_stopped(
     dev_pki: DevPki, tmp_path: Path, scripted: ScriptedLmtp
 ) -> None:
-    config, trail, clock = lmtp_site(tmp_path, dev_pki, scripted.port), CountingTrail(4), Clock()
-    spool = open_spool(config, trail, clock, "local-delivery")
-    stop = asyncio.Event()
-    try:
-        for index in range(1, 5):
-            await spool.queue(LOCAL).add(envelope(ALICE), INBOUND_AGENT, numbered(index))
+    trail = CountingTrail(4)
+    inbound = lmtp_to(scripted.port)
+    async with opened_site(
+        tmp_path, dev_pki, inbound=inbound, actor="local-delivery", trail=trail
+    ) as site:
+        await queue_letters_to_alice(site.spool, 4)
         delivery = LocalDelivery(
-            config, spool, trail, policy=POLICY, clock=clock, poll_interval=0.01, connections=1
+            site.config,
+            site.spool,
+            trail,
+            policy=POLICY,
+            clock=site.clock,
+            poll_interval=0.01,
+            connections=1,
         )
+        stop = asyncio.Event()
         worker = asyncio.ensure_future(delivery.run(stop))
         try:
             await trail.done.wait()
         finally:
             stop.set()
             await worker
-    finally:
-        await spool.aclose()
     assert scripted.connections == 1 and len(scripted.transactions) == 4
     assert scripted.quits == 1  # the pooled session was closed politely on stop
 

@@ -23,37 +23,31 @@ from __future__ import annotations
 import email
 import email.policy
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from gateway.config import Config
 from gateway.inbound import store_client
 from gateway.inbound.delivery import DeliveryOutcome, LocalDelivery
-from gateway.inbound.stage import InboundStage
 from gateway.pki.dev import DevPki
-from gateway.smime.keystore import KeyStore
-from gateway.smime.validate import CertificateValidator
-from gateway.spool import INBOUND, LOCAL, RECEIVED, Origin, Queue, Spool
+from gateway.spool import LOCAL, RECEIVED
 from tests.inbound.site import (
     ALICE,
     BRUNO,
     CLAIRE,
     FROM_OUTSIDE,
+    INBOUND_AGENT,
     LETTER,
-    POLICY,
     SECRET,
     SUBJECT,
-    Clock,
-    Trail,
+    OpenSite,
     entries,
     envelope,
     incoming_letter,
-    install_keys,
-    open_spool,
-    write_config,
+    opened_site,
 )
 from tests.peers.fixtures import tls_files
 from tests.peers.postfix import PostfixInstance, set_recipient_access
@@ -68,7 +62,6 @@ REFUSED_REPLY = "550 5.1.1 no such mailbox here"
 # What Postfix makes of those access-table replies (its text after the status code)
 BUSY_SEEN = f"4.2.1 <{BUSY}>: Recipient address rejected: mailbox busy, try again later"
 REFUSED_SEEN = f"5.1.1 <{REFUSED}>: Recipient address rejected: no such mailbox here"
-INBOUND_AGENT = Origin("mx", client_address="127.0.0.1")
 
 PostfixFactory = Callable[..., PostfixInstance]
 
@@ -97,16 +90,16 @@ def hospital_server(
     return server
 
 
-@dataclass
-class Site:
-    config: Config
-    spool: Spool
-    trail: Trail
-    delivery: LocalDelivery
+def smtp_to(server: PostfixInstance) -> str:
+    """The ``[inbound]`` body delivering over SMTP to ``server``."""
+    return f'deliver_to = "smtp://{server.host}:{server.port}"'
 
-    @property
-    def local(self) -> Queue:
-        return self.spool.queue(LOCAL)
+
+@dataclass
+class Site(OpenSite):
+    """An open site and its local delivery."""
+
+    delivery: LocalDelivery
 
     async def deliver(self, *recipients: str, content: bytes = LETTER) -> DeliveryOutcome:
         await self.local.add(envelope(*recipients), INBOUND_AGENT, content)
@@ -114,29 +107,25 @@ class Site:
         return outcome
 
 
+SiteFor = Callable[..., Awaitable[Site]]
+
+
 @pytest.fixture
-async def site_for(dev_pki: DevPki, tmp_path: Path) -> AsyncIterator[Callable[..., Site]]:
-    """``make(server, tls_context=None)`` -> a site delivering to ``server`` over SMTP
-    (the local queue recovered; every spool closed at teardown)."""
-    spools: list[Spool] = []
+async def site_for(dev_pki: DevPki, tmp_path: Path) -> AsyncIterator[SiteFor]:
+    """``await make(server, tls_context=None)`` -> a site delivering to ``server`` over
+    SMTP, the local queue recovered; every spool closed at teardown."""
+    async with AsyncExitStack() as spools:
 
-    def make(server: PostfixInstance, tls_context: ssl.SSLContext | None = None) -> Site:
-        config = write_config(
-            tmp_path,
-            dev_pki,
-            inbound=f'deliver_to = "smtp://{server.host}:{server.port}"',
-        )
-        trail, clock = Trail(), Clock()
-        spool = open_spool(config, trail, clock, "local-delivery")
-        spools.append(spool)
-        delivery_stage = LocalDelivery(
-            config, spool, trail, policy=POLICY, clock=clock, tls_context=tls_context
-        )
-        return Site(config, spool, trail, delivery_stage)
+        async def make(server: PostfixInstance, tls_context: ssl.SSLContext | None = None) -> Site:
+            opened = await spools.enter_async_context(
+                opened_site(tmp_path, dev_pki, inbound=smtp_to(server), actor="local-delivery")
+            )
+            delivery = await opened.local_delivery(tls_context=tls_context)
+            return Site(
+                opened.pki, opened.config, opened.spool, opened.trail, opened.clock, delivery
+            )
 
-    yield make
-    for spool in spools:
-        await spool.aclose()
+        yield make
 
 
 def stored_in(server: PostfixInstance, address: str) -> list[bytes]:
@@ -156,37 +145,24 @@ async def test_a_decrypted_message_is_delivered_over_smtp_into_postfix(
     dev_pki: DevPki, tmp_path: Path, postfix_mx_factory: PostfixFactory
 ) -> None:
     server = hospital_server(postfix_mx_factory, dev_pki)
-    config = write_config(
-        tmp_path, dev_pki, inbound=f'deliver_to = "smtp://{server.host}:{server.port}"'
-    )
-    install_keys(config, dev_pki, ALICE)
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "inbound-agent")
-    validator = CertificateValidator.from_files(
-        [dev_pki.root_cert], [dev_pki.intermediates], [dev_pki.crl("personnes")]
-    )
-    try:
+    async with opened_site(
+        tmp_path, dev_pki, inbound=smtp_to(server), actor="inbound-agent", keys_of=(ALICE,)
+    ) as site:
         message = incoming_letter(dev_pki, ALICE)
-        await spool.queue(INBOUND).add(envelope(ALICE), FROM_OUTSIDE, message)
-        stage = InboundStage(
-            config, spool, KeyStore.load(config.keys.dir), validator, trail, clock=clock
-        )
-        await spool.queue(INBOUND).recover()
+        await site.inbound.add(envelope(ALICE), FROM_OUTSIDE, message)
+        stage = await site.inbound_agent()
         [opened] = await stage.drain()
         assert opened.disposition == "completed"
 
-        local_delivery = LocalDelivery(config, spool, trail, policy=POLICY, clock=clock)
-        await spool.queue(LOCAL).recover()
-        [outcome] = await local_delivery.drain()
+        delivery = await site.local_delivery()
+        [outcome] = await delivery.drain()
         assert outcome.disposition == "completed"
         [(address, code, text)] = outcome.replies
         assert (address, code) == (ALICE, 250) and text.startswith("2.0.0 Ok: queued")
-        assert await entries(spool, LOCAL, "incoming") == []
-        assert await entries(spool, RECEIVED, "incoming") == []  # no DSN
-        [event] = trail.of_type("delivery.local")
+        assert await entries(site.spool, LOCAL, "incoming") == []
+        assert await entries(site.spool, RECEIVED, "incoming") == []  # no DSN
+        [event] = site.trail.of_type("delivery.local")
         assert event.outcome == "delivered" and event.details["reply"].startswith("250 ")
-    finally:
-        await spool.aclose()
 
     [stored] = server.wait_for_messages(1, mailbox=ALICE)
     shown = email.message_from_bytes(stored, policy=email.policy.default)
@@ -198,11 +174,10 @@ async def test_a_decrypted_message_is_delivered_over_smtp_into_postfix(
 
 
 async def test_a_4xx_defers_and_the_retry_delivers(
-    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: Callable[..., Site]
+    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: SiteFor
 ) -> None:
     server = hospital_server(postfix_mx_factory, dev_pki, replies={BUSY: BUSY_REPLY})
-    site = site_for(server)
-    await site.local.recover()
+    site = await site_for(server)
     first = await site.deliver(BUSY)
     assert first.disposition == "deferred"
     assert first.replies == ((BUSY, 450, BUSY_SEEN),)
@@ -225,11 +200,10 @@ async def test_a_4xx_defers_and_the_retry_delivers(
 
 
 async def test_a_5xx_bounces_with_a_failure_dsn(
-    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: Callable[..., Site]
+    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: SiteFor
 ) -> None:
     server = hospital_server(postfix_mx_factory, dev_pki, replies={REFUSED: REFUSED_REPLY})
-    site = site_for(server)
-    await site.local.recover()
+    site = await site_for(server)
     outcome = await site.deliver(REFUSED)
     assert outcome.disposition == "bounced" and outcome.dsn is not None
     assert outcome.replies == ((REFUSED, 550, REFUSED_SEEN),)
@@ -244,15 +218,14 @@ async def test_a_5xx_bounces_with_a_failure_dsn(
 
 
 async def test_one_transaction_keeps_each_recipients_outcome(
-    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: Callable[..., Site]
+    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: SiteFor
 ) -> None:
     """Accepted, refused (5xx) and busy (4xx) recipients in one SMTP transaction: the
     DATA reply counts for the accepted one only; the refused one alone gets a DSN; the
     entry waits for the busy one, and the retry sends to it alone."""
     replies = {REFUSED: REFUSED_REPLY, BUSY: BUSY_REPLY}
     server = hospital_server(postfix_mx_factory, dev_pki, replies=replies)
-    site = site_for(server)
-    await site.local.recover()
+    site = await site_for(server)
     first = await site.deliver(ALICE, REFUSED, BUSY)
     assert first.disposition == "deferred"
     assert {address: code for address, code, _ in first.replies} == {
@@ -280,11 +253,10 @@ async def test_one_transaction_keeps_each_recipients_outcome(
 
 
 async def test_to_loopback_the_session_stays_in_clear(
-    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: Callable[..., Site]
+    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: SiteFor
 ) -> None:
     server = hospital_server(postfix_mx_factory, dev_pki)
-    site = site_for(server)
-    await site.local.recover()
+    site = await site_for(server)
     assert (await site.deliver(ALICE)).disposition == "completed"
     [stored] = server.wait_for_messages(1, mailbox=ALICE)
     assert b"with ESMTP id" in stored and b"ESMTPS" not in stored
@@ -292,11 +264,10 @@ async def test_to_loopback_the_session_stays_in_clear(
 
 @pytest.mark.usefixtures("remote")
 async def test_not_loopback_uses_starttls_with_a_verified_certificate(
-    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: Callable[..., Site]
+    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: SiteFor
 ) -> None:
     server = hospital_server(postfix_mx_factory, dev_pki)
-    site = site_for(server)  # the context of [trust] anchors (the dev PKI's root)
-    await site.local.recover()
+    site = await site_for(server)  # the context of [trust] anchors (the dev PKI's root)
     assert (await site.deliver(ALICE)).disposition == "completed"
     [stored] = server.wait_for_messages(1, mailbox=ALICE)
     assert b"with ESMTPS id" in stored and b"(using TLSv1." in stored
@@ -305,11 +276,10 @@ async def test_not_loopback_uses_starttls_with_a_verified_certificate(
 
 @pytest.mark.usefixtures("remote")
 async def test_not_loopback_without_starttls_is_deferred_and_nothing_sent(
-    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: Callable[..., Site]
+    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: SiteFor
 ) -> None:
     server = hospital_server(postfix_mx_factory, dev_pki, starttls=False)
-    site = site_for(server)
-    await site.local.recover()
+    site = await site_for(server)
     outcome = await site.deliver(ALICE)
     assert outcome.disposition == "deferred"
     [(address, code, text)] = outcome.replies
@@ -320,11 +290,10 @@ async def test_not_loopback_without_starttls_is_deferred_and_nothing_sent(
 
 @pytest.mark.usefixtures("remote")
 async def test_not_loopback_with_an_untrusted_certificate_is_deferred(
-    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: Callable[..., Site]
+    dev_pki: DevPki, postfix_mx_factory: PostfixFactory, site_for: SiteFor
 ) -> None:
     server = hospital_server(postfix_mx_factory, dev_pki)
-    site = site_for(server, tls_context=ssl.create_default_context())  # no dev PKI root
-    await site.local.recover()
+    site = await site_for(server, tls_context=ssl.create_default_context())  # no dev PKI root
     outcome = await site.deliver(ALICE)
     assert outcome.disposition == "deferred"
     [(_, code, text)] = outcome.replies

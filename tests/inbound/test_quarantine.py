@@ -8,31 +8,28 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from gateway.config import Config
 from gateway.errors import ConfigError
 from gateway.inbound import quarantine
 from gateway.inbound.quarantine import PURGE_REASON, purge_expired, run_quarantine_sweeper
-from gateway.inbound.stage import HELD_REASON, InboundStage
+from gateway.inbound.stage import HELD_REASON
 from gateway.pki.dev import DevPki
-from gateway.smime.keystore import KeyStore
-from gateway.smime.validate import CertificateValidator
-from gateway.spool import INBOUND, Queue, Spool
+from gateway.spool import Queue
 from tests.inbound.site import (
     ALICE,
     FROM_OUTSIDE,
+    HOLD_UNSIGNED_CBC,
     LETTER,
-    Clock,
-    Trail,
+    MAILDIR,
+    OpenSite,
     envelope,
     incoming_letter,
-    install_keys,
-    open_spool,
+    opened_site,
+    real_now,
     write_config,
 )
 
@@ -40,34 +37,20 @@ RETENTION = timedelta(days=30)
 DAY = timedelta(days=1)
 
 
-@dataclass
-class Site:
-    config: Config
-    spool: Spool
-    trail: Trail
-    clock: Clock
-
-    @property
-    def inbound(self) -> Queue:
-        return self.spool.queue(INBOUND)
-
-    def deleted(self) -> list[tuple[str | None, dict[str, str]]]:
-        return [(e.queue_id, dict(e.details)) for e in self.trail.of_type("spool.deleted")]
-
-
 @pytest.fixture
-async def site(dev_pki: DevPki, tmp_path: Path) -> AsyncIterator[Site]:
-    config = write_config(tmp_path, dev_pki, inbound='deliver_to = "maildir:var/mail"')
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "inbound-agent")
-    try:
-        await spool.queue(INBOUND).recover()
-        yield Site(config, spool, trail, clock)
-    finally:
-        await spool.aclose()
+async def site(dev_pki: DevPki, tmp_path: Path) -> AsyncIterator[OpenSite]:
+    """A site of the inbound agent, ``inbound/`` recovered."""
+    async with opened_site(tmp_path, dev_pki, inbound=MAILDIR, actor="inbound-agent") as opened:
+        await opened.inbound.recover()
+        yield opened
 
 
-async def held_by_agent(site: Site, note: str = HELD_REASON) -> str:
+def deleted(site: OpenSite) -> list[tuple[str | None, dict[str, str]]]:
+    """(queue id, details) of each ``spool.deleted`` event."""
+    return [(e.queue_id, dict(e.details)) for e in site.trail.of_type("spool.deleted")]
+
+
+async def held_by_agent(site: OpenSite, note: str = HELD_REASON) -> str:
     """An entry claimed and held as the inbound agent does (``Queue.hold(claimed)``)."""
     queue_id = await site.inbound.add(envelope(ALICE), FROM_OUTSIDE, LETTER)
     claimed = await site.inbound.claim()
@@ -77,45 +60,41 @@ async def held_by_agent(site: Site, note: str = HELD_REASON) -> str:
     return queue_id
 
 
-def real_now() -> datetime:
-    return datetime.now(UTC)
-
-
 # -- what expires ------------------------------------------------------------------------
 
 
 async def test_quarantine_older_than_the_retention_is_deleted_with_its_audit_event(
-    site: Site,
+    site: OpenSite,
 ) -> None:
     queue_id = await held_by_agent(site)
     purged = await purge_expired(site.inbound, RETENTION, real_now() + RETENTION + DAY)
     assert purged == [queue_id]
     assert await site.inbound.locate(queue_id) is None
-    [(event_id, details)] = site.deleted()
+    [(event_id, details)] = deleted(site)
     assert event_id == queue_id
     assert details == {"stage": "inbound", "reason": PURGE_REASON, "from": "hold"}
     [event] = site.trail.of_type("spool.deleted")
     assert event.actor == "inbound-agent" and event.rcpt_to == (ALICE,)
 
 
-async def test_quarantine_younger_than_the_retention_stays(site: Site) -> None:
+async def test_quarantine_younger_than_the_retention_stays(site: OpenSite) -> None:
     queue_id = await held_by_agent(site)
     assert await purge_expired(site.inbound, RETENTION, real_now() + RETENTION - DAY) == []
     assert await site.inbound.locate(queue_id) == "hold"
-    assert site.deleted() == []
+    assert deleted(site) == []
 
 
-async def test_an_entry_an_operator_held_never_expires(site: Site) -> None:
+async def test_an_entry_an_operator_held_never_expires(site: OpenSite) -> None:
     queue_id = await site.inbound.add(envelope(ALICE), FROM_OUTSIDE, LETTER)
     await site.inbound.hold(queue_id, "asked by Dr X")  # missive queue hold: by id
     assert await site.inbound.locate(queue_id) == "hold"
     far = real_now() + timedelta(days=3650)
     assert await purge_expired(site.inbound, RETENTION, far) == []
     assert await site.inbound.locate(queue_id) == "hold"
-    assert site.deleted() == []
+    assert deleted(site) == []
 
 
-async def test_an_entry_held_after_an_internal_error_never_expires(site: Site) -> None:
+async def test_an_entry_held_after_an_internal_error_never_expires(site: OpenSite) -> None:
     """No DSN went to its sender: deleting it would lose the message silently."""
     queue_id = await held_by_agent(site, note="inbound agent error: ValueError")
     far = real_now() + timedelta(days=3650)
@@ -124,7 +103,7 @@ async def test_an_entry_held_after_an_internal_error_never_expires(site: Site) -
 
 
 async def test_a_released_and_held_again_quarantine_counts_from_the_new_hold(
-    site: Site,
+    site: OpenSite,
 ) -> None:
     """The record still says "quarantined 40 days ago" (an operator's hold does not
     rewrite it); the file's change time shows the re-hold: a full retention again."""
@@ -139,7 +118,7 @@ async def test_a_released_and_held_again_quarantine_counts_from_the_new_hold(
     assert await purge_expired(site.inbound, RETENTION, later) == [queue_id]
 
 
-async def test_an_unreadable_file_in_hold_is_left_alone(site: Site) -> None:
+async def test_an_unreadable_file_in_hold_is_left_alone(site: OpenSite) -> None:
     queue_id = await held_by_agent(site)
     junk = site.inbound.dirs.state("hold") / "01M8H4BQW0ZZ5NEQ3BDRMA3DYM"
     junk.write_bytes(b"not a queue file")
@@ -148,7 +127,7 @@ async def test_an_unreadable_file_in_hold_is_left_alone(site: Site) -> None:
     assert junk.read_bytes() == b"not a queue file"
 
 
-async def test_a_retention_below_one_day_is_refused(site: Site) -> None:
+async def test_a_retention_below_one_day_is_refused(site: OpenSite) -> None:
     with pytest.raises(ValueError, match="below the minimum"):
         await purge_expired(site.inbound, timedelta(hours=23), real_now())
     with pytest.raises(ValueError, match="below the minimum"):
@@ -158,38 +137,26 @@ async def test_a_retention_below_one_day_is_refused(site: Site) -> None:
 async def test_the_inbound_agents_own_quarantine_expires(dev_pki: DevPki, tmp_path: Path) -> None:
     """End to end: the stage quarantines an unsigned CBC message (policy ``hold``) and
     the purge recognises that hold as quarantine."""
-    config = write_config(
-        tmp_path, dev_pki, inbound='deliver_to = "maildir:var/mail"\nunsigned_cbc = "hold"'
-    )
-    install_keys(config, dev_pki, ALICE)
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "inbound-agent")
-    validator = CertificateValidator.from_files(
-        [dev_pki.root_cert], [dev_pki.intermediates], [dev_pki.crl("personnes")]
-    )
-    try:
+    async with opened_site(
+        tmp_path, dev_pki, inbound=HOLD_UNSIGNED_CBC, actor="inbound-agent", keys_of=(ALICE,)
+    ) as site:
         message = incoming_letter(dev_pki, ALICE, cipher="aes-256-cbc", signed=False)
-        queue_id = await spool.queue(INBOUND).add(envelope(ALICE), FROM_OUTSIDE, message)
-        stage = InboundStage(
-            config, spool, KeyStore.load(config.keys.dir), validator, trail, clock=clock
-        )
-        await spool.queue(INBOUND).recover()
+        queue_id = await site.inbound.add(envelope(ALICE), FROM_OUTSIDE, message)
+        stage = await site.inbound_agent()
         [outcome] = await stage.drain()
         assert outcome.disposition == "held"
-        retention = config.inbound.quarantine_retention
+        retention = site.config.inbound.quarantine_retention
         soon = real_now() + retention - DAY
-        assert await purge_expired(spool.queue(INBOUND), retention, soon) == []
+        assert await purge_expired(site.inbound, retention, soon) == []
         late = real_now() + retention + DAY
-        assert await purge_expired(spool.queue(INBOUND), retention, late) == [queue_id]
-        assert await spool.queue(INBOUND).locate(queue_id) is None
-    finally:
-        await spool.aclose()
+        assert await purge_expired(site.inbound, retention, late) == [queue_id]
+        assert await site.inbound.locate(queue_id) is None
 
 
 # -- the sweeper -------------------------------------------------------------------------
 
 
-async def test_the_sweeper_purges_then_stops(site: Site) -> None:
+async def test_the_sweeper_purges_then_stops(site: OpenSite) -> None:
     queue_id = await held_by_agent(site)
     stop = asyncio.Event()
     calls: list[datetime] = []
@@ -203,11 +170,11 @@ async def test_the_sweeper_purges_then_stops(site: Site) -> None:
     await run_quarantine_sweeper(site.inbound, RETENTION, stop, interval=0, clock=clock)
     assert len(calls) == 2
     assert await site.inbound.locate(queue_id) is None
-    assert [event_id for event_id, _ in site.deleted()] == [queue_id]
+    assert [event_id for event_id, _ in deleted(site)] == [queue_id]
 
 
 async def test_a_failed_sweep_does_not_stop_the_sweeper(
-    site: Site, monkeypatch: pytest.MonkeyPatch
+    site: OpenSite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     stop = asyncio.Event()
     sweeps: list[int] = []
@@ -227,7 +194,7 @@ async def test_a_failed_sweep_does_not_stop_the_sweeper(
 
 
 def test_quarantine_retention_defaults_to_thirty_days(dev_pki: DevPki, tmp_path: Path) -> None:
-    config = write_config(tmp_path, dev_pki, inbound='deliver_to = "maildir:var/mail"')
+    config = write_config(tmp_path, dev_pki, inbound=MAILDIR)
     assert config.inbound.quarantine_retention == timedelta(days=30)
 
 

@@ -10,34 +10,25 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from gateway.inbound.delivery import LocalDelivery
 from gateway.inbound.stage import InboundStage
 from gateway.pki.dev import DevPki
-from gateway.pki.store import load_private_key
-from gateway.relay import protect
-from gateway.smime.encrypt import Recipient as CmsRecipient
-from gateway.smime.encrypt import encrypt_entity
 from gateway.smime.keystore import KeyStore
-from gateway.smime.sign import sign
-from gateway.smime.validate import CertificateValidator
-from gateway.spool import INBOUND, LOCAL, Claimed, Queue
+from gateway.spool import LOCAL, Claimed, Queue
 from gateway.spool.consumer import drain
 from tests.inbound.site import (
     ALICE,
-    CLAIRE,
     FROM_OUTSIDE,
-    LETTER,
-    POLICY,
-    Clock,
-    Trail,
-    certificate,
+    MAILDIR,
     entries,
     envelope,
-    install_keys,
-    open_spool,
-    write_config,
+    lmtp_to,
+    message_ids,
+    numbered,
+    opened_site,
+    real_now,
+    seal,
 )
 from tests.peers.dovecot import DovecotInstance
 
@@ -79,32 +70,14 @@ async def test_drain_bounds_the_entries_in_flight_and_waits_for_all(
 
 
 async def test_a_stage_needs_at_least_one_entry_in_flight(dev_pki: DevPki, tmp_path: Path) -> None:
-    config = write_config(tmp_path, dev_pki, inbound='deliver_to = "maildir:var/mail"')
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "inbound-agent")
-    keys = KeyStore.load(config.keys.dir)
-    try:
+    async with opened_site(tmp_path, dev_pki, inbound=MAILDIR, actor="inbound-agent") as site:
+        keys = KeyStore.load(site.config.keys.dir)
         with pytest.raises(ValueError, match="concurrency"):
-            InboundStage(config, spool, keys, None, trail, concurrency=0)
+            InboundStage(site.config, site.spool, keys, None, site.trail, concurrency=0)
         with pytest.raises(ValueError, match="concurrency"):
-            LocalDelivery(config, spool, trail, concurrency=0)
+            LocalDelivery(site.config, site.spool, site.trail, concurrency=0)
         with pytest.raises(ValueError, match="connection"):
-            LocalDelivery(config, spool, trail, connections=0)
-    finally:
-        await spool.aclose()
-
-
-def sealed(pki: DevPki, index: int) -> bytes:
-    """Claire's letter number ``index`` (a Message-ID of its own), signed and encrypted
-    to Alice as her gateway sends it."""
-    letter = LETTER.replace(b"<m1@clinique-b.test>", f"<m{index}@clinique-b.test>".encode())
-    split = protect.SplitMessage.of(letter)
-    payload = protect.cryptographic_payload(split, protect=True, wrap=False)
-    key = load_private_key(pki.user_key(CLAIRE, "sign"))
-    chain = x509.load_pem_x509_certificates(pki.intermediates.read_bytes())
-    signed = sign(payload, certificate(pki, CLAIRE, "sign"), key, chain, detached=True)
-    entity = encrypt_entity(signed, [CmsRecipient(certificate(pki, ALICE))], cipher="aes-256-gcm")
-    return protect.outer_header(split, protect=True) + b"MIME-Version: 1.0\r\n" + entity
+            LocalDelivery(site.config, site.spool, site.trail, connections=0)
 
 
 @pytest.mark.peer
@@ -112,45 +85,32 @@ async def test_entries_in_flight_are_each_delivered_exactly_once(
     dev_pki: DevPki, tmp_path: Path, dovecot_factory: Callable[..., DovecotInstance]
 ) -> None:
     dovecot = dovecot_factory(users={ALICE: "alice-pw"})
-    config = write_config(
-        tmp_path, dev_pki, inbound=f'deliver_to = "lmtp://127.0.0.1:{dovecot.lmtp_port}"'
-    )
-    install_keys(config, dev_pki, ALICE)
-    trail, clock = Trail(), Clock()
-    spool = open_spool(config, trail, clock, "inbound-agent")
-    validator = CertificateValidator.from_files(
-        [dev_pki.root_cert],
-        [dev_pki.intermediates],
-        [dev_pki.crl("personnes"), dev_pki.crl("serveurs")],
-    )
-    try:
-        inbound: Queue = spool.queue(INBOUND)
+    async with opened_site(
+        tmp_path,
+        dev_pki,
+        inbound=lmtp_to(dovecot.lmtp_port),
+        actor="inbound-agent",
+        keys_of=(ALICE,),
+    ) as site:
+        inbound: Queue = site.inbound
         queued = [
-            await inbound.add(envelope(ALICE), FROM_OUTSIDE, sealed(dev_pki, i))
+            await inbound.add(envelope(ALICE), FROM_OUTSIDE, seal(dev_pki, numbered(i), ALICE))
             for i in range(COUNT)
         ]
-        stage = InboundStage(
-            config, spool, KeyStore.load(config.keys.dir), validator, trail, concurrency=6
-        )
-        await inbound.recover()
+        stage = await site.inbound_agent(clock=real_now, concurrency=6)
         opened = await stage.drain()
         assert sorted(o.queue_id for o in opened) == sorted(queued)
         assert {o.disposition for o in opened} == {"completed"}
         assert len({h for o in opened for h in o.handoffs}) == COUNT
-        assert len(await entries(spool, LOCAL, "incoming")) == COUNT
+        assert len(await entries(site.spool, LOCAL, "incoming")) == COUNT
 
-        delivery = LocalDelivery(
-            config, spool, trail, policy=POLICY, clock=clock, concurrency=6, connections=2
-        )
-        await spool.queue(LOCAL).recover()
+        delivery = await site.local_delivery(concurrency=6, connections=2)
         delivered = await delivery.drain()
         assert [o.disposition for o in delivered] == ["completed"] * COUNT
         assert delivery.pool is not None and 1 <= delivery.pool.opened <= 2
-        assert await entries(spool, LOCAL, "incoming") == []
-    finally:
-        await spool.aclose()
-    assert [e.outcome for e in trail.of_type("inbound.processed")] == ["deliver"] * COUNT
-    assert [e.outcome for e in trail.of_type("delivery.local")] == ["delivered"] * COUNT
-    stored = dovecot.fetch_all(ALICE)
-    ids = sorted(raw.split(b"Message-ID: ", 1)[1].split(b"\r\n", 1)[0] for raw in stored)
-    assert ids == sorted(f"<m{i}@clinique-b.test>".encode() for i in range(COUNT))
+        assert await entries(site.spool, LOCAL, "incoming") == []
+    assert [e.outcome for e in site.trail.of_type("inbound.processed")] == ["deliver"] * COUNT
+    assert [e.outcome for e in site.trail.of_type("delivery.local")] == ["delivered"] * COUNT
+    assert message_ids(dovecot.fetch_all(ALICE)) == sorted(
+        f"<m{i}@clinique-b.test>".encode() for i in range(COUNT)
+    )

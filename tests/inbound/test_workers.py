@@ -9,18 +9,15 @@ import sys
 from pathlib import Path
 
 from gateway.pki.dev import DevPki
-from gateway.spool import INBOUND
 from gateway.workers import start_workers, worker_commands
 from tests.inbound.site import (
     ALICE,
     FROM_OUTSIDE,
+    MAILDIR,
     SECRET,
-    Clock,
-    Trail,
     envelope,
     incoming_letter,
-    install_keys,
-    open_spool,
+    opened_site,
     write_config,
 )
 
@@ -28,7 +25,7 @@ PROGRAM = (sys.executable, "-m", "gateway")
 
 
 def test_worker_commands_include_inbound_and_delivery(dev_pki: DevPki, tmp_path: Path) -> None:
-    config = write_config(tmp_path, dev_pki, inbound='deliver_to = "maildir:var/mail"')
+    config = write_config(tmp_path, dev_pki, inbound=MAILDIR)
     commands = worker_commands(config, agents=1, relays=0, inbound=1, delivery=2)
     assert [name for name, _ in commands] == ["agent-1", "inbound-1", "delivery-1", "delivery-2"]
     assert commands[1][1] == (*PROGRAM, "worker", "inbound", "--config", str(config.source))
@@ -37,15 +34,14 @@ def test_worker_commands_include_inbound_and_delivery(dev_pki: DevPki, tmp_path:
 async def test_inbound_and_delivery_workers_deliver_into_the_maildir(
     dev_pki: DevPki, tmp_path: Path
 ) -> None:
-    config = write_config(tmp_path, dev_pki, inbound='deliver_to = "maildir:var/mail"')
-    install_keys(config, dev_pki, ALICE)
-    spool = open_spool(config, Trail(), Clock(), "test")
     new = tmp_path / "var" / "mail" / "alice.martin" / "new"
-    try:
+    async with opened_site(
+        tmp_path, dev_pki, inbound=MAILDIR, actor="test", keys_of=(ALICE,)
+    ) as site:
         message = incoming_letter(dev_pki, ALICE)
-        await spool.queue(INBOUND).add(envelope(ALICE), FROM_OUTSIDE, message)
+        await site.inbound.add(envelope(ALICE), FROM_OUTSIDE, message)
         group = await start_workers(
-            config, agents=0, relays=0, inbound=1, delivery=1, program=PROGRAM
+            site.config, agents=0, relays=0, inbound=1, delivery=1, program=PROGRAM
         )
         try:
             while not (new.is_dir() and any(new.iterdir())):  # the test timeout bounds it
@@ -55,8 +51,6 @@ async def test_inbound_and_delivery_workers_deliver_into_the_maildir(
         finally:
             await group.aclose()
         assert [worker.exits for worker in group.workers] == [[0], [0]]
-    finally:
-        await spool.aclose()
     [delivered] = list(new.iterdir())
     content = delivered.read_bytes()
     assert SECRET in content and b"signature=valid" in content

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,51 +11,21 @@ import pytest
 
 import gateway.cli
 import gateway.spool.cli
-from gateway.audit import AuditSink, AuditStore
-from gateway.spool import RECEIVED, STATES, Spool
+from gateway.audit import AuditStore
+from gateway.spool import RECEIVED, STATES
 from gateway.spool.entry import EntryReader
 
-from .support import envelope, message, origin
+from .support import QueueSite, Run, fill_received, message, start_stage_worker
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-
-Run = Callable[..., tuple[int, str, str]]
+SECRET_BODY = b"Secret body\r\n"
 
 
-@pytest.fixture
-def missive(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    """``missive ARGS...`` in this process with only the queue commands registered."""
-    monkeypatch.setattr(gateway.cli, "COMMANDS", ("gateway.spool.cli",))
-
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        status = gateway.cli.main([str(arg) for arg in argv])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
+def fill(site: QueueSite, count: int) -> list[str]:
+    """``count`` messages whose body ``missive queue show`` must not print by default."""
+    return fill_received(site, count, SECRET_BODY)
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> SimpleNamespace:
-    spool, trail = tmp_path / "spool", tmp_path / "audit.sqlite"
-    return SimpleNamespace(spool=spool, trail=trail, args=("--spool", spool, "--audit-db", trail))
-
-
-async def _fill(site: SimpleNamespace, count: int) -> list[str]:
-    async with AuditSink(site.trail) as sink:
-        async with Spool(site.spool, audit=sink, actor="smtp", max_message_size=1 << 20) as spool:
-            queue = spool.queue(RECEIVED)
-            return [
-                await queue.add(envelope(), origin(), message(n, b"Secret body\r\n"))
-                for n in range(count)
-            ]
-
-
-def fill(site: SimpleNamespace, count: int) -> list[str]:
-    return asyncio.run(_fill(site, count))
-
-
-def trail_events(site: SimpleNamespace) -> list[tuple[str, str | None, str | None]]:
+def trail_events(site: QueueSite) -> list[tuple[str, str | None, str | None]]:
     with AuditStore.open_reader(site.trail) as store:
         return [
             (record.event.type, record.event.queue_id, record.event.actor)
@@ -66,11 +33,11 @@ def trail_events(site: SimpleNamespace) -> list[tuple[str, str | None, str | Non
         ]
 
 
-def where(site: SimpleNamespace, name: str) -> list[str]:
+def where(site: QueueSite, name: str) -> list[str]:
     return [state for state in STATES if (site.spool / RECEIVED / state / name).exists()]
 
 
-def test_list_shows_one_line_per_entry(missive: Run, site: SimpleNamespace) -> None:
+def test_list_shows_one_line_per_entry(missive: Run, site: QueueSite) -> None:
     ids = fill(site, 2)
     (site.spool / RECEIVED / "incoming" / "stray\x1b[31m").write_bytes(b"junk")
     status, out, _ = missive("queue", "list", "--spool", site.spool)
@@ -97,7 +64,7 @@ def test_list_shows_one_line_per_entry(missive: Run, site: SimpleNamespace) -> N
     assert rows[-1] == "3 entries"
 
 
-def test_show_prints_headers_only_and_is_traced(missive: Run, site: SimpleNamespace) -> None:
+def test_show_prints_headers_only_and_is_traced(missive: Run, site: QueueSite) -> None:
     (queue_id,) = fill(site, 1)
     status, out, _ = missive("queue", "show", queue_id, *site.args)
     assert status == 0
@@ -111,9 +78,7 @@ def test_show_prints_headers_only_and_is_traced(missive: Run, site: SimpleNamesp
     assert viewed[0][2] == gateway.spool.cli.cli_actor()
 
 
-def test_show_prints_nothing_when_the_view_cannot_be_traced(
-    missive: Run, site: SimpleNamespace
-) -> None:
+def test_show_prints_nothing_when_the_view_cannot_be_traced(missive: Run, site: QueueSite) -> None:
     (queue_id,) = fill(site, 1)
     status, out, err = missive(
         "queue", "show", queue_id, "--spool", site.spool, "--audit-db", site.spool
@@ -121,7 +86,7 @@ def test_show_prints_nothing_when_the_view_cannot_be_traced(
     assert status == 2 and "Patient" not in out and err
 
 
-def test_hold_release_retry_delete_are_traced_moves(missive: Run, site: SimpleNamespace) -> None:
+def test_hold_release_retry_delete_are_traced_moves(missive: Run, site: QueueSite) -> None:
     first, second = fill(site, 2)
     assert missive("queue", "hold", first, "--reason", "doctor asked", *site.args)[0] == 0
     assert where(site, first) == ["hold"]
@@ -138,9 +103,7 @@ def test_hold_release_retry_delete_are_traced_moves(missive: Run, site: SimpleNa
 
 
 @pytest.mark.parametrize("name", ["01M8H4BQW0ZZ5NEQ3BDRMA3DYM", "../../etc/passwd", ".hidden"])
-def test_an_unknown_or_unsafe_id_is_a_usage_error(
-    missive: Run, site: SimpleNamespace, name: str
-) -> None:
+def test_an_unknown_or_unsafe_id_is_a_usage_error(missive: Run, site: QueueSite, name: str) -> None:
     fill(site, 1)
     status, _, err = missive("queue", "hold", name, *site.args)
     assert status == 2 and ("no entry" in err or "not a queue id" in err)
@@ -153,7 +116,7 @@ def test_a_missing_spool_is_a_usage_error(missive: Run, tmp_path: Path) -> None:
 
 
 def test_config_gives_the_spool_and_the_trail(
-    missive: Run, site: SimpleNamespace, monkeypatch: pytest.MonkeyPatch
+    missive: Run, site: QueueSite, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     (queue_id,) = fill(site, 1)
     asked: list[Path] = []
@@ -183,42 +146,11 @@ def test_help_lists_the_six_actions(missive: Run, capsys: pytest.CaptureFixture[
 # -- while a stage runs ---------------------------------------------------------------------
 
 
-def start_worker(site: SimpleNamespace, scenario: str, count: int) -> subprocess.Popen[str]:
-    command = [
-        sys.executable,
-        "-m",
-        "tests.spool.stage_worker",
-        scenario,
-        str(site.spool),
-        str(site.trail),
-        str(count),
-    ]
-    return subprocess.Popen(
-        command,
-        cwd=REPOSITORY,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-
-
-@pytest.fixture
-def workers() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:  # stop every worker we started, by PID, even on failure
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=30)
-
-
 def test_an_entry_being_processed_is_refused_clearly(
-    missive: Run, site: SimpleNamespace, workers: list[subprocess.Popen[str]]
+    missive: Run, site: QueueSite, workers: list[subprocess.Popen[str]]
 ) -> None:
     ids = fill(site, 2)
-    worker = start_worker(site, "hold-one", 1)
-    workers.append(worker)
+    worker = start_stage_worker(site, workers, "hold-one", 1)
     assert worker.stdout is not None and worker.stdin is not None
     claimed = worker.stdout.readline().split()
     assert claimed[0] == "CLAIMED" and claimed[1] == ids[0]
@@ -236,11 +168,10 @@ def test_an_entry_being_processed_is_refused_clearly(
 
 
 def test_operator_commands_racing_a_busy_stage_lose_nothing(
-    missive: Run, site: SimpleNamespace, workers: list[subprocess.Popen[str]]
+    missive: Run, site: QueueSite, workers: list[subprocess.Popen[str]]
 ) -> None:
     ids = fill(site, 4)
-    worker = start_worker(site, "churn", 400)
-    workers.append(worker)
+    worker = start_stage_worker(site, workers, "churn", 400)
     statuses: list[int] = []
     errors: list[str] = []
     for _ in range(6):
@@ -265,12 +196,12 @@ def test_operator_commands_racing_a_busy_stage_lose_nothing(
         assert len(states) == 1 and states != ["active"], (queue_id, states)
         path = site.spool / RECEIVED / states[0] / queue_id
         with EntryReader(path) as reader:
-            assert b"".join(reader.chunks()) == message(number, b"Secret body\r\n")
+            assert b"".join(reader.chunks()) == message(number, SECRET_BODY)
     assert os.listdir(site.spool / RECEIVED / "tmp") == []
     assert os.listdir(site.spool / RECEIVED / "corrupt") == []
 
 
-def test_filters_and_an_unreadable_entry(missive: Run, site: SimpleNamespace) -> None:
+def test_filters_and_an_unreadable_entry(missive: Run, site: QueueSite) -> None:
     first, second = fill(site, 2)
     assert missive("queue", "hold", first, *site.args)[0] == 0
     (site.spool / RECEIVED / "incoming" / "junk").write_bytes(b"junk")

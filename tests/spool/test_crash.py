@@ -22,7 +22,6 @@ from __future__ import annotations
 import asyncio
 import os
 import subprocess
-import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,9 +33,16 @@ from gateway.spool.entry import EntryReader
 from gateway.spool.ids import child_queue_id
 
 from .stage_worker import CRASH_STATUS
-from .support import RecordingTrail, envelope, make_spool, message, origin
+from .support import (
+    REPOSITORY,
+    RecordingTrail,
+    envelope,
+    make_spool,
+    message,
+    origin,
+    stage_worker_command,
+)
 
-REPOSITORY = Path(__file__).resolve().parents[2]
 RELAY = relay_stage("r")
 
 
@@ -46,15 +52,7 @@ def run_worker(
     env = {key: value for key, value in os.environ.items() if key != "MISSIVE_CRASH_AT"}
     if crash_at:
         env["MISSIVE_CRASH_AT"] = crash_at
-    command = [
-        sys.executable,
-        "-m",
-        "tests.spool.stage_worker",
-        scenario,
-        str(root / "spool"),
-        str(root / "audit.sqlite"),
-        str(count),
-    ]
+    command = stage_worker_command(scenario, root / "spool", root / "audit.sqlite", count)
     # subprocess.run kills the child if it outlives the timeout (a hang, not a timing)
     return subprocess.run(
         command, cwd=REPOSITORY, env=env, capture_output=True, text=True, timeout=60, check=False

@@ -13,23 +13,19 @@ restarts, while the entries of the other, live consumer are never moved.
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import subprocess
-import sys
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
-import gateway.cli
-from gateway.audit import AuditSink, AuditStore
+from gateway.audit import AuditStore
 from gateway.spool import (
     RECEIVED,
     EntryStateError,
+    Queue,
     RecipientState,
     RecipientStatus,
     Spool,
@@ -39,10 +35,16 @@ from gateway.spool.display import list_row
 from gateway.spool.layout import check_slot
 from gateway.spool.spooldir import consumer_slot_scope, current_consumer_slot
 
-from .support import RecordingTrail, envelope, message, origin
-
-REPOSITORY = Path(__file__).resolve().parents[2]
-Run = Callable[..., tuple[int, str, str]]
+from .support import (
+    QueueSite,
+    RecordingTrail,
+    Run,
+    envelope,
+    fill_received,
+    message,
+    origin,
+    start_stage_worker,
+)
 
 
 def open_spool(root: Path, trail: RecordingTrail, slot: int) -> Spool:
@@ -54,6 +56,14 @@ def open_spool(root: Path, trail: RecordingTrail, slot: int) -> Spool:
 async def add(spool: Spool, count: int) -> list[str]:
     queue = spool.queue(RECEIVED)
     return [await queue.add(envelope(), origin(), message(n)) for n in range(count)]
+
+
+async def recovered_queues(*spools: Spool) -> list[Queue]:
+    """Each spool's ``received`` queue, recovered (its slot taken), in order."""
+    queues = [spool.queue(RECEIVED) for spool in spools]
+    for queue in queues:
+        await queue.recover()
+    return queues
 
 
 def names(directory: Path) -> list[str]:
@@ -68,9 +78,7 @@ async def test_each_slot_claims_into_its_own_directory(tmp_path: Path) -> None:
     first, second = open_spool(tmp_path, trail, 0), open_spool(tmp_path, trail, 1)
     try:
         ids = await add(first, 3)
-        zero, one = first.queue(RECEIVED), second.queue(RECEIVED)
-        await zero.recover()
-        await one.recover()
+        zero, one = await recovered_queues(first, second)
         held_by_zero = await zero.claim()
         held_by_one = await one.claim()
         assert held_by_zero is not None and held_by_one is not None
@@ -103,9 +111,7 @@ async def test_recovery_moves_back_only_its_slot_while_the_others_live(tmp_path:
     crashed = open_spool(tmp_path, trail, 1)
     try:
         await add(live, 4)
-        zero, one = live.queue(RECEIVED), crashed.queue(RECEIVED)
-        await zero.recover()
-        await one.recover()
+        zero, one = await recovered_queues(live, crashed)
         kept = [await zero.claim(), await zero.claim()]
         lost = [await one.claim(), await one.claim()]
         await crashed.aclose()  # slot 1 "dies": its lock is released, its entries stay
@@ -131,9 +137,7 @@ async def test_slot_zero_recovery_skips_live_slots_and_adopts_orphans(tmp_path: 
     three_spool = open_spool(tmp_path, trail, 3)
     try:
         await add(one_spool, 2)
-        one, three = one_spool.queue(RECEIVED), three_spool.queue(RECEIVED)
-        await one.recover()
-        await three.recover()
+        one, three = await recovered_queues(one_spool, three_spool)
         live = await one.claim()
         orphan = await three.claim()
         assert live is not None and orphan is not None
@@ -182,46 +186,11 @@ async def test_the_slot_comes_from_the_scope_and_is_checked(tmp_path: Path) -> N
 # -- several processes ------------------------------------------------------------------
 
 
-@pytest.fixture
-def site(tmp_path: Path) -> SimpleNamespace:
-    spool, trail = tmp_path / "spool", tmp_path / "audit.sqlite"
-    return SimpleNamespace(spool=spool, trail=trail, args=("--spool", spool, "--audit-db", trail))
-
-
-async def _fill(site: SimpleNamespace, count: int) -> list[str]:
-    async with AuditSink(site.trail) as sink:
-        async with Spool(site.spool, audit=sink, actor="smtp", max_message_size=1 << 20) as spool:
-            queue = spool.queue(RECEIVED)
-            return [await queue.add(envelope(), origin(), message(n)) for n in range(count)]
-
-
-@pytest.fixture
-def consumers() -> Iterator[list[subprocess.Popen[str]]]:
-    started: list[subprocess.Popen[str]] = []
-    yield started
-    for process in started:  # stop every consumer we started, by PID, even on failure
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=30)
-
-
 def start(
-    site: SimpleNamespace, started: list[subprocess.Popen[str]], slot: int, hold: int
+    site: QueueSite, workers: list[subprocess.Popen[str]], slot: int, hold: int
 ) -> subprocess.Popen[str]:
-    command = [
-        *(sys.executable, "-m", "tests.spool.stage_worker", "hold-then-drain"),
-        *(str(site.spool), str(site.trail), str(hold), str(slot)),
-    ]
-    process = subprocess.Popen(
-        command,
-        cwd=REPOSITORY,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    started.append(process)
-    return process
+    """A ``hold-then-drain`` consumer of ``received`` in ``slot`` holding ``hold`` entries."""
+    return start_stage_worker(site, workers, "hold-then-drain", hold, str(slot))
 
 
 def until_holding(process: subprocess.Popen[str]) -> dict[str, list[str]]:
@@ -243,7 +212,7 @@ def finish(process: subprocess.Popen[str]) -> list[str]:
     return [line.split()[1] for line in out.splitlines() if line.startswith("DONE ")]
 
 
-def audited(site: SimpleNamespace, kind: str) -> list[tuple[str, dict[str, str]]]:
+def audited(site: QueueSite, kind: str) -> list[tuple[str, dict[str, str]]]:
     with AuditStore.open_reader(site.trail) as store:
         return [
             (record.event.queue_id or "", dict(record.event.details))
@@ -252,23 +221,11 @@ def audited(site: SimpleNamespace, kind: str) -> list[tuple[str, dict[str, str]]
         ]
 
 
-@pytest.fixture
-def missive(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    monkeypatch.setattr(gateway.cli, "COMMANDS", ("gateway.spool.cli",))
-
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        status = gateway.cli.main([str(arg) for arg in argv])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
-
-
 def test_three_consumer_processes_process_each_entry_exactly_once(
-    site: SimpleNamespace, consumers: list[subprocess.Popen[str]], missive: Run
+    site: QueueSite, workers: list[subprocess.Popen[str]], missive: Run
 ) -> None:
-    ids = asyncio.run(_fill(site, 30))
-    processes = [start(site, consumers, slot, hold=2) for slot in (0, 1, 2)]
+    ids = fill_received(site, 30)
+    processes = [start(site, workers, slot, hold=2) for slot in (0, 1, 2)]
     held = [until_holding(process)["CLAIMED"] for process in processes]
     # all three hold entries at the same time, each in its own directory
     active = site.spool / RECEIVED / "active"
@@ -289,19 +246,19 @@ def test_three_consumer_processes_process_each_entry_exactly_once(
 
 
 def test_a_killed_consumer_gets_its_entries_back_and_never_the_live_ones(
-    site: SimpleNamespace, consumers: list[subprocess.Popen[str]]
+    site: QueueSite, workers: list[subprocess.Popen[str]]
 ) -> None:
-    ids = asyncio.run(_fill(site, 10))
-    live = start(site, consumers, 0, hold=2)
+    ids = fill_received(site, 10)
+    live = start(site, workers, 0, hold=2)
     live_held = until_holding(live)["CLAIMED"]
-    doomed = start(site, consumers, 1, hold=3)
+    doomed = start(site, workers, 1, hold=3)
     doomed_held = until_holding(doomed)["CLAIMED"]
     os.kill(doomed.pid, signal.SIGKILL)
     doomed.communicate(timeout=30)
     assert doomed.returncode == -signal.SIGKILL
     active = site.spool / RECEIVED / "active"
     assert names(active / "1") == sorted(doomed_held)  # still held by the dead slot
-    restarted = start(site, consumers, 1, hold=0)
+    restarted = start(site, workers, 1, hold=0)
     recovered = until_holding(restarted)["RECOVERED"]
     assert sorted(recovered) == sorted(doomed_held)
     assert names(active) == sorted(live_held)  # the live consumer's, never moved
