@@ -227,27 +227,40 @@ def peak_rss_kib(pid: int) -> dict[str, int]:
     return {name: int(fields.get("VmHWM", "0 kB").split()[0]) for name, _, fields in _family(pid)}
 
 
-def cpu_seconds(pid: int) -> dict[str, float]:
-    """User + system CPU seconds used so far by ``pid`` and by its children, summed by
-    command line (``/proc/<pid>/stat`` utime + stime). CPU time per message is the
-    figure that a loaded, shared machine disturbs least (wall rates halve at load 10)."""
+def cpu_seconds(pid: int) -> dict[str, tuple[float, float]]:
+    """User and system CPU seconds used so far by ``pid`` and by its children, summed by
+    command line (``/proc/<pid>/stat`` utime, stime). CPU time per message is the figure
+    that a loaded, shared machine disturbs least (wall rates halve at load 10); the
+    system part is mostly the file system (fsync, rename, unlink) and sockets."""
     tick = os.sysconf("SC_CLK_TCK")
-    found: dict[str, float] = {}
+    found: dict[str, tuple[float, float]] = {}
     for name, entry, _ in _family(pid):
         try:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
         after_name = stat.rsplit(")", 1)[1].split()
-        used = (int(after_name[11]) + int(after_name[12])) / tick  # utime, stime
-        found[name] = found.get(name, 0.0) + used
+        user, system = found.get(name, (0.0, 0.0))
+        found[name] = (user + int(after_name[11]) / tick, system + int(after_name[12]) / tick)
     return found
 
 
-def report_cpu(name: str, messages: int, before: dict[str, float], after: dict[str, float]) -> None:
+def report_cpu(
+    name: str,
+    messages: int,
+    before: dict[str, tuple[float, float]],
+    after: dict[str, tuple[float, float]],
+) -> None:
     for process in sorted(after):
-        spent = after[process] - before.get(process, 0.0)
-        _line(f"{name}: CPU {process}", f"{spent * 1000 / messages:,.2f} ms/msg")
+        user, system = after[process]
+        user_before, system_before = before.get(process, (0.0, 0.0))
+        user_ms = (user - user_before) * 1000 / messages
+        system_ms = (system - system_before) * 1000 / messages
+        _line(
+            f"{name}: CPU {process}",
+            f"{user_ms + system_ms:,.2f} ms/msg",
+            f"user {user_ms:,.2f} + system {system_ms:,.2f}",
+        )
 
 
 # -- clients --------------------------------------------------------------------------
