@@ -18,8 +18,10 @@ Each certificate must also be *bound* to what it was found for (RFC 8550 §3, RF
 §4.2.1.6): an address-level certificate carries the address as an rfc822Name (or, with
 no rfc822Name in the SAN, as emailAddress in the subject); a domain-level one carries the
 domain as a dNSName or an rfc822Name. A valid certificate that is not bound is reported
-as WRONG_USAGE ("not bound to ..."). A value that is not a DER certificate is skipped
-with a warning (never fatal for the lookup).
+as WRONG_USAGE ("not bound to ..."). The names are read by
+``gateway.smime.certnames`` (the verifier and the key store read them the same way);
+addresses compare case-folded here, as the annuaire indexes them. A value that is not
+a DER certificate is skipped with a warning (never fatal for the lookup).
 
 Result: every candidate with its validation; ``certificates`` are the valid ones,
 newest first (latest notBefore, then latest notAfter). No valid certificate is a
@@ -44,13 +46,13 @@ from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING
 
 from cryptography import x509
-from cryptography.x509.oid import NameOID
 
 from annuaire.backend import Directory
 from annuaire.dnscert import DnsCertFinder, address_names, domain_name
 from annuaire.errors import EntryError
 from annuaire.model import Entry, address_domain, address_key, normalise_address, strip_tag
 from gateway.log import get_logger
+from gateway.smime.certnames import certificate_addresses, certificate_dns_names
 from gateway.smime.types import CertStatus, ChainValidator, Purpose, ValidationResult
 
 if TYPE_CHECKING:
@@ -109,31 +111,14 @@ def certificate_purpose(certificate: x509.Certificate) -> str:
     )
 
 
-def _names(certificate: x509.Certificate) -> tuple[set[str], set[str]]:
-    """(mail addresses, DNS names) the certificate is bound to, case-folded."""
-    emails: set[str] = set()
-    dns_names: set[str] = set()
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        emails = {name.casefold() for name in san.get_values_for_type(x509.RFC822Name)}
-        dns_names = {name.lower().rstrip(".") for name in san.get_values_for_type(x509.DNSName)}
-    except x509.ExtensionNotFound:
-        pass
-    if not emails:
-        attributes = certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS)
-        emails = {str(attribute.value).casefold() for attribute in attributes}
-    return emails, dns_names
-
-
 def is_bound(certificate: x509.Certificate, name: str) -> bool:
     """True when ``certificate`` names ``name`` (an address, or a domain)."""
-    try:
-        emails, dns_names = _names(certificate)
-    except ValueError:
-        return False
+    emails = {address_key(address) for address in certificate_addresses(certificate)}
     if "@" in name:
         return address_key(name) in emails
-    return name.lower() in dns_names or name.casefold() in emails
+    return name.lower().rstrip(".") in certificate_dns_names(certificate) or (
+        name.casefold() in emails
+    )
 
 
 def _newest_first(candidate: Candidate) -> tuple[bool, float, float]:

@@ -63,6 +63,7 @@ from gateway.inbound.headers import Signature
 from gateway.relay.protect import HeaderField, SplitMessage, header_fields
 from gateway.smime import mime
 from gateway.smime.algorithms import CIPHERS_BY_ASN1_NAME, WEAK_CIPHERS
+from gateway.smime.certnames import addresses_match
 from gateway.smime.decrypt import (
     ENCRYPTED_SMIME_TYPES,
     OID_AUTH_ENVELOPED_DATA,
@@ -78,7 +79,7 @@ from gateway.smime.types import (
     MalformedMessage,
     VerifyResult,
 )
-from gateway.smime.verify import addresses_match, verify
+from gateway.smime.verify import verify
 
 NO_KEY_DETAIL = "no recipient info for our keys"
 UNPROCESSABLE = "the message could not be processed"

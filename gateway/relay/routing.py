@@ -36,7 +36,7 @@ from typing import Literal
 from gateway.config import Config
 from gateway.config.model import Route
 from gateway.smime import mime
-from gateway.smime.verify import addresses_match
+from gateway.smime.certnames import addresses_match
 
 LOCAL_ROUTE_NAME = "local"
 SHOWN_FIELDS = ("to", "cc")  # RFC 5322 §3.6.3: the destination fields a recipient sees

@@ -57,6 +57,7 @@ from gateway.errors import UsageError
 from gateway.log import get_logger
 from gateway.pki.files import create_private_file, ensure_private_dir
 from gateway.pki.store import DevPkiError, normalise_address
+from gateway.smime.certnames import san_addresses
 from gateway.smime.keystore import (
     KEY_PURPOSES,
     VALIDATION_PURPOSE,
@@ -64,7 +65,6 @@ from gateway.smime.keystore import (
     KeyStore,
     StoredPrivateKey,
     has_address,
-    san_addresses,
 )
 from gateway.smime.leafcheck import key_weakness, signature_weakness, usage_problem
 

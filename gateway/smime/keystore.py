@@ -45,15 +45,14 @@ from datetime import datetime
 from pathlib import Path
 from typing import Literal
 
-from asn1crypto import core
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.config import material
 from gateway.errors import MissiveError
+from gateway.smime.certnames import addresses_match, san_addresses
 from gateway.smime.decrypt import DecryptionKey
 from gateway.smime.types import ChainValidator, Purpose, ValidationResult
-from gateway.smime.verify import addresses_match
 
 KeyPurpose = Literal["sign", "enc"]
 KEY_PURPOSES: tuple[KeyPurpose, ...] = ("sign", "enc")
@@ -61,7 +60,6 @@ VALIDATION_PURPOSE: dict[KeyPurpose, Purpose] = {
     "sign": Purpose.SMIME_SIGN,
     "enc": Purpose.SMIME_ENCRYPT,
 }
-SMTP_UTF8_MAILBOX = "1.3.6.1.5.5.7.8.9"  # RFC 8398 §3
 StoredPrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
 
 
@@ -102,23 +100,6 @@ class StoredKey:
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise NoUsableKey(f"{self.path.name}: a {type(key).__name__} key cannot decrypt")
         return DecryptionKey(self.certificate, key)
-
-
-def san_addresses(certificate: x509.Certificate) -> tuple[str, ...]:
-    """The mail addresses of the subjectAltName: rfc822Name and SmtpUTF8Mailbox (RFC
-    8398). The subject's legacy emailAddress is not an address for the key store."""
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    except (x509.ExtensionNotFound, ValueError):
-        return ()
-    found = list(san.get_values_for_type(x509.RFC822Name))
-    for other in san.get_values_for_type(x509.OtherName):
-        if other.type_id.dotted_string == SMTP_UTF8_MAILBOX:
-            try:
-                found.append(str(core.UTF8String.load(other.value).native))
-            except ValueError:
-                continue
-    return tuple(dict.fromkeys(found))
 
 
 def has_address(certificate: x509.Certificate, address: str) -> bool:
@@ -301,7 +282,6 @@ __all__ = [
     "StoredKey",
     "has_address",
     "newest_first",
-    "san_addresses",
     "split_file_name",
     "validate_stored",
 ]

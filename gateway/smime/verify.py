@@ -66,7 +66,6 @@ from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa, utils
 from cryptography.hazmat.primitives.serialization import Encoding
-from cryptography.x509.oid import NameOID
 
 import gateway.smime.asn1  # noqa: F401 - registers the attribute specs asn1crypto lacks
 from gateway.log import get_logger
@@ -78,6 +77,7 @@ from gateway.smime.attributes import (
     parse_signed_attributes,
     signed_attributes_set,
 )
+from gateway.smime.certnames import addresses_match, certificate_addresses
 from gateway.smime.types import (
     ChainValidator,
     MalformedMessage,
@@ -93,7 +93,6 @@ MAX_SIGNERS = 16
 MAX_CERTIFICATES = 100
 ACCEPTED_DIGESTS = frozenset({"sha224", "sha256", "sha384", "sha512"})
 WEAK_DIGESTS = frozenset({"md5", "sha1", "md2"})
-SMTP_UTF8_MAILBOX = "1.3.6.1.5.5.7.8.9"
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha1": hashes.SHA1,
     "sha224": hashes.SHA224,
@@ -130,39 +129,6 @@ class _Invalid(Exception):
 
 def _normalise_micalg(value: str) -> str:
     return value.strip().lower().replace("-", "")
-
-
-def _split_address(address: str) -> tuple[str, str] | None:
-    local, at, domain = address.strip().rpartition("@")
-    if not at or not local or not domain:
-        return None
-    return local, domain.rstrip(".").lower()
-
-
-def addresses_match(left: str, right: str) -> bool:
-    """RFC 8550 §3 comparison: local part exact, domain case-insensitive."""
-    a, b = _split_address(left), _split_address(right)
-    return a is not None and a == b
-
-
-def certificate_addresses(certificate: x509.Certificate) -> tuple[str, ...]:
-    """The mail addresses a certificate binds: SAN rfc822Name and SmtpUTF8Mailbox
-    (RFC 8398), then the subject's emailAddress (RFC 8550 §3, legacy)."""
-    found: list[str] = []
-    try:
-        san = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        found += san.get_values_for_type(x509.RFC822Name)
-        for other in san.get_values_for_type(x509.OtherName):
-            if other.type_id.dotted_string == SMTP_UTF8_MAILBOX:
-                found.append(str(core.UTF8String.load(other.value).native))
-    except (x509.ExtensionNotFound, ValueError, TypeError):
-        pass
-    try:
-        for attribute in certificate.subject.get_attributes_for_oid(NameOID.EMAIL_ADDRESS):
-            found.append(str(attribute.value))
-    except ValueError:
-        pass
-    return tuple(dict.fromkeys(found))
 
 
 def _from_addresses(values: Sequence[str]) -> list[str]:

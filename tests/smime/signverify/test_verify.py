@@ -10,9 +10,10 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway.smime import der, mime
+from gateway.smime.certnames import addresses_match, certificate_addresses
 from gateway.smime.sign import sign, sign_der
 from gateway.smime.types import CertStatus, Purpose
-from gateway.smime.verify import addresses_match, certificate_addresses, verify
+from gateway.smime.verify import verify
 from tests.smime.signverify import crafting
 from tests.smime.signverify.identities import ALICE, BOB, EDDIE, NOBODY, AcceptAll, Reject, SignPki
 
