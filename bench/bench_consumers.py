@@ -26,7 +26,8 @@ and noisy; a ratio holds better than a rate):
   counted. The relay is not started: the hand-offs stay in ``relay/<route>/``.
 
 ``--smoke`` runs a few dozen entries so CI proves the benchmark runs; its numbers
-mean nothing. Every process started here is stopped by its PID in a ``finally``.
+mean nothing. Every process started here is stopped by its PID in a ``finally``
+(``tests.sites.stop``: SIGTERM, then SIGKILL).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import signal
 import sqlite3
 import subprocess
 import sys
@@ -45,8 +45,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 
-from gateway.audit import AuditEvent
-from gateway.spool import (
+REPOSITORY = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPOSITORY))  # the demo site of the test suite
+
+from gateway.audit import AuditEvent  # noqa: E402
+from gateway.spool import (  # noqa: E402
     RECEIVED,
     Envelope,
     Origin,
@@ -55,12 +58,12 @@ from gateway.spool import (
     RecipientStatus,
     Spool,
 )
-from gateway.spool.consumer import take_queue
-from gateway.spool.queue import Claimed, Queue
-from gateway.spool.spooldir import consumer_slot_scope
+from gateway.spool.consumer import take_queue  # noqa: E402
+from gateway.spool.queue import Claimed, Queue  # noqa: E402
+from gateway.spool.spooldir import consumer_slot_scope  # noqa: E402
+from tests.peers.ports import free_port  # noqa: E402
+from tests.sites import CONFIG, MISSIVE, stop  # noqa: E402
 
-REPOSITORY = Path(__file__).resolve().parents[1]
-MISSIVE = [sys.executable, "-m", "gateway"]
 SENDER = "alice.martin@chu-a.test"
 RECIPIENT = "claire.durand@clinique-b.test"
 IN_FLIGHT = 16
@@ -115,16 +118,6 @@ async def process(queue: Queue, entry: Claimed) -> None:
 
 
 # -- processes ------------------------------------------------------------------------
-
-
-def stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager
@@ -184,14 +177,14 @@ def completed_span(audit: Path) -> tuple[int, float]:
 
 
 def agent_case(work: Path, messages: int, agents: int) -> float:
-    from bench_outbound import free_port, prepare_site
+    from bench_outbound import prepare_site  # the same site as that benchmark
 
     home = work / f"site-{agents}-{time.monotonic_ns()}"
     home.mkdir()
     site = prepare_site(home, free_port())
     asyncio.run(fill(home / "var" / "spool", messages))
     commands = [
-        [*MISSIVE, "worker", "agent", "--config", "conf/missive.toml", "--slot", str(slot)]
+        [*MISSIVE, "worker", "agent", "--config", CONFIG, "--slot", str(slot)]
         for slot in range(agents)
     ]
     log = (home / "agents.log").open("wb")

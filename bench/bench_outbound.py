@@ -49,6 +49,11 @@ only, allowed; ``smtp-source`` has no STARTTLS either), so TLS handshakes are no
 these figures (``bench_smtp.py`` measures what STARTTLS costs the front). The agent is
 one process, as ``serve`` starts it (its crypto runs in threads).
 
+The site is a demo site of the test suite (``tests/sites.py``: the shipped ``conf/``
+on free loopback ports, ``var/`` by ``certs init-dev``), and ``serve`` runs as the
+tests run it (its own session, output in ``serve.log``, stopped by PID: SIGTERM, then
+SIGKILL of its process group).
+
 ``--smoke`` runs a few dozen messages (about 10 s in all) so CI proves the
 benchmark runs; its numbers mean nothing. Loopback only; every process started here is
 stopped by its PID in a ``finally``.
@@ -60,7 +65,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -73,20 +77,30 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from bench_smime_signverify import identities, rate
-from bench_smime_signverify import message as entity
-
-from gateway.smime.encrypt import Recipient, encrypt_entity
-from gateway.smime.sign import sign
-
 REPOSITORY = Path(__file__).resolve().parents[1]
-MISSIVE = [sys.executable, "-m", "gateway"]
+sys.path.insert(0, str(REPOSITORY))  # the demo site and the Postfix fixture of the tests
+
+from bench_smime_signverify import identities, rate  # noqa: E402
+from bench_smime_signverify import message as entity  # noqa: E402
+
+from gateway.smime.encrypt import Recipient, encrypt_entity  # noqa: E402
+from gateway.smime.sign import sign  # noqa: E402
+from tests.peers.ports import free_port  # noqa: E402
+from tests.sites import (  # noqa: E402
+    READY,
+    RunningServe,
+    edit_config,
+    listener_port,
+    prepare_demo_site,
+    serving,
+)
+
 SENDER = "alice.martin@chu-a.test"
 RECIPIENT = "claire.durand@clinique-b.test"
-SHIPPED_PORTS = (2587, 2465, 2525)
 SHIPPED_ROUTE = 'next_hop = "127.0.0.1:2526"'
 SBIN = "/usr/sbin:/usr/bin"
-WORKERS_STARTED = (b"event=gateway.ready", b"event=agent.started", b"event=relay.serving")
+WORKERS_STARTED = (READY, "event=agent.started", "event=relay.serving")
+SERVE_SECONDS = 60.0  # to start (all of WORKERS_STARTED) and to stop: guards a hang only
 
 
 # -- the site -------------------------------------------------------------------------
@@ -102,45 +116,22 @@ class Site:
         return self.home / "var" / "audit.sqlite"
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _edit(text: str, old: str, new: str) -> str:
-    if text.count(old) != 1:
-        raise RuntimeError(f"conf/missive.toml changed: {old!r} is not there exactly once")
-    return text.replace(old, new)
-
-
 def prepare_site(home: Path, sink_port: int) -> Site:
-    """conf/ copied with free ports, a plain relay listener and a plain route to the
-    sink; ``certs init-dev`` makes the PKI, demo annuaire and keys (organisation's too)."""
-    shutil.copytree(REPOSITORY / "conf", home / "conf")
-    toml = home / "conf" / "missive.toml"
-    text = toml.read_text(encoding="utf-8")
-    ports = {fixed: free_port() for fixed in SHIPPED_PORTS}
-    for fixed, port in ports.items():
-        text = _edit(text, f'address = "127.0.0.1:{fixed}"', f'address = "127.0.0.1:{port}"')
-    text = _edit(
-        text,
-        'tls = "starttls"                      # RFC 3207',
-        'tls = "none"\nmax_connections = 1000\nmax_connections_per_ip = 1000',
+    """A demo site (``tests/sites.py``: PKI, demo annuaire, keys, the organisation's
+    too) with a plain relay listener and a plain route to the sink."""
+    prepare_demo_site(home)
+    edit_config(
+        home,
+        (
+            'tls = "starttls"                      # RFC 3207',
+            'tls = "none"\nmax_connections = 1000\nmax_connections_per_ip = 1000',
+        ),
+        ('client_certificate = "optional"', 'client_certificate = "none"'),
+        (SHIPPED_ROUTE, f'next_hop = "127.0.0.1:{sink_port}"'),
+        ('tls = "verify"                        # none', 'tls = "none" # none'),
+        ("copy_to_sender = true", "copy_to_sender = false"),
     )
-    text = _edit(text, 'client_certificate = "optional"', 'client_certificate = "none"')
-    text = _edit(text, SHIPPED_ROUTE, f'next_hop = "127.0.0.1:{sink_port}"')
-    text = _edit(text, 'tls = "verify"                        # none', 'tls = "none" # none')
-    text = _edit(text, "copy_to_sender = true", "copy_to_sender = false")
-    toml.write_text(text, encoding="utf-8")
-    made = subprocess.run(
-        [*MISSIVE, "certs", "init-dev", "var/pki", "--demo-annuaire", "var/annuaire.ldif",
-         "--keys-dir", "var/keys"],
-        cwd=home, capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
-    if made.returncode != 0:
-        raise RuntimeError("certs init-dev failed:\n" + made.stderr)
-    return Site(home, ports[2525])
+    return Site(home, listener_port(home, "mx"))
 
 
 # -- processes ------------------------------------------------------------------------
@@ -154,16 +145,6 @@ def _wait_listening(port: int, deadline: float) -> None:
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"nothing listens on port {port}")
-
-
-def _stop(process: subprocess.Popen[bytes]) -> None:
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
 
 
 @contextmanager
@@ -182,25 +163,12 @@ def smtp_sink(port: int) -> Iterator[None]:
 
 
 @contextmanager
-def serve(site: Site) -> Iterator[subprocess.Popen[bytes]]:
-    """``missive serve`` (logs to a file, so a full pipe never stalls it)."""
-    log = site.home / "serve.log"
-    with log.open("wb") as output:
-        process = subprocess.Popen(
-            [*MISSIVE, "serve", "--config", "conf/missive.toml"],
-            cwd=site.home, stdout=output, stderr=subprocess.STDOUT,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 60
-        for started in WORKERS_STARTED:  # so no start-up CPU is counted in the runs
-            while started not in log.read_bytes():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("serve did not start:\n" + log.read_text(errors="replace"))
-                time.sleep(0.1)
-        yield process
-    finally:
-        _stop(process)
+def serve(site: Site) -> Iterator[RunningServe]:
+    """``missive serve`` once its workers have started too, so that no start-up CPU is
+    counted in the runs (``tests.sites.serving``: output in a file, so a full pipe
+    never stalls it; stopped by PID, and it must exit 0 on SIGTERM)."""
+    with serving(site.home, wait_for=WORKERS_STARTED, seconds=SERVE_SECONDS) as running:
+        yield running
 
 
 def _family(pid: int) -> Iterator[tuple[str, Path, dict[str, str]]]:
@@ -452,7 +420,6 @@ exit 0
 def postfix_with_pipe_filter(site: Site, sink_port: int) -> Iterator[tuple[int, Path]]:
     """A hospital Postfix relaying to the sink through ``openssl cms`` in a pipe filter;
     yields its smtpd port and its maillog (``status=sent`` lines count deliveries)."""
-    sys.path.insert(0, str(REPOSITORY))
     from tests.peers.postfix import TlsFiles, create_postfix_relay, destroy_postfix
 
     pki = site.home / "var" / "pki"
@@ -555,16 +522,16 @@ def postfix_baseline(site: Site, sink_port: int, args: argparse.Namespace) -> No
 def run(args: argparse.Namespace, work: Path) -> None:
     sink_port = free_port()
     site = prepare_site(work / "site", sink_port)
-    toml = site.home / "conf" / "missive.toml"  # [gateway] crypto_workers: agent processes
-    workers = f"crypto_workers = {args.crypto_workers} "
-    toml.write_text(_edit(toml.read_text(), "crypto_workers = 0 ", workers))
+    workers = f"crypto_workers = {args.crypto_workers} "  # agent processes
+    edit_config(site.home, ("crypto_workers = 0 ", workers))
     print(f"load average before: {os.getloadavg()[0]:.1f}; {os.cpu_count()} cores", flush=True)
     crypto = crypto_rate(args.crypto_seconds, args.size)
     _line("per-core sign + encrypt (baseline)", f"{crypto:,.0f} msg/s", "10 KB, RSA-2048")
     with smtp_sink(sink_port):
         sink_seconds = smtp_source(sink_port, args.messages, args.sessions, args.size)
         _line("smtp-source -> smtp-sink (baseline)", f"{args.messages / sink_seconds:,.0f} msg/s")
-        with serve(site) as process:
+        with serve(site) as running:
+            process = running.process
             seq = last_seq(site.audit)
             cpu = cpu_seconds(process.pid)
             seconds = smtp_source(site.mx_port, args.messages, args.sessions, args.size)

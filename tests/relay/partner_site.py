@@ -32,21 +32,14 @@ recipient certificate is valid without the route's ``anchors`` — it cannot vou
 the partner's server certificate (another CA), so TLS still depends on the route's
 ``anchors`` alone (the test of a partner outside the route's anchors).
 
-``serve`` runs in its own session with its output in a log file (no pipe to fill), and
-is stopped by PID: SIGTERM, then SIGKILL to its process group if it does not stop.
+Preparing the hospital's ``conf/`` and ``var/`` and running ``serve`` (in its own
+session, output in a file, stopped by PID) are ``tests/sites.py``'s, as for every demo
+site; this module adds what makes the two sites partners.
 """
 
 from __future__ import annotations
 
 import base64
-import os
-import shutil
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -56,36 +49,21 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from gateway.pki.dev import DevPki, init_dev_pki, load_dev_pki
 from gateway.pki.store import load_first_certificate
 from tests.peers.ports import free_ports
+from tests.sites import (
+    CONFIG,
+    copy_demo_site,
+    edit_config,
+    missive,
+    prepare_demo_site,
+)
 
-REPOSITORY = Path(__file__).resolve().parents[2]
-MISSIVE = [sys.executable, "-m", "gateway"]
-FIXED_PORTS = (2587, 2465, 2525)  # the shipped listeners, moved to free ports in the copy
 SENDER = "alice.martin@chu-a.test"
 RECIPIENT = "jean.dupont@medical.apicrypt.test"
 PARTNER_MX = "mx.medical.apicrypt.test"
 PARTNER_DOMAIN = "medical.apicrypt.test"
 AUTH_USER = "passerelle"
-CONFIG = "conf/missive.toml"
 
 SmimeTrust = Literal["route", "person-ca"]
-
-
-def missive(home: Path, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [*MISSIVE, *args],
-        cwd=home,
-        input=stdin,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def listener_port(home: Path, name: str) -> int:
-    toml = (home / CONFIG).read_text()
-    block = toml.split(f'name = "{name}"', 1)[1]
-    return int(block.split('address = "127.0.0.1:', 1)[1].split('"', 1)[0])
 
 
 # -- the partner network -----------------------------------------------------------------
@@ -182,19 +160,7 @@ class HospitalSite:
 def make_hospital_template(home: Path, session_pki: DevPki, partner: PartnerSite) -> Path:
     """The shipped ``conf/`` and ``var/`` as ``certs init-dev`` completes them, plus the
     recipient's annuaire entry (its certificate from the partner's PKI)."""
-    shutil.copytree(REPOSITORY / "conf", home / "conf")
-    shutil.copytree(session_pki.directory, home / "var" / "pki")
-    prepared = missive(
-        home,
-        "certs",
-        "init-dev",
-        "var/pki",
-        "--demo-annuaire",
-        "var/annuaire.ldif",
-        "--keys-dir",
-        "var/keys",
-    )
-    assert prepared.returncode == 0, prepared.stderr
+    prepare_demo_site(home, session_pki=session_pki.directory, free_listeners=False)
     with (home / "var" / "annuaire.ldif").open("a", encoding="ascii") as ldif:
         ldif.write(recipient_ldif(partner.pki))
     return home
@@ -210,40 +176,26 @@ def make_hospital(
     smime_trust: SmimeTrust = "route",
 ) -> HospitalSite:
     """A copy of ``template`` with an ``apicrypt`` route to ``partner``."""
-    shutil.copytree(template, home)
+    copy_demo_site(template, home)
     secret = home / "conf" / "apicrypt.secret"
     secret.touch(mode=0o600)
     secret.write_text(password + "\n", encoding="utf-8")
+    edit_config(home, *_partner_trust_edits(partner.pki, smime_trust))
     toml = home / CONFIG
-    text = _free_listener_ports(toml.read_text())
-    text = _with_partner_trust(text, partner.pki, smime_trust)
-    text = _with_route(text, _apicrypt_route(partner, route_anchors))
-    toml.write_text(text)
+    toml.write_text(_with_route(toml.read_text(), _apicrypt_route(partner, route_anchors)))
     return HospitalSite(home, load_dev_pki(home / "var" / "pki"))
 
 
-def _free_listener_ports(text: str) -> str:
-    for fixed, port in zip(FIXED_PORTS, free_ports(len(FIXED_PORTS)), strict=True):
-        text = text.replace(f'address = "127.0.0.1:{fixed}"', f'address = "127.0.0.1:{port}"')
-    return text
-
-
-def _replace_once(text: str, old: str, new: str) -> str:
-    assert text.count(old) == 1, old
-    return text.replace(old, new)
-
-
-def _with_partner_trust(text: str, partner: DevPki, smime_trust: SmimeTrust) -> str:
+def _partner_trust_edits(partner: DevPki, smime_trust: SmimeTrust) -> list[tuple[str, str]]:
     """The partner's CRLs; with ``person-ca`` its person CA as an anchor too."""
-    if smime_trust == "person-ca":
-        text = _replace_once(
-            text,
-            'anchors = ["var/pki/root.crt"]',
-            f'anchors = ["var/pki/root.crt", "{partner.ca_cert("personnes")}"]',
-        )
     partner_crls = "".join(f', "{partner.crl(ca)}"' for ca in ("root", "personnes", "serveurs"))
     shipped = '"var/pki/personnes.crl", "var/pki/serveurs.crl"'
-    return _replace_once(text, shipped + "]", shipped + partner_crls + "]")
+    edits = [(shipped + "]", shipped + partner_crls + "]")]
+    if smime_trust == "person-ca":
+        shipped_anchors = 'anchors = ["var/pki/root.crt"]'
+        anchors = f'anchors = ["var/pki/root.crt", "{partner.ca_cert("personnes")}"]'
+        edits.insert(0, (shipped_anchors, anchors))
+    return edits
 
 
 def _apicrypt_route(partner: PartnerSite, route_anchors: bool) -> str:
@@ -298,55 +250,3 @@ l: Ville-B
 mail: {RECIPIENT}
 userCertificate;binary:: {folded}
 """
-
-
-# -- serve --------------------------------------------------------------------------------
-
-
-@contextmanager
-def serving(home: Path) -> Iterator[Path]:
-    """``missive serve`` on ``home`` until the block ends; yields its log file."""
-    proc = _start_serve(home)
-    try:
-        _wait_for_log(proc, _log_of(home), "event=gateway.ready", time.monotonic() + 30)
-        yield _log_of(home)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=30) == 0, _log_of(home).read_text()
-    finally:
-        _kill_group(proc)
-
-
-def _log_of(home: Path) -> Path:
-    return home / "serve.log"
-
-
-def _start_serve(home: Path) -> subprocess.Popen[bytes]:
-    """In its own session (process group = its PID), output to ``serve.log``."""
-    with _log_of(home).open("w") as log_file:
-        return subprocess.Popen(
-            [*MISSIVE, "serve", "--config", CONFIG],
-            cwd=home,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        )
-
-
-def _kill_group(proc: subprocess.Popen[bytes]) -> None:
-    """SIGKILL to ``proc``'s process group (serve and its workers) if any is left."""
-    try:
-        os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass  # serve and every worker already gone
-    proc.wait()
-
-
-def _wait_for_log(
-    proc: subprocess.Popen[bytes], log_path: Path, marker: str, deadline: float
-) -> None:
-    while marker not in log_path.read_text(errors="replace"):
-        assert proc.poll() is None, "serve exited early:\n" + log_path.read_text()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"no {marker!r} in serve's output:\n" + log_path.read_text())
-        time.sleep(0.05)

@@ -44,17 +44,13 @@ group) even when a test fails.
 
 from __future__ import annotations
 
-import base64
 import email
 import email.policy
-import json
 import secrets
-import smtplib
-import ssl
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from email.message import EmailMessage, Message
+from email.message import Message
 from pathlib import Path
 
 import pytest
@@ -65,18 +61,24 @@ from gateway.pki.dev import DevPki
 from gateway.pki.store import load_first_certificate
 from tests.peers.cms_tools import OpenSSLCms
 from tests.relay.partner_site import (
-    CONFIG,
     PARTNER_MX,
     RECIPIENT,
     SENDER,
     HospitalSite,
     PartnerSite,
     SmimeTrust,
-    listener_port,
     make_hospital,
     make_hospital_template,
     make_partner,
+)
+from tests.sites import (
+    CONFIG,
+    enveloped_der,
+    exported_audit,
+    letter,
     missive,
+    readable_views,
+    send_as_relay_client,
     serving,
 )
 
@@ -102,8 +104,8 @@ class RunningPartner:
 @pytest.fixture(scope="module")
 def partner(tmp_path_factory: pytest.TempPathFactory, password: str) -> Iterator[RunningPartner]:
     site = make_partner(tmp_path_factory.mktemp("partner") / "home", password)
-    with serving(site.home) as log:
-        yield RunningPartner(site, log)
+    with serving(site.home) as served:
+        yield RunningPartner(site, served.log)
 
 
 @pytest.fixture(scope="module")
@@ -171,25 +173,8 @@ def _hospital(
 
 def _submit(hospital: HospitalSite) -> None:
     """The hospital's MTA (127.0.0.1, a relay client) hands Alice's letter over STARTTLS."""
-    message = EmailMessage()
-    message["From"] = SENDER
-    message["To"] = RECIPIENT
-    message["Subject"] = SUBJECT
-    message["Message-ID"] = "<bridge-1@chu-a.test>"
-    message.set_content(BODY)
-    context = ssl.create_default_context(cafile=hospital.pki.root_cert)
-    with smtplib.SMTP("127.0.0.1", listener_port(hospital.home, "mx"), timeout=30) as client:
-        client.starttls(context=context)
-        assert client.send_message(message, SENDER, [RECIPIENT]) == {}
-
-
-def _exported(home: Path) -> list[dict[str, object]]:
-    """``audit verify`` passes and ``audit export`` gives the records (the CLI's way)."""
-    verified = missive(home, "audit", "verify", "--config", CONFIG)
-    assert verified.returncode == 0, verified.stdout + verified.stderr
-    exported = missive(home, "audit", "export", "--config", CONFIG, "--format", "jsonl")
-    assert exported.returncode == 0, exported.stderr
-    return [json.loads(line) for line in exported.stdout.splitlines()]
+    message = letter(SENDER, RECIPIENT, SUBJECT, BODY, "<bridge-1@chu-a.test>")
+    assert send_as_relay_client(hospital.home, SENDER, [RECIPIENT], message) == {}
 
 
 def _trail(home: Path) -> list[dict[str, object]]:
@@ -224,24 +209,8 @@ def _wait_for_new_mail(partner: RunningPartner, mark: Mark) -> bytes:
     return stored.read_bytes()
 
 
-def _views(data: bytes) -> list[bytes]:
-    """``data`` lower-cased, and every MIME part and base64 line of it decoded."""
-    views = [data.lower()]
-    parsed = email.message_from_bytes(data, policy=email.policy.default)
-    for part in parsed.walk():
-        payload = part.get_payload(decode=True)
-        if isinstance(payload, bytes):
-            views.append(payload.lower())
-    for line in data.split(b"\n"):
-        try:
-            views.append(base64.b64decode(line.strip(), validate=True).lower())
-        except ValueError:
-            continue
-    return views
-
-
 def _holds_secret(data: bytes) -> bool:
-    return any(secret.lower() in view for view in _views(data) for secret in SECRETS)
+    return any(secret.lower() in view for view in readable_views(data) for secret in SECRETS)
 
 
 def _files(root: Path, *, skip: Iterable[Path] = ()) -> list[Path]:
@@ -275,15 +244,6 @@ def _details(record: dict[str, object]) -> dict[str, str]:
     details = record["details"]
     assert isinstance(details, dict)
     return details
-
-
-def _enveloped_der(stored: bytes) -> bytes:
-    parsed = email.message_from_bytes(stored, policy=email.policy.default)
-    assert parsed.get_content_type() == "application/pkcs7-mime"
-    assert parsed.get_param("smime-type") == "enveloped-data"
-    payload = parsed.get_payload(decode=True)
-    assert isinstance(payload, bytes)
-    return payload
 
 
 def _signed_parts(inner: bytes) -> tuple[bytes, bytes]:
@@ -322,11 +282,11 @@ def test_letter_crosses_the_bridge_signed_encrypted_over_verified_tls_with_auth(
 ) -> None:
     hospital = _hospital(tmp_path, hospital_template, partner, password)
     mark = Mark.of(partner)
-    with serving(hospital.home) as hospital_log:
+    with serving(hospital.home) as hospital_serve:
         _submit(hospital)
         stored = _wait_for_new_mail(partner, mark)
         _wait_for_event(hospital.home, "relay.attempt")
-    hospital_records = _exported(hospital.home)
+    hospital_records = exported_audit(hospital.home)  # audit verify passes, then export
     partner_records = [r for r in _trail(partner.site.home) if int(str(r["seq"])) > mark.seq]
 
     # What crossed the wire: encrypted, nothing of the letter in clear on the partner.
@@ -336,7 +296,7 @@ def test_letter_crosses_the_bridge_signed_encrypted_over_verified_tls_with_auth(
     assert processed["outcome"] == "pass-marked"  # the partner holds no key of Jean's
     # Opened with the recipient's key (issued by the partner's PKI): the doctor's letter.
     inner = openssl_cms.decrypt(
-        _enveloped_der(stored),
+        enveloped_der(stored),
         partner.site.pki.user_cert(RECIPIENT, "enc"),
         partner.site.pki.user_key(RECIPIENT, "enc"),
     )
@@ -368,7 +328,7 @@ def test_letter_crosses_the_bridge_signed_encrypted_over_verified_tls_with_auth(
     assert _details(added)["auth_login"] == "passerelle"
     assert _details(added)["tls"].startswith("TLSv1.")
     transactions = [
-        line for line in hospital_log.read_text().splitlines() if "event=relay.transaction" in line
+        line for line in hospital_serve.output().splitlines() if "event=relay.transaction" in line
     ]
     assert len(transactions) == 1 and "auth=passerelle" in transactions[0], transactions
     _assert_password_nowhere(hospital, partner, password)
