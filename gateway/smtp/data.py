@@ -113,8 +113,11 @@ class DataReceiver:
         self._at_line_start = self._at_line_start or end > 0
         self._partial = text[end:]
         if len(self._partial) > MAX_LINE:
-            self.feed_fragment(self._partial)
-            self._partial, self._at_line_start = b"", False
+            # a CR at its end may be the first half of the line's CRLF (the reader cut
+            # there): kept, so that a final dot right after it is still seen
+            keep = b"\r" if self._partial.endswith(b"\r") else b""
+            self.feed_fragment(self._partial[: len(self._partial) - len(keep)])
+            self._partial, self._at_line_start = keep, False
         return False
 
     def _feed_complete(self, lines: bytes) -> None:

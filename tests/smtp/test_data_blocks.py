@@ -130,3 +130,27 @@ def test_a_partial_line_longer_than_the_limit_is_dropped_at_once() -> None:
 def test_a_block_past_the_final_dot_is_a_programming_error(block: bytes) -> None:
     with pytest.raises(ValueError, match="past the final dot"):
         DataReceiver(1000).feed_block(block)
+
+
+async def test_the_final_dot_after_a_too_long_line_cut_before_its_lf_is_seen() -> None:
+    """The reader cuts a too-long line's CRLF in two (its limit) and the segment ends on
+    the final dot's ``.``: the dot must still end the message, nothing pipelined after it
+    may be read as body (found in review; the random cases did not reach this cut)."""
+    too_long = b"y" * 1001 + b"\r\n"
+    segments = [b"Subject: x\r\n\r\n" + too_long + b".", b"\r\n" + PIPELINED]
+    for blocks in (False, True):
+        reader = asyncio.StreamReader(limit=LIMIT)
+        receiver = DataReceiver(1 << 20, chunk_size=1 << 30)
+        reader.feed_data(segments[0])
+
+        async def rest_later(reader: asyncio.StreamReader = reader) -> None:
+            await asyncio.sleep(0.01)
+            reader.feed_data(segments[1])
+            reader.feed_eof()
+
+        later = asyncio.create_task(rest_later())
+        await (by_blocks if blocks else by_lines)(reader, receiver)
+        await later
+        assert receiver.ended, blocks
+        assert receiver.problem is not None and receiver.problem.code == 500, blocks
+        assert await reader.read() == PIPELINED, blocks
