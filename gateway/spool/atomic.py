@@ -47,6 +47,7 @@ loop. Trust level: writes only under the spool directory, files 0600.
 from __future__ import annotations
 
 import errno
+import functools
 import os
 import secrets
 from pathlib import Path
@@ -180,7 +181,10 @@ class UnnamedTempFile(TempFile):
     @classmethod
     def create(cls, directory: Path, stem: str) -> TempFile:
         """An unnamed file in ``directory``, mode 0600; a named ``TempFile`` where the
-        file system cannot make one."""
+        file system cannot make one, or where ``/proc`` (which ``publish`` links through)
+        is not mounted (a chroot, some sandboxes)."""
+        if not _proc_fd_links():
+            return TempFile.create(directory, stem)
         try:
             fd = os.open(directory, _TMPFILE_FLAGS, FILE_MODE)
         except OSError as error:
@@ -239,3 +243,9 @@ def move(source: Path, target: Path) -> None:
 def remove(path: Path) -> None:
     """Remove an entry name (the caller fsyncs the directory)."""
     os.unlink(path)
+
+
+@functools.cache
+def _proc_fd_links() -> bool:
+    """Whether ``/proc/self/fd`` exists (checked once per process)."""
+    return os.path.isdir("/proc/self/fd")

@@ -117,6 +117,20 @@ def test_without_o_tmpfile_a_named_temp_file_is_used(
     temp.discard()
 
 
+def test_without_proc_a_named_temp_file_is_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``publish`` links through /proc/self/fd: without /proc (a chroot), every small
+    message would fail at publish; a named temp file is used instead (review finding)."""
+    monkeypatch.setattr(atomic, "_proc_fd_links", lambda: False)
+    temp = UnnamedTempFile.create(tmp_path, "X")
+    assert type(temp) is TempFile and temp.path.parent == tmp_path
+    temp.write(b"entry")
+    temp.finish()
+    temp.publish(tmp_path / "ENTRY")
+    assert (tmp_path / "ENTRY").read_bytes() == b"entry"
+
+
 @pytest.mark.parametrize("kernel_copy", [True, False])
 def test_copy_from_copies_a_range_with_or_without_copy_file_range(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, kernel_copy: bool
