@@ -84,11 +84,18 @@ def read_quietly(path: Path) -> QueueRecord | None:
 
 def list_candidates(dirs: StageDirs, now: float) -> list[tuple[State, str]]:
     """Entries to claim: ``incoming/`` by name (= age), then due ``deferred/`` by due time
-    (mtime <= ``now``), at most ``CLAIM_BATCH`` of each."""
-    incoming = sorted(os.listdir(dirs.state("incoming")))[:CLAIM_BATCH]
+    (mtime <= ``now``), at most ``CLAIM_BATCH`` of each.
+
+    A stray file named like a consumer slot (``1`` .. ``63``: never a queue id) is left
+    where it is: claimed, it would be renamed onto that slot's ``active/K/`` directory.
+    Any other stray name is claimed and ends in ``corrupt/`` as an unreadable entry."""
+    names = (name for name in os.listdir(dirs.state("incoming")) if slot_of_name(name) is None)
+    incoming = sorted(names)[:CLAIM_BATCH]
     deferred = dirs.state("deferred")
     due: list[tuple[float, str]] = []
     for name in os.listdir(deferred):
+        if slot_of_name(name) is not None:
+            continue
         try:
             modified = os.lstat(deferred / name).st_mtime
         except FileNotFoundError:
@@ -202,7 +209,7 @@ def _entry_names(directory: Path, slot: int) -> list[str]:
     """The names of ``directory`` (a slot's active directory) that can be entries."""
     try:
         names = sorted(os.listdir(directory))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # gone, or a stray file of that name
         return []
     if slot != 0:
         return names

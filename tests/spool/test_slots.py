@@ -171,6 +171,25 @@ async def test_a_second_consumer_of_one_slot_is_refused(tmp_path: Path) -> None:
             await spool.aclose()
 
 
+async def test_a_stray_file_named_like_a_slot_is_never_claimed(tmp_path: Path) -> None:
+    """Claimed, ``incoming/1`` would be renamed onto slot 1's ``active/1/`` (review
+    finding: the claimer crashed with IsADirectoryError, in a loop)."""
+    trail = RecordingTrail()
+    zero_spool, one_spool = open_spool(tmp_path, trail, 0), open_spool(tmp_path, trail, 1)
+    try:
+        [queue_id] = await add(zero_spool, 1)
+        zero, _one = await recovered_queues(zero_spool, one_spool)
+        stray = zero.dirs.state("incoming") / "1"
+        stray.write_bytes(b"left by hand")
+        claimed = await zero.claim()
+        assert claimed is not None and claimed.queue_id == queue_id
+        assert await zero.claim() is None
+        assert stray.read_bytes() == b"left by hand"
+    finally:
+        await zero_spool.aclose()
+        await one_spool.aclose()
+
+
 async def test_the_slot_comes_from_the_scope_and_is_checked(tmp_path: Path) -> None:
     assert current_consumer_slot() == 0
     with consumer_slot_scope(5):
