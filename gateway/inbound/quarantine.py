@@ -42,10 +42,9 @@ failure notice per recipient). The purged content was never decrypted (the agent
 the message as received), and no Subject or body is logged.
 
 Race with an operator: ``purge_expired`` checks the entry is still in ``hold/`` right
-before ``Queue.delete``; an entry released or deleted meanwhile is skipped
-(``EntryNotFound`` / ``EntryStateError``). ``Queue.delete`` itself also accepts
-``incoming/``, so a release in the few microseconds between the check and the rename
-would be deleted: closing that window needs a state filter in ``Queue.delete``.
+before ``Queue.delete``, which is called with ``only_from=("hold",)``: an entry
+released or deleted meanwhile is skipped (``EntryNotFound`` / ``EntryStateError``),
+never deleted from ``incoming/``.
 
 Trust level: runs in the inbound worker next to the inbound agent; reads records only
 (never content) and deletes through the queue API.

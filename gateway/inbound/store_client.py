@@ -107,23 +107,29 @@ class _Conversation:
                     return reply
 
     async def command(self, line: str) -> Reply:
-        self.writer.write(line.encode("utf-8") + b"\r\n")
-        await self.writer.drain()
+        await self.send(line.encode("utf-8") + b"\r\n", COMMAND_TIMEOUT)
         return await self.reply()
+
+    async def send(self, data: bytes, timeout: float) -> None:
+        """Write ``data``; ``TimeoutError`` if the store does not take it in ``timeout``
+        (a store that stops reading must not hold a pooled session for ever)."""
+        self.writer.write(data)
+        async with asyncio.timeout(timeout):
+            await self.writer.drain()
 
     async def close(self) -> None:
         """``QUIT``, its ``221`` awaited briefly (RFC 5321 §4.1.1.10), then close; a dead
         or silent peer is not an error here."""
         try:
-            self.writer.write(b"QUIT\r\n")
-            await self.writer.drain()
+            await self.send(b"QUIT\r\n", QUIT_TIMEOUT)
             await self.reply(QUIT_TIMEOUT)
         except (OSError, RuntimeError, TimeoutError, TemporaryFailure, ProtocolError):
-            pass
+            self.writer.transport.abort()  # what is still buffered would never be read
         self.writer.close()
         try:
-            await self.writer.wait_closed()
-        except (OSError, ssl.SSLError):
+            async with asyncio.timeout(QUIT_TIMEOUT):
+                await self.writer.wait_closed()
+        except (OSError, ssl.SSLError, TimeoutError):
             pass
 
 
@@ -344,8 +350,7 @@ async def _mail_transaction(
             for a in recipients
         ]
     stuffer = DotStuffer()
-    talk.writer.write(stuffer.feed(content) + stuffer.finish())
-    await talk.writer.drain()
+    await talk.send(stuffer.feed(content) + stuffer.finish(), DATA_TIMEOUT)
     if lmtp:  # one reply per accepted recipient, in RCPT order (RFC 2033 §4.2)
         for address in accepted:
             reply = await talk.reply(DATA_TIMEOUT)
