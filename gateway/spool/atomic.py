@@ -159,16 +159,19 @@ class TempFile:
 
     def discard(self) -> None:
         """Close if open and remove the temp name (idempotent, never raises)."""
+        self._close_quietly()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+    def _close_quietly(self) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
             try:
                 os.close(fd)
             except OSError:
                 pass
-        try:
-            os.unlink(self.path)
-        except OSError:
-            pass
 
 
 class UnnamedTempFile(TempFile):
@@ -218,12 +221,7 @@ class UnnamedTempFile(TempFile):
 
     def discard(self) -> None:
         """Close if open (the file disappears unless published; never raises)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self._close_quietly()
 
 
 def sync_directory(path: Path) -> None:
