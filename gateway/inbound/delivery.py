@@ -77,7 +77,6 @@ from gateway.spool import (
     RECEIVED,
     AuditTrail,
     Claimed,
-    CorruptEntry,
     Queue,
     Recipient,
     RecipientState,
@@ -201,10 +200,8 @@ class LocalDelivery:
         )
 
     async def _process(self, entry: Claimed) -> DeliveryOutcome:
-        try:
-            content = b"".join([chunk async for chunk in self.local.content(entry)])
-        except CorruptEntry as error:
-            await self.local.quarantine(entry, str(error))
+        content = await consumer.content_or_quarantine(self.local, entry)
+        if content is None:
             return DeliveryOutcome(entry.queue_id, "corrupt")
         record = entry.record
         pending = list(record.unfinished)

@@ -99,7 +99,6 @@ from gateway.spool import (
     RECEIVED,
     AuditTrail,
     Claimed,
-    CorruptEntry,
     Envelope,
     Queue,
     Recipient,
@@ -200,10 +199,8 @@ class InboundStage:
         )
 
     async def _process(self, entry: Claimed) -> InboundOutcome:
-        try:
-            content = b"".join([chunk async for chunk in self.inbound.content(entry)])
-        except CorruptEntry as error:
-            await self.inbound.quarantine(entry, str(error))
+        content = await consumer.content_or_quarantine(self.inbound, entry)
+        if content is None:
             return InboundOutcome(entry.queue_id, "corrupt")
         record = entry.record
         states = list(record.state.recipients)

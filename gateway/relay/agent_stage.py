@@ -59,7 +59,7 @@ the audit trail's ``synchronous = FULL``), so ``concurrency`` entries are in fli
 once and share those commits; the audit events of one pass are queued together and
 awaited together (all committed before any hand-off, as before), and an empty queue is
 looked at again after ``poll_interval`` (a listdir). Per entry the content is read in
-one I/O job (``notices.read_content``), its header block is parsed once
+one I/O job (``Queue.read_all``), its header block is parsed once
 (``protect.SplitMessage``: routing, the Bcc split and the tamper rule share it), and
 the one info log line is the spool's ``spool.added`` of each hand-off (its ``parent``
 and ``stage`` say what ``agent.handed_off``, now a debug line, says; the audit trail has
@@ -102,7 +102,6 @@ from gateway.spool import (
     RECEIVED,
     AuditTrail,
     Claimed,
-    CorruptEntry,
     Envelope,
     Queue,
     Recipient,
@@ -254,10 +253,8 @@ class AgentStage:
         )
 
     async def _process(self, entry: Claimed) -> EntryOutcome:
-        try:
-            content = await asyncio.to_thread(notices.read_content, entry)
-        except CorruptEntry as error:
-            await self.received.quarantine(entry, str(error))
+        content = await consumer.content_or_quarantine(self.received, entry)
+        if content is None:
             return EntryOutcome(entry.queue_id, "corrupt")
         record = entry.record
         pending = record.unfinished

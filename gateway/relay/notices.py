@@ -1,5 +1,4 @@
-"""Queue a DSN about a claimed spool entry, read a claimed entry whole: the steps every
-stage shares.
+"""Queue a DSN about a claimed spool entry: the step every stage shares.
 
 A DSN is a message the gateway sends through its own queue (issue 6): built by the
 sans-IO ``dsn.build_dsn`` from the entry's record and the original bytes, addressed by
@@ -8,10 +7,8 @@ sans-IO ``dsn.build_dsn`` from the entry's record and the original bytes, addres
 time (``new_message=True``: it does not inherit its parent's lifetime). No DSN to a null
 or unusable sender: ``DsnRefused`` is logged and nothing is queued.
 
-``read_content`` reads a claimed entry's whole content in one blocking job (run it in a
-thread): one thread hop per entry instead of one per chunk (issue 6 Speed), for the
-stages that need the whole message anyway (the agent parses, signs and encrypts it) or
-send a small one (the relay, under ``WHOLE_READ_LIMIT``).
+``WHOLE_READ_LIMIT``: the relay reads an entry up to this size whole
+(``Queue.read_all``, one I/O job) and streams larger ones.
 
 Security: callers choose ``protected`` (never copy a protected Subject into a DSN that
 leaves in clear) and ``ret``; no message content is logged.
@@ -75,10 +72,3 @@ async def queue_dsn(
     )
     _log.info(f"{area}.dsn_queued", queue_id=entry.queue_id, child=child)
     return child
-
-
-def read_content(entry: Claimed) -> bytes:
-    """The whole content of a claimed entry, its SHA-256 checked (``CorruptEntry`` if
-    not), in one blocking job; run it in a thread, never on the event loop."""
-    with entry.open() as reader:
-        return b"".join(reader.chunks(max(1, reader.record.content_length)))

@@ -81,7 +81,7 @@ from gateway.relay.dsn import (
     should_send_dsn,
 )
 from gateway.relay.mx import MxResolver, make_resolver
-from gateway.relay.notices import WHOLE_READ_LIMIT, queue_dsn, read_content
+from gateway.relay.notices import WHOLE_READ_LIMIT, queue_dsn
 from gateway.relay.tlsclient import PeerVerifier
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.listeblanche import load_liste_blanche
@@ -564,7 +564,7 @@ async def _content_source(queue: Queue, entry: Claimed) -> ContentSource:
     from memory at each attempt; a larger one is streamed from the spool per attempt."""
     if entry.record.content_length > WHOLE_READ_LIMIT:
         return lambda: queue.content(entry)
-    data = await asyncio.to_thread(read_content, entry)
+    data = await queue.read_all(entry)
 
     async def from_memory() -> AsyncIterator[bytes]:
         yield data

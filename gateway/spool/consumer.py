@@ -13,6 +13,8 @@ holds what they do alike, so each stage module keeps only what it decides:
   ``stop`` is set;
 - ``drain``: process every entry ready now, at most ``concurrency`` at once (tests and
   tools);
+- ``content_or_quarantine``: a claimed entry's content, or its move to ``corrupt/``
+  when its checksum fails;
 - ``guarded``: run one entry's processing so that a bad message never stops the worker:
   a spool or audit failure leaves the entry in ``active/`` (recovered at the next start);
   any other error puts the entry on hold with a reason naming the error type (never the
@@ -28,7 +30,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from gateway.log import get_logger
-from gateway.spool.errors import SpoolBusy, SpoolError
+from gateway.spool.errors import CorruptEntry, SpoolBusy, SpoolError
 from gateway.spool.queue import Claimed, Queue, RecoveryReport
 
 T = TypeVar("T")
@@ -125,6 +127,16 @@ async def drain(
     finally:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+
+
+async def content_or_quarantine(queue: Queue, entry: Claimed) -> bytes | None:
+    """``entry``'s whole content (``Queue.read_all``), or None once an entry whose bytes
+    fail their checksum is moved to ``corrupt/`` (never deleted)."""
+    try:
+        return await queue.read_all(entry)
+    except CorruptEntry as error:
+        await queue.quarantine(entry, str(error))
+        return None
 
 
 async def guarded(

@@ -6,7 +6,7 @@ slower one gave.
   ``Message`` (every attribute), or None and the reference is used;
 - ``protect.SplitMessage.shown`` (the To/Cc addresses read once per message) against
   ``routing.header_addresses`` of the whole header block;
-- ``notices.read_content`` (one I/O job per entry) against the spool's chunked reader,
+- ``Queue.read_all`` (one I/O job per entry) against the spool's chunked reader,
   and a corrupt entry: ``CorruptEntry``; the relay stage quarantines a corrupt entry
   before it connects (the sink gets nothing).
 """
@@ -26,7 +26,6 @@ import pytest
 from gateway.audit import AuditEvent
 from gateway.pki.dev import DevPki
 from gateway.relay import protect, routing
-from gateway.relay.notices import read_content
 from gateway.smime import mime
 from gateway.spool import (
     RECEIVED,
@@ -36,6 +35,7 @@ from gateway.spool import (
     Origin,
     Recipient,
     Spool,
+    consumer,
 )
 from gateway.spool.record import PREAMBLE_SIZE
 from tests.peers.smtp_sink import SmtpSink
@@ -180,7 +180,7 @@ def _flip_content_byte(path: Path) -> None:
 
 
 @pytest.mark.parametrize("size", [6, 10_240, 600_000])
-async def test_read_content_is_the_whole_checked_content(tmp_path: Path, size: int) -> None:
+async def test_read_all_is_the_whole_checked_content(tmp_path: Path, size: int) -> None:
     content = (b"line of text\r\n" * (size // 14 + 1))[:size]
     spool, queue_id = await _spool_entry(tmp_path / "spool", content)
     try:
@@ -188,11 +188,27 @@ async def test_read_content_is_the_whole_checked_content(tmp_path: Path, size: i
         await queue.recover()
         entry = await queue.claim()
         assert entry is not None and entry.queue_id == queue_id
-        assert await asyncio.to_thread(read_content, entry) == content
+        assert await queue.read_all(entry) == content
         assert b"".join([chunk async for chunk in queue.content(entry)]) == content
         _flip_content_byte(entry.path)
         with pytest.raises(CorruptEntry):
-            await asyncio.to_thread(read_content, entry)
+            await queue.read_all(entry)
+    finally:
+        await spool.aclose()
+
+
+async def test_content_or_quarantine_moves_a_corrupt_entry_to_corrupt(tmp_path: Path) -> None:
+    """What every stage does with a claimed entry whose bytes fail their checksum."""
+    spool, queue_id = await _spool_entry(tmp_path / "spool", b"line of text\r\n" * 100)
+    try:
+        queue = spool.queue(RECEIVED)
+        await queue.recover()
+        entry = await queue.claim()
+        assert entry is not None
+        _flip_content_byte(entry.path)
+        assert await consumer.content_or_quarantine(queue, entry) is None
+        assert [info.name for info in await queue.scan("corrupt")] == [queue_id]
+        assert await queue.scan("active") == []
     finally:
         await spool.aclose()
 
