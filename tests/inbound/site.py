@@ -19,7 +19,7 @@ from pathlib import Path
 from cryptography import x509
 
 from gateway.audit import AuditEvent
-from gateway.config import Config, load_config
+from gateway.config import Config
 from gateway.inbound.delivery import DEFAULT_CONCURRENCY as DELIVERY_CONCURRENCY
 from gateway.inbound.delivery import LocalDelivery
 from gateway.inbound.stage import DEFAULT_CONCURRENCY as STAGE_CONCURRENCY
@@ -44,6 +44,7 @@ from gateway.spool import (
     RetryPolicy,
     Spool,
 )
+from tests.site_config import write_test_config
 
 ALICE = "alice.martin@chu-a.test"
 BRUNO = "bruno.petit@chu-a.test"
@@ -109,35 +110,7 @@ class Clock:
 
 def write_config(root: Path, pki: DevPki, *, inbound: str) -> Config:
     """The site's configuration; ``inbound`` is the body of its ``[inbound]`` table."""
-    keys = root / "var" / "keys"
-    keys.mkdir(parents=True, exist_ok=True)
-    keys.chmod(0o700)
-    (root / "var" / "annuaire.ldif").touch()
-    (root / "conf").mkdir(exist_ok=True)
-    (root / "conf" / "users.toml").touch()
-    path = root / "missive.toml"
-    path.write_text(
-        f"""\
-[gateway]
-home = "{root}"
-hostname = "{HOST}"
-local_domains = ["chu-a.test"]
-
-[tls]
-certificate = "{pki.server_cert(HOST)}"
-private_key = "{pki.server_key(HOST)}"
-
-[trust]
-anchors = ["{pki.root_cert}"]
-intermediates = ["{pki.intermediates}"]
-crls = ["{pki.crl("personnes")}", "{pki.crl("serveurs")}"]
-
-[inbound]
-{inbound}
-""",
-        encoding="utf-8",
-    )
-    return load_config(path)
+    return write_test_config(root, pki, f"[inbound]\n{inbound}\n")
 
 
 def lmtp_to(port: int) -> str:

@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.config import Config, load_config
+from gateway.config import Config
 from gateway.pki.dev import DevPki
+from tests.site_config import write_test_config
 
 ROUTES = """
 [[routes]]
@@ -52,34 +53,11 @@ def write_site(
     smime: str = "",
 ) -> Config:
     """The site's configuration (``smime`` adds keys to ``[smime]``)."""
-    (directory / "var" / "keys").mkdir(parents=True, exist_ok=True)
-    (directory / "var" / "keys").chmod(0o700)
-    (directory / "var" / "annuaire.ldif").touch()
-    (directory / "conf").mkdir(exist_ok=True)
-    (directory / "conf" / "users.toml").touch()
-    path = directory / "missive.toml"
-    path.write_text(
-        f"""\
-[gateway]
-home = "{directory}"
-hostname = "mx.chu-a.test"
-local_domains = ["chu-a.test"]
-
-[tls]
-certificate = "{pki.server_cert("mx.chu-a.test")}"
-private_key = "{pki.server_key("mx.chu-a.test")}"
-
-[trust]
-anchors = ["{pki.root_cert}"]
-intermediates = ["{pki.intermediates}"]
-crls = ["{pki.crl("personnes")}", "{pki.crl("serveurs")}"]
-
+    tables = f"""\
 [keys]
 organisation_signing = "{organisation_signing or ""}"
 
 [smime]
 {smime}
-{ROUTES}""",
-        encoding="utf-8",
-    )
-    return load_config(path)
+{ROUTES}"""
+    return write_test_config(directory, pki, tables)

@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 
 from gateway.audit import AuditEvent, AuditSink, AuditStore
-from gateway.config import Config, load_config
+from gateway.config import Config
 from gateway.config.model import Route
 from gateway.pki.dev import DevPki
 from gateway.relay.client import DeliveryResult, Outcome
@@ -56,6 +56,7 @@ from gateway.spool import (
 from gateway.spool.model import EntryState
 from tests.peers.small_fixtures import sink_tls_context
 from tests.peers.smtp_sink import SmtpSink
+from tests.site_config import write_test_config
 
 SENDER = "alice.martin@chu-a.test"
 BOB = "bob@clinique-b.test"
@@ -219,28 +220,7 @@ def write_config(
     tls: str = "verify",
 ) -> Config:
     """A site whose one smtp route goes to 127.0.0.1:``port`` (short retry schedule)."""
-    (directory / "var" / "keys").mkdir(parents=True, exist_ok=True)
-    (directory / "var" / "keys").chmod(0o700)
-    (directory / "var" / "annuaire.ldif").touch()
-    (directory / "conf").mkdir(exist_ok=True)
-    (directory / "conf" / "users.toml").touch()
-    path = directory / "missive.toml"
-    path.write_text(
-        f"""\
-[gateway]
-home = "{directory}"
-hostname = "mx.chu-a.test"
-local_domains = ["chu-a.test"]
-
-[tls]
-certificate = "{pki.server_cert("mx.chu-a.test")}"
-private_key = "{pki.server_key("mx.chu-a.test")}"
-
-[trust]
-anchors = ["{pki.root_cert}"]
-intermediates = ["{pki.intermediates}"]
-crls = ["{pki.crl("personnes")}", "{pki.crl("serveurs")}"]
-
+    tables = f"""\
 [delivery]
 retry_schedule = {retry}
 max_lifetime = "{max_lifetime}"
@@ -252,10 +232,8 @@ domains = ["clinique-b.test"]
 next_hop = "127.0.0.1:{port}"
 tls = "{tls}"
 tls_name = "mx.clinique-b.test"
-""",
-        encoding="utf-8",
-    )
-    return load_config(path, agent_keys=False)
+"""
+    return write_test_config(directory, pki, tables, agent_keys=False)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Any, TypeVar
 from cryptography import x509
 
 from gateway.audit import AuditEvent
-from gateway.config import Config, load_config
+from gateway.config import Config
 from gateway.pki.dev import DevPki
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.dnmatch import same_dn
@@ -24,6 +24,7 @@ from gateway.smtp.throttle import AuthThrottle, ThrottleLimits
 from gateway.smtp.users import AuthResult
 from gateway.spool import Envelope, Origin
 from tests.peers.fixtures import ca_bundle
+from tests.site_config import write_test_config
 
 LOCAL = "chu-a.test"
 REMOTE = "clinique-b.test"
@@ -138,39 +139,15 @@ def write_config(
     ciphers: str = "",
 ) -> Config:
     """A configuration on the dev PKI (``mx.chu-a.test``) with the given listeners."""
-    path = directory / "missive.toml"
-    (directory / "var").mkdir(exist_ok=True)
-    (directory / "var" / "annuaire.ldif").write_text("")
-    (directory / "conf").mkdir(exist_ok=True)
-    (directory / "conf" / "users.toml").write_text("")
-    path.write_text(
-        f"""\
-[gateway]
-home = "{directory}"
-hostname = "mx.chu-a.test"
-local_domains = ["{LOCAL}"]
-
-[tls]
-certificate = "{pki.server_cert("mx.chu-a.test")}"
-private_key = "{pki.server_key("mx.chu-a.test")}"
-ciphers = "{ciphers}"
-
-[trust]
-anchors = ["{pki.root_cert}"]
-intermediates = ["{pki.intermediates}"]
-crls = ["{pki.crl("personnes")}", "{pki.crl("serveurs")}"]
-
+    tables = f"""\
 [delivery]
 max_message_size = "{max_message_size}"
 
 [inbound]
 accept = "{accept}"
 
-{listeners}
-""",
-        encoding="utf-8",
-    )
-    return load_config(path)
+{listeners}"""
+    return write_test_config(directory, pki, tables, tls_extra=f'ciphers = "{ciphers}"')
 
 
 def validator_for(pki: DevPki) -> CertificateValidator:
