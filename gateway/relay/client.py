@@ -32,9 +32,18 @@ Protocol (RFC 5321 unless noted):
   (RFC 6531) when the message needs them (a peer lacking what the message needs is a
   permanent failure: 5.6.3 / 5.6.7), RET/ENVID and per-RCPT NOTIFY/ORCPT (RFC 3461 §4)
   only when the peer advertises DSN (``DeliveryResult.dsn_passed`` tells the DSN stage
-  whether it must report "relayed"); no PIPELINING (one command, one reply);
+  whether it must report "relayed");
+- PIPELINING (RFC 2920) when the peer advertises it: MAIL, every RCPT and DATA (with
+  the RSET of a reused session in front) go in one write, DATA last (§3.1); the replies
+  are then read in order, each with its own timeout, and every one of them is checked
+  (§3.1: a refused MAIL or no accepted RCPT still needs the DATA reply read; a 354
+  there is answered by a lone ``.``); nothing of the content leaves before the 354.
+  The group is not drained before its replies are read, so a long RCPT list cannot
+  deadlock against a peer that blocks writing replies (§3.1). A peer without PIPELINING
+  gets one command and waits for its reply (lock-step), as RFC 5321 requires;
 - DATA: the content is streamed, normalised to CRLF line ends (a bare CR or LF becomes
-  CRLF: no SMTP smuggling through us), dot-stuffed (§4.5.2) and ended by ``.CRLF``;
+  CRLF: no SMTP smuggling through us), dot-stuffed (§4.5.2) and ended by ``.CRLF``; a
+  message read whole goes out in one write with its final dot;
 - timeouts of §4.5.3.2: greeting 5 min, MAIL 5 min, RCPT 5 min, DATA 2 min, each data
   block 3 min, end of data 10 min;
 - outcomes: a 2xx to RCPT and then to the end of DATA is delivered; a reply's class
@@ -46,7 +55,12 @@ Protocol (RFC 5321 unless noted):
   that lists why. A verification failure is never retried in clear (fail closed);
 - reuse: after a transaction the session goes back to an idle pool (per route, host,
   port and address; at most ``MAX_MESSAGES_PER_SESSION`` messages, ``IDLE_LIMIT`` idle)
-  and the next message to that host sends RSET (§4.1.1.5) on it instead of connecting;
+  and the next message to that host sends RSET (§4.1.1.5) on it instead of connecting
+  (with PIPELINING, as the first command of its group). A pooled session whose RSET
+  fails (the peer closed it while idle, a 421, a refusal) is stale: it is closed and
+  the message takes the next pooled session or a new connection to the same address,
+  not the next host. Nothing of the message was sent on it (no 354 was read), so
+  this cannot duplicate a message;
 - ``concurrency_per_destination``: one semaphore per destination (the static next hop,
   else the recipient domain) bounds the sessions in use toward it.
 """
@@ -183,6 +197,10 @@ class SessionFailure(Exception):
     """This session cannot carry the message: try the next host (§5.1)."""
 
 
+class StaleSession(SessionFailure):
+    """A pooled session failed its RSET: nothing was sent on it, open another one."""
+
+
 class MessageRefused(Exception):
     """The message cannot go to this peer at all (size, 8BITMIME, SMTPUTF8): permanent."""
 
@@ -260,7 +278,9 @@ class DotStuffer:
     """Streams content as DATA: CRLF line ends, dot-stuffing, final ``.CRLF`` (§4.5.2).
 
     A CR at the end of a chunk is held back until the next chunk shows whether an LF
-    follows, so a CRLF is never split and a line start is always known.
+    follows, so a CRLF is never split and a line start is always known. Whole buffers
+    are handled with ``bytes`` methods (C loops): the line-end rewrite only runs when
+    the chunk has a bare CR or LF, which what the gateway queues never has.
     """
 
     _LINE_END = re.compile(rb"\r\n|\r|\n")
@@ -270,11 +290,13 @@ class DotStuffer:
         self._at_line_start = True
 
     def feed(self, chunk: bytes) -> bytes:
-        data = (b"\r" if self._held_cr else b"") + chunk
+        data = b"\r" + chunk if self._held_cr else chunk
         self._held_cr = data.endswith(b"\r")
         if self._held_cr:
             data = data[:-1]
-        return self._stuff(self._LINE_END.sub(b"\r\n", data))
+        if has_bare_line_end(data):
+            data = self._LINE_END.sub(b"\r\n", data)
+        return self._stuff(data)
 
     def finish(self) -> bytes:
         tail = self._stuff(b"\r\n") if self._held_cr else b""
@@ -291,6 +313,12 @@ class DotStuffer:
             stuffed = b"." + stuffed
         self._at_line_start = stuffed.endswith(b"\r\n")
         return stuffed
+
+
+def has_bare_line_end(data: bytes) -> bool:
+    """True when ``data`` has a CR not followed by LF or an LF not preceded by CR."""
+    pairs = data.count(b"\r\n")
+    return data.count(b"\r") != pairs or data.count(b"\n") != pairs
 
 
 #: Errors that end a session; the message then tries the next host (§5.1).
@@ -355,6 +383,7 @@ class SmtpSession:
         self.messages_sent = 0
         self.idle_since = time.monotonic()
         self.broken = False
+        self._reset_pending = False  # RSET goes in front of the next pipelined group
 
     # -- plumbing --
 
@@ -458,17 +487,39 @@ class SmtpSession:
 
     # -- transactions --
 
+    @property
+    def pipelining(self) -> bool:
+        """The peer advertised PIPELINING (RFC 2920) in its last EHLO reply."""
+        return "PIPELINING" in self.extensions
+
+    async def reuse(self) -> None:
+        """Ready a pooled session for its next transaction: RSET (§4.1.1.5) now, or,
+        with PIPELINING, as the first command of the next group (``StaleSession`` if
+        it fails there)."""
+        if self.pipelining:
+            self._reset_pending = True
+        else:
+            await self.reset()
+
     async def transaction(
         self, envelope: Envelope, content: ContentSource, size: int | None
     ) -> tuple[dict[str, Outcome], bool]:
         """MAIL, RCPT..., DATA: per-recipient outcomes and whether DSN was passed."""
         check_size(size, self.extensions)
         mail, dsn = mail_command(envelope, self.extensions, size)
+        if self.pipelining:
+            return await self._pipelined(envelope, mail, dsn, content), dsn
+        return await self._lockstep(envelope, mail, dsn, content), dsn
+
+    async def _lockstep(
+        self, envelope: Envelope, mail: str, dsn: bool, content: ContentSource
+    ) -> dict[str, Outcome]:
+        """One command, one reply (a peer without PIPELINING)."""
         reply = await self.command(mail)
         if reply.code != 250:
             outcome = Outcome.from_reply(reply)
             await self._reset_after_refusal()
-            return {r.address: outcome for r in envelope.recipients}, dsn
+            return {r.address: outcome for r in envelope.recipients}
         outcomes: dict[str, Outcome] = {}
         accepted: list[str] = []
         for recipient in envelope.recipients:
@@ -478,28 +529,113 @@ class SmtpSession:
                 accepted.append(recipient.address)
         if not accepted:
             await self._reset_after_refusal()
-            return outcomes, dsn
-        final = await self._data(content)
-        for address in accepted:
-            outcomes[address] = Outcome.from_reply(final)
-        self.messages_sent += 1
-        return outcomes, dsn
-
-    async def _data(self, content: ContentSource) -> Reply:
+            return outcomes
         reply = await self.command("DATA", self._timeouts.data_init)
-        if reply.code != 354:
-            return reply
+        final = await self._send_content(content) if reply.code == 354 else reply
+        return self._final(outcomes, accepted, final)
+
+    async def _pipelined(
+        self, envelope: Envelope, mail: str, dsn: bool, content: ContentSource
+    ) -> dict[str, Outcome]:
+        """RFC 2920 §3.1: [RSET,] MAIL, RCPT..., DATA in one write, then every reply."""
+        recipients = envelope.recipients
+        group = [mail, *(rcpt_command(r, dsn) for r in recipients), "DATA"]
+        if self._reset_pending:
+            self._reset_pending = False
+            await self._send_group(["RSET", *group])
+        else:
+            await self._send_group(group)
         assert self._writer is not None
+        timeouts = self._timeouts
+        async with asyncio.timeout(timeouts.command) as deadline:
+            mail_reply = await self._read_reply()
+            rcpt_replies: list[Reply] = []
+            for _ in recipients:
+                _extend(deadline, timeouts.command)
+                rcpt_replies.append(await self._read_reply())
+            _extend(deadline, timeouts.data_init)
+            data_reply = await self._read_reply()
+            await self._writer.drain()  # the group is out: the peer answered its DATA
+        if mail_reply.code != 250:
+            await self._abandon_data(data_reply)
+            outcome = Outcome.from_reply(mail_reply)
+            return {r.address: outcome for r in recipients}
+        outcomes = {
+            r.address: Outcome.from_reply(reply)
+            for r, reply in zip(recipients, rcpt_replies, strict=True)
+        }
+        accepted = [
+            r.address
+            for r, reply in zip(recipients, rcpt_replies, strict=True)
+            if reply.code in (250, 251)
+        ]
+        if not accepted:
+            await self._abandon_data(data_reply)
+            return outcomes
+        final = await self._send_content(content) if data_reply.code == 354 else data_reply
+        return self._final(outcomes, accepted, final)
+
+    async def _send_group(self, commands: list[str]) -> None:
+        """Write a pipelined group; with an RSET in front, read its reply first and turn
+        any failure of this pooled session into ``StaleSession`` (nothing was sent)."""
+        assert self._writer is not None
+        self._writer.write(("\r\n".join(commands) + "\r\n").encode("utf-8"))
+        if commands[0] != "RSET":
+            return
+        try:
+            async with asyncio.timeout(self._timeouts.command):
+                reply = await self._read_reply()
+        except _SESSION_ERRORS as error:
+            raise StaleSession(f"pooled session lost: {_describe(error)}") from None
+        if reply.code != 250:
+            raise StaleSession(f"RSET refused: {reply.code} {reply.text}")
+
+    def _final(
+        self, outcomes: dict[str, Outcome], accepted: list[str], final: Reply
+    ) -> dict[str, Outcome]:
+        """The end-of-DATA reply (or a refused DATA) is the outcome of every accepted RCPT."""
+        outcome = Outcome.from_reply(final)
+        for address in accepted:
+            outcomes[address] = outcome
+        self.messages_sent += 1
+        return outcomes
+
+    async def _abandon_data(self, data_reply: Reply) -> None:
+        """No transaction to send: a peer that still answered DATA with 354 gets a lone
+        ``.`` (RFC 2920 §3.1). The replies already read stand whatever happens here; a
+        failure only marks the session unfit for reuse."""
+        if data_reply.code != 354:
+            return
+        assert self._writer is not None
+        try:
+            async with asyncio.timeout(self._timeouts.data_end):
+                self._writer.write(b".\r\n")
+                await self._writer.drain()
+                await self._read_reply()
+        except _SESSION_ERRORS:
+            self.broken = True
+
+    async def _send_content(self, content: ContentSource) -> Reply:
+        """After a 354: the content as DATA (``DotStuffer``), the final ``.CRLF`` in the
+        same write as the last block, then the end-of-data reply (§4.5.3.2 timeouts:
+        each block written within ``data_block``, the reply within ``data_end``)."""
+        assert self._writer is not None
+        writer, timeouts = self._writer, self._timeouts
         stuffer = DotStuffer()
+        pending = b""
         async for chunk in content():
             block = stuffer.feed(chunk)
-            if block:
-                async with asyncio.timeout(self._timeouts.data_block):
-                    self._writer.write(block)
-                    await self._writer.drain()
-        async with asyncio.timeout(self._timeouts.data_end):
-            self._writer.write(stuffer.finish())
-            await self._writer.drain()
+            if not block:
+                continue
+            if pending:
+                async with asyncio.timeout(timeouts.data_block):
+                    writer.write(pending)
+                    await writer.drain()
+            pending = block
+        async with asyncio.timeout(timeouts.data_block) as deadline:
+            writer.write(pending + stuffer.finish())
+            await writer.drain()
+            _extend(deadline, timeouts.data_end)
             return await self._read_reply()
 
     async def reset(self) -> None:
@@ -536,6 +672,11 @@ class SmtpSession:
                 await writer.wait_closed()
         except (OSError, TimeoutError, ssl.SSLError, ConnectionError):
             pass
+
+
+def _extend(deadline: asyncio.Timeout, seconds: float) -> None:
+    """Give the next reply of a group its own timeout (RFC 5321 §4.5.3.2: per command)."""
+    deadline.reschedule(asyncio.get_running_loop().time() + seconds)
 
 
 # -- the relay client ---------------------------------------------------------------------
@@ -638,10 +779,18 @@ class RelayClient:
         """Deliver through one address; None (and a note in ``attempts``) to fall through."""
         session: SmtpSession | None = None
         try:
-            session = await self._session(route, host, address)
-            if route.security == "tls-only":
-                self._check_liste_blanche(session, domains)
-            outcomes, dsn = await session.transaction(envelope, content, size)
+            while True:  # each stale pooled session is closed: this ends with a new one
+                session = await self._session(route, host, address)
+                if route.security == "tls-only":
+                    self._check_liste_blanche(session, domains)
+                try:
+                    outcomes, dsn = await session.transaction(envelope, content, size)
+                    break
+                except StaleSession as stale:
+                    log.debug("relay.session_stale", route=route.name, reason=str(stale))
+                    stale_session, session = session, None
+                    stale_session.broken = True
+                    await stale_session.close()
         except MessageRefused as refused:
             assert session is not None  # raised before MAIL: the session is clean
             await self._release(route, session)
@@ -684,7 +833,7 @@ class RelayClient:
             raise SessionFailure(str(error)) from None
 
     async def _session(self, route: Route, host: MailHost, address: str) -> SmtpSession:
-        """An idle session to reuse (after RSET), else a new one."""
+        """An idle session to reuse (after RSET, or with RSET pending), else a new one."""
         key = (route.name, host.name, host.port, address)
         while idle := self._idle.get(key):
             session = idle.pop()
@@ -692,7 +841,7 @@ class RelayClient:
                 await session.close()
                 continue
             try:
-                await session.reset()
+                await session.reuse()
                 return session
             except _SESSION_ERRORS:
                 session.broken = True

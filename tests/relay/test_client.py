@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import random
+import re
 import socket
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
 import pytest
@@ -19,6 +21,7 @@ from gateway.relay.client import (
     RelayClient,
     Reply,
     ReplyParser,
+    has_bare_line_end,
     mail_command,
     parse_extensions,
     rcpt_command,
@@ -28,15 +31,21 @@ from gateway.relay.mx import MxResolver, make_resolver
 from gateway.spool.model import Envelope, MailParams, Recipient
 from tests.peers.dns_server import DnsServer
 from tests.peers.fixtures import ca_bundle
-from tests.peers.postfix import PostfixInstance
+from tests.peers.postfix import PostfixInstance, set_recipient_access
 from tests.peers.small_fixtures import sink_tls_context
 from tests.peers.smtp_sink import SmtpSink, server_tls_context
 from tests.relay.client_helpers import (
     MESSAGE,
     OUR_HOSTNAME,
     SENDER,
+    LockstepHandler,
+    RecordingProxy,
+    ScriptedPeer,
+    command_chunks,
     content_of,
     envelope,
+    lockstep_server_fixture,  # noqa: F401 (the lockstep_server fixture)
+    recording_proxy_fixture,  # noqa: F401 (the recording_proxy fixture)
     relay_clients_fixture,  # noqa: F401 (the relay_clients fixture)
     static_route,
     trust_section,
@@ -57,6 +66,36 @@ def test_dot_stuffing_and_line_ends_across_chunks() -> None:
     assert _stuff(b"a\n.\nb") == b"a\r\n..\r\nb\r\n.\r\n"  # bare LF: no smuggled end
     assert _stuff(b"a\r\n", b"", b".b\r\n") == b"a\r\n..b\r\n.\r\n"
     assert _stuff(b"") == b".\r\n"
+
+
+def _reference_data(content: bytes) -> bytes:
+    """DATA as RFC 5321 §4.5.2 reads it, line by line: any CR, LF or CRLF ends a line,
+    a line starting with ``.`` gets one more, then ``.CRLF``."""
+    lines = re.split(rb"\r\n|\r|\n", content)
+    if lines[-1] == b"":
+        lines.pop()
+    stuffed = ((b"." if line.startswith(b".") else b"") + line + b"\r\n" for line in lines)
+    return b"".join(stuffed) + b".\r\n"
+
+
+@pytest.mark.parametrize("alphabet", ["canonical", "bare"])
+def test_dot_stuffing_matches_the_line_by_line_reference(alphabet: str) -> None:
+    pieces = [b"a", b"bc", b".", b"..", b"\r\n", b"\r\n."]
+    if alphabet == "bare":
+        pieces += [b"\r", b"\n", b"\n.", b"\r."]
+    rng = random.Random(2920)
+    for _ in range(400):
+        content = b"".join(rng.choice(pieces) for _ in range(rng.randrange(0, 40)))
+        cuts = sorted(rng.sample(range(len(content) + 1), min(len(content) + 1, 3)))
+        chunks = [content[a:b] for a, b in zip([0, *cuts], [*cuts, len(content)], strict=True)]
+        assert _stuff(*chunks) == _reference_data(content), (content, chunks)
+
+
+def test_bare_line_end_detection() -> None:
+    assert not has_bare_line_end(b"")
+    assert not has_bare_line_end(b"a\r\n.b\r\n")
+    for bare in (b"a\nb", b"a\rb", b"a\r\r\n", b"a\r\n\n", b"\r", b"\n\r"):
+        assert has_bare_line_end(bare), bare
 
 
 def test_reply_parser_multiline_and_enhanced_code() -> None:
@@ -363,3 +402,184 @@ async def test_postfix_requiring_client_certificate_receives(
         assert b"Message-ID: <relay-test@chu-a.test>" in raw
         assert b"\n.starts with a dot\n" in raw  # unstuffed by Postfix (Maildir: LF)
         assert b"TLS" in raw  # Postfix records TLS use in Received:
+
+
+# -- on the wire: PIPELINING (RFC 2920) and lock-step ----------------------------------
+
+Proxies = Callable[[int], Awaitable[RecordingProxy]]
+
+
+def _one_group(chunks: list[bytes], *addresses: str) -> bytes:
+    """The single chunk that carries MAIL, every RCPT and DATA (RFC 2920 §3.1)."""
+    (group,) = command_chunks(chunks, b"MAIL FROM:")
+    for address in addresses:
+        assert f"RCPT TO:<{address}>".encode() in group
+    assert group.endswith(b"DATA\r\n") and group.count(b"DATA\r\n") == 1
+    return group
+
+
+async def test_pipelining_sends_the_envelope_at_once_and_keeps_each_reply(
+    smtp_sink: SmtpSink, recording_proxy: Proxies, relay_clients: Callable[..., RelayClient]
+) -> None:
+    smtp_sink.refuse_recipient("gone@clinique-b.test", 550)
+    smtp_sink.refuse_recipient("full@clinique-b.test", 452)
+    proxy = await recording_proxy(smtp_sink.port)
+    client = relay_clients()
+    route = static_route(proxy.port, tls="none", tls_name=None)
+    addresses = ("bob@clinique-b.test", "gone@clinique-b.test", "full@clinique-b.test")
+    first = await client.deliver(route, envelope(*addresses), content_of(MESSAGE))
+    outcomes = first.per_recipient
+    assert outcomes["bob@clinique-b.test"].delivered
+    assert outcomes["gone@clinique-b.test"].permanent
+    assert outcomes["gone@clinique-b.test"].enhanced == "5.1.1"
+    assert outcomes["full@clinique-b.test"].code == 452
+    assert not outcomes["full@clinique-b.test"].permanent
+    group = _one_group(proxy.sent_chunks(), *addresses)
+    assert not group.startswith(b"RSET")  # a new session needs none
+    (body,) = [c for c in proxy.sent_chunks() if b"Message-ID: <relay-test" in c]
+    assert body.endswith(b"last line\r\n.\r\n")  # the final dot in the same write
+    assert b"\r\n..starts with a dot\r\n" in body
+    smtp_sink.fail_next("DATA", 451)
+    second = await client.deliver(route, envelope("carol@clinique-b.test"), content_of(MESSAGE))
+    assert second.per_recipient["carol@clinique-b.test"].code == 451
+    reused = [c for c in command_chunks(proxy.sent_chunks(), b"MAIL FROM:") if c != group]
+    assert len(reused) == 1 and reused[0].startswith(b"RSET\r\nMAIL FROM:")
+    assert len(proxy.connections) == 1
+    (message,) = smtp_sink.wait_for_messages(1)
+    assert message.recipients == ("bob@clinique-b.test",)
+    assert message.data == MESSAGE
+
+
+async def test_lockstep_toward_a_server_without_pipelining(
+    lockstep_server: Callable[..., tuple[LockstepHandler, int]],
+    recording_proxy: Proxies,
+    relay_clients: Callable[..., RelayClient],
+) -> None:
+    handler, port = lockstep_server(refused={"gone@clinique-b.test": "550 5.1.1 no such user"})
+    proxy = await recording_proxy(port)
+    client = relay_clients()
+    route = static_route(proxy.port, tls="none", tls_name=None)
+    first = await client.deliver(
+        route, envelope("bob@clinique-b.test", "gone@clinique-b.test"), content_of(MESSAGE)
+    )
+    second = await client.deliver(route, envelope("carol@clinique-b.test"), content_of(MESSAGE))
+    assert first.per_recipient["bob@clinique-b.test"].delivered
+    gone = first.per_recipient["gone@clinique-b.test"]
+    assert gone.permanent and gone.enhanced == "5.1.1"
+    assert second.per_recipient["carol@clinique-b.test"].delivered
+    chunks = proxy.sent_chunks()
+    for verb in (b"MAIL FROM:", b"RCPT TO:", b"DATA\r\n", b"RSET\r\n"):
+        found = command_chunks(chunks, verb)
+        assert found, verb
+        for chunk in found:  # the client waited for each reply: one command per chunk
+            assert chunk.count(b"\r\n") == 1, chunk
+    assert len(command_chunks(chunks, b"RSET\r\n")) == 1  # the reused session's RSET
+    assert len(proxy.connections) == 1
+    assert handler.messages == [
+        (("bob@clinique-b.test",), MESSAGE),
+        (("carol@clinique-b.test",), MESSAGE),
+    ]
+
+
+async def test_a_pooled_session_the_peer_closed_is_replaced_not_a_host_failure(
+    smtp_sink: SmtpSink, recording_proxy: Proxies, relay_clients: Callable[..., RelayClient]
+) -> None:
+    proxy = await recording_proxy(smtp_sink.port)
+    client = relay_clients()
+    route = static_route(proxy.port, tls="none", tls_name=None)
+    first = await client.deliver(route, envelope("bob@clinique-b.test"), content_of(MESSAGE))
+    assert first.per_recipient["bob@clinique-b.test"].delivered
+    proxy.drop_all()  # the peer hangs up on the idle session
+    second = await client.deliver(route, envelope("carol@clinique-b.test"), content_of(MESSAGE))
+    assert second.per_recipient["carol@clinique-b.test"].delivered, second
+    assert second.attempts == ()
+    assert len(proxy.connections) == 2
+    assert [m.recipients for m in smtp_sink.wait_for_messages(2)] == [
+        ("bob@clinique-b.test",),
+        ("carol@clinique-b.test",),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("mail_reply", "rcpt_reply", "expected"),
+    [
+        (b"250 2.1.0 ok\r\n", b"550 5.1.1 unknown user\r\n", "5.1.1"),
+        (b"550 5.7.1 sender refused\r\n", b"503 5.5.1 need MAIL first\r\n", "5.7.1"),
+    ],
+    ids=["rcpt-refused", "mail-refused"],
+)
+async def test_a_354_without_an_accepted_recipient_gets_a_lone_dot(
+    relay_clients: Callable[..., RelayClient],
+    mail_reply: bytes,
+    rcpt_reply: bytes,
+    expected: str,
+) -> None:
+    # RFC 2920 §3.1: the DATA reply is checked even when nothing was accepted; a peer
+    # that still says 354 gets a single dot, never the message.
+    peer = ScriptedPeer(
+        [
+            b"250-scripted.test\r\n250 PIPELINING\r\n",
+            mail_reply,
+            rcpt_reply,
+            b"354 go ahead\r\n",
+            b"554 5.5.1 no valid recipients\r\n",
+            b"221 2.0.0 bye\r\n",
+        ]
+    )
+    await peer.start()
+    try:
+        client = relay_clients()
+        route = static_route(peer.port, tls="none", tls_name=None)
+        result = await client.deliver(route, envelope("gone@clinique-b.test"), content_of(MESSAGE))
+        outcome = result.per_recipient["gone@clinique-b.test"]
+        assert outcome.permanent and outcome.enhanced == expected
+        await client.close()
+        assert peer.lines == [
+            f"EHLO {OUR_HOSTNAME}\r\n".encode(),
+            f"MAIL FROM:<{SENDER}>\r\n".encode(),  # no SIZE: the peer did not offer it
+            b"RCPT TO:<gone@clinique-b.test>\r\n",
+            b"DATA\r\n",
+            b".\r\n",
+            b"QUIT\r\n",
+        ]
+        assert not any(b"line one" in line for line in peer.lines)
+    finally:
+        await peer.stop()
+
+
+async def test_pipelining_toward_postfix_keeps_each_recipients_reply(
+    postfix_mx_factory: Callable[..., PostfixInstance],
+    recording_proxy: Proxies,
+    relay_clients: Callable[..., RelayClient],
+) -> None:
+    postfix = postfix_mx_factory(start=False)
+    set_recipient_access(
+        postfix,
+        {
+            "gone@clinique-b.test": "550 5.1.1 no such user",
+            "busy@clinique-b.test": "450 4.2.1 mailbox busy",
+        },
+    )
+    postfix.start()
+    proxy = await recording_proxy(postfix.port)
+    client = relay_clients()
+    route = static_route(proxy.port, tls="none", tls_name=None)
+    addresses = ("bob@clinique-b.test", "gone@clinique-b.test", "busy@clinique-b.test")
+    first = await client.deliver(route, envelope(*addresses), content_of(MESSAGE))
+    assert first.per_recipient["bob@clinique-b.test"].delivered, first
+    gone, busy = (first.per_recipient[a] for a in addresses[1:])
+    assert gone.code == 550 and gone.enhanced == "5.1.1" and gone.permanent
+    assert busy.code == 450 and busy.enhanced == "4.2.1" and not busy.permanent
+    _one_group(proxy.sent_chunks(), *addresses)
+    # no recipient accepted: Postfix refuses the pipelined DATA, nothing of the body goes
+    refused = await client.deliver(route, envelope(*addresses[1:]), content_of(MESSAGE))
+    assert refused.per_recipient["gone@clinique-b.test"].permanent
+    assert refused.per_recipient["busy@clinique-b.test"].code == 450
+    later = await client.deliver(route, envelope("carol@clinique-b.test"), content_of(MESSAGE))
+    assert later.per_recipient["carol@clinique-b.test"].delivered, later
+    chunks = proxy.sent_chunks()
+    assert len([c for c in chunks if b"Message-ID: <relay-test" in c]) == 2
+    assert len(proxy.connections) == 1
+    stored = postfix.wait_for_messages(2)
+    assert all(b"\n.starts with a dot\n" in raw for raw in stored)  # unstuffed by Postfix
+    assert "improper command pipelining" not in postfix.maillog(400)
