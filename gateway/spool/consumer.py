@@ -13,6 +13,12 @@ holds what they do alike, so each stage module keeps only what it decides:
   ``stop`` is set;
 - ``drain``: process every entry ready now, at most ``concurrency`` at once (tests and
   tools);
+- ``read_ahead``: ``consume`` claims with ``READ_AHEAD`` by default, because every
+  stage worker that uses it reads each entry's whole content first
+  (``content_or_quarantine``): the claim reads an entry up to that size in the same
+  I/O job (one thread hop and one open less per entry; ``gateway.spool.queue``); pass
+  0 for a stage that does not. ``drain`` (tests, tools) reads ahead only when asked;
+  with 0 it calls a bare ``claim()``, so a test double of a queue needs no more;
 - ``content_or_quarantine``: a claimed entry's content, or its move to ``corrupt/``
   when its checksum fails;
 - ``guarded``: run one entry's processing so that a bad message never stops the worker:
@@ -31,7 +37,7 @@ from typing import TypeVar
 
 from gateway.log import get_logger
 from gateway.spool.errors import CorruptEntry, SpoolBusy, SpoolError
-from gateway.spool.queue import Claimed, Queue, RecoveryReport
+from gateway.spool.queue import READ_AHEAD, Claimed, Queue, RecoveryReport
 
 T = TypeVar("T")
 
@@ -77,6 +83,7 @@ async def consume(
     *,
     poll_interval: float,
     concurrency: int = 1,
+    read_ahead: int = READ_AHEAD,
 ) -> None:
     """Claim and ``process`` entries until ``stop`` is set (``take_queue`` first)."""
     running: set[asyncio.Task[object]] = set()
@@ -86,7 +93,7 @@ async def consume(
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 running = {task for task in running if not task.done()}
                 continue
-            entry = await queue.claim()
+            entry = await queue.claim(read_ahead=read_ahead)
             if entry is None:
                 await sleep_unless(stop, poll_interval)
                 continue
@@ -102,6 +109,7 @@ async def drain(
     process: Callable[[Claimed], Awaitable[T | None]],
     *,
     concurrency: int = 1,
+    read_ahead: int = 0,
 ) -> list[T]:
     """Process every entry ready now, at most ``concurrency`` at once; the outcomes (None
     ones left out) in the order they finished. ``recover`` must have run (tests, tools).
@@ -115,7 +123,7 @@ async def drain(
     try:
         while True:
             while not exhausted and len(running) < concurrency:
-                entry = await queue.claim()
+                entry = await (queue.claim(read_ahead=read_ahead) if read_ahead else queue.claim())
                 if entry is None:
                     exhausted = True
                 else:

@@ -178,6 +178,11 @@ class Layout:
     def create_root(self) -> None:
         ensure_private_dir(self.root)
 
+    def stage_containers(self) -> tuple[Path, Path]:
+        """The directories whose entries are the stages (the spool directory, ``relay/``):
+        a stage appears or goes only with a change of one of them."""
+        return self.root, self.root / RELAY_PREFIX.rstrip("/")
+
     def stages_on_disk(self) -> tuple[str, ...]:
         """The stages that exist under the spool directory, in layout order."""
         found = [name for name in FIXED_STAGES if (self.root / name).is_dir()]

@@ -29,6 +29,7 @@ from enum import StrEnum
 
 from gateway.audit.event import parse_time
 from gateway.spool.ids import QueueId, is_queue_id
+from gateway.spool.layout import check_stage_name
 
 MAX_RECIPIENTS = 10_000  # far above any listener's max_recipients
 MAX_ADDRESS = 1024  # RFC 5321 §4.5.3.1.3 says 256 octets; leave room, refuse absurd
@@ -120,6 +121,16 @@ def check_queue_id(where: str, value: object) -> QueueId:
     if not isinstance(value, str) or not is_queue_id(value):
         raise RecordError(f"{where}: not a queue id: {value!r}")
     return QueueId(value)
+
+
+def check_stage(where: str, value: object) -> str:
+    """A stage name (``gateway.spool.layout``): it becomes a path under the spool."""
+    if not isinstance(value, str):
+        raise RecordError(f"{where}: expected a stage name, got {type(value).__name__}")
+    try:
+        return check_stage_name(value)
+    except ValueError as error:
+        raise RecordError(f"{where}: {error}") from None
 
 
 def check_notify(where: str, value: object) -> tuple[str, ...] | None:
@@ -276,7 +287,10 @@ class QueueRecord:
 
     ``received`` is when the first ancestor was accepted (max_lifetime counts from
     it); ``created`` is when this entry was written; ``parent`` is the entry it was
-    handed off from, if any.
+    handed off from, if any, and ``parent_stage`` the stage that parent is in (written
+    by ``Queue.hand_off`` so that the tombstone check of a removal looks in that stage
+    only; None in records written before it existed, and then every stage is looked
+    at, ``gateway.spool.tombstones``).
     """
 
     queue_id: QueueId
@@ -288,11 +302,16 @@ class QueueRecord:
     envelope: Envelope
     origin: Origin
     state: EntryState
+    parent_stage: str | None = None
 
     def __post_init__(self) -> None:
         check_queue_id("queue_id", self.queue_id)
         if self.parent is not None:
             check_queue_id("parent", self.parent)
+        if self.parent_stage is not None:
+            check_stage("parent_stage", self.parent_stage)
+            if self.parent is None:
+                raise RecordError("parent_stage: set without a parent")
         object.__setattr__(self, "received", check_time("received", self.received))
         object.__setattr__(self, "created", check_time("created", self.created))
         check_integer("content.length", self.content_length, 0, 1 << 62)

@@ -53,6 +53,15 @@ Invariants:
   of ``incoming/``/``deferred/``, and an entry goes back there only from a dead
   consumer's directory. The slot of a ``Queue`` comes from its ``Spool``
   (``gateway.spool.spooldir``); a single consumer is slot 0, the layout of old.
+- **Few thread hops per entry** (issues #6/#7: every consumer pays this path). A
+  claim is one I/O job, which can also read a small entry whole
+  (``claim(read_ahead=...)``, its SHA-256 checked; ``read_all`` then returns those
+  bytes); a hand-off's "already there?" (child, then tombstone, in that order) is one
+  job; a removal's look for the parent (the tombstone rule) is made in the
+  group-committed job that unlinks the entry (when the parent is still there, nothing
+  is unlinked: the tombstone is written first), and so is the look for tombstones of
+  the entry's own children: a clean-up job follows only if it saw some (or wrote a
+  tombstone).
 - **Audit.** Removals (complete, bounce, delete) are recorded before they happen, and
   an operator's move is undone if its event cannot be recorded; the audit error is
   raised in every case except the clean-up of a write that is already failing.
@@ -65,7 +74,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -88,6 +97,7 @@ from gateway.spool.runtime import SpoolRuntime
 from gateway.spool.stagefiles import (
     ConsumerLock,
     EntryInfo,
+    Taken,
     find_entry,
     list_candidates,
     locate,
@@ -103,6 +113,8 @@ from gateway.spool.stagefiles import (
     write_version,
 )
 from gateway.spool.tombstones import (
+    HandedListings,
+    has_children,
     has_tombstone,
     parent_alive,
     remove_children_of,
@@ -115,6 +127,7 @@ from gateway.spool.writer import EntryWriter
 ContentSource = bytes | AsyncIterable[bytes]
 
 STALE_TEMP_AGE = timedelta(hours=1)
+READ_AHEAD = 1024 * 1024  # bytes: what a stage that reads every entry whole reads at claim
 _MAX_NAME = 255
 
 _log = get_logger("spool")
@@ -122,13 +135,17 @@ _log = get_logger("spool")
 
 @dataclass(frozen=True, slots=True)
 class Claimed:
-    """An entry a consumer holds in ``active/``: its record, and its content on demand."""
+    """An entry a consumer holds in ``active/``: its record, and its content on demand.
+
+    ``preloaded`` is the whole content when the claim read it (``Queue.read_all`` returns
+    it), or its damage (``CorruptEntry``: the SHA-256 did not match); None if not read."""
 
     stage: str
     queue_id: QueueId
     path: Path
     record: QueueRecord
     claimed_from: State
+    preloaded: bytes | CorruptEntry | None = field(default=None, repr=False, compare=False)
 
     def open(self) -> EntryReader:
         """A blocking reader of the content (for worker code outside the event loop)."""
@@ -170,6 +187,7 @@ class Queue:
         self._candidates: deque[tuple[State, str]] = deque()
         self._lock = ConsumerLock(dirs, slot)
         self._active_ready = slot == 0  # slot 0's active/ is made with the stage
+        self._handed = HandedListings()
 
     @property
     def name(self) -> str:
@@ -205,6 +223,7 @@ class Queue:
         received: datetime,
         limit: int | None,
         parent: QueueId | None = None,
+        parent_stage: str | None = None,
         key: str | None = None,
     ) -> EntryWriter:
         return EntryWriter(
@@ -215,6 +234,7 @@ class Queue:
             origin=origin,
             received=received,
             parent=parent,
+            parent_stage=parent_stage,
             key=key,
             limit=limit,
         )
@@ -252,6 +272,7 @@ class Queue:
             received=self._runtime.clock() if new_message else entry.record.received,
             limit=None,
             parent=entry.queue_id,
+            parent_stage=self.name,
             key=key,
         )
         async with writer:
@@ -260,20 +281,24 @@ class Queue:
             return await writer.commit()
 
     async def _handed_already(self, parent: QueueId, to: Queue, child: QueueId) -> bool:
-        """The child is in ``to``, or was (its tombstone). In this order: a child is
-        removed only after its tombstone is durable, so one that the first look misses
-        has a tombstone by the second (``gateway.spool.tombstones``)."""
-        if await to.locate(child) is not None:
-            return True
-        return await self._runtime.run(lambda: has_tombstone(to.dirs, parent, child))
+        """The child is in ``to``, or was (its tombstone); one I/O job. In this order: a
+        child is removed only after its tombstone is durable, so one that the first look
+        misses has a tombstone by the second (``gateway.spool.tombstones``)."""
+        dirs = to.dirs
+        return await self._runtime.run(
+            lambda: locate(dirs, child) is not None or has_tombstone(dirs, parent, child)
+        )
 
     # -- consumer side -----------------------------------------------------------------
 
-    async def claim(self) -> Claimed | None:
+    async def claim(self, *, read_ahead: int = 0) -> Claimed | None:
         """Take the oldest entry of ``incoming/``, else the most overdue of ``deferred/``.
 
         Returns None when there is nothing to do. Files that do not validate are moved
-        to ``corrupt/`` on the way.
+        to ``corrupt/`` on the way. An entry of at most ``read_ahead`` bytes of content
+        is read whole in the same I/O job, through the descriptor its record was read
+        from (``Claimed.preloaded``: what ``read_all`` returns, the bytes as checked
+        then; a stage that reads every entry at once passes ``READ_AHEAD``).
         """
         await self._ensure_active()
         for refill in (False, True):
@@ -281,7 +306,7 @@ class Queue:
                 await self._refill()
             while self._candidates:
                 state, name = self._candidates.popleft()
-                claimed = await self._try_claim(state, name)
+                claimed = await self._try_claim(state, name, read_ahead)
                 if claimed is not None:
                     return claimed
         return None
@@ -295,17 +320,22 @@ class Queue:
             await self._runtime.run(lambda: self.dirs.create_active(self.slot))
             self._active_ready = True
 
-    async def _try_claim(self, state: State, name: str) -> Claimed | None:
-        slot = self.slot
-        active = self.dirs.active(slot) / name
+    async def _try_claim(self, state: State, name: str, read_ahead: int) -> Claimed | None:
+        slot, dirs = self.slot, self.dirs
+        active = dirs.active(slot) / name
         checkpoint = self._runtime.checkpoint
-        taken = await self._runtime.run(lambda: take(self.dirs, state, name, checkpoint, slot))
+
+        def take_it() -> Taken | CorruptEntry | None:
+            return take(dirs, state, name, checkpoint, slot, read_ahead)
+
+        taken = await self._runtime.run(take_it)
         if isinstance(taken, CorruptEntry):
             await self._to_corrupt(active, name, taken.reason)
             return None
         if taken is None:
             return None
-        return Claimed(self.name, taken.queue_id, active, taken, state)
+        record = taken.record
+        return Claimed(self.name, record.queue_id, active, record, state, taken.content)
 
     async def content(self, entry: Claimed, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         """The content of a claimed entry, chunk by chunk, read in the I/O threads.
@@ -321,9 +351,14 @@ class Queue:
             reader.close()
 
     async def read_all(self, entry: Claimed) -> bytes:
-        """The whole content of a claimed entry in one I/O job, its SHA-256 checked
-        (``CorruptEntry`` if not: call ``quarantine``). For entries a stage holds in
-        memory anyway; ``content`` streams larger ones."""
+        """The whole content of a claimed entry, its SHA-256 checked (``CorruptEntry`` if
+        not: call ``quarantine``): what the claim read, else one I/O job. For entries a
+        stage holds in memory anyway; ``content`` streams larger ones."""
+        preloaded = entry.preloaded
+        if isinstance(preloaded, CorruptEntry):
+            raise CorruptEntry(preloaded.reason)
+        if preloaded is not None:
+            return preloaded
         return await self._runtime.run(lambda: _read_whole(entry))
 
     async def defer(
@@ -394,36 +429,91 @@ class Queue:
         runtime = self._runtime
         await self._record(kind, entry.queue_id, record, outcome=outcome, details=details)
         runtime.checkpoint(f"{kind}.recorded")
-        left = await self._leave_tombstone(record)
-        await runtime.committer.sync(entry.path.parent, lambda: remove(entry.path))
+        left, children = await self._remove_claimed(entry.path, record)
         runtime.checkpoint(f"{kind}.removed")
-        await self._after_removal(entry.queue_id, record, left)
+        if left or children:
+            await self._after_removal(entry.queue_id, record, left)
+
+    async def _remove_claimed(self, path: Path, record: QueueRecord) -> tuple[bool, bool]:
+        """Remove the owned file ``path``; a child whose parent is still in the spool
+        only after its tombstone is durable (``gateway.spool.tombstones``). Returns
+        whether a tombstone was written, and whether tombstones of the entry's own
+        children were seen (both call for ``_after_removal``)."""
+        parent, queue_id = record.parent, record.queue_id
+        seen = await self._unlink_owned(path, queue_id, parent, record.parent_stage)
+        if seen is None and parent is not None:  # the parent is still queued
+            await self._write_tombstone(parent, queue_id)
+            return True, bool(await self._unlink_owned(path, queue_id))
+        return False, bool(seen)
+
+    async def _unlink_owned(
+        self,
+        path: Path,
+        queue_id: str,
+        waiting: QueueId | None = None,
+        stage: str | None = None,
+    ) -> bool | None:
+        """One job of the group commit of ``path``'s directory: unless the parent
+        ``waiting`` (in ``stage``, if known) is still in the spool, look for tombstones of
+        ``queue_id``'s children, then ``unlink`` ``path``; True if some were seen. None
+        if the parent is still there: nothing was done, its tombstone must come first
+        (a parent found gone has left for good, so nothing can come between)."""
+        runtime, handed = self._runtime, self._handed
+        layout = runtime.layout
+        seen: list[bool] = []
+
+        def look_for_children() -> bool:
+            try:
+                return has_children(layout, queue_id, handed)
+            except OSError:  # the clean-up job tries again and logs what fails
+                return True
+
+        def change() -> None:
+            if waiting is not None and parent_alive(layout, waiting, stage):
+                raise _ParentQueued
+            seen.append(look_for_children())
+            remove(path)
+
+        try:
+            await runtime.committer.sync(path.parent, change)
+        except _ParentQueued:
+            return None
+        return seen[0]
 
     async def _leave_tombstone(self, record: QueueRecord | None) -> bool:
         """Before removing a child whose parent is still in the spool: its tombstone,
         durable (``gateway.spool.tombstones``). True if one was written."""
         if record is None or record.parent is None:
             return False
-        runtime, parent, child = self._runtime, record.parent, record.queue_id
-        if not await runtime.run(lambda: parent_alive(runtime.layout, parent)):
+        runtime, parent, stage = self._runtime, record.parent, record.parent_stage
+        if not await runtime.run(lambda: parent_alive(runtime.layout, parent, stage)):
             return False
-        handed = self.dirs.handed
+        return await self._write_tombstone(parent, record.queue_id)
+
+    async def _write_tombstone(self, parent: QueueId, child: str) -> bool:
+        """The tombstone of ``parent``'s child ``child``, durable; True."""
+        runtime, handed = self._runtime, self.dirs.handed
         await runtime.committer.sync(handed, lambda: write_tombstone(self.dirs, parent, child))
         runtime.checkpoint("tombstone.written")
         _log.info("spool.tombstone_written", stage=self.name, queue_id=child, parent=parent)
         return True
 
     async def _after_removal(self, queue_id: str, record: QueueRecord | None, left: bool) -> None:
-        """Once ``queue_id`` has left the spool: its children's tombstones go; its own
-        goes if its parent left meanwhile (that parent's clean-up may have run before
-        the tombstone existed)."""
-        runtime = self._runtime
-        try:
-            removed = await runtime.run(lambda: remove_children_of(runtime.layout, queue_id))
+        """Once ``queue_id`` has left the spool, in one I/O job: its children's
+        tombstones go; its own goes if its parent left meanwhile (that parent's clean-up
+        may have run before the tombstone existed)."""
+        runtime, dirs, handed = self._runtime, self.dirs, self._handed
+
+        def clean_up() -> list[str]:
+            removed = remove_children_of(runtime.layout, queue_id, handed)
             if left and record is not None and record.parent is not None:
                 parent = record.parent
-                if not await runtime.run(lambda: parent_alive(runtime.layout, parent)):
-                    await runtime.run(lambda: remove_tombstone(self.dirs, parent, queue_id))
+                if not parent_alive(runtime.layout, parent, record.parent_stage):
+                    remove_tombstone(dirs, parent, queue_id)
+            return removed
+
+        try:
+            removed = await runtime.run(clean_up)
         except OSError as error:  # the removal is done; recovery removes what is left
             _log.warning("spool.tombstone_cleanup_failed", queue_id=queue_id, error=str(error))
             return
@@ -649,6 +739,10 @@ class Queue:
             details=details,
         )
         await self._runtime.audit.record(event)
+
+
+class _ParentQueued(Exception):
+    """A removal that must wait for a tombstone (``Queue._unlink_owned``)."""
 
 
 def _busy(stage: str, name: str) -> EntryStateError:

@@ -6,7 +6,8 @@ One entry is one file, written once and never modified in place::
                          record length (u32), content length (u64), zero (u32),
                          CRC-32 of the 28 bytes before it (all integers big-endian)
     content    the message exactly as accepted (CRLF lines, dot-unstuffed), any size
-    record     ASCII JSON: queue id, parent, times, content length and SHA-256,
+    record     ASCII JSON: queue id, parent (and its stage), times, content length
+               and SHA-256,
                envelope (MAIL FROM and its parameters, each RCPT with NOTIFY/ORCPT),
                origin (listener, client, TLS, client certificate DN, AUTH login) and
                the state (per-recipient status, attempts, last error, next attempt)
@@ -38,6 +39,17 @@ Decisions (measured in ``bench/bench_spool.py``, see docs/spool.md):
 - **JSON** for the record: ``cat`` shows it, ``json.loads`` is strict enough with an
   explicit key check, and ``ensure_ascii`` keeps it ASCII even for SMTPUTF8 addresses
   or bytes decoded with ``surrogateescape`` (they round-trip exactly).
+- **One optional key, no version bump.** ``parent_stage`` (the stage of the entry's
+  parent, for the tombstone check, ``gateway.spool.tombstones``) was added after
+  format 1 shipped. It is written only when set (hand-off children); a record without
+  it (every file written before, every entry without a parent) is exactly format 1,
+  and this reader accepts both. Every other key stays required and any unknown key is
+  still refused. Not bumped because nothing this version reads changes meaning: a
+  bump would make this gateway's own entries without a parent unreadable by the
+  previous one for no reason. The price: a child written by this version, read by an
+  older gateway (a downgrade), goes to ``corrupt/`` with "unknown keys
+  ['parent_stage']" instead of "format version 2" - kept, never deleted, and readable
+  again once upgraded (move it back to ``incoming/``), like any newer file.
 
 The values themselves (``Envelope``, ``Origin``, ``RecipientState``, ``QueueRecord``)
 and their checks are in ``gateway.spool.model``; this module adds the strict JSON
@@ -73,6 +85,7 @@ from gateway.spool.model import (
     check_keyword,
     check_optional_time,
     check_queue_id,
+    check_stage,
     check_time,
 )
 
@@ -95,7 +108,9 @@ def _time_or_none(value: datetime | None) -> str | None:
 def _record_to_json(record: QueueRecord) -> dict[str, Any]:
     params = record.envelope.params
     origin = record.origin
+    optional = {} if record.parent_stage is None else {"parent_stage": record.parent_stage}
     return {
+        **optional,
         "queue_id": record.queue_id,
         "parent": record.parent,
         "received": format_time(record.received),
@@ -140,12 +155,15 @@ def _record_to_json(record: QueueRecord) -> dict[str, Any]:
     }
 
 
-def _object(where: str, value: object, keys: frozenset[str]) -> Mapping[str, object]:
+def _object(
+    where: str, value: object, keys: frozenset[str], optional: frozenset[str] = frozenset()
+) -> Mapping[str, object]:
+    """``value`` if it is an object with exactly ``keys``, plus any of ``optional``."""
     if not isinstance(value, dict):
         raise RecordError(f"{where}: expected an object")
-    if value.keys() != keys:
+    if value.keys() - optional != keys:
         missing = sorted(keys - value.keys())
-        unknown = sorted(value.keys() - keys)
+        unknown = sorted(value.keys() - keys - optional)
         raise RecordError(f"{where}: missing keys {missing}, unknown keys {unknown}")
     return value
 
@@ -154,6 +172,7 @@ _TOP_KEYS = frozenset(
     {"queue_id", "parent", "received", "created", "content", "mail", "recipients"}
     | {"origin", "state"}
 )
+_TOP_OPTIONAL = frozenset({"parent_stage"})  # written only when set (module docstring)
 _CONTENT_KEYS = frozenset({"length", "sha256"})
 _MAIL_KEYS = frozenset({"from", "size", "body", "smtputf8", "ret", "envid", "auth"})
 _RCPT_KEYS = frozenset(
@@ -184,7 +203,7 @@ def _recipient_from_json(index: int, value: object) -> tuple[Recipient, Recipien
 
 
 def _record_from_json(data: object) -> QueueRecord:
-    top = _object("record", data, _TOP_KEYS)
+    top = _object("record", data, _TOP_KEYS, _TOP_OPTIONAL)
     content = _object("content", top["content"], _CONTENT_KEYS)
     mail = _object("mail", top["mail"], _MAIL_KEYS)
     origin = _object("origin", top["origin"], _ORIGIN_KEYS)
@@ -202,6 +221,9 @@ def _record_from_json(data: object) -> QueueRecord:
     return QueueRecord(
         queue_id=check_queue_id("queue_id", top["queue_id"]),
         parent=None if top["parent"] is None else check_queue_id("parent", top["parent"]),
+        parent_stage=check_stage("parent_stage", top["parent_stage"])
+        if "parent_stage" in top
+        else None,
         received=check_time("received", top["received"]),
         created=check_time("created", top["created"]),
         content_length=check_integer("content.length", content["length"], 0, 1 << 62),

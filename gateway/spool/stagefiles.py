@@ -10,7 +10,9 @@ Invariants:
 
 - a claim is one ``rename`` into the claimer's active directory (``active/`` for slot
   0, ``active/<K>/`` for slot K; ``gateway.spool.layout``): of two claimers, exactly
-  one succeeds, the other sees ``FileNotFoundError`` and moves on;
+  one succeeds, the other sees ``FileNotFoundError`` and moves on; the claimer then
+  reads the record and, for an entry up to ``read_ahead`` bytes, its whole content
+  (SHA-256 checked) through the same descriptor, in the same I/O job (``take``);
 - a file is trusted only if its record validates *and* its name is the queue id
   inside it (a renamed or copied file would otherwise be processed under another id);
 - ``locate`` declares an entry absent only after several passes over the state
@@ -40,7 +42,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from gateway.spool.atomic import TEMP_SUFFIX, TempFile, move
-from gateway.spool.entry import read_record
+from gateway.spool.entry import EntryReader, read_record
 from gateway.spool.errors import CorruptEntry, SpoolBusy
 from gateway.spool.layout import STATES, StageDirs, State, slot_of_name
 from gateway.spool.model import QueueRecord
@@ -66,9 +68,22 @@ class EntryInfo:
     slot: int = 0  # in ``active/``: the consumer slot holding it
 
 
+@dataclass(frozen=True, slots=True)
+class Taken:
+    """What ``take`` read of a claimed entry: its record, and its whole content when it
+    was small enough to read at once (``CorruptEntry`` if that content failed its
+    SHA-256, None if it was not read)."""
+
+    record: QueueRecord
+    content: bytes | CorruptEntry | None
+
+
 def read_named(path: Path, name: str) -> QueueRecord:
     """The record of ``path``; ``CorruptEntry`` if it does not validate or names another id."""
-    record = read_record(path)
+    return _named(read_record(path), name)
+
+
+def _named(record: QueueRecord, name: str) -> QueueRecord:
     if record.queue_id != name:
         raise CorruptEntry(f"file name {name} differs from the queue id {record.queue_id} inside")
     return record
@@ -108,11 +123,17 @@ def list_candidates(dirs: StageDirs, now: float) -> list[tuple[State, str]]:
 
 
 def take(
-    dirs: StageDirs, state: State, name: str, moved: Callable[[str], None], slot: int = 0
-) -> QueueRecord | CorruptEntry | None:
-    """Claim ``state/name`` for ``slot``: None if another claimer won, the damage if it is
-    corrupt (it is then in the slot's active directory), else its record. ``moved`` is
-    the crash checkpoint."""
+    dirs: StageDirs,
+    state: State,
+    name: str,
+    moved: Callable[[str], None],
+    slot: int = 0,
+    read_ahead: int = 0,
+) -> Taken | CorruptEntry | None:
+    """Claim ``state/name`` for ``slot``: None if another claimer won, the damage if its
+    record is corrupt (it is then in the slot's active directory), else its record and,
+    if it has at most ``read_ahead`` bytes of content, that content (one open file).
+    ``moved`` is the crash checkpoint."""
     active = dirs.active(slot) / name
     try:
         move(dirs.entry(state, name), active)
@@ -120,7 +141,20 @@ def take(
         return None
     moved("claim.moved")
     try:
-        return read_named(active, name)
+        with EntryReader(active) as reader:
+            return Taken(_named(reader.record, name), _read_small(reader, read_ahead))
+    except CorruptEntry as error:
+        return error
+
+
+def _read_small(reader: EntryReader, limit: int) -> bytes | CorruptEntry | None:
+    """The whole content if it is at most ``limit`` bytes (its damage if it does not
+    match its SHA-256), else None."""
+    length = reader.record.content_length
+    if length > limit:
+        return None
+    try:
+        return b"".join(reader.chunks(max(1, length)))
     except CorruptEntry as error:
         return error
 
@@ -137,24 +171,30 @@ def _is_slot_dir(directory: Path, name: str) -> bool:
     return slot_of_name(name) is not None and stat.S_ISDIR(os.lstat(directory / name).st_mode)
 
 
-def _existing_path(dirs: StageDirs, state: State, name: str) -> Path | None:
-    """``state/name`` if it exists; for ``active``, in whichever slot's directory."""
-    path = dirs.entry(state, name)
+def _existing_path(root: str, state: State, name: str) -> str | None:
+    """``<root>/<state>/<name>`` if it exists; for ``active``, in whichever slot's
+    directory. Plain strings: this runs a dozen times per hand-off and per removal of
+    a child (``find_entry``), where building ``Path`` objects cost as much as the
+    ``lstat`` calls themselves."""
+    path = f"{root}/{state}/{name}"
     if os.path.lexists(path):
         return path
     if state != "active":
         return None
-    in_slots = (directory / name for _, directory in slot_dirs(dirs))
+    active = f"{root}/active"
+    slots = sorted(slot for slot in map(slot_of_name, os.listdir(active)) if slot is not None)
+    in_slots = (f"{active}/{slot}/{name}" for slot in slots)
     return next((path for path in in_slots if os.path.lexists(path)), None)
 
 
 def find_entry(dirs: StageDirs, name: str) -> tuple[State, Path] | None:
     """The state holding ``name`` and its path, or None after ``LOCATE_PASSES`` misses."""
+    root = os.fspath(dirs.root)
     for _ in range(LOCATE_PASSES):
         for state in STATES:
-            path = _existing_path(dirs, state, name)
+            path = _existing_path(root, state, name)
             if path is not None:
-                return state, path
+                return state, Path(path)
     return None
 
 

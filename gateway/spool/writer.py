@@ -82,6 +82,7 @@ class EntryWriter:
         received: datetime,
         parent: QueueId | None = None,
         key: str | None = None,
+        parent_stage: str | None = None,
         limit: int | None,
     ) -> None:
         self._runtime = runtime
@@ -93,6 +94,7 @@ class EntryWriter:
         self._received = received
         self._parent = parent
         self._key = key
+        self._parent_stage = parent_stage
         self._limit = limit
         self._pending: list[bytes] = []
         self._pending_size = 0
@@ -225,6 +227,7 @@ class EntryWriter:
             envelope=self._envelope,
             origin=self._origin,
             state=initial_state(self._envelope, now),
+            parent_stage=self._parent_stage,
         )
         payload = encode_record(record)
         preamble = Preamble(self._size, len(payload))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import struct
 import zlib
@@ -157,6 +158,45 @@ def _mutated_payload(record: QueueRecord, change: object) -> bytes:
 def test_a_record_with_a_bad_field_is_refused(change: object, message: str) -> None:
     with pytest.raises(RecordError, match=message):
         decode_record(_mutated_payload(make_record(), change))
+
+
+def _child(parent_stage: str | None) -> QueueRecord:
+    return dataclasses.replace(make_record(), parent=new_queue_id(), parent_stage=parent_stage)
+
+
+def test_the_parent_stage_of_a_child_round_trips() -> None:
+    record = _child("relay/clinique-b")
+    assert json.loads(encode_record(record))["parent_stage"] == "relay/clinique-b"
+    assert decode_record(encode_record(record)) == record
+    assert parse_file(file_bytes(record)) == record
+
+
+def test_a_record_without_a_parent_stage_is_written_and_read_as_format_1() -> None:
+    """Records written before the field existed (and every record without one) have no
+    ``parent_stage`` key: this version writes exactly those bytes and reads them."""
+    record = _child(None)
+    data = json.loads(encode_record(record))
+    assert "parent_stage" not in data
+    assert set(data) == {
+        "queue_id", "parent", "received", "created", "content", "mail", "recipients",
+        "origin", "state",
+    }  # fmt: skip
+    assert decode_record(encode_record(record)).parent_stage is None
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda d: d.update(parent_stage=None), "parent_stage: expected a stage name"),
+        (lambda d: d.update(parent_stage="../../etc"), "parent_stage: not a spool stage"),
+        (lambda d: d.update(parent_stage="relay/"), "parent_stage: not a spool stage"),
+        (lambda d: d.update(parent=None), "parent_stage: set without a parent"),
+        (lambda d: d.update(parent_stages="received"), "unknown keys"),
+    ],
+)
+def test_a_bad_parent_stage_is_refused(change: object, message: str) -> None:
+    with pytest.raises(RecordError, match=message):
+        decode_record(_mutated_payload(_child("received"), change))
 
 
 def test_a_duplicate_key_is_refused() -> None:
