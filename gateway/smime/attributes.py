@@ -14,6 +14,10 @@ Role:
   octets received, never calling asn1crypto's ``.native`` on the whole set (it raises on
   attributes it has no spec for, e.g. 1.3.6.1.4.1.311.16.4, measured): each attribute is
   split into its type OID and raw values, and only the known ones are decoded, one by one.
+  The values a signer repeats in every message (smimeCapabilities, ESS
+  signingCertificate(V2)) are decoded once per encoding (cached, values up to
+  ``MAX_CACHED_VALUE`` octets so hostile ones cannot fill memory; the result depends on
+  the octets alone; the signing time is attached per message).
 
 Invariants (parsing): a problem is *reported* (``ParsedSignedAttributes.problems``), not
 raised: a duplicate attribute type, a contentType/messageDigest/signingTime with other
@@ -26,7 +30,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from hashlib import sha256
 from typing import TypeVar
@@ -192,6 +196,8 @@ def as_implicit_zero(signed_attributes_set: bytes) -> bytes:
 
 _MAX_ATTRIBUTES = 64
 _MAX_VALUES = 16
+_PARSE_CACHE_SIZE = 256  # attribute values parsed, kept by their encoding
+MAX_CACHED_VALUE = 4096  # larger values are parsed each time (never kept)
 
 
 def _children(buf: memoryview, parent: ber.Tlv, limit: int) -> list[ber.Tlv]:
@@ -272,12 +278,23 @@ def _attribute_name(oid: str) -> str:
     return ATTRIBUTE_NAMES.get(oid, oid)
 
 
-def _ess_cert_ids(values: list[bytes], oid: str) -> tuple[EssCertId, ...]:
+def _ess_cert_ids(value: bytes, oid: str) -> tuple[EssCertId, ...]:
+    """The first ESSCertID(v2) of an attribute value (cached per encoding when small: a
+    signer sends the same value with every message, and the result depends on it alone)."""
+    if len(value) > MAX_CACHED_VALUE:
+        return _decode_ess_cert_ids(value, oid)
+    return _cached_ess_cert_ids(value, oid)
+
+
+def _decode_ess_cert_ids(value: bytes, oid: str) -> tuple[EssCertId, ...]:
     spec = tsp.SigningCertificateV2 if oid == SIGNING_CERTIFICATE_V2 else tsp.SigningCertificate
-    first = spec.load(values[0])["certs"][0]
+    first = spec.load(value)["certs"][0]
     algorithm = "sha1" if oid == SIGNING_CERTIFICATE else first["hash_algorithm"]["algorithm"]
     name = algorithm if isinstance(algorithm, str) else str(algorithm.native)
     return (EssCertId(hash_algorithm=name, cert_hash=bytes(first["cert_hash"].native)),)
+
+
+_cached_ess_cert_ids = functools.lru_cache(maxsize=_PARSE_CACHE_SIZE)(_decode_ess_cert_ids)
 
 
 def parse_signed_attributes(contents: bytes) -> ParsedSignedAttributes:
@@ -346,10 +363,22 @@ def _capabilities(
 ) -> RecipientCapabilities | None:
     if not values or len(values) != 1:
         return None
+    value = values[0]
+    small = len(value) <= MAX_CACHED_VALUE
+    parsed = _cached_capabilities(value) if small else _parsed_capabilities(value)
+    return None if parsed is None else replace(parsed, learnt_at=signing_time)
+
+
+def _parsed_capabilities(value: bytes) -> RecipientCapabilities | None:
+    """``parse_capabilities`` of one value, None when malformed."""
     try:
-        return parse_capabilities(values[0], learnt_at=signing_time)
+        return parse_capabilities(value)
     except ValueError:
         return None
+
+
+# a signer's client sends the same list with every message
+_cached_capabilities = functools.lru_cache(maxsize=_PARSE_CACHE_SIZE)(_parsed_capabilities)
 
 
 def _signing_certificates(
@@ -360,7 +389,7 @@ def _signing_certificates(
         if not values:
             continue
         try:
-            return _ess_cert_ids(values, oid)
+            return _ess_cert_ids(values[0], oid)
         except (ValueError, TypeError, KeyError, IndexError, OverflowError):
             problems.append(f"undecodable {_attribute_name(oid)}")
             return ()

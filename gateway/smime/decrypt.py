@@ -11,6 +11,10 @@ by issuerAndSerialNumber or subjectKeyIdentifier. Among several keys of one addr
 RecipientIdentifier. KEKRecipientInfo, PasswordRecipientInfo and OtherRecipientInfo are
 never used: a message with no other recipient info for our keys is refused.
 
+Entry points: ``decrypt`` (DER/BER), ``decrypt_entity`` (a MIME entity as bytes) and
+``decrypt_parsed`` (an entity already parsed by ``mime.parse_entity``: the inbound agent
+parses each message once).
+
 Parsing: the framing, KeyTransRecipientInfos and the content cipher's parameters are
 read with ``ber`` (zero-copy memoryviews: a 50 MB message is not copied level by level
 as asn1crypto would, and the common case costs no asn1crypto parse); KeyAgreeRecipient-
@@ -54,6 +58,7 @@ import gateway.smime.asn1  # noqa: F401 - registers GCMParameters and the ECDH s
 from gateway.smime import ber, buffers, der, ecdh, keytransport
 from gateway.smime.algorithms import CIPHERS_BY_ASN1_NAME, ECDH, WEAK_CIPHERS, ContentCipher
 from gateway.smime.mime import (
+    MimeEntity,
     SmimeKind,
     body_bytes,
     canonicalize_crlf,
@@ -150,6 +155,17 @@ def decrypt_entity(
     smime-type or none; its body is base64 (or binary) DER/BER."""
     try:
         parsed = parse_entity(canonicalize_crlf(entity))
+    except MalformedMessage as exc:
+        raise DecryptError(f"malformed entity: {exc}") from None
+    return decrypt_parsed(parsed, keys, accept_3des=accept_3des)
+
+
+def decrypt_parsed(
+    parsed: MimeEntity, keys: Sequence[DecryptionKey], *, accept_3des: bool = False
+) -> Decrypted:
+    """``decrypt_entity`` for an entity the caller has already parsed (``parse_entity``
+    over CRLF-canonical bytes): the inbound agent parses each message once."""
+    try:
         if smime_kind(parsed) is not SmimeKind.PKCS7_MIME:
             raise DecryptError(f"not an application/pkcs7-mime entity ({parsed.content_type})")
         declared = smime_type(parsed)

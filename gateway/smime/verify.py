@@ -45,6 +45,18 @@ What the signed content says about itself is reported too: a wrapped message
 (``hp="clear"``/``"cipher"`` on its Content-Type) gives its header fields in
 ``protected_headers`` and ``extra["hp"]``. Values are unfolded but not RFC 2047-decoded.
 
+Caches (issue 7 Speed: a correspondent sends the same chain and attributes with every
+message): the certificates of a message are kept parsed per encoding of the whole
+certificates field (``CERTIFICATE_CACHE_SIZE`` fields of at most
+``MAX_CACHED_CERTIFICATES`` octets, least recently used first: hostile fields cannot
+fill memory) and, for those, the ESS hash of the signer certificate per certificate
+(its whole DER); ``gateway.smime.attributes`` keeps smimeCapabilities and ESS values
+per encoding. Each cached value is a function of those exact octets alone and a miss
+runs the uncached code, so a cache never accepts what the uncached path refuses;
+nothing that depends on time or revocation is cached here (the validator's own cache
+handles that). ``verify_parsed`` takes an entity the caller already parsed (the
+inbound agent parses each message once).
+
 Security notes: the content returned is exactly what the signature covers (the detached
 part's bytes, or eContent); a caller must deliver that and nothing around it. Only bad
 *input* is turned into an invalid result: an exception raised by the validator (trusted
@@ -53,8 +65,11 @@ code) propagates.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from collections.abc import Sequence
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import getaddresses
@@ -91,6 +106,8 @@ _log = get_logger("smime.verify")
 
 MAX_SIGNERS = 16
 MAX_CERTIFICATES = 100
+CERTIFICATE_CACHE_SIZE = 256  # certificate fields kept parsed (and ESS hashes kept)
+MAX_CACHED_CERTIFICATES = 32 * 1024  # octets of a certificates field worth keeping
 ACCEPTED_DIGESTS = frozenset({"sha224", "sha256", "sha384", "sha512"})
 WEAK_DIGESTS = frozenset({"md5", "sha1", "md2"})
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
@@ -140,25 +157,21 @@ class _Certificates:
     """The SignedData certificates (X.509 ones; other choices are skipped)."""
 
     entries: list[x509.Certificate] = field(default_factory=list)
+    cached: bool = False  # the entries are kept by the certificate set cache
 
     @classmethod
     def from_signed_data(cls, signed_data: cms.SignedData) -> _Certificates:
-        found = cls()
         choices = signed_data["certificates"]
         if isinstance(choices, core.Void):
-            return found
-        for index, choice in enumerate(choices):
-            if index >= MAX_CERTIFICATES:
-                break
-            if choice.name != "certificate":
-                continue
-            try:
-                if choice.chosen["tbs_certificate"]["serial_number"].native <= 0:
-                    continue  # RFC 5280 §4.1.2.2; cryptography would warn, then refuse
-                found.entries.append(x509.load_der_x509_certificate(choice.chosen.dump()))
-            except (ValueError, TypeError, KeyError, x509.InvalidVersion):
-                continue  # an unparsable certificate is skipped; its signer will not match
-        return found
+            return cls()
+        entries, cached = _CERTIFICATE_SETS.certificates(choices)
+        return cls(list(entries), cached)
+
+    def hash_of(self, certificate: x509.Certificate, algorithm: str) -> bytes:
+        """The hash of an entry's DER (kept with the entries when they are cached)."""
+        if self.cached:
+            return _cached_certificate_hash(certificate, algorithm)
+        return _certificate_hash(certificate, algorithm)
 
     def find(self, sid: cms.SignerIdentifier) -> x509.Certificate | None:
         for certificate in self.entries:
@@ -168,6 +181,67 @@ class _Certificates:
 
     def others(self, certificate: x509.Certificate) -> list[x509.Certificate]:
         return [cert for cert in self.entries if cert != certificate]
+
+
+def _usable_certificates(choices: cms.CertificateSet) -> tuple[x509.Certificate, ...]:
+    """The X.509 certificates among the first ``MAX_CERTIFICATES`` choices."""
+    found: list[x509.Certificate] = []
+    for index, choice in enumerate(choices):
+        if index >= MAX_CERTIFICATES:
+            break
+        if choice.name != "certificate":
+            continue
+        certificate = _load_certificate(bytes(choice.chosen.dump()))
+        if certificate is not None:
+            found.append(certificate)
+    return tuple(found)
+
+
+class _CertificateSetCache:
+    """``_usable_certificates`` per encoding of the whole certificates field: a
+    correspondent sends the same chain with every message, and the result depends on
+    those octets alone (a miss runs the same code on the message's own parse; nothing
+    is cached when it raises). Least recently used entries go first; thread-safe."""
+
+    def __init__(self, capacity: int) -> None:
+        self._capacity = capacity
+        self._lock = threading.Lock()
+        self._entries: OrderedDict[bytes, tuple[x509.Certificate, ...]] = OrderedDict()
+
+    def certificates(
+        self, choices: cms.CertificateSet
+    ) -> tuple[tuple[x509.Certificate, ...], bool]:
+        """(the usable certificates, whether they are kept in the cache): a field over
+        ``MAX_CACHED_CERTIFICATES`` octets is read each time, so that hostile ones
+        cannot fill memory."""
+        key = bytes(choices.dump())
+        if len(key) > MAX_CACHED_CERTIFICATES:
+            return _usable_certificates(choices), False
+        with self._lock:
+            found = self._entries.get(key)
+            if found is not None:
+                self._entries.move_to_end(key)
+                return found, True
+        found = _usable_certificates(choices)
+        with self._lock:
+            self._entries[key] = found
+            while len(self._entries) > self._capacity:
+                self._entries.popitem(last=False)
+        return found, True
+
+
+_CERTIFICATE_SETS = _CertificateSetCache(CERTIFICATE_CACHE_SIZE)
+
+
+def _load_certificate(encoded: bytes) -> x509.Certificate | None:
+    """The certificate of these exact DER octets, None when it is unusable."""
+    try:
+        tbs = asn1_x509.Certificate.load(encoded)["tbs_certificate"]
+        if tbs["serial_number"].native <= 0:
+            return None  # RFC 5280 §4.1.2.2; cryptography would warn, then refuse
+        return x509.load_der_x509_certificate(encoded)
+    except (ValueError, TypeError, KeyError, x509.InvalidVersion):
+        return None  # an unparsable certificate is skipped; its signer will not match
 
 
 def _matches_sid(certificate: x509.Certificate, sid: cms.SignerIdentifier) -> bool:
@@ -322,13 +396,24 @@ class _SignerOutcome:
         )
 
 
-def _check_ess(attributes: ParsedSignedAttributes, certificate: x509.Certificate) -> None:
+def _check_ess(
+    attributes: ParsedSignedAttributes,
+    certificate: x509.Certificate,
+    certificates: _Certificates,
+) -> None:
     for cert_id in attributes.signing_certificates:
         if cert_id.hash_algorithm not in _HASHES:
             raise _Invalid(f"signingCertificate uses unsupported {cert_id.hash_algorithm}")
-        actual = hashlib.new(cert_id.hash_algorithm, certificate.public_bytes(Encoding.DER))
-        if actual.digest() != cert_id.cert_hash:
+        if certificates.hash_of(certificate, cert_id.hash_algorithm) != cert_id.cert_hash:
             raise _Invalid("signingCertificate does not name the signer certificate")
+
+
+def _certificate_hash(certificate: x509.Certificate, algorithm: str) -> bytes:
+    return hashlib.new(algorithm, certificate.public_bytes(Encoding.DER)).digest()
+
+
+# keyed by the certificate, which hashes and compares its whole DER
+_cached_certificate_hash = functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)(_certificate_hash)
 
 
 def _check_signer(signer_info: cms.SignerInfo, context: _Context) -> _SignerOutcome:
@@ -368,7 +453,7 @@ def _check_signer_into(
     attributes = parse_signed_attributes(signed_attrs.contents)
     outcome.attributes = attributes
     _check_attributes(attributes, context, content_digest)
-    _check_ess(attributes, certificate)
+    _check_ess(attributes, certificate, context.certificates)
     outcome.signature_algorithm = _check_signature(
         signer_info, certificate, signed_attributes_set(signed_attrs.contents), digest_name, None
     )
@@ -512,13 +597,12 @@ def _first_problem(signers: Sequence[SignerInfoResult], validator_given: bool) -
 
 
 def _verify(
-    entity: bytes,
+    top: mime.MimeEntity,
     validator: ChainValidator | None,
     from_address: str | None,
     trusted_intermediates: Sequence[x509.Certificate],
     at: datetime | None,
 ) -> VerifyResult:
-    top = mime.parse_entity(mime.canonicalize_crlf(entity))
     located = _locate(top)
     signed_data = _signed_data(located.cms_der)
     encap = signed_data["encap_content_info"]
@@ -583,8 +667,34 @@ def verify(
     """Verify a signed MIME entity; see the module docstring for every check.
 
     Never raises for bad input: the result is then ``valid=False`` with the reason."""
+    return _never_raising(
+        lambda: _verify(
+            mime.parse_entity(mime.canonicalize_crlf(entity)),
+            validator,
+            from_address,
+            trusted_intermediates,
+            at,
+        )
+    )
+
+
+def verify_parsed(
+    top: mime.MimeEntity,
+    *,
+    validator: ChainValidator | None,
+    from_address: str | None,
+    trusted_intermediates: Sequence[x509.Certificate] = (),
+    at: datetime | None = None,
+) -> VerifyResult:
+    """``verify`` for an entity the caller has already parsed (``mime.parse_entity`` over
+    CRLF-canonical bytes): the inbound agent parses each message once."""
+    return _never_raising(lambda: _verify(top, validator, from_address, trusted_intermediates, at))
+
+
+def _never_raising(run: Callable[[], VerifyResult]) -> VerifyResult:
+    """``run()``, with bad input turned into an invalid result (module docstring)."""
     try:
-        return _verify(entity, validator, from_address, trusted_intermediates, at)
+        return run()
     except _Invalid as problem:
         return VerifyResult(valid=False, reason=str(problem))
     except MalformedMessage as problem:

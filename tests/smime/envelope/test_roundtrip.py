@@ -9,8 +9,8 @@ import pytest
 from asn1crypto import cms
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.smime import der
-from gateway.smime.decrypt import DecryptionKey, decrypt, decrypt_entity
+from gateway.smime import der, mime
+from gateway.smime.decrypt import DecryptionKey, decrypt, decrypt_entity, decrypt_parsed
 from gateway.smime.encrypt import Recipient, encrypt, encrypt_entity, plan_recipients
 from gateway.smime.types import DecryptError, EncryptError, RecipientCapabilities
 from tests.smime.envelope.identities import (
@@ -215,3 +215,22 @@ def test_p384_recipient_and_missing_ski() -> None:
     assert decrypt(message, [DecryptionKey(no_ski, no_ski_key)]).content == MESSAGE
     with pytest.raises(EncryptError, match="subjectKeyIdentifier"):
         encrypt(MESSAGE, [Recipient(no_ski, "ecdh", "ski")], cipher="aes-256-cbc")
+
+
+def test_decrypt_parsed_gives_what_decrypt_entity_gives(envelope_pki: EnvelopePki) -> None:
+    """The inbound agent hands over the entity it already parsed: same result, same
+    refusals."""
+    keys = [envelope_pki.key(ALICE)]
+    entity = encrypt_entity(MESSAGE, [Recipient(envelope_pki.cert(ALICE))], cipher="aes-256-gcm")
+    opened = decrypt_parsed(mime.parse_entity(entity), keys)
+    assert opened == decrypt_entity(entity, keys)
+    assert opened.content == MESSAGE
+    signed_type = b"Content-Type: application/pkcs7-mime; smime-type=signed-data\r\n\r\nMIIB\r\n"
+    bad_base64 = (
+        b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data\r\n"
+        b"Content-Transfer-Encoding: base64\r\n\r\nMIIB=====\r\n"
+    )
+    for refused in (MESSAGE, signed_type, bad_base64):
+        with pytest.raises(DecryptError) as caught:
+            decrypt_parsed(mime.parse_entity(refused), keys)
+        assert str(caught.value) == "the message could not be decrypted"

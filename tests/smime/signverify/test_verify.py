@@ -10,10 +10,11 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 
 from gateway.smime import der, mime
+from gateway.smime import verify as verify_module
 from gateway.smime.certnames import addresses_match, certificate_addresses
 from gateway.smime.sign import sign, sign_der
 from gateway.smime.types import CertStatus, Purpose
-from gateway.smime.verify import verify
+from gateway.smime.verify import verify, verify_parsed
 from tests.smime.signverify import crafting
 from tests.smime.signverify.identities import ALICE, BOB, EDDIE, NOBODY, AcceptAll, Reject, SignPki
 
@@ -466,3 +467,71 @@ def test_unloadable_certificates_are_skipped(sv_pki: SignPki, how: str) -> None:
     result = verify(mime.multipart_signed(TEXT, mangled), validator=AcceptAll(), from_address=ALICE)
     assert not result.valid
     assert result.reason == "the signer certificate is not in the message"
+
+
+@pytest.mark.parametrize("how", ["version", "negative-serial"])
+def test_unloadable_certificate_stays_skipped_when_seen_again(sv_pki: SignPki, how: str) -> None:
+    """Message certificates are kept parsed per DER: an unusable one is still skipped the
+    second time (the cache keeps the refusal, not a certificate), and the good one of
+    another message is still found."""
+    alice = sv_pki[ALICE]
+    cms_der = sign_der(TEXT, alice.cert, alice.key)
+    alice_der = alice.cert.public_bytes(serialization.Encoding.DER)
+    mangled = cms_der.replace(alice_der, _mangled_certificate(sv_pki, how))
+    for _ in range(2):
+        entity = mime.multipart_signed(TEXT, mangled)
+        result = verify(entity, validator=AcceptAll(), from_address=ALICE)
+        assert result.reason == "the signer certificate is not in the message"
+        good = verify(
+            mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+        )
+        assert good.valid, good.reason
+
+
+def test_capabilities_carry_each_message_signing_time(sv_pki: SignPki) -> None:
+    """The smimeCapabilities value is parsed once per encoding; when it was learnt is
+    still each message's own signingTime."""
+    alice = sv_pki[ALICE]
+    for when in (
+        datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC),
+        datetime(2026, 6, 7, 8, 9, 10, tzinfo=UTC),
+    ):
+        signed = sign(TEXT, alice.cert, alice.key, sv_pki.intermediates, signing_time=when)
+        result = verify(signed, validator=AcceptAll(), from_address=ALICE)
+        (signer,) = result.signers
+        assert result.valid, result.reason
+        assert signer.capabilities is not None and signer.capabilities.learnt_at == when
+
+
+@pytest.mark.parametrize("detached", [True, False])
+def test_verify_parsed_gives_what_verify_gives(sv_pki: SignPki, detached: bool) -> None:
+    alice = sv_pki[ALICE]
+    signed = sign(TEXT, alice.cert, alice.key, sv_pki.intermediates, detached=detached)
+    when = datetime.now(UTC)
+    expected = verify(signed, validator=AcceptAll(), from_address=ALICE, at=when)
+    parsed = mime.parse_entity(signed)
+    result = verify_parsed(parsed, validator=AcceptAll(), from_address=ALICE, at=when)
+    assert result == expected and result.valid
+    tampered = mime.parse_entity(signed.replace(b"RAS.", b"RAZ.") if detached else b"")
+    refused = verify_parsed(tampered, validator=AcceptAll(), from_address=ALICE, at=when)
+    assert not refused.valid and refused.reason
+
+
+def test_large_certificate_field_is_read_each_time_not_kept(sv_pki: SignPki) -> None:
+    """A certificates field over ``MAX_CACHED_CERTIFICATES`` octets (hostile, or a huge
+    chain) is verified the same way but never kept in the certificate cache."""
+    alice = sv_pki[ALICE]
+    chain = [alice.cert, *sv_pki.intermediates * 40]  # the CA certificates again and again
+    attributes = crafting.basic_attributes(TEXT)
+    cms_der = crafting.craft_signed_data(
+        TEXT, alice.cert, alice.key, attributes=attributes, certificates=chain
+    )
+    assert len(cms_der) > verify_module.MAX_CACHED_CERTIFICATES
+    kept = dict(verify_module._CERTIFICATE_SETS._entries)
+    for _ in range(2):
+        result = verify(
+            mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+        )
+        assert result.valid, result.reason
+        assert result.signers[0].certificate == alice.cert
+    assert dict(verify_module._CERTIFICATE_SETS._entries).keys() <= kept.keys()
