@@ -85,6 +85,7 @@ from gateway.spool import (
     Spool,
     consumer,
 )
+from gateway.spool.queue import READ_AHEAD
 
 log = get_logger("inbound.delivery")
 
@@ -178,7 +179,10 @@ class LocalDelivery:
         drain share the pooled connections, which are closed when it ends."""
         try:
             return await consumer.drain(
-                self.local, self.process_entry, concurrency=self.concurrency
+                self.local,
+                self.process_entry,
+                concurrency=self.concurrency,
+                read_ahead=READ_AHEAD,
             )
         finally:
             await self.aclose()

@@ -107,6 +107,7 @@ from gateway.spool import (
     Spool,
     consumer,
 )
+from gateway.spool.queue import READ_AHEAD
 
 log = get_logger("inbound.stage")
 
@@ -182,7 +183,12 @@ class InboundStage:
     async def drain(self) -> list[InboundOutcome]:
         """Process every entry ready now, ``concurrency`` at once, outcomes in the order
         they finished (tests, tools); ``recover`` must have run."""
-        return await consumer.drain(self.inbound, self.process_entry, concurrency=self.concurrency)
+        return await consumer.drain(
+            self.inbound,
+            self.process_entry,
+            concurrency=self.concurrency,
+            read_ahead=READ_AHEAD,
+        )
 
     # -- one entry ---------------------------------------------------------------------
 

@@ -441,7 +441,7 @@ class RelayStage:
                 self._slots.release()
                 break
             try:
-                entry = await queue.claim()
+                entry = await queue.claim(read_ahead=WHOLE_READ_LIMIT)
             except BaseException:
                 self._slots.release()
                 raise
