@@ -16,6 +16,20 @@ none it would have no queue to serve and exit at once; the secure agent and the 
 agent: ``[gateway] crypto_workers`` processes each). The SMTP front answers ``250``
 only once a message is fsynced into ``received/``.
 
+Several SMTP front processes (``[gateway] front_workers`` N > 1): this process is front
+slot 0 and opens its listeners with ``SO_REUSEPORT``; it then starts N-1 ``missive
+worker front --slot K`` processes (``run_front_worker``) through the same supervisor,
+each opening the same listeners, and the kernel spreads new connections over them.
+Each process enforces its share of the listener limits (``gateway.smtp.listener``).
+A front worker builds what the front needs and nothing more: the certificate
+validator, the users, the liste blanche, its own audit sink on the same trail and the
+writer side of the spool (actor ``smtp-front-K`` in the trail, so each process's
+messages can be told apart); it applies no audit retention (``serve`` did at start) and
+records no ``gateway.start``/``gateway.stop`` (no worker does: their life is in the log,
+``worker.start``/``worker.stopped``). On SIGTERM it closes its listening sockets (the
+others keep accepting), then closes its sessions: a message whose DATA was not answered
+gets no ``250``, so the client keeps it and retries; one answered was fsynced first.
+
 Least privilege: this process is the SMTP front; it loads the TLS key of its listeners
 but never an S/MIME private key (the configuration is loaded with ``agent_keys=False``);
 only the secure agent's worker process loads private keys.
@@ -30,12 +44,24 @@ import asyncio
 import signal
 
 from gateway import __version__
-from gateway.app import Gateway, build_gateway, lifecycle_event
+from gateway.app import (
+    Gateway,
+    build_gateway,
+    lifecycle_event,
+    prepare_directories,
+    revocation_cache,
+    state_directories,
+)
+from gateway.audit import AuditSink
 from gateway.cli_common import SubParsers, add_config_argument
 from gateway.config import Config, load_config
 from gateway.log import get_logger, setup_logging
+from gateway.smime.validate import CertificateValidator
+from gateway.smtp.listeblanche import load_liste_blanche
 from gateway.smtp.listener import ListenerGroup, start_listeners
-from gateway.spool import RECEIVED
+from gateway.smtp.trace import TRACE_ALLOWANCE
+from gateway.smtp.users import Authenticator
+from gateway.spool import RECEIVED, Spool
 from gateway.workers import crypto_worker_count, start_workers
 
 _log = get_logger("serve")
@@ -79,12 +105,14 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
                 inbound=crypto_worker_count(config),
                 delivery=1,
                 imap=1 if config.inbound.imap_fetch else 0,
+                fronts=config.gateway.front_workers - 1,
             )
             try:
                 _log.info(
                     "gateway.ready",
                     listeners_open=len(listeners.listeners),
                     accepting_mail="yes",
+                    front_processes=config.gateway.front_workers,
                     workers=len(workers.workers),
                 )
                 await stop.wait()
@@ -99,7 +127,7 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     _log.info("gateway.stopped")
 
 
-async def _start_front(gateway: Gateway) -> ListenerGroup:
+async def _start_front(gateway: Gateway, slot: int = 0) -> ListenerGroup:
     return await start_listeners(
         gateway.config,
         queue=gateway.spool.queue(RECEIVED),
@@ -107,6 +135,59 @@ async def _start_front(gateway: Gateway) -> ListenerGroup:
         validator=gateway.validator,
         authenticator=gateway.authenticator,
         liste_blanche=gateway.liste_blanche,
+        front_slot=slot,
+    )
+
+
+async def run_front_worker(config: Config, stop: asyncio.Event, *, slot: int) -> None:
+    """``missive worker front --slot K``: front process ``slot`` on every listener until
+    ``stop`` (module docstring). ``config`` is loaded with ``agent_keys=False``."""
+    gateway = build_front(config, slot)
+    try:
+        listeners = await _start_front(gateway, slot)
+        try:
+            _log.info("front.ready", slot=slot, listeners_open=len(listeners.listeners))
+            await stop.wait()
+        finally:
+            await listeners.aclose()
+    finally:
+        await gateway.aclose()
+
+
+def build_front(config: Config, slot: int) -> Gateway:
+    """What front process ``slot`` needs, built like ``build_gateway`` builds it but
+    without the audit retention (``serve`` applies it at its start) and with the spool
+    actor ``smtp-front-<slot>``; only ``received/`` is used, writer side."""
+    prepare_directories(state_directories(config))
+    validator = CertificateValidator.from_files(
+        config.trust.anchors,
+        config.trust.intermediates,
+        config.trust.crls,
+        config.trust.revocation,
+        cache_dir=revocation_cache(config),
+    )
+    lists = config.trust.liste_blanche
+    liste_blanche = load_liste_blanche(lists) if lists is not None else None
+    authenticator = Authenticator(config.auth.users_file)
+    audit = AuditSink(config.audit.path)
+    audit.start()
+    try:
+        spool = Spool(
+            config.gateway.spool_dir,
+            audit=audit,
+            actor=f"smtp-front-{slot}",
+            max_message_size=config.delivery.max_message_size + TRACE_ALLOWANCE,
+        )
+    except BaseException:
+        audit.close()
+        raise
+    return Gateway(
+        config=config,
+        audit=audit,
+        spool=spool,
+        validator=validator,
+        authenticator=authenticator,
+        liste_blanche=liste_blanche,
     )
 
 

@@ -1,4 +1,5 @@
-"""Worker processes: ``missive worker agent|relay|inbound|delivery|imap`` and their supervisor.
+"""Worker processes: ``missive worker agent|relay|inbound|delivery|imap|front`` and their
+supervisor.
 
 Role (ARCHITECTURE "Each stage can run as its own process"; STYLE §9, least privilege by
 process): the secure agent and the relay each run in processes of their own, started by
@@ -16,7 +17,16 @@ process): the secure agent and the relay each run in processes of their own, sta
 - ``missive worker delivery --config FILE`` runs
   ``gateway.inbound.delivery.run_delivery_worker`` (LMTP/SMTP/Maildir; no private key);
 - ``missive worker imap --config FILE`` runs ``gateway.inbound.imap_fetch.run_imap_worker``
-  (one fetcher per ``[[inbound.imap_fetch]]``, into ``inbound/``; no private key).
+  (one fetcher per ``[[inbound.imap_fetch]]``, into ``inbound/``; no private key);
+- ``missive worker front --config FILE [--slot K]`` runs ``gateway.serve.run_front_worker``:
+  one more SMTP front process on the same listeners (``SO_REUSEPORT``) when ``[gateway]
+  front_workers`` N > 1; ``serve`` is front slot 0 and starts slots 1..N-1. Its slot is
+  not a consumer slot (the front only writes into ``received/``) but its share of the
+  listener limits (``gateway.smtp.listener``); K must be below N. No private key but
+  the TLS ones (``agent_keys=False``). A front worker whose parent dies (``serve``
+  killed with SIGKILL: its children live in their own sessions and get no signal)
+  stops within ``ORPHAN_CHECK_EVERY`` seconds, as on SIGTERM, so that no front is left
+  holding the port beside those of the next ``serve``.
 
 Each worker stops cleanly on SIGTERM or SIGINT: the stage finishes or abandons its
 in-flight entries (an abandoned one stays in ``active/`` and is recovered by the next
@@ -70,16 +80,18 @@ from gateway.spool.spooldir import consumer_slot_scope
 
 log = get_logger("workers")
 
-WorkerKind = Literal["agent", "relay", "inbound", "delivery", "imap"]
-KINDS: tuple[WorkerKind, ...] = ("agent", "relay", "inbound", "delivery", "imap")
+WorkerKind = Literal["agent", "relay", "inbound", "delivery", "imap", "front"]
+KINDS: tuple[WorkerKind, ...] = ("agent", "relay", "inbound", "delivery", "imap", "front")
 KEY_HOLDERS: tuple[WorkerKind, ...] = ("agent", "inbound")  # load S/MIME private keys
 CRYPTO_KINDS: tuple[WorkerKind, ...] = ("agent", "inbound")  # one slot per worker
 QUEUE_CONSUMERS: tuple[WorkerKind, ...] = ("agent", "relay", "inbound", "delivery")
+SLOTTED: tuple[WorkerKind, ...] = (*QUEUE_CONSUMERS, "front")  # take --slot K
 DEFAULT_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "gateway")
 BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # seconds of life after which a crash restarts without delay growth
 STOP_TIMEOUT = 10.0
+ORPHAN_CHECK_EVERY = 1.0  # seconds between a front worker's checks of its parent
 
 
 # -- missive worker agent|relay ----------------------------------------------------------
@@ -88,12 +100,15 @@ STOP_TIMEOUT = 10.0
 def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     parser = subparsers.add_parser(
         "worker",
-        help="run one worker process (agent, relay, inbound, delivery); missive serve starts them",
+        help="run one worker process (agent, relay, inbound, delivery, imap, front); "
+        "missive serve starts them",
         description=(
             "Run one stage of the gateway in the foreground until SIGTERM or Ctrl-C: "
             "'agent' signs and encrypts queued mail, 'relay' delivers it to the next hops, "
             "'inbound' decrypts and verifies mail for local domains, 'delivery' hands it to "
-            "the local mail store. Only 'agent' and 'inbound' load private keys."
+            "the local mail store, 'imap' fetches partner mailboxes, 'front' is one more SMTP "
+            "front process on the listeners ([gateway] front_workers). Only 'agent' and "
+            "'inbound' load private keys."
         ),
     )
     parser.add_argument("kind", choices=KINDS, help="which stage to run")
@@ -105,7 +120,8 @@ def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
         metavar="K",
         help=(
             f"consumer slot (0 to {CONSUMER_SLOTS - 1}; default 0): workers of different "
-            "slots share the stage's queue, a second worker of one slot waits as a standby"
+            "slots share the stage's queue, a second worker of one slot waits as a standby; "
+            "for 'front', its share of the listener limits (below [gateway] front_workers)"
         ),
     )
     parser.set_defaults(handler=run_worker)
@@ -115,6 +131,8 @@ def run_worker(args: argparse.Namespace) -> int:
     kind: WorkerKind = args.kind
     slot = checked_slot(kind, args.slot)
     config = load_config(args.config, agent_keys=kind in KEY_HOLDERS)
+    if kind == "front":
+        checked_front_slot(config, slot)
     setup_logging(config.gateway.log_level)
     asyncio.run(serve_worker(kind, config, slot=slot))
     return 0
@@ -124,8 +142,19 @@ def checked_slot(kind: WorkerKind, slot: int) -> int:
     """``slot`` if ``kind`` can run in it; ``UsageError`` (exit 2) otherwise."""
     if not 0 <= slot < CONSUMER_SLOTS:
         raise UsageError(f"--slot: expected 0 to {CONSUMER_SLOTS - 1}, got {slot}")
-    if slot and kind not in QUEUE_CONSUMERS:
+    if slot and kind not in SLOTTED:
         raise UsageError(f"--slot: the {kind} worker consumes no queue; it takes no slot")
+    return slot
+
+
+def checked_front_slot(config: Config, slot: int) -> int:
+    """``slot`` if it is one of the ``[gateway] front_workers`` front processes' slots."""
+    processes = config.gateway.front_workers
+    if slot >= processes:
+        raise UsageError(
+            f"--slot: front slot {slot} needs [gateway] front_workers > {slot} "
+            f"(it is {processes} in {config.source})"
+        )
     return slot
 
 
@@ -135,8 +164,37 @@ async def serve_worker(
     """Run the stage ``kind`` as consumer ``slot`` until ``stop`` is set (by SIGTERM/SIGINT
     when not given)."""
     stop = stop or _stop_on_signals()
+    if kind == "front":  # writes into received/, consumes nothing: no consumer slot
+        await _serve_front(config, stop, slot)
+        return
     with consumer_slot_scope(slot):
         await _serve_stage(kind, config, stop, slot)
+
+
+async def _serve_front(config: Config, stop: asyncio.Event, slot: int) -> None:
+    from gateway.serve import run_front_worker
+
+    log.info("worker.start", kind="front", slot=slot, pid=os.getpid())
+    watch = asyncio.create_task(stop_when_orphaned(stop, os.getppid()))
+    try:
+        await run_front_worker(config, stop, slot=slot)
+    finally:
+        watch.cancel()
+    log.info("worker.stopped", kind="front", slot=slot, pid=os.getpid())
+
+
+async def stop_when_orphaned(
+    stop: asyncio.Event, parent: int, every: float = ORPHAN_CHECK_EVERY
+) -> None:
+    """Set ``stop`` once this process is no longer ``parent``'s child (its supervisor
+    died without stopping it): a front worker left behind would keep the public port
+    and its share of the limits beside the fronts of the next ``serve``."""
+    while not stop.is_set():
+        if os.getppid() != parent:
+            log.warning("worker.orphaned", pid=os.getpid(), parent=parent)
+            stop.set()
+            return
+        await asyncio.sleep(every)
 
 
 async def _serve_stage(kind: WorkerKind, config: Config, stop: asyncio.Event, slot: int) -> None:
@@ -305,11 +363,21 @@ def worker_commands(
     inbound: int = 0,
     delivery: int = 0,
     imap: int = 0,
+    fronts: int = 0,
     program: Sequence[str] = DEFAULT_PROGRAM,
 ) -> list[tuple[str, tuple[str, ...]]]:
     """``(name, argv)`` of each worker: ``<program> worker <kind> --config <file>``, plus
     ``--slot K`` for the K-th (from 0) agent or inbound worker when K > 0; extra relay
-    and delivery workers get no slot (standbys of slot 0)."""
+    and delivery workers get no slot (standbys of slot 0). The ``fronts`` extra front
+    processes come first, ``front-K`` with ``--slot K`` (K from 1: ``serve`` is front
+    slot 0)."""
+    if fronts >= CONSUMER_SLOTS:
+        raise ValueError(f"at most {CONSUMER_SLOTS - 1} front workers besides serve")
+    commands = [
+        (f"front-{slot}", (*program, "worker", "front", "--config", str(config.source),
+                           "--slot", str(slot)))
+        for slot in range(1, fronts + 1)
+    ]  # fmt: skip
     counts = (
         ("agent", agents),
         ("relay", relays),
@@ -317,11 +385,10 @@ def worker_commands(
         ("delivery", delivery),
         ("imap", imap),
     )
-    if any(count < 0 for _, count in counts):
+    if fronts < 0 or any(count < 0 for _, count in counts):
         raise ValueError("the number of workers cannot be negative")
     if agents > CONSUMER_SLOTS or inbound > CONSUMER_SLOTS:
         raise ValueError(f"at most {CONSUMER_SLOTS} agent or inbound workers (one per slot)")
-    commands: list[tuple[str, tuple[str, ...]]] = []
     for kind, count in counts:
         for index in range(count):
             argv = (*program, "worker", kind, "--config", str(config.source))
@@ -339,11 +406,13 @@ async def start_workers(
     inbound: int = 0,
     delivery: int = 0,
     imap: int = 0,
+    fronts: int = 0,
     program: Sequence[str] = DEFAULT_PROGRAM,
 ) -> WorkerGroup:
-    """Spawn ``agents`` secure agent, ``relays`` relay, ``inbound`` inbound agent,
-    ``delivery`` local delivery and ``imap`` IMAP fetcher workers for ``config``'s file
-    (``serve`` passes ``crypto_worker_count(config)`` for ``agents`` and ``inbound``).
+    """Spawn ``fronts`` extra SMTP front, ``agents`` secure agent, ``relays`` relay,
+    ``inbound`` inbound agent, ``delivery`` local delivery and ``imap`` IMAP fetcher
+    workers for ``config``'s file (``serve`` passes ``crypto_worker_count(config)`` for
+    ``agents`` and ``inbound`` and ``[gateway] front_workers`` - 1 for ``fronts``).
 
     ``program`` is how to run the ``missive`` command line (default: this Python with
     ``-m gateway``). The caller must ``aclose`` the group."""
@@ -354,6 +423,7 @@ async def start_workers(
         inbound=inbound,
         delivery=delivery,
         imap=imap,
+        fronts=fronts,
         program=program,
     )
     group = WorkerGroup(commands)
@@ -369,7 +439,7 @@ async def start_workers(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m gateway.workers worker agent|relay --config FILE``."""
+    """``python -m gateway.workers worker KIND --config FILE [--slot K]``."""
     parser = argparse.ArgumentParser(prog="missive")
     register(parser.add_subparsers(dest="command", metavar="COMMAND", required=True))
     args = parser.parse_args(argv)

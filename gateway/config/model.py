@@ -33,7 +33,8 @@ Keys added to the contract: ``inbound.quarantine_retention`` (how long the inbou
 agent's quarantine in ``inbound/hold/`` is kept; at least
 ``QUARANTINE_RETENTION_MINIMUM``, see ``gateway.inbound.quarantine``).
 Also added: ``gateway.crypto_workers`` (processes per crypto stage, 0..64, 0 = one per
-core; ``gateway.workers``).
+core; ``gateway.workers``) and ``gateway.front_workers`` (SMTP front processes sharing
+the listeners with ``SO_REUSEPORT``, 1..64, default 1; ``gateway.smtp.listener``).
 ``Config.source`` (the file read) is not a key.
 """
 
@@ -100,6 +101,7 @@ class GatewaySection:
         s.array(s.host_port(default_port=53, ip_only=True)), []
     )
     crypto_workers: int = s.setting(s.integer(0, 64), 0)  # per crypto stage; 0 = one per core
+    front_workers: int = s.setting(s.integer(1, 64), 1)  # SMTP front processes (SO_REUSEPORT)
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

@@ -30,6 +30,11 @@ goes with its key; ``tls.certificate`` is required when a listener uses TLS with
 its own certificate or an SMTP route uses TLS (the relay's client certificate); a
 relay listener accepts at least 100 recipients (RFC 5321 §4.5.3.1.8); a route pattern
 that an earlier route already matches is dead ("first match wins") and is an error;
+with ``gateway.front_workers`` N > 1 (processes sharing each listener's socket with
+``SO_REUSEPORT``, ``gateway.smtp.listener``) no listener may use port 0 (each process
+would get a port of its own) and each listener's ``max_connections`` and
+``max_connections_per_ip`` are at least N (each process enforces its share of them and
+needs at least one);
 ``delivery.delay_warning`` is shorter than ``max_lifetime``; an IMAP fetch delivers to
 a local address.
 """
@@ -57,6 +62,7 @@ def check_rules(config: Config, problems: Problems) -> None:
     _check_certificate_pairs(config, problems)
     _check_default_certificate(config, problems)
     _check_listeners(config, problems)
+    _check_front_workers(config, problems)
     _check_endpoints(config, problems)
     _check_routes(config, problems)
     _check_annuaire(config, problems)
@@ -152,6 +158,28 @@ def _check_listener(listener: Listener, prefix: str, problems: Problems) -> None
         )
     if listener.max_connections_per_ip > listener.max_connections:
         problems.add(f"{prefix}.max_connections_per_ip", "is larger than max_connections")
+
+
+def _check_front_workers(config: Config, problems: Problems) -> None:
+    processes = config.gateway.front_workers
+    if processes == 1 or problems.is_bad("gateway.front_workers"):
+        return
+    shared_by = f"gateway.front_workers = {processes} processes"
+    for index, listener in enumerate(config.listeners):
+        prefix = f"listeners[{index}]"
+        if listener.address.port == 0 and not problems.is_bad(f"{prefix}.address"):
+            problems.add(
+                f"{prefix}.address",
+                f"port 0 (any free port) cannot be shared by {shared_by}; give a port",
+            )
+        for key in ("max_connections", "max_connections_per_ip"):
+            limit: int = getattr(listener, key)
+            if limit < processes and not problems.is_bad(f"{prefix}.{key}"):
+                problems.add(
+                    f"{prefix}.{key}",
+                    f"{limit} cannot be shared by {shared_by} (each enforces its share, "
+                    "at least 1)",
+                )
 
 
 def _overlap(first: HostPort, second: HostPort) -> bool:

@@ -18,6 +18,34 @@ transfers across all listeners capped at ``max_data_transfers`` (over it: ``451 
 before the 354, so no content is read); AUTH failures throttled per IP and per login
 (``gateway.smtp.throttle``), shared by all listeners.
 
+Several front processes (``[gateway] front_workers`` = N > 1, ``docs/operations.md``
+"Several SMTP front processes"): ``missive serve`` (slot 0) and N-1 ``missive worker
+front --slot K`` processes each open every listener with ``SO_REUSEPORT``, and the Linux
+kernel spreads new connections over their sockets by a hash of the 4-tuple. With N = 1
+no socket gets ``SO_REUSEPORT`` (a second process cannot bind the port by mistake).
+Linux lets only sockets of the same effective UID join a ``SO_REUSEPORT`` group, so
+another local user cannot steal connections. A process cannot see the others' counters,
+so each enforces its *share* of every limit (``throttle.share_of``: slot K gets
+``limit // N``, plus one for the first ``limit % N`` slots; the shares add up to the
+limit): ``max_connections``, ``max_connections_per_ip``, the concurrent DATA cap and
+the AUTH throttles per IP and per login. The configured figures stay upper bounds of
+the whole (the config rules require each listener limit to be at least N; the AUTH
+throttle's exception for N above its limits is in ``gateway.smtp.throttle``). Decided
+for ``max_connections_per_ip``: divided too, although the kernel's hash ignores the
+client, because keeping it per process would multiply the bound by N; the cost is that
+an unlucky spread refuses a client before it has its full count (one process holds its
+share while another has room), with ``421 4.7.0``, a transient reply the client retries
+(RFC 5321 §4.2.1), and a retried connection lands on a new 4-tuple.
+
+Stopping (``ListenerGroup.aclose``, on SIGTERM of ``serve`` or of a front worker): the
+listening sockets close first (with several front processes, the others keep
+accepting), then DATA transfers in flight get up to ``DRAIN_GRACE`` seconds to end with
+their reply (a ``250`` only after the fsync, as always), while a new DATA is refused
+with ``451 4.3.2`` before its 354; then every session is closed. A transfer still
+running at the deadline is cut without a reply: the client keeps the message and sends
+it again (nothing acknowledged is lost; one fsynced but not yet answered may come
+twice, at-least-once).
+
 Trust level: opens the public sockets; no private key but the TLS ones.
 """
 
@@ -41,10 +69,11 @@ from gateway.smtp.session import (
     PasswordAuthenticator,
     SessionSettings,
 )
-from gateway.smtp.throttle import AuthThrottle
+from gateway.smtp.throttle import AuthThrottle, ThrottleLimits, share_of, shared_limits
 from gateway.smtp.tls import server_context
 
 DEFAULT_MAX_DATA_TRANSFERS = 100
+DRAIN_GRACE = 5.0  # seconds; below the supervisor's stop timeout (gateway.workers)
 
 _log = get_logger("smtp")
 
@@ -77,20 +106,32 @@ class ConnectionGate:
 
 
 class CountGate:
-    """At most ``limit`` holders at once (the key is ignored)."""
+    """At most ``limit`` holders at once (the key is ignored); ``close`` admits no one
+    more and ``wait_idle`` waits for the last holder to leave."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.held = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     def try_acquire(self, key: str) -> bool:
         if self.held >= self.limit:
             return False
         self.held += 1
+        self._idle.clear()
         return True
 
     def release(self, key: str) -> None:
         self.held -= 1
+        if self.held <= 0:
+            self._idle.set()
+
+    def close(self) -> None:
+        self.limit = 0
+
+    async def wait_idle(self) -> None:
+        await self._idle.wait()
 
 
 @dataclass
@@ -109,10 +150,18 @@ class RunningListener:
 
 
 class ListenerGroup:
-    """The running listeners; ``aclose()`` stops them and closes their sessions."""
+    """The running listeners; ``aclose()`` stops them, lets DATA in flight end (up to
+    ``drain_grace`` seconds, module docstring) and closes their sessions."""
 
-    def __init__(self, listeners: tuple[RunningListener, ...]) -> None:
+    def __init__(
+        self,
+        listeners: tuple[RunningListener, ...],
+        data_transfers: CountGate | None = None,
+        drain_grace: float = DRAIN_GRACE,
+    ) -> None:
         self.listeners = listeners
+        self.data_transfers = data_transfers
+        self.drain_grace = drain_grace
 
     def address(self, name: str) -> tuple[str, int]:
         for running in self.listeners:
@@ -123,6 +172,7 @@ class ListenerGroup:
     async def aclose(self) -> None:
         for running in self.listeners:
             running.server.close()
+        await self._drain()
         for running in self.listeners:
             for session in list(running.sessions):
                 if session.transport is not None:
@@ -130,6 +180,18 @@ class ListenerGroup:
         for running in self.listeners:
             await running.server.wait_closed()
             _log.info("listener.stopped", name=running.listener.name)
+
+    async def _drain(self) -> None:
+        gate = self.data_transfers
+        if gate is None:
+            return
+        gate.close()
+        if gate.held:
+            _log.info("listener.draining", data_transfers=gate.held)
+        try:
+            await asyncio.wait_for(gate.wait_idle(), self.drain_grace)
+        except TimeoutError:
+            _log.warning("listener.drain_timeout", data_transfers_cut=gate.held)
 
 
 async def start_listeners(
@@ -142,11 +204,15 @@ async def start_listeners(
     liste_blanche: ListeBlancheLookup | None,
     max_data_transfers: int = DEFAULT_MAX_DATA_TRANSFERS,
     throttle: AuthThrottle | None = None,
+    front_slot: int = 0,
 ) -> ListenerGroup:
-    """Start every ``[[listeners]]``; on a failure, the ones already started are closed."""
-    shared = _Shared(queue, audit, validator, authenticator, liste_blanche)
-    data_transfers = CountGate(max_data_transfers)
-    auth_throttle = throttle or AuthThrottle()
+    """Start every ``[[listeners]]`` as front process ``front_slot`` of ``[gateway]
+    front_workers`` (limits shared, module docstring); on a failure, the ones already
+    started are closed. A ``throttle`` given is used as it is (tests)."""
+    share = _Share(config.gateway.front_workers, front_slot)
+    shared = _Shared(queue, audit, validator, authenticator, liste_blanche, share)
+    data_transfers = CountGate(share.of(max_data_transfers))
+    auth_throttle = throttle or AuthThrottle(share.of_throttle(ThrottleLimits()))
     started: list[RunningListener] = []
     try:
         for listener in config.listeners:
@@ -155,7 +221,29 @@ async def start_listeners(
     except BaseException:
         await ListenerGroup(tuple(started)).aclose()
         raise
-    return ListenerGroup(tuple(started))
+    return ListenerGroup(tuple(started), data_transfers)
+
+
+@dataclass(frozen=True)
+class _Share:
+    """This process's share of the limits: slot ``slot`` of ``processes`` front processes."""
+
+    processes: int
+    slot: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.slot < self.processes:
+            raise ValueError(f"front slot {self.slot} of {self.processes} front processes")
+
+    @property
+    def reuse_port(self) -> bool:
+        return self.processes > 1
+
+    def of(self, limit: int) -> int:
+        return share_of(limit, self.processes, self.slot)
+
+    def of_throttle(self, limits: ThrottleLimits) -> ThrottleLimits:
+        return shared_limits(limits, self.processes, self.slot)
 
 
 @dataclass(frozen=True)
@@ -165,6 +253,7 @@ class _Shared:
     validator: ChainValidator | None
     authenticator: PasswordAuthenticator | None
     liste_blanche: ListeBlancheLookup | None
+    share: _Share
 
 
 async def _start_one(
@@ -180,7 +269,10 @@ async def _start_one(
         send_as=shared.authenticator,
         liste_blanche=shared.liste_blanche,
     )
-    connections = ConnectionGate(listener.max_connections, listener.max_connections_per_ip)
+    share = shared.share
+    connections = ConnectionGate(
+        share.of(listener.max_connections), share.of(listener.max_connections_per_ip)
+    )
     settings = SessionSettings(
         listener=listener,
         hostname=config.gateway.hostname,
@@ -210,6 +302,7 @@ async def _start_one(
             port=listener.address.port,
             ssl=context if listener.tls == "implicit" else None,
             reuse_address=True,
+            reuse_port=share.reuse_port,
         )
     except OSError as error:  # port taken, no permission, address not on this host
         raise ConfigError(
@@ -225,5 +318,8 @@ async def _start_one(
         address=f"{host}:{port}",
         tls=listener.tls,
         client_certificate=listener.client_certificate,
+        front=f"{share.slot + 1}/{share.processes}",
+        max_connections=connections.total,
+        max_connections_per_ip=connections.per_ip,
     )
     return running

@@ -8,6 +8,18 @@ Invariants: memory is bounded (``max_keys`` keys, the oldest forgotten first); t
 passed in (monotonic seconds), so tests need no sleeping; a success does not erase the
 IP's failures (one valid account must not launder guesses on others) but clears the
 login's.
+
+Several front processes (``[gateway] front_workers`` = N, ``gateway.smtp.listener``):
+the kernel spreads a client's connections over the N processes, and one process cannot
+see the failures counted by another. ``share_of`` splits a limit so that the N shares
+add up to the limit exactly (slot K gets ``limit // N``, plus one for the first
+``limit % N`` slots): 10 failures per IP over 2 processes are 5 + 5, 5 per login are
+3 + 2, so a guesser spread over every process still gets at most the configured number
+of tries per window. A share is never below 1 (a process that refused every AUTH would
+lock every user out), so with N larger than a limit (more than 5 processes for the
+per-login limit of 5) the bound becomes N tries per window: the only case where the
+total exceeds the configured limit, and the reason operators should keep N small
+(``docs/operations.md``). ``max_keys`` bounds memory and is per process, not shared.
 """
 
 from __future__ import annotations
@@ -27,6 +39,26 @@ class ThrottleLimits:
     max_per_ip: int = DEFAULT_MAX_PER_IP
     max_per_login: int = DEFAULT_MAX_PER_LOGIN
     max_keys: int = DEFAULT_MAX_KEYS
+
+
+def share_of(limit: int, processes: int, slot: int) -> int:
+    """Process ``slot``'s share (0..``processes``-1) of a ``limit`` shared by ``processes``
+    processes: the shares add up to ``limit``, and none is below 1 (module docstring)."""
+    if processes < 1 or not 0 <= slot < processes:
+        raise ValueError(f"slot {slot} of {processes} processes")
+    base, extra = divmod(limit, processes)
+    return max(1, base + (1 if slot < extra else 0))
+
+
+def shared_limits(limits: ThrottleLimits, processes: int, slot: int) -> ThrottleLimits:
+    """``limits`` as process ``slot`` of ``processes`` enforces them: the per-IP and
+    per-login counts shared (``share_of``), the window and the memory bound unchanged."""
+    return ThrottleLimits(
+        window=limits.window,
+        max_per_ip=share_of(limits.max_per_ip, processes, slot),
+        max_per_login=share_of(limits.max_per_login, processes, slot),
+        max_keys=limits.max_keys,
+    )
 
 
 class AuthThrottle:
