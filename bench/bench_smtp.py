@@ -25,6 +25,11 @@ the Missive relay listener with STARTTLS; the client's own CPU is in both figure
 and the median (and range) of the ratios, each against the baseline of its own round:
 on a shared machine one slow baseline can move a single ratio by 20 points or more.
 
+Each case also reports the CPU time of this process (user + system, ``getrusage``) per
+message, the figure a loaded machine disturbs least: the servers run in this process,
+so it is what the server costs per message (with TLS on, the Python client's CPU is in
+it too; ``smtp-source`` and ``smtp-sink`` are other processes, not counted).
+
 Target (issue 5): Missive >= 70 % of bare aiosmtpd. ``--smoke`` runs each case with a
 few messages so CI proves the benchmark runs; its numbers mean nothing.
 """
@@ -33,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import resource
 import shutil
 import ssl
 import statistics
@@ -64,10 +70,15 @@ class Result:
     messages: int
     seconds: float
     baseline: str | None = None
+    cpu_seconds: float = 0.0  # user + system of this process during the case
 
     @property
     def per_second(self) -> float:
         return self.messages / self.seconds
+
+    @property
+    def cpu_ms_per_message(self) -> float:
+        return 1000 * self.cpu_seconds / self.messages
 
 
 # -- servers --------------------------------------------------------------------------
@@ -303,8 +314,14 @@ max_connections = 1000
 async def measure(
     case: str, messages: int, run: Callable[[], Awaitable[float]], baseline: str | None = None
 ) -> Result:
+    before = _process_cpu()
     seconds = await run()
-    return Result(case, messages, seconds, baseline)
+    return Result(case, messages, seconds, baseline, _process_cpu() - before)
+
+
+def _process_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 async def run_all(args: argparse.Namespace, work: Path) -> list[list[Result]]:
@@ -377,18 +394,20 @@ async def run_round(
 
 def report(rounds: list[list[Result]]) -> None:
     """Per case: the median rate over the rounds and the median of the per-round ratios
-    (each against the baseline of its own round), with their range when rounds > 1."""
-    print(f"{'case':<44}{'msg/s':>10}{'vs baseline':>13}{'ratio range':>16}")
+    (each against the baseline of its own round), with their range when rounds > 1, and
+    the median CPU time of this process per message."""
+    print(f"{'case':<44}{'msg/s':>10}{'vs baseline':>13}{'ratio range':>16}{'CPU ms/msg':>12}")
     for index, first in enumerate(rounds[0]):
         per_round = [results[index] for results in rounds]
         rate = statistics.median(result.per_second for result in per_round)
+        cpu = statistics.median(result.cpu_ms_per_message for result in per_round)
         ratio = spread = ""
         if first.baseline is not None:
             ratios = [_ratio(results, results[index]) for results in rounds]
             ratio = f"{statistics.median(ratios):.0%}"
             if len(ratios) > 1:
                 spread = f"{min(ratios):.0%}-{max(ratios):.0%}"
-        print(f"{first.case:<44}{rate:>10,.0f}{ratio:>13}{spread:>16}")
+        print(f"{first.case:<44}{rate:>10,.0f}{ratio:>13}{spread:>16}{cpu:>12.2f}")
 
 
 def _ratio(results: list[Result], result: Result) -> float:

@@ -300,10 +300,9 @@ class MissiveSMTP(SMTP):
         assert self.session is not None
         self.session.extended_smtp = True
         self.session.host_name = hostname
-        lines = [self.hostname, *self._extensions(), "HELP"]
-        for line in lines[:-1]:
-            self._writer.write(f"250-{line}\r\n".encode())
-        await self.push(f"250 {lines[-1]}")
+        lines = [self.hostname, *self._extensions()]
+        # the whole reply in one write, so one send (it was a send per line)
+        await self.push("".join(f"250-{line}\r\n" for line in lines) + "250 HELP")
 
     def _extensions(self) -> list[str]:
         """RFC 1870, 2920, 6152, 6531, 2034, 3461, 3207, 4954."""

@@ -29,10 +29,16 @@ is left behind by a crash (measured on the development VM with 16 threads: about
 the adds per second of a named temp file, less CPU; issue 5). Steps 2 and 3 are the
 same (``finish`` fsyncs but keeps the descriptor open, ``link`` needs it); ``publish``
 is ``linkat(AT_SYMLINK_FOLLOW)`` of ``/proc/self/fd/<fd>`` (the kernel's documented way
-to name an ``O_TMPFILE`` file; Python 3.11's ``os.link`` only calls ``linkat`` when a
-directory descriptor is given, hence ``dst_dir_fd``), which, like ``link``, never
-replaces an existing name. Where the file system or ``/proc`` cannot do it,
-``UnnamedTempFile.create`` falls back to a named ``TempFile``.
+to name an ``O_TMPFILE`` file), which, like ``link``, never replaces an existing name.
+It is one system call: ``<fd>`` is looked up relative to a descriptor of
+``/proc/self/fd`` opened once per process (``O_PATH``; closed and forgotten in a child
+after ``fork``, whose ``/proc/self`` is another directory) and the target is the
+entry's path (Python 3.11's ``os.link`` only calls ``linkat`` when a directory
+descriptor is given, hence ``src_dir_fd``); it used to open and close the target
+directory around the link as well, two more system calls per message, each a release
+and re-acquisition of the GIL in a busy I/O thread (issue 5). Where the file system
+or ``/proc`` cannot do it, ``UnnamedTempFile.create`` falls back to a named
+``TempFile``.
 
 Moves between state directories are plain ``rename(2)`` (``move``): atomic, the file
 keeps its inode, and its target never exists because a queue id lives in exactly one
@@ -50,6 +56,7 @@ import errno
 import functools
 import os
 import secrets
+import threading
 from pathlib import Path
 
 from gateway.spool.errors import SpoolFull, SpoolWriteError
@@ -207,13 +214,7 @@ class UnnamedTempFile(TempFile):
 
     def publish(self, target: Path) -> None:
         """Give the file its entry name (``FileExistsError`` if taken), then close it."""
-        directory = os.open(target.parent, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.link(
-                f"/proc/self/fd/{self.fd}", target.name, dst_dir_fd=directory, follow_symlinks=True
-            )
-        finally:
-            os.close(directory)
+        os.link(str(self.fd), target, src_dir_fd=_proc_fd_directory(), follow_symlinks=True)
         self.discard()
 
     def replace(self, target: Path) -> None:
@@ -247,3 +248,31 @@ def remove(path: Path) -> None:
 def _proc_fd_links() -> bool:
     """Whether ``/proc/self/fd`` exists (checked once per process)."""
     return os.path.isdir("/proc/self/fd")
+
+
+_proc_fd_lock = threading.Lock()
+_proc_fd: list[int] = []  # the descriptor of /proc/self/fd, once opened (module docstring)
+
+
+def _proc_fd_directory() -> int:
+    """A descriptor of this process's ``/proc/self/fd`` (``O_PATH``), opened on first use."""
+    if not _proc_fd:
+        with _proc_fd_lock:
+            if not _proc_fd:
+                _proc_fd.append(os.open("/proc/self/fd", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC))
+    return _proc_fd[0]
+
+
+def _forget_proc_fd_directory() -> None:
+    """In a child after ``fork``: the inherited descriptor names the parent's table (and
+    the lock may have been held by a thread that does not exist in the child)."""
+    global _proc_fd_lock
+    _proc_fd_lock = threading.Lock()
+    while _proc_fd:
+        try:
+            os.close(_proc_fd.pop())
+        except OSError:
+            pass
+
+
+os.register_at_fork(after_in_child=_forget_proc_fd_directory)

@@ -111,7 +111,9 @@ class GroupCommitter:
         began after it (and after this call) has ended. ``change`` runs in an I/O
         thread; its exception is raised here and nothing was fsynced for it.
         """
-        state = self._directories.setdefault(directory, _Directory())
+        state = self._directories.get(directory)
+        if state is None:  # not ``setdefault``: it would build a state for every call
+            state = self._directories[directory] = _Directory()
         if state.next_batch is None:
             state.next_batch = []
         request = _Request(change, asyncio.get_running_loop().create_future())

@@ -4,6 +4,7 @@ max_recipients, and pipelining (RFC 2920) of a whole transaction."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,25 @@ async def test_pipelined_transaction(tmp_path: Path, dev_pki: DevPki) -> None:
     [stored] = front.queue.messages
     assert stored.envelope.addresses == ("alice.martin@chu-a.test", "bob.durand@chu-a.test")
     assert stored.envelope.recipients[0].notify == ("NEVER",)
+
+
+async def test_the_ehlo_reply_is_one_write(
+    tmp_path: Path, dev_pki: DevPki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every line of the EHLO reply in one write, so one send (it was one per line)."""
+    writes: list[bytes] = []
+    real_write = asyncio.StreamWriter.write
+
+    def counting_write(self: asyncio.StreamWriter, data: bytes) -> None:
+        writes.append(bytes(data))
+        real_write(self, data)
+
+    monkeypatch.setattr(asyncio.StreamWriter, "write", counting_write)
+    config = write_config(tmp_path, dev_pki, RELAY)
+    async with running_front(config, dev_pki) as front:
+        port = front.port("mx")
+        replies = await in_thread(lambda: raw_exchange(port, [b"EHLO probe\r\n"]))
+    assert replies[1].startswith("250-mx.chu-a.test") and replies[-1] == "250 HELP", replies
+    assert "250-PIPELINING" in replies and "250-DSN" in replies
+    (ehlo,) = [data for data in writes if data.startswith(b"250-")]
+    assert ehlo.decode().splitlines() == replies[1:]

@@ -181,3 +181,47 @@ def test_stages_on_disk_lists_fixed_stages_then_routes(tmp_path: Path) -> None:
         layout.stage(name).create()
     (tmp_path / "spool" / "relay" / ".hidden").mkdir()
     assert layout.stages_on_disk() == ("received", "local", "relay/a", "relay/b")
+
+
+def test_publish_of_an_unnamed_file_is_one_linkat_through_proc(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target directory is not opened around the link (two system calls per message
+    less, issue 5): the link goes through a descriptor of /proc/self/fd kept open."""
+    temp = UnnamedTempFile.create(tmp_path, "X")
+    temp.write(b"entry")
+    temp.finish()
+    opened: list[object] = []
+    real_open = os.open
+
+    def watching_open(path: object, flags: int, *args: object, **kwargs: object) -> int:
+        opened.append(path)
+        return real_open(path, flags, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "open", watching_open)
+    temp.publish(tmp_path / "ENTRY")
+    assert (tmp_path / "ENTRY").read_bytes() == b"entry"
+    assert tmp_path not in opened and str(tmp_path) not in opened
+
+
+def test_a_forked_child_links_through_its_own_proc(tmp_path: Path) -> None:
+    """After ``fork`` the child's /proc/self/fd is another directory: the descriptor
+    the parent opened must not be used there (it would name the parent's files)."""
+    first = UnnamedTempFile.create(tmp_path, "P")
+    first.write(b"parent")
+    first.finish()
+    first.publish(tmp_path / "PARENT")  # the parent has opened its /proc descriptor
+    pid = os.fork()
+    if pid == 0:  # the child: publish one file of its own, report by exit status
+        status = 1
+        try:
+            child = UnnamedTempFile.create(tmp_path, "C")
+            child.write(b"child")
+            child.finish()
+            child.publish(tmp_path / "CHILD")
+            status = 0 if (tmp_path / "CHILD").read_bytes() == b"child" else 1
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert (tmp_path / "PARENT").read_bytes() == b"parent"

@@ -14,6 +14,7 @@ import pytest
 
 from gateway.spool import Spool, SpoolWriteError
 from gateway.spool.commit import GroupCommitter
+from gateway.spool.writer import _JobEnd, _resolve
 
 from .support import RecordingTrail, envelope, make_spool, message, origin
 
@@ -203,3 +204,49 @@ async def test_a_failed_directory_fsync_means_no_acknowledgement(
             await queue.add(envelope(), origin(), message())
     finally:
         await spool.aclose()
+
+
+# -- the end of a write-and-fsync job, told to the loop only when it waits --------------------
+
+
+async def test_a_job_that_ended_first_costs_the_loop_no_wake_up() -> None:
+    loop = asyncio.get_running_loop()
+    end = _JobEnd(loop)
+    wake_ups: list[object] = []
+    real = loop.call_soon_threadsafe
+
+    def watched(callback: Callable[..., object], *args: object) -> asyncio.Handle:
+        wake_ups.append(callback)
+        return real(callback, *args)
+
+    loop.call_soon_threadsafe = watched  # type: ignore[method-assign,assignment]
+    try:
+        await loop.run_in_executor(None, end.finish, None)
+        await end.wait()
+    finally:
+        del loop.call_soon_threadsafe
+    assert _resolve not in wake_ups  # the loop found the job done: nothing to wake it
+
+
+async def test_a_loop_waiting_for_a_job_is_woken_with_its_error() -> None:
+    loop = asyncio.get_running_loop()
+    end = _JobEnd(loop)
+    release = threading.Event()
+
+    def job() -> None:
+        release.wait(timeout=60)  # a guard against a hang, not a timing
+        end.finish(OSError(errno.EIO, "I/O error"))
+
+    thread = threading.Thread(target=job)
+    thread.start()
+    try:
+        waiting = asyncio.create_task(end.wait())
+        await asyncio.sleep(0)
+        assert not waiting.done()
+        release.set()
+        with pytest.raises(OSError, match="I/O error"):
+            await waiting
+        await end.settled()  # settled never raises
+    finally:
+        release.set()
+        await asyncio.to_thread(thread.join)
