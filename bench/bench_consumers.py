@@ -162,12 +162,19 @@ def spool_case(work: Path, entries: int, consumers: int) -> float:
 
 
 def completed_span(audit: Path) -> tuple[int, float]:
+    """How many ``received`` entries the agents completed, and the time between the first
+    and the last; (0, 0.0) while a starting worker has created the file but not yet its
+    table."""
     connection = sqlite3.connect(f"file:{audit}?mode=ro", uri=True, timeout=30)
     try:
         rows = connection.execute(
             "SELECT time FROM audit_log WHERE type = 'spool.completed' "
             "AND json_extract(details, '$.stage') = 'received' ORDER BY seq"
         ).fetchall()
+    except sqlite3.OperationalError as error:
+        if "no such table" not in str(error):
+            raise
+        return 0, 0.0
     finally:
         connection.close()
     if len(rows) < 2:
