@@ -112,6 +112,7 @@ from gateway.spool import (
     consumer,
     relay_stage,
 )
+from gateway.spool.queue import READ_AHEAD
 
 log = get_logger("relay.agent_stage")
 
@@ -207,6 +208,7 @@ class AgentStage:
         self.concurrency = concurrency
         self.poll_interval = poll_interval
         self.received: Queue = spool.queue(RECEIVED)
+        self._targets: dict[str, Queue] = {}  # hand-off queues by stage name
 
     # -- the loop ----------------------------------------------------------------------
 
@@ -228,13 +230,13 @@ class AgentStage:
     async def process_next(self) -> EntryOutcome | None:
         """Claim and process one ready entry; None when there is none (or the spool
         failed). The caller must have called ``recover`` (it takes the consumer lock)."""
-        entry = await self.received.claim()
+        entry = await self.received.claim(read_ahead=READ_AHEAD)
         return None if entry is None else await self.process_entry(entry)
 
     async def drain(self) -> list[EntryOutcome]:
         """Process every entry that is ready now, one after the other (tests, tools).
         The caller must have called ``recover`` (it takes the consumer lock)."""
-        return await consumer.drain(self.received, self.process_entry)
+        return await consumer.drain(self.received, self.process_entry, read_ahead=READ_AHEAD)
 
     # -- one entry ---------------------------------------------------------------------
 
@@ -285,9 +287,19 @@ class AgentStage:
 
     async def _record_all(self, events: Sequence[AuditEvent]) -> None:
         """Commit every event before going on; queued in order, committed together (one
-        audit group commit instead of one per event), any failure raised."""
-        if events:
+        audit group commit instead of one per event), any failure raised. A single event
+        (the usual case) is awaited directly: no task to wrap it."""
+        if len(events) == 1:
+            await self.audit.record(events[0])
+        elif events:
             await asyncio.gather(*(self.audit.record(event) for event in events))
+
+    def _target(self, stage: str) -> Queue:
+        """The queue of ``stage``, kept: ``Spool.queue`` rebuilds the stage's paths."""
+        queue = self._targets.get(stage)
+        if queue is None:
+            queue = self._targets.setdefault(stage, self.spool.queue(stage))
+        return queue
 
     async def _hand_off_messages(
         self, entry: Claimed, result: AgentResult, content: bytes, work: _Pass
@@ -300,9 +312,9 @@ class AgentStage:
                     await self._post(entry, content, address, work)
                 continue
             if outgoing.protection == "local":
-                target, key = self.spool.queue(INBOUND), handoff_key("local", None, addresses)
+                target, key = self._target(INBOUND), handoff_key("local", None, addresses)
             else:
-                target = self.spool.queue(relay_stage(outgoing.route))
+                target = self._target(relay_stage(outgoing.route))
                 key = handoff_key("relay", outgoing.route, addresses)
             child_envelope = Envelope(
                 outgoing.mail_from, outgoing.recipients, entry.record.envelope.params

@@ -37,10 +37,16 @@ from __future__ import annotations
 
 import email.utils
 import functools
-from collections.abc import Sequence
+import re
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from gateway.relay.routing import contains_address, header_addresses
+from gateway.relay.routing import (
+    SHOWN_FIELDS,
+    contains_address,
+    header_addresses,
+    plain_addresses,
+)
 from gateway.smime import mime
 
 OBSCURED_SUBJECT = "[...]"  # RFC 9788 baseline header confidentiality policy
@@ -63,6 +69,7 @@ OUTER_ALLOWED = frozenset(
     }
 )
 NEVER_COPIED = frozenset({"bcc"})
+_PLAIN_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # RFC 5322 §3.6.8 ftext, colon
 
 
 class TamperError(ValueError):
@@ -85,6 +92,22 @@ class HeaderField:
         text = self.raw.split(b":", 1)[1].decode("utf-8", "replace")
         return " ".join(text.split())
 
+    @property
+    def plain(self) -> bool:
+        """True when the field starts with an ftext name and its colon, as
+        ``mime.plain_header_message`` requires of every line that is no continuation."""
+        return _PLAIN_FIELD_START.match(self.raw) is not None
+
+    def compat32_value(self) -> str | None:
+        """The value ``email``'s compat32 parser gives this (plain, ASCII) field: the text
+        after the colon, leading blanks of the first line removed, continuation lines
+        kept with their CRLF, the final CRLF removed; None if not ASCII."""
+        try:
+            text = self.raw[len(self.name) + 1 :].decode("ascii")
+        except UnicodeDecodeError:
+            return None
+        return text.lstrip(" \t").rstrip("\r\n")
+
 
 _OBSCURED_SUBJECT_FIELD = HeaderField("Subject", f"Subject: {OBSCURED_SUBJECT}\r\n".encode("ascii"))
 
@@ -104,7 +127,8 @@ def header_fields(block: bytes) -> list[HeaderField]:
 
 @dataclass(frozen=True)
 class SplitMessage:
-    """A message cut into its non-MIME fields and its MIME entity (Content-*, body)."""
+    """A message cut into its non-MIME fields and its MIME entity (Content-*, body);
+    both CRLF-canonical (``of`` makes them so: ``mime.split_message``)."""
 
     fields: tuple[HeaderField, ...]
     entity: bytes
@@ -127,8 +151,27 @@ class SplitMessage:
     @functools.cached_property
     def shown(self) -> tuple[str, ...]:
         """The To and Cc addresses (``routing.header_addresses``), read once per message:
-        routing, the Bcc split and the tamper rule all ask for them."""
-        return header_addresses(self.block())
+        routing, the Bcc split and the tamper rule all ask for them. A plain header block
+        whose To/Cc values are plain mailboxes is read from the fields already split
+        (``routing.plain_addresses``); any other goes through ``header_addresses``."""
+        values = self._plain_values(SHOWN_FIELDS)
+        plain = plain_addresses(values) if values is not None else None
+        return plain if plain is not None else header_addresses(self.block())
+
+    def _plain_values(self, names: Iterable[str]) -> list[str] | None:
+        """The compat32 values of the fields ``names`` (all of the first name, then the
+        second...), or None unless every field is plain and those values are ASCII."""
+        if not all(f.plain for f in self.fields):
+            return None
+        values: list[str] = []
+        for name in names:
+            for f in self.fields:
+                if f.key == name:
+                    value = f.compat32_value()
+                    if value is None:
+                        return None
+                    values.append(value)
+        return values
 
 
 def outer_header(message: SplitMessage, *, protect: bool) -> bytes:
@@ -163,7 +206,9 @@ def cryptographic_payload(message: SplitMessage, *, protect: bool, wrap: bool) -
         return message.entity
     outer = _outer_fields(message, protect=True)
     protected = message.block() + _hp_outer_fields(outer)
-    return mime.with_protected_headers(message.entity, protected, hp=HP_CIPHER)
+    return mime.with_protected_headers(
+        message.entity, protected, hp=HP_CIPHER, canonical_entity=True
+    )
 
 
 def wrap_rfc822(message: bytes) -> bytes:
@@ -175,7 +220,9 @@ def wrap_rfc822(message: bytes) -> bytes:
 def check_tamper(message: SplitMessage, mail_from: str, recipients: Sequence[str]) -> None:
     """The Direct tamper rule; ``TamperError`` naming the first violation."""
     authors = message.values("from") + message.values("sender")
-    senders = [address for _, address in email.utils.getaddresses(authors) if address]
+    senders = plain_addresses(authors)
+    if senders is None:
+        senders = tuple(address for _, address in email.utils.getaddresses(authors) if address)
     if not contains_address(senders, mail_from):
         raise TamperError(f"MAIL FROM <{mail_from}> is neither the From nor the Sender address")
     for recipient in recipients:

@@ -708,7 +708,8 @@ def split_message(message: bytes) -> tuple[bytes, bytes]:
 
     The entity keeps MIME-Version and the Content-* fields and the body; the other fields
     (From, To, Subject, Date, ...) are returned as a header block, ready to be put on the
-    outside of the S/MIME wrapper (or inside, for header protection)."""
+    outside of the S/MIME wrapper (or inside, for header protection). Both are
+    CRLF-canonical, whatever the line ends of ``message``."""
     canonical = canonicalize_crlf(message)
     header, body_start = split_header_body(canonical)
     outer: list[bytes] = []
@@ -727,14 +728,21 @@ def _lines_block(lines: list[bytes]) -> bytes:
 
 
 def with_protected_headers(
-    entity: bytes, headers: Iterable[tuple[str, str]] | bytes, hp: str = "clear"
+    entity: bytes,
+    headers: Iterable[tuple[str, str]] | bytes,
+    hp: str = "clear",
+    *,
+    canonical_entity: bool = False,
 ) -> bytes:
     """RFC 9788 §2: the entity with the protected header fields added to its header block
     and ``hp="clear"`` (signed only) or ``hp="cipher"`` (to be encrypted) on its
-    Content-Type, ready to be signed (and encrypted) as the Cryptographic Payload."""
+    Content-Type, ready to be signed (and encrypted) as the Cryptographic Payload.
+
+    ``canonical_entity=True``: the caller vouches that ``entity`` is CRLF-canonical (the
+    entity ``split_message`` returns is), which spares three passes over the body."""
     if hp not in ("clear", "cipher"):
         raise ValueError(f"hp must be 'clear' or 'cipher', not {hp!r}")
-    canonical = canonicalize_crlf(entity)
+    canonical = entity if canonical_entity else canonicalize_crlf(entity)
     parsed = parse_entity(canonical)
     if isinstance(headers, bytes):
         protected = canonicalize_crlf(headers)

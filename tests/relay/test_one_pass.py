@@ -5,7 +5,15 @@ slower one gave.
   ``email``'s ``BytesHeaderParser`` (compat32), on generated and hostile blocks: the same
   ``Message`` (every attribute), or None and the reference is used;
 - ``protect.SplitMessage.shown`` (the To/Cc addresses read once per message) against
-  ``routing.header_addresses`` of the whole header block;
+  ``routing.header_addresses`` of the whole header block, and against ``email``'s own
+  parse of the block with ``getaddresses`` on generated and hostile messages;
+- ``routing.plain_addresses`` (plain mailboxes read by one regular expression) against
+  ``email.utils.getaddresses`` on generated plain values (every one must take the fast
+  path), on random mixes of address syntax and on hostile values (None, or the same);
+- ``SplitMessage.entity`` is CRLF-canonical whatever the input's line ends (what
+  ``cryptographic_payload`` vouches for to ``with_protected_headers``), and the payload is
+  the one the checking call gives;
+- ``mime.new_boundary``: never a boundary found in the content;
 - ``Queue.read_all`` (one I/O job per entry) against the spool's chunked reader,
   and a corrupt entry: ``CorruptEntry``; the relay stage quarantines a corrupt entry
   before it connects (the sink gets nothing).
@@ -16,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import email.parser
 import email.policy
+import email.utils
 import os
 import random
 from email.message import Message
@@ -150,6 +159,207 @@ def test_split_message_shown_is_the_to_and_cc_addresses() -> None:
     protect.check_tamper(split, "alice.martin@chu-a.test", ["dan@clinique-b.test"])
     with pytest.raises(protect.TamperError):
         protect.check_tamper(split, "alice.martin@chu-a.test", ["hidden@clinique-b.test"])
+
+
+_LOCAL = "abcxyzABCXYZ0189_+-"
+_DOMAIN = "abcxyzABCXYZ0189-"
+_NAME_WORD = "aZ09!#$%&'*+/=?^_`{|}~.-"
+_QUOTED = "aZ 09\t!#$%&'()*+,./:;<=>?@[]^_`{|}~-"
+_FWS = ("", "", " ", "  ", "\t", "\r\n ", "\r\n\t", " \r\n  ")
+
+
+def _text(rng: random.Random, alphabet: str, low: int = 1, high: int = 8) -> str:
+    return "".join(rng.choice(alphabet) for _ in range(rng.randint(low, high)))
+
+
+def _addr_spec(rng: random.Random) -> str:
+    local = ".".join(_text(rng, _LOCAL) for _ in range(rng.randint(1, 3)))
+    return local + "@" + ".".join(_text(rng, _DOMAIN) for _ in range(rng.randint(1, 3)))
+
+
+def _plain_mailbox(rng: random.Random) -> str:
+    address = _addr_spec(rng)
+    form = rng.randrange(4)
+    if form == 0:
+        return address
+    if form == 1:
+        return f"<{address}>"
+    if form == 2:
+        words = [_text(rng, _NAME_WORD) for _ in range(rng.randint(1, 3))]
+        name = "".join(word + rng.choice(_FWS[2:]) for word in words[:-1]) + words[-1]
+        return f"{name}{rng.choice(_FWS)}<{address}>"
+    return f'"{_text(rng, _QUOTED, 0, 12)}"{rng.choice(_FWS)}<{address}>'
+
+
+def _plain_value(rng: random.Random) -> str:
+    items = [
+        rng.choice(_FWS) + _plain_mailbox(rng) + rng.choice(_FWS) for _ in range(rng.randint(1, 4))
+    ]
+    return ",".join(items)
+
+
+def _reference_addresses(values: list[str]) -> tuple[str, ...]:
+    return tuple(a for _, a in email.utils.getaddresses(values) if "@" in a)
+
+
+def _assert_plain_addresses_as_reference(values: list[str]) -> bool:
+    """``plain_addresses`` is None or what ``getaddresses`` gives (with either filter
+    its callers use); True when the fast path took the values."""
+    fast = routing.plain_addresses(values)
+    if fast is None:
+        return False
+    assert fast == _reference_addresses(values), values
+    assert fast == tuple(a for _, a in email.utils.getaddresses(values) if a), values
+    assert routing.addresses_in(values) == fast
+    return True
+
+
+def test_plain_mailboxes_read_as_getaddresses_does() -> None:
+    rng = random.Random(61)
+    for _ in range(3000):
+        values = [_plain_value(rng) for _ in range(rng.randint(1, 3))]
+        assert _assert_plain_addresses_as_reference(values), values
+    assert routing.plain_addresses(["", "a@b"]) == ("a@b",)
+
+
+def test_random_address_syntax_reads_as_getaddresses_does() -> None:
+    rng = random.Random(62)
+    pieces = (
+        "a", "Z", "9", ".", "@", "<", ">", ",", " ", "\t", "\r\n ", '"', "\\", "(", ")",
+        ":", ";", "[", "]", "é", "\r", "\n", "-", "_", "'", "=?", "a@b.c", "<x@y>", "\x00",
+    )  # fmt: skip
+    taken = 0
+    for _ in range(5000):
+        value = "".join(rng.choice(pieces) for _ in range(rng.randint(0, 16)))
+        taken += _assert_plain_addresses_as_reference([value])
+        assert routing.addresses_in([value]) == _reference_addresses([value])
+    assert taken > 100  # the mixes do reach the fast path
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "undisclosed-recipients:;",
+        "Team: a@b.test, c@d.test;",
+        "a@b.test (Alice)",
+        "a@b.test c@d.test",
+        "a@b.test,",
+        ",a@b.test",
+        "a@b.test,,c@d.test",
+        "<@relay.test:a@b.test>",
+        '"quoted local"@b.test',
+        "a@[127.0.0.1]",
+        "a@b.test <c@d.test>",
+        "Jean a@b.test <c@d.test>",
+        "Jean <a@b.test> <c@d.test>",
+        "Jean (Dr) <a@b.test>",
+        "Jean <a@b.test> (Dr)",
+        "Jean\r\n<a@b.test>",
+        '"Du\\"pont" <a@b.test>',
+        "Hélène <h@b.test>",
+        "<a@b.test>x",
+        "a@b.test\r\n",
+        "\r\n",
+        "a@b.test\n c@d.test",
+        "a@b.test\r\nc@d.test",
+        "<a@b.test",
+        "a@b.test>",
+        "a.@b.test",
+        ".a@b.test",
+        "a@b.test.",
+        "a@.b.test",
+    ],
+)
+def test_hostile_address_values_read_as_getaddresses_does(value: str) -> None:
+    _assert_plain_addresses_as_reference([value])
+    assert routing.addresses_in([value]) == _reference_addresses([value])
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "Jean" + " " * 200_000 + "x",
+        "Jean" + " a" * 200_000 + "x",
+        "Jean" + "\r\n " * 100_000 + "x",
+        "<a@b.test>" + " " * 200_000 + "x",
+        "a@b.test," * 100_000 + " x",
+        "a" * 200_000,
+        '"' + " " * 200_000,
+    ],
+)
+def test_long_hostile_values_are_refused_quickly(value: str) -> None:
+    """A regular expression that backtracks (quadratic or worse) on these runs for
+    minutes; this one refuses each in one pass, well inside the test timeout."""
+    assert routing.plain_addresses([value]) is None
+
+
+def _reference_shown(message: bytes) -> tuple[str, ...]:
+    """To then Cc addresses by ``email`` alone: the header block without Bcc, parsed."""
+    split = protect.SplitMessage.of(message)
+    parsed = REFERENCE.parsebytes(split.block() + b"\r\n")
+    values = [str(v) for name in ("to", "cc") for v in parsed.get_all(name, [])]
+    return _reference_addresses(values)
+
+
+def test_shown_is_what_email_reads_on_generated_messages() -> None:
+    rng = random.Random(63)
+    names = (b"To", b"to", b"CC", b"Cc", b"From", b"Bcc", b"Subject", b"X-A", b"Received")
+    for _ in range(2000):
+        lines = []
+        for _ in range(rng.randint(0, 6)):
+            name = rng.choice(names)
+            value = _plain_value(rng).encode("ascii")
+            if rng.random() < 0.1:
+                value = rng.choice(VALUES)
+            lines.append(name + b":" + rng.choice((b" ", b"", b"\t")) + value + b"\r\n")
+        message = b"".join(lines) + b"\r\nbody\r\n"
+        split = protect.SplitMessage.of(message)
+        assert split.shown == _reference_shown(message), message
+        assert split.shown == routing.header_addresses(split.block())
+
+
+@pytest.mark.parametrize("block", HOSTILE)
+def test_shown_is_what_email_reads_on_hostile_blocks(block: bytes) -> None:
+    ending = b"" if block.endswith(b"\r\n") else b"\r\n"
+    for body in (block, block.replace(b": x", b": z@y.test")):  # an address after the flaw
+        for extra in (b"", b"To: a@b.test\r\n", b"Cc: <c@d.test>\r\n"):
+            message = extra + body + ending + b"\r\nx"
+            assert protect.SplitMessage.of(message).shown == _reference_shown(message), message
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        b"To: a@b.test\r\nSubject: s\r\nContent-Type: text/plain\r\n\r\nbody\r\n",
+        b"To: a@b.test\nSubject: s\nContent-Type: text/plain\n\nbare\nLF\n",
+        b"To: a@b.test\rContent-Type: text/plain\r\rbare\rCR\r",
+        b"To: a@b.test\r\nContent-Type: text/plain\r\n\r\nmixed\nand\rends\r\n",
+        b" leading: continuation\r\nContent-Type: text/plain\r\n\r\nx",
+        b"no blank line\r\nContent-Type: text/plain",
+        b"",
+    ],
+)
+def test_split_entity_is_canonical_and_payload_unchanged(message: bytes) -> None:
+    split = protect.SplitMessage.of(message)
+    assert mime.is_crlf_canonical(split.entity)
+    assert mime.is_crlf_canonical(split.block())
+    payload = protect.cryptographic_payload(split, protect=True, wrap=False)
+    outer = protect._outer_fields(split, protect=True)
+    checked = mime.with_protected_headers(
+        split.entity, split.block() + protect._hp_outer_fields(outer), hp="cipher"
+    )
+    assert payload == checked
+
+
+def test_new_boundary_skips_a_boundary_found_in_the_content(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    draws = iter([f"{0xABC:032x}", f"{0xABC:032x}", f"{0xDEF:032x}"])
+    monkeypatch.setattr(mime.secrets, "token_hex", lambda size: next(draws))
+    taken = f"----=_smime_{0xABC:032x}"
+    assert mime.new_boundary(b"no boundary here") == taken
+    content = b"a line that quotes " + taken.encode() + b"\r\n"
+    assert mime.new_boundary(content) == f"----=_smime_{0xDEF:032x}"
 
 
 class _Events:
