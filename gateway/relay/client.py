@@ -32,7 +32,9 @@ Protocol (RFC 5321 unless noted):
   (RFC 6531) when the message needs them (a peer lacking what the message needs is a
   permanent failure: 5.6.3 / 5.6.7), RET/ENVID and per-RCPT NOTIFY/ORCPT (RFC 3461 §4)
   only when the peer advertises DSN (``DeliveryResult.dsn_passed`` tells the DSN stage
-  whether it must report "relayed");
+  whether it must report "relayed"); a 2xx or 3xx that is not the reply a command
+  needs (a 250 to DATA, a 252 to RCPT: §4.3.2 lists each command's replies) is a
+  protocol error, deferred with 4.5.0 and the session dropped, never "delivered";
 - PIPELINING (RFC 2920) when the peer advertises it: MAIL, every RCPT and DATA (with
   the RSET of a reused session in front) go in one write, DATA last (§3.1); the replies
   are then read in order, each with its own timeout, and every one of them is checked
@@ -187,6 +189,9 @@ class DeliveryResult:
     dsn_passed: bool = False
     attempts: tuple[str, ...] = field(default=())  # why earlier hosts failed
     auth_user: str | None = None  # the login SMTP AUTH succeeded with (never the password)
+
+
+RCPT_ACCEPTED = (250, 251)  # RFC 5321 §4.3.2: the replies that accept a recipient
 
 
 class ProtocolError(Exception):
@@ -517,22 +522,21 @@ class SmtpSession:
         """One command, one reply (a peer without PIPELINING)."""
         reply = await self.command(mail)
         if reply.code != 250:
-            outcome = Outcome.from_reply(reply)
+            outcome = self._not_accepted(reply, "MAIL")
             await self._reset_after_refusal()
             return {r.address: outcome for r in envelope.recipients}
         outcomes: dict[str, Outcome] = {}
         accepted: list[str] = []
         for recipient in envelope.recipients:
             reply = await self.command(rcpt_command(recipient, dsn))
-            outcomes[recipient.address] = Outcome.from_reply(reply)
-            if reply.code in (250, 251):
+            outcomes[recipient.address] = self._rcpt_outcome(reply)
+            if reply.code in RCPT_ACCEPTED:
                 accepted.append(recipient.address)
         if not accepted:
             await self._reset_after_refusal()
             return outcomes
         reply = await self.command("DATA", self._timeouts.data_init)
-        final = await self._send_content(content) if reply.code == 354 else reply
-        return self._final(outcomes, accepted, final)
+        return self._final(outcomes, accepted, await self._data_outcome(reply, content))
 
     async def _pipelined(
         self, envelope: Envelope, mail: str, dsn: bool, content: ContentSource
@@ -558,22 +562,21 @@ class SmtpSession:
             await self._writer.drain()  # the group is out: the peer answered its DATA
         if mail_reply.code != 250:
             await self._abandon_data(data_reply)
-            outcome = Outcome.from_reply(mail_reply)
+            outcome = self._not_accepted(mail_reply, "MAIL")
             return {r.address: outcome for r in recipients}
         outcomes = {
-            r.address: Outcome.from_reply(reply)
+            r.address: self._rcpt_outcome(reply)
             for r, reply in zip(recipients, rcpt_replies, strict=True)
         }
         accepted = [
             r.address
             for r, reply in zip(recipients, rcpt_replies, strict=True)
-            if reply.code in (250, 251)
+            if reply.code in RCPT_ACCEPTED
         ]
         if not accepted:
             await self._abandon_data(data_reply)
             return outcomes
-        final = await self._send_content(content) if data_reply.code == 354 else data_reply
-        return self._final(outcomes, accepted, final)
+        return self._final(outcomes, accepted, await self._data_outcome(data_reply, content))
 
     async def _send_group(self, commands: list[str]) -> None:
         """Write a pipelined group; with an RSET in front, read its reply first and turn
@@ -590,11 +593,36 @@ class SmtpSession:
         if reply.code != 250:
             raise StaleSession(f"RSET refused: {reply.code} {reply.text}")
 
+    def _not_accepted(self, reply: Reply, command: str) -> Outcome:
+        """The outcome of a command that did not get the reply it needs: the peer's
+        refusal (4xx, 5xx) as it is; a 2xx or 3xx out of place (a 250 to DATA, a 252 to
+        RCPT) is a protocol error, never "delivered": nothing was sent, so it is a
+        temporary failure (retried, 4.5.0) and the session is not reused."""
+        if reply.code >= 400:
+            return Outcome.from_reply(reply)
+        self.broken = True
+        return Outcome.temporary(f"unexpected reply {reply.code} to {command}", "4.5.0")
+
+    def _rcpt_outcome(self, reply: Reply) -> Outcome:
+        """RFC 5321 §4.3.2: RCPT succeeds with 250 or 251 only."""
+        if reply.code in RCPT_ACCEPTED:
+            return Outcome.from_reply(reply)
+        return self._not_accepted(reply, "RCPT")
+
+    async def _data_outcome(self, reply: Reply, content: ContentSource) -> Outcome:
+        """After the DATA reply: the content and the end-of-data reply if it was 354
+        (a 2xx there is delivered, §4.3.2), else the DATA refusal."""
+        if reply.code != 354:
+            return self._not_accepted(reply, "DATA")
+        final = await self._send_content(content)
+        if 300 <= final.code < 400:
+            return self._not_accepted(final, "end of data")
+        return Outcome.from_reply(final)
+
     def _final(
-        self, outcomes: dict[str, Outcome], accepted: list[str], final: Reply
+        self, outcomes: dict[str, Outcome], accepted: list[str], outcome: Outcome
     ) -> dict[str, Outcome]:
-        """The end-of-DATA reply (or a refused DATA) is the outcome of every accepted RCPT."""
-        outcome = Outcome.from_reply(final)
+        """The end-of-DATA outcome (or a refused DATA) is that of every accepted RCPT."""
         for address in accepted:
             outcomes[address] = outcome
         self.messages_sent += 1

@@ -583,3 +583,65 @@ async def test_pipelining_toward_postfix_keeps_each_recipients_reply(
     stored = postfix.wait_for_messages(2)
     assert all(b"\n.starts with a dot\n" in raw for raw in stored)  # unstuffed by Postfix
     assert "improper command pipelining" not in postfix.maillog(400)
+
+
+_PIPELINING = b"250-scripted.test\r\n250 PIPELINING\r\n"
+_LOCKSTEP = b"250 scripted.test\r\n"
+
+
+@pytest.mark.parametrize(
+    ("script", "sent_before_quit"),
+    [
+        pytest.param(  # a 250 where DATA needs its 354: nothing may count as delivered
+            [_PIPELINING, b"250 ok\r\n", b"250 ok\r\n", b"250 2.0.0 odd\r\n", b"221 bye\r\n"],
+            4,
+            id="DATA-250-pipelined",
+        ),
+        pytest.param(
+            [_LOCKSTEP, b"250 ok\r\n", b"250 ok\r\n", b"250 2.0.0 odd\r\n", b"221 bye\r\n"],
+            4,
+            id="DATA-250-lockstep",
+        ),
+        pytest.param(  # RFC 5321 §4.3.2: RCPT succeeds with 250 or 251 only
+            [
+                _PIPELINING,
+                b"250 ok\r\n",
+                b"252 2.1.5 cannot verify\r\n",
+                b"354 go ahead\r\n",
+                b"554 5.5.1 no valid recipients\r\n",
+                b"221 bye\r\n",
+            ],
+            5,
+            id="RCPT-252-pipelined",
+        ),
+        pytest.param(
+            [_LOCKSTEP, b"250 ok\r\n", b"252 2.1.5 unsure\r\n", b"250 ok\r\n", b"221 bye\r\n"],
+            4,
+            id="RCPT-252-lockstep",
+        ),
+        pytest.param(  # MAIL answered with a 2xx other than 250
+            [_LOCKSTEP, b"251 odd\r\n", b"250 ok\r\n", b"221 bye\r\n"],
+            3,
+            id="MAIL-251-lockstep",
+        ),
+    ],
+)
+async def test_an_out_of_place_success_reply_is_never_delivered(
+    relay_clients: Callable[..., RelayClient], script: list[bytes], sent_before_quit: int
+) -> None:
+    # A 2xx or 3xx that is not the reply a command needs is a protocol error: the
+    # recipient is deferred (4.5.0), never marked delivered, and no content is sent.
+    peer = ScriptedPeer(script)
+    await peer.start()
+    try:
+        client = relay_clients()
+        route = static_route(peer.port, tls="none", tls_name=None)
+        result = await client.deliver(route, envelope("bob@clinique-b.test"), content_of(MESSAGE))
+        await client.close()
+        outcome = result.per_recipient["bob@clinique-b.test"]
+        assert not outcome.delivered and not outcome.permanent
+        assert outcome.enhanced == "4.5.0"
+        body = b"".join(peer.lines[sent_before_quit:])
+        assert set(peer.lines[sent_before_quit:]) <= {b"QUIT\r\n", b".\r\n", b"RSET\r\n"}, body
+    finally:
+        await peer.stop()
