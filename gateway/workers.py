@@ -91,6 +91,7 @@ BACKOFF_FIRST = 0.5
 BACKOFF_MAX = 30.0
 STABLE_AFTER = 60.0  # seconds of life after which a crash restarts without delay growth
 STOP_TIMEOUT = 10.0
+SUPERVISOR_ENV = "MISSIVE_SUPERVISOR_PID"  # set for each worker: see ``supervisor_pid``
 ORPHAN_CHECK_EVERY = 1.0  # seconds between a front worker's checks of its parent
 
 
@@ -175,12 +176,23 @@ async def _serve_front(config: Config, stop: asyncio.Event, slot: int) -> None:
     from gateway.serve import run_front_worker
 
     log.info("worker.start", kind="front", slot=slot, pid=os.getpid())
-    watch = asyncio.create_task(stop_when_orphaned(stop, os.getppid()))
+    watch = asyncio.create_task(stop_when_orphaned(stop, supervisor_pid()))
     try:
         await run_front_worker(config, stop, slot=slot)
     finally:
         watch.cancel()
     log.info("worker.stopped", kind="front", slot=slot, pid=os.getpid())
+
+
+def supervisor_pid() -> int:
+    """The PID of the ``serve`` that started this worker (``SUPERVISOR_ENV``, set at
+    spawn time), else the parent's: read from the environment, not from ``getppid()``
+    once the worker has started, because a supervisor killed while the worker was
+    still importing would already have left it to init (or a subreaper)."""
+    try:
+        return int(os.environ[SUPERVISOR_ENV])
+    except (KeyError, ValueError):
+        return os.getppid()
 
 
 async def stop_when_orphaned(
@@ -276,7 +288,10 @@ class WorkerGroup:
 
     async def _spawn(self, worker: Worker) -> None:
         worker.process = await asyncio.create_subprocess_exec(
-            *worker.argv, start_new_session=True, stdin=asyncio.subprocess.DEVNULL
+            *worker.argv,
+            start_new_session=True,
+            stdin=asyncio.subprocess.DEVNULL,
+            env={**os.environ, SUPERVISOR_ENV: str(os.getpid())},
         )
         worker.started_at = time.monotonic()
         log.info("worker.spawned", worker=worker.name, pid=worker.process.pid)

@@ -49,13 +49,15 @@ Caches (issue 7 Speed: a correspondent sends the same chain and attributes with 
 message): the certificates of a message are kept parsed per encoding of the whole
 certificates field (``CERTIFICATE_CACHE_SIZE`` fields of at most
 ``MAX_CACHED_CERTIFICATES`` octets, least recently used first: hostile fields cannot
-fill memory) and, for those, the ESS hash of the signer certificate per certificate
-(its whole DER); ``gateway.smime.attributes`` keeps smimeCapabilities and ESS values
-per encoding. Each cached value is a function of those exact octets alone and a miss
-runs the uncached code, so a cache never accepts what the uncached path refuses;
-nothing that depends on time or revocation is cached here (the validator's own cache
-handles that). ``verify_parsed`` takes an entity the caller already parsed (the
-inbound agent parses each message once).
+fill memory; measured, 256 fields of 32 KiB of small certificates pinned 45 MiB, so the
+bound is 64 fields of 16 KiB, about 6 MiB per worker at worst, while a real chain of 2
+to 4 RSA certificates is under 8 KiB) and, for those, the ESS hash of the signer
+certificate per certificate (its whole DER); ``gateway.smime.attributes`` keeps
+smimeCapabilities and ESS values per encoding. Each cached value is a function of those
+exact octets alone and a miss runs the uncached code, so a cache never accepts what the
+uncached path refuses; nothing that depends on time or revocation is cached here (the
+validator's own cache handles that). ``verify_parsed`` takes an entity the caller
+already parsed (the inbound agent parses each message once).
 
 Security notes: the content returned is exactly what the signature covers (the detached
 part's bytes, or eContent); a caller must deliver that and nothing around it. Only bad
@@ -106,8 +108,8 @@ _log = get_logger("smime.verify")
 
 MAX_SIGNERS = 16
 MAX_CERTIFICATES = 100
-CERTIFICATE_CACHE_SIZE = 256  # certificate fields kept parsed (and ESS hashes kept)
-MAX_CACHED_CERTIFICATES = 32 * 1024  # octets of a certificates field worth keeping
+CERTIFICATE_CACHE_SIZE = 64  # certificate fields kept parsed (and ESS hashes kept)
+MAX_CACHED_CERTIFICATES = 16 * 1024  # octets of a certificates field worth keeping
 ACCEPTED_DIGESTS = frozenset({"sha224", "sha256", "sha384", "sha512"})
 WEAK_DIGESTS = frozenset({"md5", "sha1", "md2"})
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {

@@ -272,7 +272,7 @@ class Queue:
             received=self._runtime.clock() if new_message else entry.record.received,
             limit=None,
             parent=entry.queue_id,
-            parent_stage=self.name,
+            parent_stage=entry.stage,
             key=key,
         )
         async with writer:

@@ -364,6 +364,37 @@ async def test_a_front_worker_whose_supervisor_dies_stops(dev_pki: DevPki, tmp_p
             os.kill(front, signal.SIGKILL)
 
 
+async def test_a_front_worker_whose_supervisor_died_while_it_started_stops(
+    dev_pki: DevPki, tmp_path: Path
+) -> None:
+    """The supervisor dies before the worker has even imported its modules: the worker
+    is init's child from its first look at ``getppid()``, so it must compare with the
+    supervisor PID given at spawn time (``MISSIVE_SUPERVISOR_PID``), not with that."""
+    port = free_port()
+    config = write_site(tmp_path, dev_pki, front_workers=2, port=port)
+    argv = [*PROGRAM, "worker", "front", "--config", str(config.source), "--slot", "1"]
+    spawn = (
+        "import os, subprocess\n"
+        "env = {**os.environ, 'MISSIVE_SUPERVISOR_PID': str(os.getpid())}\n"
+        f"child = subprocess.Popen({argv!r}, start_new_session=True, env=env)\n"
+        "print(child.pid, flush=True)\n"
+    )  # and exits at once: the worker is still starting
+    supervisor = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", spawn, stdout=asyncio.subprocess.PIPE
+    )
+    front = 0
+    try:
+        assert supervisor.stdout is not None
+        front = int(await supervisor.stdout.readline())
+        await supervisor.wait()
+        while not gone(front):  # within a second or so of its start (the test timeout)
+            await asyncio.sleep(0.05)
+        assert listening_inodes(port) == set()
+    finally:
+        if front and not gone(front):
+            os.kill(front, signal.SIGKILL)
+
+
 @pytest.mark.parametrize(
     ("slot", "message"),
     [("1", "--slot: front slot 1 needs [gateway] front_workers > 1"), ("64", "expected 0 to 63")],
