@@ -102,11 +102,14 @@ class Gateway:
             self.audit.close()
 
 
-def build_gateway(config: Config) -> Gateway:
+def build_gateway(config: Config, *, actor: str = "gateway", front_only: bool = False) -> Gateway:
     """Build and start every object of the gateway from ``config``.
 
     What only reads files (validator, liste blanche, users) is built first, so a bad file
-    stops the start before anything is opened for writing."""
+    stops the start before anything is opened for writing. ``front_only``: for an extra
+    SMTP front process (``missive worker front``, spool actor ``actor``): no audit
+    retention (``serve`` applies it at its start) and no stage directories made beyond
+    ``received/``, which it writes into."""
     prepare_directories(state_directories(config))
     validator = CertificateValidator.from_files(
         config.trust.anchors,
@@ -121,7 +124,7 @@ def build_gateway(config: Config) -> Gateway:
         else None
     )
     authenticator = Authenticator(config.auth.users_file)
-    pruned = apply_audit_retention(config)
+    pruned = None if front_only else apply_audit_retention(config)
     if pruned is not None and pruned.deleted:
         _log.info("audit.pruned", deleted=pruned.deleted, cutoff=pruned.cutoff)
     audit = AuditSink(config.audit.path)
@@ -130,10 +133,10 @@ def build_gateway(config: Config) -> Gateway:
         spool = Spool(
             config.gateway.spool_dir,
             audit=audit,
-            actor="gateway",
+            actor=actor,
             max_message_size=config.delivery.max_message_size + TRACE_ALLOWANCE,
         )
-        for stage in spool_stages(config):
+        for stage in () if front_only else spool_stages(config):
             spool.queue(stage)
     except BaseException:
         audit.close()

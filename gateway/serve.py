@@ -48,20 +48,12 @@ from gateway.app import (
     Gateway,
     build_gateway,
     lifecycle_event,
-    prepare_directories,
-    revocation_cache,
-    state_directories,
 )
-from gateway.audit import AuditSink
 from gateway.cli_common import SubParsers, add_config_argument
 from gateway.config import Config, load_config
 from gateway.log import get_logger, setup_logging
-from gateway.smime.validate import CertificateValidator
-from gateway.smtp.listeblanche import load_liste_blanche
 from gateway.smtp.listener import ListenerGroup, start_listeners
-from gateway.smtp.trace import TRACE_ALLOWANCE
-from gateway.smtp.users import Authenticator
-from gateway.spool import RECEIVED, Spool
+from gateway.spool import RECEIVED
 from gateway.workers import crypto_worker_count, start_workers
 
 _log = get_logger("serve")
@@ -155,40 +147,10 @@ async def run_front_worker(config: Config, stop: asyncio.Event, *, slot: int) ->
 
 
 def build_front(config: Config, slot: int) -> Gateway:
-    """What front process ``slot`` needs, built like ``build_gateway`` builds it but
-    without the audit retention (``serve`` applies it at its start) and with the spool
-    actor ``smtp-front-<slot>``; only ``received/`` is used, writer side."""
-    prepare_directories(state_directories(config))
-    validator = CertificateValidator.from_files(
-        config.trust.anchors,
-        config.trust.intermediates,
-        config.trust.crls,
-        config.trust.revocation,
-        cache_dir=revocation_cache(config),
-    )
-    lists = config.trust.liste_blanche
-    liste_blanche = load_liste_blanche(lists) if lists is not None else None
-    authenticator = Authenticator(config.auth.users_file)
-    audit = AuditSink(config.audit.path)
-    audit.start()
-    try:
-        spool = Spool(
-            config.gateway.spool_dir,
-            audit=audit,
-            actor=f"smtp-front-{slot}",
-            max_message_size=config.delivery.max_message_size + TRACE_ALLOWANCE,
-        )
-    except BaseException:
-        audit.close()
-        raise
-    return Gateway(
-        config=config,
-        audit=audit,
-        spool=spool,
-        validator=validator,
-        authenticator=authenticator,
-        liste_blanche=liste_blanche,
-    )
+    """What front process ``slot`` needs: ``build_gateway`` without the audit retention
+    (``serve`` applies it at its start), with the spool actor ``smtp-front-<slot>``;
+    only ``received/`` is used, writer side."""
+    return build_gateway(config, actor=f"smtp-front-{slot}", front_only=True)
 
 
 def _stop_on_signals() -> asyncio.Event:
