@@ -39,7 +39,7 @@ and the handshake verifies the server name and certificate with the target's con
 
 Written by hand: a few commands on an asyncio stream (aiosmtplib is not a dependency,
 has no LMTP mode nor pool, and ``smtplib.LMTP`` misreads RFC 2033 §4.2 replies); reply
-parsing and dot-stuffing reuse ``gateway.relay.client``.
+parsing and dot-stuffing reuse ``gateway.relay.smtp_reply`` and ``smtp_data``.
 
 Trust level: runs in the delivery worker (``missive worker delivery``), which holds no
 private key; it sends decrypted content to the local store, the end of the gateway.
@@ -55,7 +55,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gateway.log import get_logger
-from gateway.relay.client import DotStuffer, ProtocolError, Reply, ReplyParser
+from gateway.relay.smtp_data import DotStuffer
+from gateway.relay.smtp_reply import ProtocolError, Reply, ReplyParser
 
 log = get_logger("inbound.store_client")
 

@@ -73,7 +73,7 @@ from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
 from gateway.config.model import Language, Route
 from gateway.log import get_logger
-from gateway.relay.client import ContentSource, DeliveryResult, Outcome, RelayClient
+from gateway.relay.client import RelayClient
 from gateway.relay.dsn import (
     Action,
     Reason,
@@ -82,6 +82,8 @@ from gateway.relay.dsn import (
 )
 from gateway.relay.mx import MxResolver, make_resolver
 from gateway.relay.notices import WHOLE_READ_LIMIT, queue_dsn
+from gateway.relay.smtp_data import ContentSource
+from gateway.relay.smtp_reply import DeliveryResult, Outcome
 from gateway.relay.tlsclient import PeerVerifier
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.listeblanche import load_liste_blanche

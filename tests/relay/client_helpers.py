@@ -17,8 +17,9 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from gateway.config.model import Route, TlsSection, TrustSection
 from gateway.config.values import HostPort
 from gateway.pki.dev import DevPki
-from gateway.relay.client import ContentSource, RelayClient
+from gateway.relay.client import RelayClient
 from gateway.relay.mx import MxResolver, make_resolver
+from gateway.relay.smtp_data import ContentSource
 from gateway.relay.tlsclient import PeerVerifier
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.listeblanche import ListeBlanche

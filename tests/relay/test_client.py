@@ -14,20 +14,11 @@ from cryptography import x509
 
 from gateway.config.values import HostPort
 from gateway.pki.dev import DevPki, init_dev_pki
-from gateway.relay.client import (
-    DotStuffer,
-    Outcome,
-    ProtocolError,
-    RelayClient,
-    Reply,
-    ReplyParser,
-    has_bare_line_end,
-    mail_command,
-    parse_extensions,
-    rcpt_command,
-    xtext,
-)
+from gateway.relay.client import RelayClient
 from gateway.relay.mx import MxResolver, make_resolver
+from gateway.relay.smtp_commands import mail_command, rcpt_command, xtext
+from gateway.relay.smtp_data import DotStuffer, has_bare_line_end
+from gateway.relay.smtp_reply import Outcome, ProtocolError, Reply, ReplyParser, parse_extensions
 from gateway.spool.model import Envelope, MailParams, Recipient
 from tests.peers.dns_server import DnsServer
 from tests.peers.fixtures import ca_bundle

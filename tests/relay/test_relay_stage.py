@@ -25,7 +25,6 @@ from gateway.audit import AuditEvent, AuditSink, AuditStore
 from gateway.config import Config
 from gateway.config.model import Route
 from gateway.pki.dev import DevPki
-from gateway.relay.client import DeliveryResult, Outcome
 from gateway.relay.dsn import Action
 from gateway.relay.relay_stage import (
     DELAY_WARNED_NOTE,
@@ -38,6 +37,7 @@ from gateway.relay.relay_stage import (
     plan_attempt,
     run_relay_worker,
 )
+from gateway.relay.smtp_reply import DeliveryResult, Outcome
 from gateway.spool import (
     RECEIVED,
     EntryReader,
