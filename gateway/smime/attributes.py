@@ -9,7 +9,10 @@ Role:
   (RFC 8551 §2.5.2), encryptionKeyPreference (RFC 8551 §2.5.3, IssuerAndSerialNumber
   choice) together with its Microsoft twin 1.3.6.1.4.1.311.16.4 that Outlook reads, and
   ESS signingCertificateV2 (RFC 5035 §5.4, SHA-256 of the signer certificate, with
-  IssuerSerial). The SET is DER-sorted by ``der.set_of``.
+  IssuerSerial). The SET is DER-sorted by ``der.set_of``. The attributes that are the
+  same in every signature of one signer come from ``static_signed_attributes``, which
+  ``gateway.smime.sign`` calls once per signer (its per-signer cache); only contentType,
+  messageDigest and signingTime are encoded per message.
 - ``parse_signed_attributes`` reads the attributes the verifier needs from the exact
   octets received, never calling asn1crypto's ``.native`` on the whole set (it raises on
   attributes it has no spec for, e.g. 1.3.6.1.4.1.311.16.4, measured): each attribute is
@@ -38,7 +41,6 @@ from typing import TypeVar
 from asn1crypto import core, tsp
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.smime import ber, der
 from gateway.smime.capabilities import (
@@ -128,15 +130,20 @@ def can_receive_encrypted(certificate: x509.Certificate) -> bool:
     return any(getattr(usage, name) for name in _ENCRYPTION_USAGES)
 
 
-@functools.lru_cache(maxsize=64)
-def _static_attributes(
+def static_signed_attributes(
     signer_certificate: x509.Certificate,
-    capabilities: tuple[SmimeCapability, ...] | None,
+    signer_der: bytes,
+    capabilities: Sequence[SmimeCapability] | None,
     encryption_certificate: x509.Certificate | None,
 ) -> tuple[bytes, ...]:
-    """The attributes that do not change from one message to the next for one signer
-    (cached: encoding them is most of the DER work of a small signature)."""
-    signer_der = signer_certificate.public_bytes(Encoding.DER)
+    """The attributes that do not change from one message to the next for one signer:
+    signingCertificateV2 (over ``signer_der``, the certificate's DER), smimeCapabilities
+    (left out when ``capabilities`` is None), encryptionKeyPreference and its Microsoft
+    twin. ``gateway.smime.sign`` encodes them once per signer (its per-signer cache).
+
+    encryptionKeyPreference names ``encryption_certificate`` when given, else the signer
+    certificate if its key usage allows encryption, else it is left out (a certificate
+    that cannot receive encrypted mail must not be advertised for it)."""
     attributes = [
         attribute(SIGNING_CERTIFICATE_V2, signing_certificate_v2(signer_certificate, signer_der))
     ]
@@ -158,26 +165,34 @@ def build_signed_attributes(
     content_type: str,
     message_digest: bytes,
     signing_time: datetime,
-    signer_certificate: x509.Certificate,
-    capabilities: Sequence[SmimeCapability] | None,
-    encryption_certificate: x509.Certificate | None,
+    static_attributes: Sequence[bytes],
 ) -> bytes:
-    """The DER ``SET OF Attribute`` to sign (RFC 5652 §5.4), sorted (X.690 §11.6).
-
-    encryptionKeyPreference names ``encryption_certificate`` when given, else the signer
-    certificate if its key usage allows encryption, else it is left out (a certificate
-    that cannot receive encrypted mail must not be advertised for it)."""
-    static = _static_attributes(
-        signer_certificate,
-        None if capabilities is None else tuple(capabilities),
-        encryption_certificate,
-    )
+    """The DER ``SET OF Attribute`` to sign (RFC 5652 §5.4), sorted (X.690 §11.6): the
+    three per-message attributes (contentType, messageDigest, signingTime) and the
+    signer's ``static_attributes`` (from ``static_signed_attributes``)."""
     return der.set_of(
-        attribute(CONTENT_TYPE, der.oid(content_type)),
-        attribute(MESSAGE_DIGEST, der.octet_string(message_digest)),
-        attribute(SIGNING_TIME, _signing_time_value(signing_time)),
-        *static,
+        _content_type_attribute(content_type),
+        _single_valued_attribute(_MESSAGE_DIGEST_OID, der.octet_string(message_digest)),
+        _single_valued_attribute(_SIGNING_TIME_OID, _signing_time_value(signing_time)),
+        *static_attributes,
     )
+
+
+_MESSAGE_DIGEST_OID = der.oid(MESSAGE_DIGEST)
+_SIGNING_TIME_OID = der.oid(SIGNING_TIME)
+
+
+@functools.lru_cache(maxsize=8)
+def _content_type_attribute(content_type: str) -> bytes:
+    return attribute(CONTENT_TYPE, der.oid(content_type))
+
+
+def _single_valued_attribute(encoded_oid: bytes, value: bytes) -> bytes:
+    """``attribute(oid, value)`` for one value, in one join (the same octets: a SET OF
+    one member needs no sorting)."""
+    values_header = der.header(der.SET, len(value))
+    inner = len(encoded_oid) + len(values_header) + len(value)
+    return b"".join((der.header(der.SEQUENCE, inner), encoded_oid, values_header, value))
 
 
 def _retag(encoded: bytes, tag: int) -> bytes:

@@ -23,6 +23,16 @@ by case are in practice one person, and the worst outcome is a CBC message).
 An unreadable or damaged file reads as empty (the safe default: AES-CBC, PKCS#1 v1.5)
 and is logged; the next ``remember`` rewrites it.
 
+Freshness: ``get`` (once per recipient per message in the secure agent) re-checks the
+file's ``stat`` at most once per ``RECHECK_SECONDS`` (1 s) and re-reads it only when its
+inode, mtime or size changed; ``remember`` always re-reads under the lock, so a
+read-modify-write never loses another process's update, and after its own write the
+next ``get`` looks again. A 1 s staleness is acceptable: it can only delay, by a second,
+the use of capabilities another process has just learnt (or replaced) for a
+correspondent, which changes the algorithms chosen for that recipient (GCM or CBC, OAEP
+or PKCS#1 v1.5, both readable by such a client), never whether a message is encrypted,
+to whom, or with which certificate; RFC 8551 §2.7.1 leaves the update timing to us.
+
 Security note: capabilities only ever *raise* the algorithms we use above the safe
 default, and only from a signature that verified and is bound to the address: a forged
 or unsigned message cannot downgrade nor poison the entry of someone else.
@@ -34,7 +44,8 @@ import fcntl
 import functools
 import json
 import os
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -232,11 +243,14 @@ class CapabilitiesStore:
 
     FILE_NAME = "smime-capabilities.json"
     LOCK_NAME = ".smime-capabilities.lock"
+    RECHECK_SECONDS = 1.0
 
-    def __init__(self, data_dir: Path) -> None:
+    def __init__(self, data_dir: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self._dir = Path(data_dir)
         self._path = self._dir / self.FILE_NAME
-        self._cache_stamp: tuple[int, int, int] | None = None
+        self._clock = clock
+        self._checked_at: float | None = None  # clock() of the last stat, None: look again
+        self._cache_stamp: tuple[int, int, int] | None = None  # None: no file
         self._cache: dict[str, Any] = {}
 
     @property
@@ -245,7 +259,7 @@ class CapabilitiesStore:
 
     def get(self, address: str) -> RecipientCapabilities | None:
         """What ``address``'s client is known to support, or ``None`` (assume the least)."""
-        return _from_json(self._load().get(_key(address)))
+        return _from_json(self._recent().get(_key(address)))
 
     def remember(self, address: str, result: VerifyResult) -> RecipientCapabilities | None:
         """Record the capabilities that a verified signature from ``address`` carried.
@@ -273,6 +287,7 @@ class CapabilitiesStore:
                     return None
             entries[_key(address)] = _to_json(caps)
             self._write(entries)
+            self._checked_at = None
         _log.info(
             "smime.capabilities.learnt", address=_key(address), gcm=caps.aes_gcm, oaep=caps.rsa_oaep
         )
@@ -302,11 +317,23 @@ class CapabilitiesStore:
         finally:
             os.close(fd)  # closing releases the lock
 
+    def _recent(self) -> dict[str, Any]:
+        """The entries as of at most ``RECHECK_SECONDS`` ago (see the module docstring)."""
+        now = self._clock()
+        checked_at = self._checked_at
+        if checked_at is not None and 0 <= now - checked_at < self.RECHECK_SECONDS:
+            return self._cache
+        entries = self._load()
+        self._checked_at = now
+        return entries
+
     def _load(self) -> dict[str, Any]:
+        """The entries as the file holds them now (one ``stat``; read when it changed)."""
         try:
             info = self._path.stat()
         except FileNotFoundError:
-            return {}
+            self._cache_stamp, self._cache = None, {}
+            return self._cache
         stamp = (info.st_ino, info.st_mtime_ns, info.st_size)
         if stamp == self._cache_stamp:
             return self._cache

@@ -13,6 +13,18 @@ encryptionKeyPreference, no signingCertificateV2, no GCM in the capabilities). T
 eContent of an opaque signature is copied once: every enclosing header is computed from
 the lengths and the whole structure is joined in a single ``b"".join``.
 
+Per-signer cache: what every signature of one signer shares (the CertificateSet, the
+SignerIdentifier, the signer certificate's SubjectPublicKeyInfo, the signed attributes
+other than contentType, messageDigest and signingTime) is encoded once and kept for the
+``SIGNER_CACHE_SIZE`` (64) most recent (signer certificate, chain, encryption
+certificate, capabilities) combinations; the algorithm identifiers are kept per (key
+type, digest, PSS). The key is the certificates themselves, compared by their whole
+content (see ``_signer_parts``), so the output is octet for octet the one an uncached
+encoding gives (``tests/smime/signverify/test_sign_golden.py``). Memory: 64 entries of
+a few KiB each for real chains; certificates and chains come from the key store and the
+configuration, never from a message. No decision is cached: the key type and size, and
+whether the private key matches the certificate, are checked on every call.
+
 Algorithms: SHA-256 with RSA PKCS#1 v1.5 (signatureAlgorithm rsaEncryption, as OpenSSL
 and NSS write it, RFC 3370 §3.2) or, on request, RSASSA-PSS with SHA-256/MGF1-SHA-256 and
 a 32-octet salt (RFC 4056); ECDSA with the hash matching the curve (P-256/SHA-256,
@@ -31,8 +43,10 @@ an unsupported key type or a key that does not match the certificate raise
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from cryptography import x509
@@ -47,6 +61,7 @@ from gateway.smime.attributes import (
     as_implicit_zero,
     build_signed_attributes,
     issuer_and_serial_number,
+    static_signed_attributes,
 )
 from gateway.smime.capabilities import DEFAULT_CAPABILITIES, MGF1, SmimeCapability
 from gateway.smime.types import SignError
@@ -64,6 +79,8 @@ ED25519 = "1.3.101.112"
 MIN_RSA_BITS = 2048
 _PSS_SALT_LENGTH = 32
 _CURVE_DIGESTS = {"secp256r1": "sha256", "secp384r1": "sha384", "secp521r1": "sha512"}
+_SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+SIGNER_CACHE_SIZE = 64  # signers whose shared encodings are kept (see the module docstring)
 _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
     "sha256": hashes.SHA256,
     "sha384": hashes.SHA384,
@@ -73,27 +90,40 @@ _HASHES: dict[str, type[hashes.HashAlgorithm]] = {
 
 def digest_name_for(key: SigningKey) -> str:
     """The message digest used with ``key`` (see the module docstring)."""
-    if isinstance(key, ec.EllipticCurvePrivateKey):
+    return _digest_for(key, _key_kind(key))
+
+
+def _digest_for(key: SigningKey, kind: str) -> str:
+    if kind == "ec" and isinstance(key, ec.EllipticCurvePrivateKey):
         name = _CURVE_DIGESTS.get(key.curve.name)
         if name is None:
             raise SignError(f"unsupported elliptic curve {key.curve.name}")
         return name
-    if isinstance(key, ed25519.Ed25519PrivateKey):
-        return "sha512"
-    return "sha256"
+    return "sha512" if kind == "ed25519" else "sha256"
 
 
-def _check_key(certificate: x509.Certificate, key: object) -> SigningKey:
+def _check_key_type(key: object) -> SigningKey:
     if not isinstance(
         key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey | ed25519.Ed25519PrivateKey
     ):
         raise SignError(f"unsupported signing key type {type(key).__name__}")
     if isinstance(key, rsa.RSAPrivateKey) and key.key_size < MIN_RSA_BITS:
         raise SignError(f"RSA key of {key.key_size} bits is under {MIN_RSA_BITS}")
-    spki = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(*spki) != certificate.public_key().public_bytes(*spki):
-        raise SignError("the signing key does not match the signer certificate")
     return key
+
+
+def _check_key_matches(key: SigningKey, signer_public_key: bytes) -> None:
+    """Compared on every message: only the certificate's side is a cached encoding."""
+    if key.public_key().public_bytes(*_SPKI) != signer_public_key:
+        raise SignError("the signing key does not match the signer certificate")
+
+
+def _key_kind(key: SigningKey) -> str:
+    if isinstance(key, rsa.RSAPrivateKey):
+        return "rsa"
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return "ec"
+    return "ed25519"
 
 
 def _digest_algorithm_identifier(name: str) -> bytes:
@@ -111,12 +141,12 @@ def _pss_parameters(digest: str) -> bytes:
     )
 
 
-def _signature_algorithm_identifier(key: SigningKey, digest: str, pss: bool) -> bytes:
-    if isinstance(key, rsa.RSAPrivateKey):
+def _signature_algorithm_identifier(kind: str, digest: str, pss: bool) -> bytes:
+    if kind == "rsa":
         if pss:
             return der.sequence(der.oid(RSASSA_PSS), _pss_parameters(digest))
         return der.sequence(der.oid(RSA_ENCRYPTION), der.null())
-    if isinstance(key, ec.EllipticCurvePrivateKey):
+    if kind == "ec":
         return der.sequence(der.oid(ECDSA_WITH[digest]))
     return der.sequence(der.oid(ED25519))
 
@@ -135,16 +165,73 @@ def _raw_signature(key: SigningKey, data: bytes, digest: str, pss: bool) -> byte
     return key.sign(data)
 
 
+@dataclass(frozen=True, slots=True)
+class _SignerParts:
+    """What every signature of one signer shares, encoded once (RFC 5652 §5.1, §5.3)."""
+
+    public_key: bytes  # the signer certificate's SubjectPublicKeyInfo, DER
+    static_attributes: tuple[bytes, ...]  # the signed attributes that never change
+    issuer_and_serial: bytes  # the SignerIdentifier
+    certificates: bytes  # [0] IMPLICIT CertificateSet
+
+
+@functools.lru_cache(maxsize=SIGNER_CACHE_SIZE)
+def _signer_parts(
+    signer_cert: x509.Certificate,
+    chain: tuple[x509.Certificate, ...],
+    encryption_cert: x509.Certificate | None,
+    capabilities: tuple[SmimeCapability, ...] | None,
+) -> _SignerParts:
+    """The per-signer encodings. Cached by the certificates themselves: cryptography
+    compares and hashes a ``Certificate`` by its whole parsed content, from which
+    ``public_bytes`` re-encodes the DER, so equal keys give the same octets (without
+    paying ~15 µs of re-encoding per certificate per message)."""
+    signer_der = signer_cert.public_bytes(serialization.Encoding.DER)
+    carried = [signer_cert, *chain, *([encryption_cert] if encryption_cert else [])]
+    return _SignerParts(
+        public_key=signer_cert.public_key().public_bytes(*_SPKI),
+        static_attributes=static_signed_attributes(
+            signer_cert, signer_der, capabilities, encryption_cert
+        ),
+        issuer_and_serial=issuer_and_serial_number(signer_cert),
+        certificates=_certificate_set(carried),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _AlgorithmParts:
+    """The encodings that depend on the algorithms alone."""
+
+    digest_algorithm: bytes  # DigestAlgorithmIdentifier
+    head: bytes  # SignedData's CMSVersion 1 and digestAlgorithms SET
+    signature_algorithm: bytes
+
+
+@functools.lru_cache(maxsize=32)
+def _algorithm_parts(key_kind: str, digest: str, pss: bool) -> _AlgorithmParts:
+    digest_id = _digest_algorithm_identifier(digest)
+    return _AlgorithmParts(
+        digest_algorithm=digest_id,
+        # CMSVersion 1: issuerAndSerialNumber, id-data (RFC 5652 §5.1)
+        head=der.integer(1) + der.set_of(digest_id),
+        signature_algorithm=_signature_algorithm_identifier(key_kind, digest, pss),
+    )
+
+
 def _certificate_set(certificates: Sequence[x509.Certificate]) -> bytes:
     unique = {cert.public_bytes(serialization.Encoding.DER) for cert in certificates}
     return der.implicit(0, b"".join(sorted(unique)), True)
 
 
+_DETACHED_CONTENT_INFO = der.sequence(der.oid(ID_DATA))
+_SIGNER_INFO_VERSION = der.integer(1)  # issuerAndSerialNumber (RFC 5652 §5.3)
+
+
 def _encapsulated_pieces(content: bytes, detached: bool) -> list[bytes]:
     """EncapsulatedContentInfo as pieces whose join is its DER (content not copied)."""
-    content_type = der.oid(ID_DATA)
     if detached:
-        return [der.sequence(content_type)]
+        return [_DETACHED_CONTENT_INFO]
+    content_type = der.oid(ID_DATA)
     octets_header = der.header(der.OCTET_STRING, len(content))
     explicit_header = der.context_header(0, True, len(octets_header) + len(content))
     inner = len(content_type) + len(explicit_header) + len(octets_header) + len(content)
@@ -170,7 +257,7 @@ def sign_der(
     return _sign_der(
         content,
         signer_cert,
-        _check_key(signer_cert, signer_key),
+        _check_key_type(signer_key),
         chain,
         detached=detached,
         capabilities=capabilities,
@@ -192,32 +279,35 @@ def _sign_der(
     signing_time: datetime | None,
     rsa_pss: bool,
 ) -> bytes:
-    digest = digest_name_for(key)
-    pss = rsa_pss and isinstance(key, rsa.RSAPrivateKey)
+    signer = _signer_parts(
+        signer_cert,
+        tuple(chain),
+        encryption_cert,
+        None if capabilities is None else tuple(capabilities),
+    )
+    _check_key_matches(key, signer.public_key)
+    kind = _key_kind(key)
+    digest = _digest_for(key, kind)
+    pss = rsa_pss and kind == "rsa"
+    algorithms = _algorithm_parts(kind, digest, pss)
     signed_attributes = build_signed_attributes(
         content_type=ID_DATA,
         message_digest=hashlib.new(digest, content).digest(),
         signing_time=signing_time or datetime.now(UTC),
-        signer_certificate=signer_cert,
-        capabilities=capabilities,
-        encryption_certificate=encryption_cert,
+        static_attributes=signer.static_attributes,
     )
-    signature = _raw_signature(key, signed_attributes, digest, pss)
-    digest_id = _digest_algorithm_identifier(digest)
     signer_info = der.sequence(
-        der.integer(1),
-        issuer_and_serial_number(signer_cert),
-        digest_id,
+        _SIGNER_INFO_VERSION,
+        signer.issuer_and_serial,
+        algorithms.digest_algorithm,
         as_implicit_zero(signed_attributes),
-        _signature_algorithm_identifier(key, digest, pss),
-        der.octet_string(signature),
+        algorithms.signature_algorithm,
+        der.octet_string(_raw_signature(key, signed_attributes, digest, pss)),
     )
-    carried = [signer_cert, *chain, *([encryption_cert] if encryption_cert else [])]
     pieces = [
-        der.integer(1),  # CMSVersion 1: issuerAndSerialNumber, id-data (RFC 5652 §5.1)
-        der.set_of(digest_id),
+        algorithms.head,
         *_encapsulated_pieces(content, detached),
-        _certificate_set(carried),
+        signer.certificates,
         der.set_of(signer_info),
     ]
     return _content_info(pieces)
@@ -261,7 +351,7 @@ def sign(
     From/To/Subject/... on the result. Raises ``SignError`` for an unusable key and
     ``MalformedMessage`` for a multipart without its boundary."""
     content = mime.make_7bit(entity)
-    key = _check_key(signer_cert, signer_key)
+    key = _check_key_type(signer_key)
     cms = _sign_der(
         content,
         signer_cert,

@@ -145,3 +145,50 @@ def test_remember_ignores_signer_capabilities_mutation(tmp_path: Path, sv_pki: S
     tampered = replace(result, signers=(replace(signer, capabilities=RecipientCapabilities()),))
     stored = CapabilitiesStore(tmp_path).remember(ALICE, tampered)
     assert stored is not None and not stored.aes_gcm
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _capabilities_file(path: Path, address: str, *, gcm: bool) -> None:
+    """Replace the file as another process would (new inode, hence a new stamp)."""
+    entry = {"aes_gcm": gcm, "rsa_oaep": False, "ciphers": [], "learnt_at": None, "source": "x"}
+    staged = path.with_suffix(".staged")
+    staged.write_text(json.dumps({"version": 1, "addresses": {address: entry}}))
+    staged.replace(path)
+
+
+def test_get_sees_another_process_update_within_the_recheck_interval(tmp_path: Path) -> None:
+    clock = FakeClock()
+    store = CapabilitiesStore(tmp_path, clock=clock)
+    assert store.get(ALICE) is None  # no file yet: that is remembered too
+    _capabilities_file(store.path, ALICE, gcm=True)
+    clock.now += CapabilitiesStore.RECHECK_SECONDS / 2
+    assert store.get(ALICE) is None  # not looked at again yet
+    clock.now += CapabilitiesStore.RECHECK_SECONDS / 2
+    current = store.get(ALICE)
+    assert current is not None and current.aes_gcm
+    _capabilities_file(store.path, ALICE, gcm=False)
+    clock.now -= 5  # a clock that goes back makes the store look again
+    current = store.get(ALICE)
+    assert current is not None and not current.aes_gcm
+
+
+def test_remember_reads_the_file_afresh_and_get_sees_its_own_write(
+    sv_pki: SignPki, tmp_path: Path
+) -> None:
+    clock = FakeClock()
+    store = CapabilitiesStore(tmp_path, clock=clock)
+    assert store.get(ALICE) is None and store.get(BOB) is None
+    _capabilities_file(store.path, BOB, gcm=False)  # another process learnt bob's
+    assert store.remember(ALICE, _verified(sv_pki)) is not None  # the clock has not moved
+    current = store.get(ALICE)
+    assert current is not None and current.aes_gcm  # our own write, seen at once
+    assert store.get(BOB) is not None  # and the other process's entry was kept
+    document = json.loads(store.path.read_text())
+    assert set(document["addresses"]) == {ALICE, BOB}
