@@ -66,9 +66,13 @@ async def test_postfix_hospital_relays_outbound_mail(
         async with running_front(config, dev_pki, queue=received) as front:  # type: ignore[arg-type]
             relay = postfix_relay(front.group.address("mx"), tls_level="verify")
             await in_thread(lambda: send_to_hospital(relay, ALICE, OUTSIDE))
+            # spool.added is committed before the entry is linked into incoming/ (the 250
+            # comes after both): wait for the file, not for the event
+            incoming = tmp_path / "spool" / RECEIVED / "incoming"
             await wait_until(
-                lambda: audit.of_type("spool.added"), lambda: "not spooled:\n" + relay.maillog()
+                lambda: any(incoming.iterdir()), lambda: "not spooled:\n" + relay.maillog()
             )
+            assert audit.of_type("spool.added")
             [entry] = await received.scan("incoming")
     finally:
         await spool.aclose()
