@@ -54,10 +54,8 @@ from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from aiosmtpd.smtp import SMTP
-from bench_smtp import RECIPIENT, SENDER, smtp_source
+from bench_smtp import RECIPIENT, SENDER, bare_aiosmtpd, smtp_source
 
 from gateway.audit import AuditStore
 from gateway.pki.dev import DevPki, init_dev_pki
@@ -93,19 +91,10 @@ class Result:
 # -- the bare aiosmtpd server (run by this script in a child process) ---------------------
 
 
-class _Discard:
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        return "250 OK"
-
-
 async def _serve_bare(port: int) -> None:
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: SMTP(_Discard(), hostname="bare.test"), "127.0.0.1", port
-    )
     stop = asyncio.Event()
-    loop.add_signal_handler(signal.SIGTERM, stop.set)
-    async with server:
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    async with bare_aiosmtpd(None, port):
         await stop.wait()
 
 

@@ -90,10 +90,11 @@ class _Discard:
 
 
 @asynccontextmanager
-async def bare_aiosmtpd(context: ssl.SSLContext | None) -> AsyncIterator[int]:
+async def bare_aiosmtpd(context: ssl.SSLContext | None, port: int = 0) -> AsyncIterator[int]:
+    """A bare aiosmtpd that accepts and discards, on ``port`` (0: any); yields the port."""
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: SMTP(_Discard(), hostname="bare.test", tls_context=context), "127.0.0.1", 0
+        lambda: SMTP(_Discard(), hostname="bare.test", tls_context=context), "127.0.0.1", port
     )
     try:
         yield server.sockets[0].getsockname()[1]
