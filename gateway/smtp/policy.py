@@ -265,9 +265,6 @@ class Policy:
         dn = client.certificate_dn
         return dn is not None and any(same_dn(dn, allowed) for allowed in self.rules.relay_dns)
 
-    def requires_auth(self) -> bool:
-        return self.rules.kind == "submission"
-
     # -- MAIL, RCPT, after DATA ----------------------------------------------------------
 
     def check_mail(self, client: ClientFacts, sender: Address) -> None:
