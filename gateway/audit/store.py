@@ -92,6 +92,7 @@ CREATE TABLE audit_log (
 ) STRICT;
 CREATE INDEX audit_log_time ON audit_log(time);
 """
+_SCHEMA_STATEMENTS = tuple(part.strip() for part in _SCHEMA.split(";") if part.strip())
 _INSERT = """
 INSERT INTO audit_log (seq, time, type, queue_id, message_id, mail_from, rcpt_to, actor, peer,
                        cert_serials, algorithms, outcome, sha256, details, prev_hash, hash)
@@ -181,24 +182,44 @@ def _connect(path: Path, *, readonly: bool, busy_timeout: float) -> sqlite3.Conn
 
 
 def _check_or_create_schema(connection: sqlite3.Connection, path: Path, *, create: bool) -> None:
-    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    if application_id == 0 and version == 0 and tables == 0:
+    if _is_empty(connection):
         if not create:
             raise AuditDatabaseError(f"audit database {path}: empty, not an audit trail yet")
-        connection.executescript(
-            f"BEGIN IMMEDIATE; {_SCHEMA}"
-            f"PRAGMA application_id = {APPLICATION_ID}; PRAGMA user_version = {SCHEMA_VERSION};"
-            " COMMIT;"
-        )
-        return
+        _create_schema(connection)
+    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
     if application_id != APPLICATION_ID:
         raise AuditDatabaseError(f"audit database {path}: not a Missive audit trail")
     if version != SCHEMA_VERSION:
         raise AuditDatabaseError(
             f"audit database {path}: format version {version}, this Missive reads {SCHEMA_VERSION}"
         )
+
+
+def _is_empty(connection: sqlite3.Connection) -> bool:
+    """No application id, no format version, no table: a file nobody has written yet."""
+    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
+    version = connection.execute("PRAGMA user_version").fetchone()[0]
+    tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
+    return bool(application_id == 0 and version == 0 and tables == 0)
+
+
+def _create_schema(connection: sqlite3.Connection) -> None:
+    """Create the table and mark the file, under SQLite's write lock, unless another
+    process did it while this one waited for the lock (two workers starting at the
+    same moment on a new trail both find it empty; the second must not fail)."""
+    connection.execute("BEGIN IMMEDIATE")
+    try:
+        if _is_empty(connection):
+            for statement in _SCHEMA_STATEMENTS:
+                connection.execute(statement)
+            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
+            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        connection.execute("COMMIT")
+    except BaseException:
+        if connection.in_transaction:
+            connection.execute("ROLLBACK")
+        raise
 
 
 class AuditStore:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
+import os
 import sqlite3
 import stat
 from datetime import timedelta
@@ -12,7 +15,7 @@ import pytest
 from gateway.audit import AuditChainBroken, AuditDatabaseError, AuditEvent, AuditStore
 from gateway.audit.event import utc_now
 from gateway.audit.record import CHECKPOINT_TYPE, Row, record_from_row, row_of, seal
-from gateway.audit.store import _INSERT
+from gateway.audit.store import _INSERT, _create_schema, _is_empty
 
 from .events import T0, make_event
 
@@ -107,6 +110,52 @@ def test_append_stamps_events_without_time(store: AuditStore) -> None:
 
 
 # -- concurrent use ----------------------------------------------------------------------
+
+
+def test_a_trail_created_while_waiting_for_the_lock_is_used_not_recreated(
+    db_path: Path,
+) -> None:
+    """Two workers start on a new trail: both find it empty, the first creates it; the
+    second, once it has the write lock, must find the table there (it used to fail with
+    "table audit_log already exists" and exit 2)."""
+    db_path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    db_path.touch(mode=0o600)
+    late = sqlite3.connect(db_path, isolation_level=None)
+    try:
+        assert _is_empty(late)  # what the second worker saw before the first created it
+        with AuditStore.open_writer(db_path) as first:
+            first.append([make_event(1)])
+        _create_schema(late)  # the second worker, now holding the lock
+        assert late.execute("SELECT count(*) FROM audit_log").fetchone()[0] == 1
+    finally:
+        late.close()
+    with AuditStore.open_writer(db_path) as second:
+        second.append([make_event(2)])
+        assert second.verify().ok and second.verify().records == 2
+
+
+def _open_and_append(path: str, start: multiprocessing.synchronize.Barrier) -> None:
+    start.wait()
+    with AuditStore.open_writer(Path(path)) as store:
+        store.append([make_event(os.getpid())])
+
+
+def test_writers_opening_a_new_trail_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
+    context = multiprocessing.get_context("fork")
+    for attempt in range(3):
+        path = tmp_path / f"audit-{attempt}.sqlite"
+        start = context.Barrier(4)
+        writers = [
+            context.Process(target=_open_and_append, args=(str(path), start)) for _ in range(4)
+        ]
+        for writer in writers:
+            writer.start()
+        for writer in writers:
+            writer.join(timeout=60)
+        assert [writer.exitcode for writer in writers] == [0, 0, 0, 0]
+        with AuditStore.open_reader(path) as reader:
+            report = reader.verify()
+        assert report.ok and report.records == 4
 
 
 def test_two_writers_keep_one_linear_chain(db_path: Path, store: AuditStore) -> None:
