@@ -30,9 +30,13 @@ def ensure_private_dir(path: Path) -> bool:
     Returns True when the directory was created or its mode was changed.
     """
     if not path.exists():
-        path.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
-        os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask
-        return True
+        try:
+            path.mkdir(mode=PRIVATE_DIR_MODE, parents=True)
+        except FileExistsError:
+            pass  # made meanwhile by another process starting too: checked below
+        else:
+            os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask
+            return True
     if not path.is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "exists and is not a directory", str(path))
     if stat.S_IMODE(path.stat().st_mode) != PRIVATE_DIR_MODE:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import shutil
 import stat
@@ -11,7 +13,7 @@ import pytest
 from cryptography import x509
 
 from gateway.pki.dev import DevPki, init_dev_pki, load_dev_pki
-from gateway.pki.files import create_private_file, replace_file
+from gateway.pki.files import create_private_file, ensure_private_dir, replace_file
 from tests.pki.conftest import openssl_verify
 
 ONE_USER = ("alice.martin@chu-a.test",)
@@ -124,6 +126,29 @@ def test_loose_directory_is_tightened(tmp_path: Path) -> None:
 
 
 # ------------------------------------------------------------- files.py
+def _make_private_dir(path: str, start: multiprocessing.synchronize.Barrier) -> None:
+    start.wait()
+    ensure_private_dir(Path(path))
+
+
+def test_processes_creating_one_private_dir_at_once_all_succeed(tmp_path: Path) -> None:
+    """Workers starting together create the same spool directories; the loser of the
+    ``mkdir`` race used to raise ``FileExistsError`` and exit."""
+    context = multiprocessing.get_context("fork")
+    for attempt in range(10):
+        target = tmp_path / str(attempt) / "stage" / "tmp"
+        start = context.Barrier(4)
+        makers = [
+            context.Process(target=_make_private_dir, args=(str(target), start)) for _ in range(4)
+        ]
+        for maker in makers:
+            maker.start()
+        for maker in makers:
+            maker.join(timeout=60)
+        assert [maker.exitcode for maker in makers] == [0, 0, 0, 0]
+        assert stat.S_IMODE(target.stat().st_mode) == 0o700
+
+
 def test_create_private_file_never_overwrites_nor_follows_symlinks(tmp_path: Path) -> None:
     target = tmp_path / "k.key"
     assert create_private_file(target, b"first")
