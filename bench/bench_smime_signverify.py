@@ -50,7 +50,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
-from gateway.smime import mime
+from gateway.smime import mime, transfer
 from gateway.smime.decrypt import DecryptionKey, decrypt_entity
 from gateway.smime.encrypt import Recipient, encrypt_entity
 from gateway.smime.sign import sign, sign_der
@@ -234,7 +234,7 @@ def mime_rows(size: int, seconds: float) -> list[Row]:
         return base64.encodebytes(lf_text.replace(b"\n", b"\r\n")).replace(b"\n", b"\r\n")
 
     def ours() -> bytes:
-        return mime.base64_lines(mime.canonicalize_crlf(lf_text))
+        return transfer.base64_lines(mime.canonicalize_crlf(lf_text))
 
     assert stdlib() == ours()
     eight_bit = (
@@ -248,7 +248,7 @@ def mime_rows(size: int, seconds: float) -> list[Row]:
         Row(f"canonicalise+base64 {mb} MB: ours", rate(ours, seconds), baseline),
         Row(
             f"make_7bit {mb} MB 8-bit text -> quoted-printable",
-            rate(lambda: mime.make_7bit(eight_bit), seconds),
+            rate(lambda: transfer.make_7bit(eight_bit), seconds),
         ),
     ]
 

@@ -66,7 +66,7 @@ from asn1crypto import cms
 from gateway.inbound import headers
 from gateway.inbound.headers import Signature
 from gateway.relay.protect import HeaderField, SplitMessage, header_fields
-from gateway.smime import mime
+from gateway.smime import header_protection, mime, smime_parts, transfer
 from gateway.smime.algorithms import CIPHERS_BY_ASN1_NAME, WEAK_CIPHERS
 from gateway.smime.certnames import addresses_match
 from gateway.smime.decrypt import (
@@ -209,12 +209,15 @@ def _process(
 def _is_whole_body_encrypted(top: mime.MimeEntity) -> bool:
     """The top-level entity is an encrypted application/pkcs7-mime (RFC 8551 §3.3): by
     its smime-type, or by its CMS content type when smime-type is absent."""
-    if mime.smime_kind(top) is not mime.SmimeKind.PKCS7_MIME:
+    if smime_parts.smime_kind(top) is not smime_parts.SmimeKind.PKCS7_MIME:
         return False
-    declared = mime.smime_type(top)
+    declared = smime_parts.smime_type(top)
     if declared is not None:
         return declared in ENCRYPTED_SMIME_TYPES
-    return _cms_content_type(mime.body_bytes(top)) in (OID_ENVELOPED_DATA, OID_AUTH_ENVELOPED_DATA)
+    return _cms_content_type(transfer.body_bytes(top)) in (
+        OID_ENVELOPED_DATA,
+        OID_AUTH_ENVELOPED_DATA,
+    )
 
 
 def _cms_content_type(der: bytes) -> str:
@@ -227,7 +230,7 @@ def _cms_content_type(der: bytes) -> str:
 def _envelope_cipher(entity: bytes) -> str:
     """The content cipher named by an envelope we cannot open (for the marks), or ""."""
     try:
-        body = mime.body_bytes(mime.parse_entity(mime.canonicalize_crlf(entity)))
+        body = transfer.body_bytes(mime.parse_entity(mime.canonicalize_crlf(entity)))
         info = cms.ContentInfo.load(body)
         authenticated = info["content_type"].dotted == OID_AUTH_ENVELOPED_DATA
         name = "auth_encrypted_content_info" if authenticated else "encrypted_content_info"
@@ -274,10 +277,13 @@ def _undecrypted(
 
 
 def _is_signed(top: mime.MimeEntity) -> bool:
-    kind = mime.smime_kind(top)
-    if kind is mime.SmimeKind.MULTIPART_SIGNED:
+    kind = smime_parts.smime_kind(top)
+    if kind is smime_parts.SmimeKind.MULTIPART_SIGNED:
         return True
-    return kind is mime.SmimeKind.PKCS7_MIME and mime.smime_type(top) in (None, "signed-data")
+    return kind is smime_parts.SmimeKind.PKCS7_MIME and smime_parts.smime_type(top) in (
+        None,
+        "signed-data",
+    )
 
 
 def _verified(
@@ -330,10 +336,10 @@ def _protected(entity: bytes) -> tuple[list[HeaderField], bytes, str] | None:
     """(protected fields, the entity to deliver, source) for a wrapped message or an
     RFC 9788 Cryptographic Payload; None for anything else."""
     parsed = mime.parse_entity(entity)
-    if mime.smime_kind(parsed) is mime.SmimeKind.RFC822:
+    if smime_parts.smime_kind(parsed) is smime_parts.SmimeKind.RFC822:
         inner = SplitMessage.of(parsed.body)
         return list(inner.fields), inner.entity, "wrapped"
-    mode = mime.header_protection_mode(parsed)
+    mode = header_protection.header_protection_mode(parsed)
     if mode is None:
         return None
     block, payload = mime.split_message(entity)

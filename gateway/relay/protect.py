@@ -47,7 +47,7 @@ from gateway.relay.routing import (
     header_addresses,
     plain_addresses,
 )
-from gateway.smime import mime
+from gateway.smime import header_protection, mime
 
 OBSCURED_SUBJECT = "[...]"  # RFC 9788 baseline header confidentiality policy
 HP_CIPHER = "cipher"
@@ -206,7 +206,7 @@ def cryptographic_payload(message: SplitMessage, *, protect: bool, wrap: bool) -
         return message.entity
     outer = _outer_fields(message, protect=True)
     protected = message.block() + _hp_outer_fields(outer)
-    return mime.with_protected_headers(
+    return header_protection.with_protected_headers(
         message.entity, protected, hp=HP_CIPHER, canonical_entity=True
     )
 

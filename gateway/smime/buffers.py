@@ -11,7 +11,7 @@ place, and ``getvalue()`` then returns its internal ``bytes`` object: CPython sh
 to the written length and hands it over instead of copying (an implementation detail of
 CPython's ``_io`` since 3.5; elsewhere it is one copy, never a wrong result).
 
-Invariant: ``Base64Lines`` writes exactly what ``mime.base64_lines`` would write for the
+Invariant: ``Base64Lines`` writes exactly what ``transfer.base64_lines`` would write for the
 concatenation of everything given to it (76-character lines, each ending in CRLF): it
 encodes whole 57-octet groups and carries the remainder to the next write.
 """
@@ -21,7 +21,7 @@ from __future__ import annotations
 import io
 from collections.abc import Iterable, Iterator
 
-from gateway.smime.mime import base64_lines
+from gateway.smime.transfer import base64_lines
 
 CHUNK = 1 << 20  # cipher and copy granularity: large enough to amortise calls
 _GROUP = 57  # input octets of one 76-character base64 line (RFC 2045 §6.8)
@@ -55,7 +55,7 @@ def slices(chunks: Iterable[bytes | memoryview], size: int = CHUNK) -> Iterator[
 
 
 def base64_lines_length(size: int) -> int:
-    """Length of ``mime.base64_lines`` output for ``size`` input octets."""
+    """Length of ``transfer.base64_lines`` output for ``size`` input octets."""
     if size == 0:
         return 0
     characters = 4 * ((size + 2) // 3)

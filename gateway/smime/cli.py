@@ -51,7 +51,7 @@ from gateway.cli_common import SubParsers
 from gateway.errors import MissiveError, UsageError
 from gateway.log import get_logger
 from gateway.smime import cli_support as support
-from gateway.smime import mime
+from gateway.smime import mime, smime_parts
 from gateway.smime.algorithms import AUTO, KEY_TRANSPORTS, SEND_CIPHERS
 from gateway.smime.certinfo import name, serial, validity
 from gateway.smime.decrypt import Decrypted, DecryptionKey, decrypt, decrypt_entity
@@ -452,7 +452,7 @@ def run_verify(args: argparse.Namespace) -> int:
     """Handler of ``missive smime verify``."""
     data = support.read_input(args.input)
     if data[:1] == b"\x30":
-        data = mime.pkcs7_mime_entity(data, "signed-data")
+        data = smime_parts.pkcs7_mime_entity(data, "signed-data")
     validator = support.build_validator(args)
     result = verify(data, validator=validator, from_address=args.from_address)
     for line in result_lines(result):

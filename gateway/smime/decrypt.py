@@ -57,15 +57,9 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 import gateway.smime.asn1  # noqa: F401 - registers GCMParameters and the ECDH schemes
 from gateway.smime import ber, buffers, der, ecdh, keytransport
 from gateway.smime.algorithms import CIPHERS_BY_ASN1_NAME, ECDH, WEAK_CIPHERS, ContentCipher
-from gateway.smime.mime import (
-    MimeEntity,
-    SmimeKind,
-    body_bytes,
-    canonicalize_crlf,
-    parse_entity,
-    smime_kind,
-    smime_type,
-)
+from gateway.smime.mime import MimeEntity, canonicalize_crlf, parse_entity
+from gateway.smime.smime_parts import SmimeKind, smime_kind, smime_type
+from gateway.smime.transfer import body_bytes
 from gateway.smime.types import DecryptError, MalformedMessage
 
 OID_DATA = "1.2.840.113549.1.7.1"

@@ -56,7 +56,7 @@ from gateway.smime.algorithms import (
     key_kind,
     public_key_of,
 )
-from gateway.smime.mime import pkcs7_mime_entity
+from gateway.smime.smime_parts import pkcs7_mime_entity
 from gateway.smime.types import EncryptError, RecipientCapabilities
 
 OID_DATA = "1.2.840.113549.1.7.1"

@@ -1,6 +1,6 @@
 """S/MIME signing (RFC 8551 §3.5, RFC 5652 §5): a MIME entity in, a signed MIME entity out.
 
-Role: ``sign`` makes the entity CRLF-canonical and 7-bit clean (``mime.make_7bit``, RFC
+Role: ``sign`` makes the entity CRLF-canonical and 7-bit clean (``transfer.make_7bit``, RFC
 8551 §3.1.1-§3.1.2) so that no relay can break the signature, signs it, and returns
 either ``multipart/signed; protocol="application/pkcs7-signature"; micalg=sha-256``
 (detached, the default, RFC 8551 §3.5.3) or ``application/pkcs7-mime;
@@ -53,7 +53,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 
-from gateway.smime import der, mime
+from gateway.smime import der, smime_parts, transfer
 from gateway.smime.attributes import (
     DIGEST_OIDS,
     ID_DATA,
@@ -347,10 +347,10 @@ def sign(
     """Sign a MIME entity and return the signed entity (headers and body, CRLF).
 
     ``entity`` is the MIME entity to protect (Content-* fields and body; for header
-    protection, see ``mime.with_protected_headers``); the caller puts the message's
+    protection, see ``header_protection.with_protected_headers``); the caller puts the message's
     From/To/Subject/... on the result. Raises ``SignError`` for an unusable key and
     ``MalformedMessage`` for a multipart without its boundary."""
-    content = mime.make_7bit(entity)
+    content = transfer.make_7bit(entity)
     key = _check_key_type(signer_key)
     cms = _sign_der(
         content,
@@ -364,5 +364,7 @@ def sign(
         rsa_pss=rsa_pss,
     )
     if detached:
-        return mime.multipart_signed(content, cms, mime.MICALG_BY_DIGEST[digest_name_for(key)])
-    return mime.pkcs7_mime_entity(cms, "signed-data")
+        return smime_parts.multipart_signed(
+            content, cms, smime_parts.MICALG_BY_DIGEST[digest_name_for(key)]
+        )
+    return smime_parts.pkcs7_mime_entity(cms, "signed-data")

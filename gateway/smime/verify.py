@@ -86,7 +86,7 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 import gateway.smime.asn1  # noqa: F401 - registers the attribute specs asn1crypto lacks
 from gateway.log import get_logger
-from gateway.smime import mime
+from gateway.smime import header_protection, mime, smime_parts, transfer
 from gateway.smime.attributes import (
     DIGEST_NAMES,
     ID_DATA,
@@ -503,17 +503,17 @@ class _Signed:
 
 
 def _locate(entity: mime.MimeEntity) -> _Signed:
-    kind = mime.smime_kind(entity)
-    if kind is mime.SmimeKind.MULTIPART_SIGNED:
-        parts = mime.parse_multipart_signed(entity)
-        if parts.protocol not in mime.SIGNATURE_PROTOCOLS:
+    kind = smime_parts.smime_kind(entity)
+    if kind is smime_parts.SmimeKind.MULTIPART_SIGNED:
+        parts = smime_parts.parse_multipart_signed(entity)
+        if parts.protocol not in smime_parts.SIGNATURE_PROTOCOLS:
             raise _Invalid("multipart/signed with a protocol other than pkcs7-signature")
         return _Signed(parts.signature, parts.content_view, parts.micalgs)
-    if kind is mime.SmimeKind.PKCS7_MIME:
-        declared = mime.smime_type(entity)
+    if kind is smime_parts.SmimeKind.PKCS7_MIME:
+        declared = smime_parts.smime_type(entity)
         if declared not in (None, "signed-data"):
             raise _Invalid(f"not a signed message (smime-type {declared})")
-        return _Signed(mime.body_bytes(entity), None)
+        return _Signed(transfer.body_bytes(entity), None)
     raise _Invalid(f"not a signed message ({entity.content_type})")
 
 
@@ -528,7 +528,9 @@ def _check_micalg(micalgs: tuple[str, ...], signer_digests: set[str]) -> None:
     if not micalgs:
         raise _Invalid("multipart/signed without micalg")
     declared = {_normalise_micalg(value) for value in micalgs}
-    actual = {_normalise_micalg(mime.MICALG_BY_DIGEST.get(name, name)) for name in signer_digests}
+    actual = {
+        _normalise_micalg(smime_parts.MICALG_BY_DIGEST.get(name, name)) for name in signer_digests
+    }
     if declared != actual:
         raise _Invalid("micalg does not match the digest algorithm of the signature")
 
@@ -548,13 +550,13 @@ def _inspect_content(content: bytes, canonical: bool) -> _Inner:
     CRLF-canonical already, as a detached part of a canonicalised entity is)."""
     try:
         entity = mime.parse_entity(content if canonical else mime.canonicalize_crlf(content))
-        if mime.smime_kind(entity) is mime.SmimeKind.RFC822:
+        if smime_parts.smime_kind(entity) is smime_parts.SmimeKind.RFC822:
             inner = mime.parse_entity(entity.data, entity.body_start, entity.body_end)
-            headers = tuple(mime.protected_header_fields(inner))
+            headers = tuple(header_protection.protected_header_fields(inner))
             return _Inner(headers, entity.body, {"wrapped": "message/rfc822"}, _froms(headers))
-        mode = mime.header_protection_mode(entity)
+        mode = header_protection.header_protection_mode(entity)
         if mode is not None:
-            headers = tuple(mime.protected_header_fields(entity))
+            headers = tuple(header_protection.protected_header_fields(entity))
             return _Inner(headers, None, {"hp": mode}, _froms(headers))
     except MalformedMessage:
         pass

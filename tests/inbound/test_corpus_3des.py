@@ -45,7 +45,7 @@ from asn1crypto import cms
 from gateway.inbound.headers import NOT_VERIFIED_TAG
 from gateway.inbound.stage import InboundOutcome
 from gateway.pki.dev import DevPki
-from gateway.smime import mime
+from gateway.smime import smime_parts
 from gateway.spool import INBOUND, LOCAL, RECEIVED
 from tests.inbound.site import (
     ALICE,
@@ -120,12 +120,12 @@ def _gpgsm_samples(pki: DevPki) -> Iterator[Sample]:
 
 
 def _signed_entity(der: bytes) -> bytes:
-    return mime.pkcs7_mime_entity(der, "signed-data")
+    return smime_parts.pkcs7_mime_entity(der, "signed-data")
 
 
 def _sample(producer: str, signed: bool, der: bytes) -> Sample:
     assert content_cipher(der) == "tripledes_3key", producer  # really 3DES
-    return Sample(producer, signed, HEADER + mime.pkcs7_mime_entity(der, "enveloped-data"))
+    return Sample(producer, signed, HEADER + smime_parts.pkcs7_mime_entity(der, "enveloped-data"))
 
 
 @pytest.fixture(scope="module")

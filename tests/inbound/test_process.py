@@ -31,7 +31,7 @@ from gateway.inbound.process import (
 from gateway.pki.dev import DevPki
 from gateway.pki.store import load_first_certificate, load_private_key
 from gateway.relay import protect
-from gateway.smime import mime
+from gateway.smime import mime, smime_parts
 from gateway.smime.decrypt import DecryptionKey
 from gateway.smime.encrypt import Recipient, encrypt_entity
 from gateway.smime.sign import sign
@@ -123,7 +123,7 @@ def outer_fields(letter: bytes = LETTER) -> bytes:
 
 
 def with_openssl_envelope(der: bytes, letter: bytes = LETTER) -> bytes:
-    return outer_fields(letter) + mime.pkcs7_mime_entity(der, "enveloped-data")
+    return outer_fields(letter) + smime_parts.pkcs7_mime_entity(der, "enveloped-data")
 
 
 def parsed(result: InboundResult) -> email.message.Message:
@@ -326,7 +326,7 @@ def test_unsigned_gcm_is_delivered_marked_even_when_cbc_is_held(
     cast: Cast, openssl_cms: OpenSSLCms
 ) -> None:
     der = openssl_cms.encrypt(TEXT_ENTITY, [cast.pki.user_cert(ALICE, "enc")], cipher="aes-128-gcm")
-    message = outer_fields() + mime.pkcs7_mime_entity(der, "authEnveloped-data")
+    message = outer_fields() + smime_parts.pkcs7_mime_entity(der, "authEnveloped-data")
     result = cast.process(message, InboundPolicy(unsigned_cbc="hold"))
     assert result.decision is Decision.DELIVER and SECRET in result.message
     assert result.facts.cipher == "aes-128-gcm"

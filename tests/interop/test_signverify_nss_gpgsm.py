@@ -11,7 +11,7 @@ from asn1crypto import cms
 from cryptography import x509
 
 from gateway.pki.dev import DevPki, load_first_certificate, load_private_key
-from gateway.smime import mime
+from gateway.smime import mime, smime_parts, transfer
 from gateway.smime.sign import sign, sign_der
 from gateway.smime.verify import verify
 from tests.peers.cms_tools import Gpgsm, NssCmsutil
@@ -48,7 +48,9 @@ def test_nss_opaque_signature_verified_by_us(nss: NssCmsutil, preference: bool) 
     )
     assert (MS_KEY_PREFERENCE in _attribute_types(cms_der)) is preference
     result = verify(
-        mime.pkcs7_mime_entity(cms_der, "signed-data"), validator=AcceptAll(), from_address=NSS_USER
+        smime_parts.pkcs7_mime_entity(cms_der, "signed-data"),
+        validator=AcceptAll(),
+        from_address=NSS_USER,
     )
     assert result.valid, result.reason
     assert result.content == CONTENT
@@ -58,10 +60,10 @@ def test_nss_opaque_signature_verified_by_us(nss: NssCmsutil, preference: bool) 
 
 def test_nss_detached_signature_verified_by_us(nss: NssCmsutil) -> None:
     cms_der = nss.sign(CONTENT, NSS_USER, detached=True)
-    entity = mime.multipart_signed(CONTENT, cms_der, "sha-256")
+    entity = smime_parts.multipart_signed(CONTENT, cms_der, "sha-256")
     result = verify(entity, validator=AcceptAll(), from_address=NSS_USER)
     assert result.valid, result.reason
-    tampered = mime.multipart_signed(CONTENT.replace(b"1 boite", b"9 boite"), cms_der)
+    tampered = smime_parts.multipart_signed(CONTENT.replace(b"1 boite", b"9 boite"), cms_der)
     assert not verify(tampered, validator=AcceptAll(), from_address=NSS_USER).valid
 
 
@@ -80,9 +82,9 @@ def test_ours_verified_by_nss(nss: NssCmsutil, dev_pki: DevPki, detached: bool) 
 def test_gpgsm_signature_verified_by_us(gpgsm: Gpgsm, detached: bool) -> None:
     cms_der = gpgsm.sign(CONTENT, GPGSM_USER, detached=detached)
     entity = (
-        mime.multipart_signed(CONTENT, cms_der, "sha-256")
+        smime_parts.multipart_signed(CONTENT, cms_der, "sha-256")
         if detached
-        else mime.pkcs7_mime_entity(cms_der, "signed-data")
+        else smime_parts.pkcs7_mime_entity(cms_der, "signed-data")
     )
     result = verify(entity, validator=AcceptAll(), from_address=GPGSM_USER)
     assert result.valid, result.reason
@@ -95,7 +97,7 @@ def test_ours_verified_by_gpgsm(gpgsm: Gpgsm, dev_pki: DevPki, detached: bool) -
     signed = sign(CONTENT, cert, key, chain, detached=detached)
     parsed = mime.parse_entity(signed)
     if detached:
-        parts = mime.parse_multipart_signed(parsed)
+        parts = smime_parts.parse_multipart_signed(parsed)
         assert gpgsm.verify(parts.signature, content=parts.content) == CONTENT
     else:
-        assert gpgsm.verify(mime.body_bytes(parsed)) == CONTENT
+        assert gpgsm.verify(transfer.body_bytes(parsed)) == CONTENT

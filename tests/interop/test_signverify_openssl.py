@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.smime import mime
+from gateway.smime import mime, smime_parts, transfer
 from gateway.smime.sign import sign
 from gateway.smime.verify import verify
 from tests.peers.cms_tools import OpenSSLCms, PeerToolError, run_tool
@@ -68,7 +68,7 @@ def test_ours_verified_by_openssl(
     # the content it hashes ends in a stray CR (measured: "\r\n\r" at the end).
     # The chain travels in the message: no -certfile is needed for the path to the root.
     content = openssl.verify(signed, pki.pki.root_cert, inform="SMIME", binary=False)
-    assert mime.canonicalize_crlf(content) == mime.make_7bit(ENTITY)
+    assert mime.canonicalize_crlf(content) == transfer.make_7bit(ENTITY)
     # and with the intermediates offered as untrusted, as the brief's command line does
     openssl.verify(
         signed, pki.pki.root_cert, inform="SMIME", untrusted=pki.pki.intermediates, binary=False
@@ -92,7 +92,7 @@ def test_openssl_prints_every_attribute(openssl: OpenSSLCms, sv_pki: SignPki) ->
     signed = sign(
         ENTITY, alice.cert, alice.key, sv_pki.intermediates, encryption_cert=sv_pki.enc[ALICE]
     )
-    signature = mime.parse_multipart_signed(mime.parse_entity(signed)).signature
+    signature = smime_parts.parse_multipart_signed(mime.parse_entity(signed)).signature
     source = openssl.workdir / "signature.der"
     source.write_bytes(signature)
     printed = run_tool(

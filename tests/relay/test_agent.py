@@ -23,7 +23,7 @@ from annuaire.search import Candidates, PreparedQuery
 from gateway.config import Config
 from gateway.pki.dev import DevPki, init_dev_pki
 from gateway.relay.agent import AgentResult, OrganisationSigner, OutgoingMessage, SecureAgent
-from gateway.smime import mime
+from gateway.smime import header_protection, mime, smime_parts, transfer
 from gateway.smime.capabilities import CapabilitiesStore
 from gateway.smime.keystore import KeyStore
 from gateway.smime.validate import CertificateValidator
@@ -206,7 +206,7 @@ def make_agent(
 def cms_der(outgoing: OutgoingMessage) -> bytes:
     entity = mime.parse_entity(outgoing.content)
     assert entity.content_type == "application/pkcs7-mime"
-    return mime.base64_decode(entity.body_view)
+    return transfer.base64_decode(entity.body_view)
 
 
 def recipient_serials(der: bytes) -> set[int]:
@@ -224,7 +224,7 @@ def serial_of(path: Path) -> int:
 
 def signer_serials(signed: bytes) -> list[int]:
     """The serial numbers named by the SignerInfos of a multipart/signed entity."""
-    parts = mime.parse_multipart_signed(mime.parse_entity(signed))
+    parts = smime_parts.parse_multipart_signed(mime.parse_entity(signed))
     signed_data = cms.ContentInfo.load(parts.signature)["content"]
     return [info["sid"].chosen["serial_number"].native for info in signed_data["signer_infos"]]
 
@@ -276,7 +276,7 @@ async def test_to_cc_and_bcc_get_separate_messages(
             assert signer_serials(signed) == [serial_of(site.pki.user_cert(ALICE, "sign"))]
             inner = mime.parse_entity(content)
             assert inner.header_values("Subject") == [SUBJECT]
-            assert mime.header_protection_mode(inner) == "cipher"
+            assert header_protection.header_protection_mode(inner) == "cipher"
             assert BODY.encode() in content
             assert HIDDEN.encode() not in content
     with pytest.raises(PeerToolError):

@@ -24,7 +24,7 @@ from gateway.config import Config
 from gateway.pki.dev import DevPki
 from gateway.relay.agent import SecureAgent
 from gateway.relay.agent_stage import AgentStage, handoff_key
-from gateway.smime import mime
+from gateway.smime import mime, transfer
 from gateway.smime.capabilities import CapabilitiesStore
 from gateway.smime.keystore import KeyStore
 from gateway.smime.validate import CertificateValidator
@@ -259,7 +259,7 @@ async def test_one_message_fans_out_to_relay_inbound_post_and_dsns(
     (info,) = await site.spool.queue(relay_stage("clinique-b")).scan("incoming")
     assert info.record is not None and info.record.parent == queue_id
     entity = mime.parse_entity(relayed[1])
-    der = mime.base64_decode(entity.body_view)
+    der = transfer.base64_decode(entity.body_view)
     opened = openssl_cms.decrypt(
         der, site.pki.user_cert(CLAIRE, "enc"), site.pki.user_key(CLAIRE, "enc")
     )

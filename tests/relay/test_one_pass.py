@@ -13,7 +13,7 @@ slower one gave.
 - ``SplitMessage.entity`` is CRLF-canonical whatever the input's line ends (what
   ``cryptographic_payload`` vouches for to ``with_protected_headers``), and the payload is
   the one the checking call gives;
-- ``mime.new_boundary``: never a boundary found in the content;
+- ``smime_parts.new_boundary``: never a boundary found in the content;
 - ``Queue.read_all`` (one I/O job per entry) against the spool's chunked reader,
   and a corrupt entry: ``CorruptEntry``; the relay stage quarantines a corrupt entry
   before it connects (the sink gets nothing).
@@ -35,7 +35,7 @@ import pytest
 from gateway.audit import AuditEvent
 from gateway.pki.dev import DevPki
 from gateway.relay import protect, routing
-from gateway.smime import mime
+from gateway.smime import header_protection, mime, smime_parts
 from gateway.spool import (
     RECEIVED,
     CorruptEntry,
@@ -345,7 +345,7 @@ def test_split_entity_is_canonical_and_payload_unchanged(message: bytes) -> None
     assert mime.is_crlf_canonical(split.block())
     payload = protect.cryptographic_payload(split, protect=True, wrap=False)
     outer = protect._outer_fields(split, protect=True)
-    checked = mime.with_protected_headers(
+    checked = header_protection.with_protected_headers(
         split.entity, split.block() + protect._hp_outer_fields(outer), hp="cipher"
     )
     assert payload == checked
@@ -355,11 +355,11 @@ def test_new_boundary_skips_a_boundary_found_in_the_content(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     draws = iter([f"{0xABC:032x}", f"{0xABC:032x}", f"{0xDEF:032x}"])
-    monkeypatch.setattr(mime.secrets, "token_hex", lambda size: next(draws))
+    monkeypatch.setattr(smime_parts.secrets, "token_hex", lambda size: next(draws))
     taken = f"----=_smime_{0xABC:032x}"
-    assert mime.new_boundary(b"no boundary here") == taken
+    assert smime_parts.new_boundary(b"no boundary here") == taken
     content = b"a line that quotes " + taken.encode() + b"\r\n"
-    assert mime.new_boundary(content) == f"----=_smime_{0xDEF:032x}"
+    assert smime_parts.new_boundary(content) == f"----=_smime_{0xDEF:032x}"
 
 
 class _Events:

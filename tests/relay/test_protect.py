@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.relay import protect
-from gateway.smime import mime
+from gateway.smime import header_protection, mime
 
 MESSAGE = (
     b"Received: from client by mx.chu-a.test\r\n"
@@ -48,13 +48,13 @@ def test_cryptographic_payload_carries_the_real_headers() -> None:
         protect.SplitMessage.of(MESSAGE), protect=True, wrap=False
     )
     entity = mime.parse_entity(payload)
-    assert mime.header_protection_mode(entity) == "cipher"  # RFC 9788 §2.1
-    fields = dict(mime.protected_header_fields(entity))
+    assert header_protection.header_protection_mode(entity) == "cipher"  # RFC 9788 §2.1
+    fields = dict(header_protection.protected_header_fields(entity))
     assert fields["Subject"] == "Compte rendu de M. Dupont Jean"
     assert fields["From"] == "Alice <alice.martin@chu-a.test>"
     assert fields["Message-ID"] == "<m1@chu-a.test>"
     assert "Bcc" not in fields and b"hidden@" not in payload
-    hp_outer = [v for n, v in mime.protected_header_fields(entity) if n == "HP-Outer"]
+    hp_outer = [v for n, v in header_protection.protected_header_fields(entity) if n == "HP-Outer"]
     assert "Subject: [...]" in hp_outer  # RFC 9788 §2.2
     assert not any(v.startswith("Received") for v in hp_outer)
     assert entity.content_type == "text/plain"

@@ -1,4 +1,4 @@
-"""Streaming output helpers: base64 lines identical to mime.base64_lines, buffers that
+"""Streaming output helpers: base64 lines identical to transfer.base64_lines, buffers that
 come back as bytes, and large messages crossing the chunk boundaries."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import pytest
 from gateway.smime import buffers
 from gateway.smime.decrypt import decrypt, decrypt_entity
 from gateway.smime.encrypt import Recipient, encrypt, encrypt_entity
-from gateway.smime.mime import base64_lines
+from gateway.smime.transfer import base64_lines
 from tests.smime.envelope.identities import ALICE, ERIN, EnvelopePki
 
 

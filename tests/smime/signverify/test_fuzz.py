@@ -7,7 +7,7 @@ import base64
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.smime import mime
+from gateway.smime import smime_parts
 from gateway.smime.sign import sign_der
 from gateway.smime.verify import verify
 from tests.smime.signverify.identities import ALICE, AcceptAll, SignPki
@@ -35,7 +35,7 @@ def test_mutated_signature(sv_pki: SignPki, data: st.DataObject) -> None:
     position = data.draw(st.integers(0, len(cms_der) - 1))
     replacement = data.draw(st.binary(min_size=0, max_size=8))
     mutated = cms_der[:position] + replacement + cms_der[position + 1 :]
-    entity = mime.multipart_signed(TEXT, mutated)
+    entity = smime_parts.multipart_signed(TEXT, mutated)
     result = verify(entity, validator=AcceptAll(), from_address=ALICE)
     assert result.valid or result.reason  # never an exception; a reason whenever invalid
 

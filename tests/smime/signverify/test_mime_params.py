@@ -22,7 +22,7 @@ from email.message import Message
 
 import pytest
 
-from gateway.smime import mime
+from gateway.smime import header_protection, mime, smime_parts
 
 # --------------------------------------------------------------------------- parameters
 
@@ -196,9 +196,11 @@ def test_plain_values_take_the_plain_path() -> None:
 
 def test_what_the_engine_writes_takes_the_plain_path() -> None:
     for entity in (
-        mime.multipart_signed(b"Content-Type: text/plain\r\n\r\nx\r\n", b"\x30\x00"),
-        mime.pkcs7_mime_entity(b"\x30\x00", "authEnveloped-data"),
-        mime.with_protected_headers(b"Content-Type: text/plain\r\n\r\nx\r\n", [("Subject", "s")]),
+        smime_parts.multipart_signed(b"Content-Type: text/plain\r\n\r\nx\r\n", b"\x30\x00"),
+        smime_parts.pkcs7_mime_entity(b"\x30\x00", "authEnveloped-data"),
+        header_protection.with_protected_headers(
+            b"Content-Type: text/plain\r\n\r\nx\r\n", [("Subject", "s")]
+        ),
     ):
         parsed = mime.parse_entity(entity)
         raw = parsed.fields.get("Content-Type")

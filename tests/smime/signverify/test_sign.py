@@ -12,7 +12,7 @@ from asn1crypto import x509 as asn1_x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
-from gateway.smime import mime
+from gateway.smime import mime, smime_parts, transfer
 from gateway.smime.capabilities import (
     AES128_CBC,
     AES128_GCM,
@@ -47,7 +47,7 @@ def test_detached_signature_has_every_attribute(sv_pki: SignPki) -> None:
     alice = sv_pki[ALICE]
     enc = sv_pki.enc[ALICE]
     when = datetime(2026, 11, 1, 8, 30, tzinfo=UTC)
-    content = mime.make_7bit(ENTITY)
+    content = transfer.make_7bit(ENTITY)
     der = sign_der(
         content,
         alice.cert,
@@ -114,10 +114,10 @@ def test_opaque_signature_carries_the_content(sv_ec_pki: SignPki) -> None:
     alice = sv_ec_pki[ALICE]
     out = sign(ENTITY, alice.cert, alice.key, sv_ec_pki.intermediates, detached=False)
     entity = mime.parse_entity(out)
-    assert mime.smime_type(entity) == "signed-data"
-    signed_data, signer_info = _signer_info(mime.body_bytes(entity))
+    assert smime_parts.smime_type(entity) == "signed-data"
+    signed_data, signer_info = _signer_info(transfer.body_bytes(entity))
     content = signed_data["encap_content_info"]["content"].native
-    assert content == mime.make_7bit(ENTITY)
+    assert content == transfer.make_7bit(ENTITY)
     assert signer_info["signature_algorithm"]["algorithm"].native == "sha256_ecdsa"
     signed_bytes = b"\x31" + signer_info["signed_attrs"].dump()[1:]
     key = alice.cert.public_key()
@@ -133,8 +133,8 @@ def test_detached_entity_headers(sv_pki: SignPki) -> None:
     assert entity.content_type == "multipart/signed"
     assert entity.param("protocol") == "application/pkcs7-signature"
     assert entity.param("micalg") == "sha-256"
-    parts = mime.parse_multipart_signed(entity)
-    assert parts.content == mime.make_7bit(ENTITY)
+    parts = smime_parts.parse_multipart_signed(entity)
+    assert parts.content == transfer.make_7bit(ENTITY)
 
 
 def test_ed25519_uses_sha512_and_micalg(sv_pki: SignPki) -> None:
@@ -142,7 +142,7 @@ def test_ed25519_uses_sha512_and_micalg(sv_pki: SignPki) -> None:
     out = sign(ENTITY, eddie.cert, eddie.key)
     entity = mime.parse_entity(out)
     assert entity.param("micalg") == "sha-512"
-    _, signer_info = _signer_info(mime.parse_multipart_signed(entity).signature)
+    _, signer_info = _signer_info(smime_parts.parse_multipart_signed(entity).signature)
     assert signer_info["digest_algorithm"]["algorithm"].native == "sha512"
     assert signer_info["signature_algorithm"]["algorithm"].native == "ed25519"
 

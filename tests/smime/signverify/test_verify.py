@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway.smime import der, mime
+from gateway.smime import der, header_protection, mime, smime_parts, transfer
 from gateway.smime import verify as verify_module
 from gateway.smime.certnames import addresses_match, certificate_addresses
 from gateway.smime.sign import sign, sign_der
@@ -27,10 +27,10 @@ EIGHT_BIT = (
 
 def _opaque_content_tampered(entity: bytes) -> bytes:
     parsed = mime.parse_entity(entity)
-    cms_der = mime.body_bytes(parsed)
+    cms_der = transfer.body_bytes(parsed)
     marker = b"RAS."
     assert marker in cms_der
-    return mime.pkcs7_mime_entity(cms_der.replace(marker, b"RAZ."), "signed-data")
+    return smime_parts.pkcs7_mime_entity(cms_der.replace(marker, b"RAZ."), "signed-data")
 
 
 @pytest.mark.parametrize("detached", [True, False])
@@ -105,7 +105,9 @@ def test_tampered_signed_attribute(sv_pki: SignPki) -> None:
     original = der.utc_time(when)
     assert cms_der.count(original) == 1
     forged = cms_der.replace(original, der.utc_time(when.replace(year=2025)))
-    result = verify(mime.multipart_signed(TEXT, forged), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, forged), validator=AcceptAll(), from_address=ALICE
+    )
     assert not result.valid
     assert result.reason == "the signature does not verify"
 
@@ -123,7 +125,9 @@ def test_swapped_certificate_same_key_fails_ess(sv_pki: SignPki) -> None:
         alice_sid, crafting.issuer_serial(twin.cert)
     )
     assert swapped != cms_der
-    result = verify(mime.multipart_signed(TEXT, swapped), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, swapped), validator=AcceptAll(), from_address=ALICE
+    )
     assert not result.valid
     assert result.reason == "signingCertificate does not name the signer certificate"
 
@@ -139,7 +143,9 @@ def test_swapped_certificate_other_key(sv_pki: SignPki) -> None:
         certificates=[bob.cert],
         signature_key=alice.key,
     )
-    result = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=BOB)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=BOB
+    )
     assert not result.valid
     assert result.reason == "the signature does not verify"
 
@@ -151,7 +157,9 @@ def test_duplicate_attribute(sv_pki: SignPki) -> None:
     cms_der = crafting.craft_signed_data(
         TEXT, alice.cert, alice.key, attributes=attributes, certificates=[alice.cert]
     )
-    result = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+    )
     assert not result.valid
     assert result.reason == "duplicate signed attribute signingTime"
 
@@ -168,7 +176,9 @@ def test_two_values_in_message_digest(sv_pki: SignPki) -> None:
     cms_der = crafting.craft_signed_data(
         TEXT, alice.cert, alice.key, attributes=attributes, certificates=[alice.cert]
     )
-    result = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+    )
     assert not result.valid
     assert result.reason == "messageDigest has 2 values, not 1"
 
@@ -184,7 +194,9 @@ def test_missing_message_digest(sv_pki: SignPki) -> None:
     cms_der = crafting.craft_signed_data(
         TEXT, alice.cert, alice.key, attributes=attributes, certificates=[alice.cert]
     )
-    result = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+    )
     assert not result.valid
     assert result.reason == "signed attributes without messageDigest"
 
@@ -196,7 +208,9 @@ def test_content_type_attribute_must_match(sv_pki: SignPki) -> None:
     cms_der = crafting.craft_signed_data(
         TEXT, alice.cert, alice.key, attributes=attributes, certificates=[alice.cert]
     )
-    result = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+    )
     assert not result.valid
     assert "contentType" in result.reason
 
@@ -206,11 +220,13 @@ def test_no_signed_attributes_is_checked_over_the_content(sv_pki: SignPki) -> No
     cms_der = crafting.craft_signed_data(
         TEXT, alice.cert, alice.key, attributes=None, certificates=[alice.cert]
     )
-    good = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE)
+    good = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+    )
     assert good.valid, good.reason
     assert good.signers[0].signing_time is None
     bad = verify(
-        mime.multipart_signed(TEXT.replace(b"RAS", b"RAZ"), cms_der),
+        smime_parts.multipart_signed(TEXT.replace(b"RAS", b"RAZ"), cms_der),
         validator=AcceptAll(),
         from_address=ALICE,
     )
@@ -227,7 +243,9 @@ def test_unknown_and_microsoft_attributes_are_ignored(sv_pki: SignPki) -> None:
     cms_der = crafting.craft_signed_data(
         TEXT, alice.cert, alice.key, attributes=attributes, certificates=[alice.cert]
     )
-    result = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+    )
     assert result.valid, result.reason
 
 
@@ -241,7 +259,9 @@ def test_subject_key_identifier_sid(sv_ec_pki: SignPki) -> None:
         certificates=[alice.cert],
         sid=crafting.ski_sid(alice.cert),
     )
-    result = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+    )
     assert result.valid, result.reason
 
 
@@ -254,7 +274,9 @@ def test_signer_certificate_absent(sv_pki: SignPki) -> None:
         attributes=crafting.basic_attributes(TEXT),
         certificates=[bob.cert],
     )
-    result = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+    )
     assert not result.valid
     assert result.reason == "the signer certificate is not in the message"
 
@@ -270,7 +292,9 @@ def test_sha1_digest_is_weak(sv_pki: SignPki) -> None:
         digest="sha1",
     )
     result = verify(
-        mime.multipart_signed(TEXT, cms_der, "sha-1"), validator=AcceptAll(), from_address=ALICE
+        smime_parts.multipart_signed(TEXT, cms_der, "sha-1"),
+        validator=AcceptAll(),
+        from_address=ALICE,
     )
     assert not result.valid
     assert result.reason == "weak digest algorithm sha1"
@@ -278,7 +302,9 @@ def test_sha1_digest_is_weak(sv_pki: SignPki) -> None:
 
 def test_no_signers(sv_pki: SignPki) -> None:
     cms_der = crafting.signed_data_without_signers(TEXT, [sv_pki[ALICE].cert])
-    result = verify(mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+    )
     assert not result.valid
     assert result.reason == "no signers"
 
@@ -290,7 +316,7 @@ def test_no_signers(sv_pki: SignPki) -> None:
 def test_micalg_must_match(sv_pki: SignPki, micalg: str, valid: bool) -> None:
     alice = sv_pki[ALICE]
     cms_der = sign_der(TEXT, alice.cert, alice.key)
-    entity = mime.multipart_signed(TEXT, cms_der, micalg.split(","))
+    entity = smime_parts.multipart_signed(TEXT, cms_der, micalg.split(","))
     result = verify(entity, validator=AcceptAll(), from_address=ALICE)
     assert result.valid is valid, result.reason
     if not valid:
@@ -372,7 +398,7 @@ def test_8bit_made_7bit_survives_a_relay_rewriting_line_ends(sv_pki: SignPki) ->
     assert result.valid, result.reason
     inner = mime.parse_entity(result.content)
     assert inner.transfer_encoding == "quoted-printable"
-    assert mime.body_bytes(inner) == b"R\xc3\xa9sultats normaux.\r\nFrom here on, nothing.\r\n"
+    assert transfer.body_bytes(inner) == b"R\xc3\xa9sultats normaux.\r\nFrom here on, nothing.\r\n"
     back = as_stored.replace(b"\n", b"\r\n")  # and back to CRLF on the next hop
     assert verify(back, validator=AcceptAll(), from_address=ALICE).valid
 
@@ -380,7 +406,7 @@ def test_8bit_made_7bit_survives_a_relay_rewriting_line_ends(sv_pki: SignPki) ->
 def test_header_protection_round_trip(sv_pki: SignPki) -> None:
     alice = sv_pki[ALICE]
     protected = [("From", f"Alice <{ALICE}>"), ("To", BOB), ("Subject", "Patient Dupont, IRM")]
-    payload = mime.with_protected_headers(TEXT, protected, "clear")
+    payload = header_protection.with_protected_headers(TEXT, protected, "clear")
     result = verify(sign(payload, alice.cert, alice.key), validator=AcceptAll(), from_address=ALICE)
     assert result.valid, result.reason
     assert result.extra["hp"] == "clear"
@@ -389,7 +415,9 @@ def test_header_protection_round_trip(sv_pki: SignPki) -> None:
 
 def test_header_protection_inner_from_must_be_bound(sv_pki: SignPki) -> None:
     alice = sv_pki[ALICE]
-    payload = mime.with_protected_headers(TEXT, [("From", BOB), ("Subject", "x")], "clear")
+    payload = header_protection.with_protected_headers(
+        TEXT, [("From", BOB), ("Subject", "x")], "clear"
+    )
     result = verify(sign(payload, alice.cert, alice.key), validator=AcceptAll(), from_address=ALICE)
     assert not result.valid
     assert result.reason == f"no valid signer certificate is bound to {BOB}"
@@ -440,7 +468,7 @@ def test_malformed_input_is_invalid_not_an_exception(entity: bytes) -> None:
 
 def test_enveloped_cms_in_signed_data_clothing(sv_pki: SignPki) -> None:
     cms_der = der.sequence(der.oid("1.2.840.113549.1.7.3"), der.explicit(0, der.sequence()))
-    entity = mime.pkcs7_mime_entity(cms_der, "signed-data")
+    entity = smime_parts.pkcs7_mime_entity(cms_der, "signed-data")
     result = verify(entity, validator=AcceptAll(), from_address=ALICE)
     assert not result.valid and "not signed-data" in result.reason
 
@@ -464,7 +492,9 @@ def test_unloadable_certificates_are_skipped(sv_pki: SignPki, how: str) -> None:
     alice_der = alice.cert.public_bytes(serialization.Encoding.DER)
     mangled = cms_der.replace(alice_der, _mangled_certificate(sv_pki, how))
     assert mangled != cms_der
-    result = verify(mime.multipart_signed(TEXT, mangled), validator=AcceptAll(), from_address=ALICE)
+    result = verify(
+        smime_parts.multipart_signed(TEXT, mangled), validator=AcceptAll(), from_address=ALICE
+    )
     assert not result.valid
     assert result.reason == "the signer certificate is not in the message"
 
@@ -479,11 +509,11 @@ def test_unloadable_certificate_stays_skipped_when_seen_again(sv_pki: SignPki, h
     alice_der = alice.cert.public_bytes(serialization.Encoding.DER)
     mangled = cms_der.replace(alice_der, _mangled_certificate(sv_pki, how))
     for _ in range(2):
-        entity = mime.multipart_signed(TEXT, mangled)
+        entity = smime_parts.multipart_signed(TEXT, mangled)
         result = verify(entity, validator=AcceptAll(), from_address=ALICE)
         assert result.reason == "the signer certificate is not in the message"
         good = verify(
-            mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+            smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
         )
         assert good.valid, good.reason
 
@@ -530,7 +560,7 @@ def test_large_certificate_field_is_read_each_time_not_kept(sv_pki: SignPki) -> 
     kept = dict(verify_module._CERTIFICATE_SETS._entries)
     for _ in range(2):
         result = verify(
-            mime.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
+            smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
         )
         assert result.valid, result.reason
         assert result.signers[0].certificate == alice.cert
