@@ -33,7 +33,9 @@ Figures, all from the same run:
   (this process), the delivery worker, and Dovecot (every process whose title carries
   the instance name, plus the children its master reaped; read from ``/proc``, so
   Linux only and approximate). Their sum against 2 cores bounds what the machine can
-  do whatever the waits.
+  do whatever the waits. The inbound stage's share is also printed by thread (event
+  loop, decrypt + verify threads, spool I/O threads, audit writer; user+system, from
+  ``/proc/self/task``; clock ticks of 10 ms, so meaningless with ``--smoke``).
 
 ``--smoke`` runs a few dozen messages (about 10 s in all) so CI proves the benchmark
 runs; its numbers mean nothing. Loopback only; Dovecot and the delivery process are
@@ -49,6 +51,7 @@ import os
 import shutil
 import sys
 import tempfile
+import threading
 import time
 from multiprocessing.context import SpawnProcess
 from pathlib import Path
@@ -139,8 +142,46 @@ async def fill_inbound(config: Config, messages: list[bytes]) -> None:
         await audit.aclose()
 
 
+ThreadCpu = dict[int, tuple[str, float, float]]  # native id -> name, user, system seconds
+
+
+def thread_cpu() -> ThreadCpu:
+    """User and system CPU seconds of each thread of this process (``/proc/self/task``),
+    named by its Python thread name (digits dropped: ``spool-io_3`` -> ``spool-io``)."""
+    names = {thread.native_id: thread.name for thread in threading.enumerate()}
+    tick = os.sysconf("SC_CLK_TCK")
+    found: ThreadCpu = {}
+    for task in Path("/proc/self/task").iterdir():
+        try:
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # ended meanwhile
+        name = names.get(int(task.name), "other").rstrip("0123456789").rstrip("_")
+        found[int(task.name)] = (name, int(fields[11]) / tick, int(fields[12]) / tick)
+    return found
+
+
+def cpu_by_thread(before: ThreadCpu, after: ThreadCpu, count: int) -> str:
+    """``name user+system`` in ms per message, per thread name, largest first."""
+    totals: dict[str, list[float]] = {}
+    for native_id, (name, user, system) in after.items():
+        _, user_before, system_before = before.get(native_id, (name, 0.0, 0.0))
+        total = totals.setdefault(name, [0.0, 0.0])
+        total[0] += user - user_before
+        total[1] += system - system_before
+    ranked = sorted(totals.items(), key=lambda item: -sum(item[1]))
+    return ", ".join(
+        f"{name} {1000 * user / count:.2f}+{1000 * system / count:.2f}"
+        for name, (user, system) in ranked
+        if user + system > 0
+    )
+
+
 async def run_inbound(config: Config, pki: DevPki) -> float:
-    """Drain ``inbound/`` with the inbound stage; the monotonic time it ended."""
+    """Drain ``inbound/`` with the inbound stage; the monotonic time it ended. Prints the
+    stage's CPU per message by thread (user+system): the event loop (``MainThread``),
+    decryption and verification (``asyncio``, ``asyncio.to_thread``), the spool's I/O
+    threads (``spool-io``) and the audit writer."""
     validator = CertificateValidator.from_files(
         [pki.root_cert], [pki.intermediates], [pki.crl("personnes"), pki.crl("serveurs")]
     )
@@ -150,7 +191,13 @@ async def run_inbound(config: Config, pki: DevPki) -> float:
     try:
         stage = InboundStage(config, spool, KeyStore.load(config.keys.dir), validator, audit)
         await spool.queue(INBOUND).recover()
+        before = thread_cpu()
         outcomes = await stage.drain()
+        print(
+            "inbound stage CPU ms per message by thread (user+system): "
+            + cpu_by_thread(before, thread_cpu(), len(outcomes)),
+            flush=True,
+        )
         if any(o.disposition != "completed" for o in outcomes):
             raise RuntimeError(f"inbound stage: {[o.disposition for o in outcomes][:5]}")
         return time.monotonic()
