@@ -65,12 +65,8 @@ from gateway.inbound.store_client import (
 from gateway.log import get_logger
 from gateway.relay import notices, routing
 from gateway.relay.agent_stage import handoff_key
-from gateway.relay.dsn import (
-    Action,
-    Reason,
-    RecipientReport,
-    should_send_dsn,
-)
+from gateway.relay.dsn import should_send_dsn
+from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
 from gateway.relay.mdn import Disposition, wants_final_delivery_mdn
 from gateway.spool import (
     LOCAL,

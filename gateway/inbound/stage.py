@@ -82,12 +82,8 @@ from gateway.inbound.process import (
 from gateway.log import get_logger
 from gateway.relay import notices
 from gateway.relay.agent_stage import handoff_key
-from gateway.relay.dsn import (
-    Action,
-    Reason,
-    RecipientReport,
-    should_send_dsn,
-)
+from gateway.relay.dsn import should_send_dsn
+from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
 from gateway.relay.mdn import Disposition, MdnRefused, build_mdn, mdn_envelope, should_send_mdn
 from gateway.relay.report import NotificationRefused
 from gateway.smime.keystore import KeyStore

@@ -85,12 +85,8 @@ from gateway.config import Config
 from gateway.log import get_logger
 from gateway.relay import notices, routing
 from gateway.relay.agent import AgentResult, OrganisationSigner, RecipientOutcome, SecureAgent
-from gateway.relay.dsn import (
-    Action,
-    Reason,
-    RecipientReport,
-    should_send_dsn,
-)
+from gateway.relay.dsn import should_send_dsn
+from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
 from gateway.relay.postal import PostalError, render_letter, write_to_outbox
 from gateway.relay.route_trust import RouteTrust
 from gateway.smime.capabilities import CapabilitiesStore

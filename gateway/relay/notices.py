@@ -21,7 +21,8 @@ from datetime import datetime
 
 from gateway.config.model import Language
 from gateway.log import get_logger
-from gateway.relay.dsn import DsnRefused, RecipientReport, build_dsn, dsn_envelope
+from gateway.relay.dsn import build_dsn, dsn_envelope
+from gateway.relay.dsn_recipients import DsnRefused, RecipientReport
 from gateway.spool import Claimed, Origin, Queue
 
 INTERNAL_ORIGIN = Origin("internal")

@@ -74,12 +74,8 @@ from gateway.config import Config
 from gateway.config.model import Language, Route
 from gateway.log import get_logger
 from gateway.relay.client import RelayClient
-from gateway.relay.dsn import (
-    Action,
-    Reason,
-    RecipientReport,
-    should_send_dsn,
-)
+from gateway.relay.dsn import should_send_dsn
+from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
 from gateway.relay.mx import MxResolver, make_resolver
 from gateway.relay.notices import WHOLE_READ_LIMIT, queue_dsn
 from gateway.relay.smtp_data import ContentSource

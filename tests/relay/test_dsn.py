@@ -15,16 +15,8 @@ from email.message import Message
 
 import pytest
 
-from gateway.relay.dsn import (
-    Action,
-    DsnRefused,
-    Reason,
-    RecipientReport,
-    build_dsn,
-    dsn_envelope,
-    headers_for_dsn,
-    should_send_dsn,
-)
+from gateway.relay.dsn import build_dsn, dsn_envelope, headers_for_dsn, should_send_dsn
+from gateway.relay.dsn_recipients import Action, DsnRefused, Reason, RecipientReport
 from tests.peers.postfix import PostfixInstance
 
 MTA = "mx.chu-a.test"

@@ -25,7 +25,7 @@ from gateway.audit import AuditEvent, AuditSink, AuditStore
 from gateway.config import Config
 from gateway.config.model import Route
 from gateway.pki.dev import DevPki
-from gateway.relay.dsn import Action
+from gateway.relay.dsn_recipients import Action
 from gateway.relay.relay_stage import (
     DELAY_WARNED_NOTE,
     Attempted,

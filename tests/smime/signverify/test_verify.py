@@ -9,8 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from gateway.smime import der, header_protection, mime, smime_parts, transfer
-from gateway.smime import verify as verify_module
+from gateway.smime import der, header_protection, mime, signer_certs, smime_parts, transfer
 from gateway.smime.certnames import addresses_match, certificate_addresses
 from gateway.smime.sign import sign, sign_der
 from gateway.smime.types import CertStatus, Purpose
@@ -556,12 +555,12 @@ def test_large_certificate_field_is_read_each_time_not_kept(sv_pki: SignPki) -> 
     cms_der = crafting.craft_signed_data(
         TEXT, alice.cert, alice.key, attributes=attributes, certificates=chain
     )
-    assert len(cms_der) > verify_module.MAX_CACHED_CERTIFICATES
-    kept = dict(verify_module._CERTIFICATE_SETS._entries)
+    assert len(cms_der) > signer_certs.MAX_CACHED_CERTIFICATES
+    kept = dict(signer_certs._CERTIFICATE_SETS._entries)
     for _ in range(2):
         result = verify(
             smime_parts.multipart_signed(TEXT, cms_der), validator=AcceptAll(), from_address=ALICE
         )
         assert result.valid, result.reason
         assert result.signers[0].certificate == alice.cert
-    assert dict(verify_module._CERTIFICATE_SETS._entries).keys() <= kept.keys()
+    assert dict(signer_certs._CERTIFICATE_SETS._entries).keys() <= kept.keys()
