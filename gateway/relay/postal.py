@@ -46,14 +46,13 @@ from pathlib import Path
 from typing import Final
 
 from gateway.log import get_logger
-from gateway.relay.letter import (
-    Letter,
+from gateway.relay.letter import Letter, render_letter
+from gateway.relay.postal_errors import (
     LetterTooLong,
     NoPostalAddress,
     PostalError,
     PostalUnavailable,
     UnreadableMessage,
-    render_letter,
 )
 
 __all__ = [

@@ -17,14 +17,8 @@ from fpdf import FPDF
 from pypdf import PdfReader, PdfWriter
 
 from annuaire.model import Entry, Mailbox
-from gateway.relay.letter import (
-    ADDRESS_AREA,
-    DL_WINDOW,
-    MAX_LETTER_PAGES,
-    PAGE_HEIGHT,
-    format_postal_address,
-    html_to_text,
-)
+from gateway.relay.letter import MAX_LETTER_PAGES
+from gateway.relay.letter_content import html_to_text
 from gateway.relay.postal import (
     LetterTooLong,
     NoPostalAddress,
@@ -36,6 +30,7 @@ from gateway.relay.postal import (
     render_letter,
     write_to_outbox,
 )
+from gateway.relay.postal_address import ADDRESS_AREA, DL_WINDOW, PAGE_HEIGHT, format_postal_address
 from gateway.spool.ids import new_queue_id
 
 NOW = datetime(2026, 11, 28, 10, 30, tzinfo=UTC)

@@ -1,0 +1,200 @@
+"""A clear MIME message read into what the letter prints: Subject, body, attachments.
+
+Role: part of the pure half of the postal fallback (issue 6, item 5). ``read_message``
+turns the CLEAR message (before S/MIME) into a ``LetterContent``: the REAL Subject (the
+letter travels in a sealed envelope, so the Subject that S/MIME would have protected is
+printed, never logged and never put in the manifest or a file name), the body text
+(``text/plain``, else ``text/html`` reduced to text by ``html_to_text``) and the other
+parts as ``Attachment`` (file name, type, and the decoded bytes of a part that claims
+to be a PDF). ``clean_label`` (one line, no control character, bounded) also cleans
+the sender that the letter prints. Of the other postal modules this one imports only
+``gateway.relay.postal_address`` (``one_line``) and ``gateway.relay.postal_errors``.
+
+Bounds (hostile input): the MIME tree is at most 16 levels deep and 256 parts; the body
+at most 500,000 characters (``LetterTooLong``). A multipart message whose boundaries
+are broken or missing raises ``UnreadableMessage``, and so does any error of the parser
+on malformed MIME.
+
+Libraries: the stdlib ``email`` package parses MIME. Written by hand: the HTML to text
+reduction (stdlib ``html.parser``, a dozen lines; no dependency needed).
+
+Trust level: runs in the secure agent (sees clear text); no I/O; never logs the
+Subject, the body or attachment names.
+"""
+
+from __future__ import annotations
+
+import email
+import email.errors
+import email.policy
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from email.message import EmailMessage, MIMEPart
+from html.parser import HTMLParser
+from typing import Any, Final
+
+from gateway.relay.postal_address import SPACES, one_line
+from gateway.relay.postal_errors import LetterTooLong, PostalError, UnreadableMessage
+
+MAX_MIME_DEPTH: Final = 16
+MAX_MIME_PARTS: Final = 256
+MAX_BODY_CHARACTERS: Final = 500_000
+
+MAX_SUBJECT_CHARACTERS: Final = 500
+MAX_NAME_CHARACTERS: Final = 120
+
+# --- reading the MIME message -----------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Attachment:
+    name: str  # "" when the part has no file name
+    content_type: str
+    pdf: bytes | None  # the decoded bytes when it claims to be a PDF, else None
+
+
+@dataclass(frozen=True, slots=True)
+class LetterContent:
+    subject: str
+    body: str
+    attachments: tuple[Attachment, ...]
+
+
+_FATAL_DEFECTS: Final = (
+    email.errors.NoBoundaryInMultipartDefect,
+    email.errors.StartBoundaryNotFoundDefect,
+    email.errors.CloseBoundaryNotFoundDefect,
+    email.errors.MultipartInvariantViolationDefect,
+)
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def _clean_text(text: str) -> str:
+    """Newlines normalised, tabs expanded, other control characters removed."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n").expandtabs(4)
+    return _CONTROL.sub("", text)
+
+
+def clean_label(text: str, limit: int) -> str:
+    return one_line(_CONTROL.sub(" ", text))[:limit]
+
+
+class _HtmlText(HTMLParser):
+    """Visible text of an HTML body: block elements become line breaks."""
+
+    _BREAKS = frozenset("br p div li tr h1 h2 h3 h4 h5 h6 blockquote pre table ul ol hr".split())
+    _HIDDEN = frozenset(("script", "style", "head", "title"))
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.chunks: list[str] = []
+        self._hidden_depth = 0
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in self._HIDDEN:
+            self._hidden_depth += 1
+        elif tag in self._BREAKS:
+            self.chunks.append("\n")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag in self._HIDDEN:
+            self._hidden_depth = max(0, self._hidden_depth - 1)
+        elif tag in self._BREAKS:
+            self.chunks.append("\n")
+
+    def handle_data(self, data: str) -> None:
+        if not self._hidden_depth:
+            self.chunks.append(SPACES.sub(" ", data))
+
+
+def html_to_text(markup: str) -> str:
+    parser = _HtmlText()
+    parser.feed(markup)
+    parser.close()
+    lines = (line.strip() for line in "".join(parser.chunks).split("\n"))
+    return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
+
+
+def _leaves(part: MIMEPart, depth: int, in_alternative: bool) -> Iterator[tuple[Any, bool]]:
+    """Every non-multipart part with whether its parent is multipart/alternative;
+    message/rfc822 is a leaf (listed as an attachment, not opened)."""
+    if depth > MAX_MIME_DEPTH:
+        raise UnreadableMessage(f"MIME nesting deeper than {MAX_MIME_DEPTH} levels")
+    if part.get_content_maintype() != "multipart":
+        yield part, in_alternative
+        return
+    alternative = part.get_content_subtype() == "alternative"
+    for child in part.iter_parts():
+        yield from _leaves(child, depth + 1, alternative)
+
+
+def _text_of(part: MIMEPart) -> str:
+    content = part.get_content()
+    if not isinstance(content, str):
+        return ""
+    if part.get_content_subtype() == "html":
+        return html_to_text(content)
+    return content
+
+
+def _attachment(part: MIMEPart) -> Attachment:
+    name = clean_label(part.get_filename() or "", MAX_NAME_CHARACTERS)
+    content_type = part.get_content_type()
+    claims_pdf = content_type == "application/pdf" or (
+        content_type == "application/octet-stream" and name.lower().endswith(".pdf")
+    )
+    payload = part.get_payload(decode=True) if claims_pdf else None
+    return Attachment(
+        name=name,
+        content_type=content_type,
+        pdf=payload if isinstance(payload, bytes) else None,
+    )
+
+
+def _parse(message: bytes) -> EmailMessage:
+    if not message.strip():
+        raise UnreadableMessage("the message is empty")
+    parsed = email.message_from_bytes(message, policy=email.policy.default)
+    assert isinstance(parsed, EmailMessage)  # what policy.default makes
+    return parsed
+
+
+def read_message(message: bytes) -> LetterContent:
+    """Subject, body text and attachments of a clear MIME message."""
+    try:
+        return _read_message(_parse(message))
+    except PostalError:
+        raise
+    except (LookupError, ValueError, TypeError, AttributeError, IndexError) as error:
+        raise UnreadableMessage(f"malformed MIME message ({type(error).__name__})") from error
+
+
+def _read_message(parsed: EmailMessage) -> LetterContent:
+    body_part = parsed.get_body(preferencelist=("plain", "html"))
+    texts = [_text_of(body_part)] if body_part is not None else []
+    attachments: list[Attachment] = []
+    for count, (leaf, in_alternative) in enumerate(_leaves(parsed, 0, False), start=1):
+        if count > MAX_MIME_PARTS:
+            raise UnreadableMessage(f"more than {MAX_MIME_PARTS} MIME parts")
+        if any(isinstance(defect, _FATAL_DEFECTS) for defect in leaf.defects):
+            raise UnreadableMessage("malformed MIME message (broken multipart boundaries)")
+        if leaf is body_part:
+            continue
+        is_inline_text = (
+            leaf.get_content_maintype() == "text"
+            and leaf.get_filename() is None
+            and leaf.get_content_disposition() != "attachment"
+        )
+        if is_inline_text:
+            if not in_alternative:  # an alternative of the body says the same thing
+                texts.append(_text_of(leaf))
+            continue
+        attachments.append(_attachment(leaf))
+    if any(isinstance(defect, _FATAL_DEFECTS) for defect in parsed.defects):
+        raise UnreadableMessage("malformed MIME message (broken multipart boundaries)")
+    body = _clean_text("\n\n".join(text.strip("\n") for text in texts if text.strip()))
+    if len(body) > MAX_BODY_CHARACTERS:
+        raise LetterTooLong(f"the body is longer than {MAX_BODY_CHARACTERS} characters")
+    subject = clean_label(str(parsed.get("subject", "")), MAX_SUBJECT_CHARACTERS)
+    return LetterContent(subject=subject, body=body, attachments=tuple(attachments))
