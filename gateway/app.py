@@ -75,11 +75,16 @@ def prepare_directories(directories: tuple[Path, ...]) -> None:
 
 def apply_audit_retention(config: Config, now: datetime | None = None) -> PruneResult | None:
     """Prune audit records older than ``audit.retention`` (a checkpoint keeps the chain
-    verifiable). Returns None when there is no trail yet."""
+    verifiable). Returns None when there is no trail yet.
+
+    A trail file without its schema yet (another process creating the trail at this
+    moment, a worker started beside ``serve``, or one that died doing it) is completed
+    here as the audit sink would, under the store's write lock: opened with
+    ``create=False`` it was "empty, not an audit trail yet" and ``serve`` exited 2."""
     if not config.audit.path.exists():
         return None
     cutoff = (now or datetime.now(UTC)) - config.audit.retention
-    with AuditStore.open_writer(config.audit.path, create=False) as store:
+    with AuditStore.open_writer(config.audit.path) as store:
         return store.prune(cutoff, actor="missive serve (retention)")
 
 

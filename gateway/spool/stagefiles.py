@@ -24,7 +24,11 @@ Invariants:
   entries out of slot K's active directory back to ``incoming/`` (``requeue_active``,
   ``requeue_orphaned_slots``): a live consumer's entries are never taken from it;
 - "in ``active/``" means in any slot's active directory: ``locate`` and ``scan``
-  look in each (a slot directory is never an entry).
+  look in each (a slot directory is never an entry);
+- ``tmp/`` debris is a file last changed before the recovery's limit; a parked
+  deletion (``.deleting``) is dated by its park (its ctime), not by the entry's mtime,
+  so a consumer starting while another process deletes never removes it under that
+  deletion (``remove_stale_temps``).
 
 Trust level: reads and renames under one stage directory; content only through
 ``write_version``'s kernel copy.
@@ -41,7 +45,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.spool.atomic import TEMP_SUFFIX, TempFile, move
+from gateway.spool.atomic import DELETING_SUFFIX, TEMP_SUFFIX, TempFile, move
 from gateway.spool.entry import EntryReader, read_record
 from gateway.spool.errors import CorruptEntry, SpoolBusy
 from gateway.spool.layout import STATES, StageDirs, State, slot_of_name
@@ -182,7 +186,11 @@ def _existing_path(root: str, state: State, name: str) -> str | None:
     if state != "active":
         return None
     active = f"{root}/active"
-    slots = sorted(slot for slot in map(slot_of_name, os.listdir(active)) if slot is not None)
+    try:
+        names = os.listdir(active)
+    except FileNotFoundError:  # a stage being created by another process: nothing in it yet
+        return None
+    slots = sorted(slot for slot in map(slot_of_name, names) if slot is not None)
     in_slots = (f"{active}/{slot}/{name}" for slot in slots)
     return next((path for path in in_slots if os.path.lexists(path)), None)
 
@@ -356,7 +364,8 @@ def requeue_orphaned_slots(
 
 
 def remove_stale_temps(dirs: StageDirs, older_than: float) -> list[tuple[str, bool]]:
-    """Remove files of ``tmp/`` last modified before ``older_than`` (a timestamp).
+    """Remove files of ``tmp/`` last changed before ``older_than`` (a timestamp): last
+    modified, or for a parked deletion, parked (``_last_changed``).
 
     Each removed name comes with True for an unpublished write (a ``.tmp`` file with a
     single link); a second link to a published entry or a parked deletion is False.
@@ -370,7 +379,7 @@ def remove_stale_temps(dirs: StageDirs, older_than: float) -> list[tuple[str, bo
             info = os.lstat(path)
         except FileNotFoundError:
             continue
-        if info.st_mtime > older_than:
+        if _last_changed(name, info) > older_than:
             continue
         try:
             os.unlink(path)
@@ -378,6 +387,17 @@ def remove_stale_temps(dirs: StageDirs, older_than: float) -> list[tuple[str, bo
             continue
         removed.append((name, name.endswith(TEMP_SUFFIX) and info.st_nlink == 1))
     return removed
+
+
+def _last_changed(name: str, info: os.stat_result) -> float:
+    """When a file of ``tmp/`` was last written, or a parked deletion (``.deleting``)
+    parked: the rename into ``tmp/`` keeps the entry's mtime (a held or deferred entry's:
+    hours or days ago) but sets its ctime. By the mtime alone, a consumer starting while
+    a ``delete`` (an operator's, the quarantine purge's) records its event took the
+    parked entry for a crash's debris and removed it under the deletion."""
+    if name.endswith(DELETING_SUFFIX):
+        return max(info.st_mtime, info.st_ctime)
+    return info.st_mtime
 
 
 class ConsumerLock:

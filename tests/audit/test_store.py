@@ -9,13 +9,17 @@ import sqlite3
 import stat
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 
+from gateway.app import apply_audit_retention
 from gateway.audit import AuditChainBroken, AuditDatabaseError, AuditEvent, AuditStore
 from gateway.audit.event import utc_now
 from gateway.audit.record import CHECKPOINT_TYPE, Row, record_from_row, row_of, seal
 from gateway.audit.store import _INSERT, _create_schema, _is_empty
+from gateway.config import Config
 
 from .events import T0, make_event
 
@@ -156,6 +160,153 @@ def test_writers_opening_a_new_trail_at_the_same_moment_all_succeed(tmp_path: Pa
         with AuditStore.open_reader(path) as reader:
             report = reader.verify()
         assert report.ok and report.records == 4
+
+
+def _rollback_journal_trail(path: Path) -> None:
+    """A trail as the first worker on a new file leaves it between its schema and its
+    switch to WAL: marked and with its table, journal mode still ``delete``."""
+    connection = sqlite3.connect(path, isolation_level=None)
+    try:
+        _create_schema(connection)
+        assert connection.execute("PRAGMA journal_mode").fetchone()[0] == "delete"
+    finally:
+        connection.close()
+
+
+def _open_and_append_three(path: str, start: multiprocessing.synchronize.Barrier) -> None:
+    start.wait()
+    with AuditStore.open_writer(Path(path)) as store:
+        for index in range(3):
+            store.append([make_event(index)])
+
+
+def test_writers_switching_a_new_trail_to_wal_at_the_same_moment_all_succeed(
+    tmp_path: Path,
+) -> None:
+    """One writer's switch to WAL met another's write lock: SQLite answered "database
+    is locked" at once, whatever the busy timeout, and that worker exited 2 (before the
+    fix, 0 to 8 of 50 rounds like these failed, depending on the load)."""
+    context = multiprocessing.get_context("fork")
+    for attempt in range(50):
+        path = tmp_path / f"audit-{attempt}.sqlite"
+        _rollback_journal_trail(path)
+        start = context.Barrier(4)
+        writers = [
+            context.Process(target=_open_and_append_three, args=(str(path), start))
+            for _ in range(4)
+        ]
+        try:
+            for writer in writers:
+                writer.start()
+            for writer in writers:
+                writer.join(timeout=60)
+        finally:
+            for writer in writers:
+                if writer.is_alive():
+                    writer.kill()
+                    writer.join()
+        assert [writer.exitcode for writer in writers] == [0, 0, 0, 0]
+        with AuditStore.open_reader(path) as reader:
+            report = reader.verify()
+        assert report.ok and report.records == 12
+
+
+def test_the_switch_to_wal_waits_for_another_writer(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same race, step by step: another connection holds the write lock when the
+    writer switches the new trail to WAL; the writer tries again once it is released."""
+    path = tmp_path / "audit.sqlite"
+    _rollback_journal_trail(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    pauses: list[bool] = []
+
+    def release_the_lock() -> None:
+        pauses.append(holder.in_transaction)
+        if holder.in_transaction:
+            holder.execute("COMMIT")
+
+    monkeypatch.setattr("gateway.audit.store._pause_before_retry", release_the_lock)
+    try:
+        with AuditStore.open_writer(path) as store:
+            store.append([make_event(1)])
+    finally:
+        holder.close()
+    assert pauses == [True]
+    with AuditStore.open_reader(path) as reader:
+        assert reader.verify().records == 1
+    check = sqlite3.connect(path)
+    try:
+        assert check.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    finally:
+        check.close()
+
+
+def test_the_switch_to_wal_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+    path = tmp_path / "audit.sqlite"
+    _rollback_journal_trail(path)
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")
+    try:
+        with pytest.raises(AuditDatabaseError, match="database is locked"):
+            AuditStore.open_writer(path, busy_timeout=0)
+    finally:
+        holder.close()
+
+
+def _retention_of(path: Path) -> Config:
+    """The two settings ``apply_audit_retention`` reads, for a trail at ``path``."""
+    audit = SimpleNamespace(path=path, retention=timedelta(days=1))
+    return cast(Config, SimpleNamespace(audit=audit))
+
+
+def test_retention_at_start_completes_a_trail_being_created(tmp_path: Path) -> None:
+    """``serve``'s retention met a trail file another process had just made (``O_EXCL``,
+    empty: its schema not committed yet) and exited 2 ("not an audit trail yet")."""
+    path = tmp_path / "audit.sqlite"
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    result = apply_audit_retention(_retention_of(path))
+    assert result is not None and result.deleted == 0
+    with AuditStore.open_reader(path) as reader:
+        report = reader.verify()
+    assert report.ok and report.records == 0
+    assert apply_audit_retention(_retention_of(tmp_path / "none.sqlite")) is None
+    assert not (tmp_path / "none.sqlite").exists()
+
+
+def _apply_retention(path: str, start: multiprocessing.synchronize.Barrier) -> None:
+    start.wait()
+    apply_audit_retention(_retention_of(Path(path)))
+
+
+def test_retention_and_writers_starting_on_a_new_trail_at_once_all_succeed(
+    tmp_path: Path,
+) -> None:
+    """The same with processes: ``serve``'s retention and three writers that start at
+    the same moment on a new trail (before the fix, 1 to 5 rounds in 50 failed)."""
+    context = multiprocessing.get_context("fork")
+    for attempt in range(50):
+        path = tmp_path / f"audit-{attempt}.sqlite"
+        start = context.Barrier(4)
+        processes = [context.Process(target=_apply_retention, args=(str(path), start))]
+        processes += [
+            context.Process(target=_open_and_append, args=(str(path), start)) for _ in range(3)
+        ]
+        try:
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join(timeout=60)
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+        with AuditStore.open_reader(path) as reader:
+            report = reader.verify()
+        assert report.ok and report.records == 3
 
 
 def test_two_writers_keep_one_linear_chain(db_path: Path, store: AuditStore) -> None:

@@ -9,6 +9,8 @@ path writes none, recovery removes what a crash left, and a DSN can be a new mes
 
 from __future__ import annotations
 
+import multiprocessing
+import multiprocessing.synchronize
 import os
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -26,8 +28,9 @@ from gateway.spool import (
     Spool,
     relay_stage,
 )
-from gateway.spool.ids import QueueId, child_queue_id
-from gateway.spool.tombstones import tombstone_name
+from gateway.spool.ids import QueueId, child_queue_id, new_queue_id
+from gateway.spool.layout import Layout
+from gateway.spool.tombstones import remove_orphans, tombstone_name
 
 from .support import RecordingTrail, envelope, make_spool, message, origin
 
@@ -209,3 +212,68 @@ async def test_a_dsn_handed_off_as_a_new_message_is_received_now(
         assert dsn_child.record.received == now[0]
     finally:
         await spool.aclose()
+
+
+# -- a consumer starting while another process creates a stage ---------------------------
+
+
+def _create_stages(
+    root: str,
+    count: int,
+    start: multiprocessing.synchronize.Barrier,
+    done: multiprocessing.synchronize.Event,
+) -> None:
+    start.wait()
+    try:
+        for number in range(count):
+            Layout(Path(root)).stage(relay_stage(f"new-{number}")).create()
+    finally:
+        done.set()
+
+
+def _remove_orphans_until(
+    root: str,
+    tombstone: str,
+    start: multiprocessing.synchronize.Barrier,
+    done: multiprocessing.synchronize.Event,
+) -> None:
+    """Recover ``received``'s tombstones again and again (a tombstone whose parent has
+    left: each round looks for its parent in every stage) until the creator is done."""
+    layout = Layout(Path(root))
+    received = layout.stage(RECEIVED)
+    start.wait()
+    while not done.is_set():
+        (received.handed / tombstone).touch()
+        assert remove_orphans(layout, received) in ([tombstone], [])
+
+
+def test_recovery_meanwhile_a_stage_is_created_looks_past_it(tmp_path: Path) -> None:
+    """A consumer's recovery (``remove_orphans``) looks for the parent of each tombstone
+    in every stage; a stage another process was creating (its directory made, its
+    ``active/`` not yet) failed the lookup with ``FileNotFoundError``, and the start."""
+    root = tmp_path / "spool"
+    layout = Layout(root)
+    layout.create_root()
+    received = layout.stage(RECEIVED)
+    received.create()
+    tombstone = tombstone_name(new_queue_id(), new_queue_id())  # its parent has left
+    context = multiprocessing.get_context("fork")
+    start, done = context.Barrier(4), context.Event()
+    creator = context.Process(target=_create_stages, args=(str(root), 200, start, done))
+    recovering = [
+        context.Process(target=_remove_orphans_until, args=(str(root), tombstone, start, done))
+        for _ in range(3)
+    ]
+    processes = [creator, *recovering]
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=60)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+    assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+    assert handed(root, RECEIVED) == []

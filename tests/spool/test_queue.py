@@ -247,6 +247,26 @@ async def test_recent_temp_files_survive_recovery(spool: Spool) -> None:
     assert await writing.commit() in files(queue.dirs.state("incoming"))
 
 
+async def test_a_deletion_parked_now_survives_recovery_whatever_the_entry_age(
+    spool: Spool,
+) -> None:
+    """A parked deletion keeps the entry's mtime (held two hours ago here): recovery
+    dates it by its park, so it is left to the deletion in progress, and removed only
+    once it has been parked longer than ``stale_after``."""
+    queue = spool.queue("received")
+    queue_id = await queue.add(envelope(), origin(), message())
+    parked = queue.dirs.tmp / f"{queue_id}.0123456789ab.deleting"
+    os.rename(queue.dirs.entry("incoming", queue_id), parked)
+    held_long_ago = parked.stat().st_mtime - 2 * 3600
+    os.utime(parked, (held_long_ago, held_long_ago))
+    report = await queue.recover()
+    assert report.removed_temps == ()
+    assert files(queue.dirs.tmp) == [parked.name]
+    queue.close()
+    report = await queue.recover(stale_after=timedelta(0))
+    assert report.removed_temps == (parked.name,)
+
+
 async def test_only_one_consumer_recovers_a_stage(tmp_path: Path, trail: RecordingTrail) -> None:
     first = make_spool(tmp_path / "spool", trail)
     second = make_spool(tmp_path / "spool", trail)

@@ -13,9 +13,13 @@ restarts, while the entries of the other, live consumer are never moved.
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import multiprocessing.synchronize
 import os
 import signal
 import subprocess
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -285,3 +289,83 @@ def test_a_killed_consumer_gets_its_entries_back_and_never_the_live_ones(
     assert sorted(events) == sorted((queue_id, "active/1") for queue_id in doomed_held)
     done = finish(restarted) + finish(live)
     assert sorted(done) == sorted(ids)
+
+
+# -- a deletion in progress while consumers start ----------------------------------------
+
+HELD_LONG_AGO = 2 * 3600  # seconds: older than STALE_TEMP_AGE, like a quarantined entry
+
+
+async def _held_long_ago(root: Path, count: int) -> list[str]:
+    """``count`` entries an operator (or the inbound agent) held two hours ago."""
+    spool = open_spool(root, RecordingTrail(), 0)
+    try:
+        queue = spool.queue(RECEIVED)
+        ids = await add(spool, count)
+        for queue_id in ids:
+            await queue.hold(queue_id, "operator")
+    finally:
+        await spool.aclose()
+    then = time.time() - HELD_LONG_AGO
+    for queue_id in ids:
+        os.utime(root / RECEIVED / "hold" / queue_id, (then, then))
+    return ids
+
+
+def _delete_each(root: str, ids: list[str], start: multiprocessing.synchronize.Barrier) -> None:
+    async def delete_each() -> None:
+        spool = open_spool(Path(root), RecordingTrail(), 0)
+        try:
+            queue = spool.queue(RECEIVED)
+            start.wait()
+            for queue_id in ids:
+                await queue.delete(queue_id, "purge")
+        finally:
+            await spool.aclose()
+
+    asyncio.run(delete_each())
+
+
+def _recover_slot(root: str, slot: int, start: multiprocessing.synchronize.Barrier) -> None:
+    async def recover() -> None:
+        spool = open_spool(Path(root), RecordingTrail(), slot)
+        try:
+            queue = spool.queue(RECEIVED)
+            start.wait()
+            await queue.recover()
+        finally:
+            await spool.aclose()
+
+    asyncio.run(recover())
+
+
+def test_consumers_starting_during_deletions_leave_them_alone(tmp_path: Path) -> None:
+    """A deletion parks its entry in ``tmp/`` (``Queue.delete``) while it records the
+    event; consumers of other slots starting at that moment took the parked file, whose
+    mtime is the entry's, for debris of a crash and removed it, and the deletion failed
+    with ``FileNotFoundError`` (the quarantine purge runs when the slot-0 inbound worker
+    starts, beside the other slots' recovery)."""
+    context = multiprocessing.get_context("fork")
+    for attempt in range(5):
+        root = tmp_path / str(attempt)
+        ids = asyncio.run(_held_long_ago(root, 20))
+        start = context.Barrier(4)
+        deleter = context.Process(target=_delete_each, args=(str(root), ids, start))
+        starting = [
+            context.Process(target=_recover_slot, args=(str(root), slot, start))
+            for slot in (1, 2, 3)
+        ]
+        processes = [deleter, *starting]
+        try:
+            for process in processes:
+                process.start()
+            for process in processes:
+                process.join(timeout=60)
+        finally:
+            for process in processes:
+                if process.is_alive():
+                    process.kill()
+                    process.join()
+        assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+        assert names(root / RECEIVED / "hold") == []
+        assert names(root / RECEIVED / "tmp") == []
