@@ -171,8 +171,10 @@ class CrlCache:
         if path is None or not path.exists():
             return None
         try:
-            parsed = parse_crl(path.read_bytes())
+            # stat before reading: a file replaced in between is then dated older than
+            # its content (refreshed early), never newer (an old CRL kept too long)
             fetched_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
+            parsed = parse_crl(path.read_bytes())
         except (OSError, CrlError) as error:
             log.warning("crl.cache_unreadable", url=url, reason=str(error))
             return None

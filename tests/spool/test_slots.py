@@ -14,6 +14,7 @@ restarts, while the entries of the other, live consumer are never moved.
 from __future__ import annotations
 
 import asyncio
+import errno
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -36,8 +37,9 @@ from gateway.spool import (
     SpoolBusy,
 )
 from gateway.spool.display import list_row
-from gateway.spool.layout import check_slot
+from gateway.spool.layout import Layout, check_slot
 from gateway.spool.spooldir import consumer_slot_scope, current_consumer_slot
+from gateway.spool.stagefiles import ConsumerLock
 
 from .support import (
     QueueSite,
@@ -369,3 +371,17 @@ def test_consumers_starting_during_deletions_leave_them_alone(tmp_path: Path) ->
         assert [process.exitcode for process in processes] == [0, 0, 0, 0]
         assert names(root / RECEIVED / "hold") == []
         assert names(root / RECEIVED / "tmp") == []
+
+
+def test_a_symlink_planted_as_a_lock_file_is_never_followed(tmp_path: Path) -> None:
+    """The lock file is opened ``O_NOFOLLOW``: a symlink in its place (only the spool's
+    owner could plant one, the spool is 0700) makes the start fail instead of creating
+    or locking the file it points to."""
+    dirs = Layout(tmp_path / "spool").stage(RECEIVED)
+    dirs.create()
+    target = tmp_path / "elsewhere"
+    dirs.consumer_lock(1).symlink_to(target)
+    with pytest.raises(OSError) as raised:
+        ConsumerLock(dirs, 1).try_acquire()
+    assert raised.value.errno == errno.ELOOP
+    assert not target.exists()
