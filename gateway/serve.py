@@ -34,14 +34,27 @@ Least privilege: this process is the SMTP front; it loads the TLS key of its lis
 but never an S/MIME private key (the configuration is loaded with ``agent_keys=False``);
 only the secure agent's worker process loads private keys.
 
-Exit status: 0 after a clean stop on a signal, 2 on a configuration error.
+One ``serve`` per spool: it holds ``flock`` on ``<spool_dir>/serve.lock`` while it runs
+(``only_serve_on``), and a second one started by mistake exits 2 before building
+anything. Without it, the second would start a second set of workers on the same queues
+and, with ``front_workers`` > 1, even bind the same ports (``SO_REUSEPORT`` lets any
+process of the same user join). The lock goes with the process (a ``kill -9`` frees it);
+the file itself stays (0600, empty).
+
+Exit status: 0 after a clean stop on a signal, 2 on a configuration error or when
+another ``serve`` runs on the same spool.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import fcntl
+import os
 import signal
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 
 from gateway import __version__
 from gateway.app import (
@@ -51,7 +64,9 @@ from gateway.app import (
 )
 from gateway.cli_common import SubParsers, add_config_argument
 from gateway.config import Config, load_config
+from gateway.errors import UsageError
 from gateway.log import get_logger, setup_logging
+from gateway.pki.files import ensure_private_dir
 from gateway.smtp.listener import ListenerGroup, start_listeners
 from gateway.spool import RECEIVED
 from gateway.workers import crypto_worker_count, start_workers
@@ -78,7 +93,35 @@ def run_serve(args: argparse.Namespace) -> int:
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run until ``stop`` is set (by SIGTERM/SIGINT when not given)."""
-    stop = stop or _stop_on_signals()
+    with only_serve_on(config.gateway.spool_dir):
+        await _serve(config, stop or _stop_on_signals())
+
+
+SERVE_LOCK = "serve.lock"
+
+
+@contextmanager
+def only_serve_on(spool_dir: Path) -> Iterator[None]:
+    """Hold ``flock`` on ``<spool_dir>/serve.lock`` for the block (module docstring);
+    ``UsageError`` (exit 2) when another process holds it."""
+    ensure_private_dir(spool_dir)
+    path = spool_dir / SERVE_LOCK
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise UsageError(
+            f"another missive serve is running on the spool {spool_dir} (it holds {path}); "
+            "stop it first"
+        ) from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+async def _serve(config: Config, stop: asyncio.Event) -> None:
     gateway = build_gateway(config)
     try:
         await gateway.audit.record(lifecycle_event("start", config, version=__version__))

@@ -10,6 +10,7 @@ reads one queue directory and writes the next"), so its layout is the contract::
       inbound/         SMTP front (mail for local_domains from outside), IMAP fetcher
                        -> inbound agent (decrypt, verify)
       local/           inbound agent -> local delivery (LMTP, SMTP, maildir)
+      serve.lock       flock(2) held by the running ``missive serve`` (``gateway.serve``)
 
 and inside every stage the same state directories (Postfix's names, STYLE 5)::
 

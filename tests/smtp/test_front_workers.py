@@ -17,6 +17,7 @@ import asyncio
 import os
 import signal
 import socket
+import stat
 import subprocess
 import sys
 from collections import Counter
@@ -27,8 +28,9 @@ import pytest
 
 from gateway.audit import AuditStore
 from gateway.config import Config, load_config
+from gateway.errors import UsageError
 from gateway.pki.dev import DevPki
-from gateway.serve import serve
+from gateway.serve import SERVE_LOCK, only_serve_on, serve
 from gateway.smtp.listener import ListenerGroup, start_listeners
 from gateway.smtp.throttle import ThrottleLimits, share_of, shared_limits
 from gateway.spool import RECEIVED, Spool
@@ -279,6 +281,8 @@ async def test_serve_starts_the_extra_front_and_both_accept(
             assert not running.done(), running
             await asyncio.sleep(0.05)
         front_pid = await wait_front_worker(port)
+        with pytest.raises(UsageError, match="another missive serve is running"):
+            await serve(config, asyncio.Event())  # by mistake: it would share the ports
         sent = senders("serve", 30)
         await send_many(port, sent)
         actors = actors_of_received(config)
@@ -555,3 +559,14 @@ async def test_a_stopping_front_finishes_data_in_flight_and_refuses_new_data(
             await group.aclose()
         else:
             await closing
+
+
+def test_one_serve_per_spool(tmp_path: Path) -> None:
+    spool = tmp_path / "spool"
+    with only_serve_on(spool):
+        with pytest.raises(UsageError, match="another missive serve is running"):
+            with only_serve_on(spool):
+                pass  # pragma: no cover - never reached
+        assert stat.S_IMODE((spool / SERVE_LOCK).stat().st_mode) == 0o600
+    with only_serve_on(spool):  # released with the first
+        pass
