@@ -45,8 +45,9 @@ from cryptography.hazmat.primitives.ciphers import algorithms
 from cryptography.hazmat.primitives.serialization import pkcs7
 from cryptography.x509.oid import NameOID
 
-from gateway.smime.decrypt import DecryptionKey, decrypt, decrypt_entity
+from gateway.smime.decrypt import decrypt, decrypt_entity
 from gateway.smime.encrypt import Recipient, encrypt, encrypt_entity
+from gateway.smime.recipient_infos import DecryptionKey
 
 
 @dataclass(frozen=True)

@@ -51,8 +51,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
 
 from gateway.smime import mime, transfer
-from gateway.smime.decrypt import DecryptionKey, decrypt_entity
+from gateway.smime.decrypt import decrypt_entity
 from gateway.smime.encrypt import Recipient, encrypt_entity
+from gateway.smime.recipient_infos import DecryptionKey
 from gateway.smime.sign import sign, sign_der
 from gateway.smime.types import CertStatus, Purpose, ValidationResult
 from gateway.smime.verify import verify

@@ -71,12 +71,11 @@ from gateway.smime.algorithms import CIPHERS_BY_ASN1_NAME, WEAK_CIPHERS
 from gateway.smime.certnames import addresses_match
 from gateway.smime.decrypt import (
     ENCRYPTED_SMIME_TYPES,
-    OID_AUTH_ENVELOPED_DATA,
-    OID_ENVELOPED_DATA,
     Decrypted,
-    DecryptionKey,
     decrypt_parsed,
 )
+from gateway.smime.enveloped_data import OID_AUTH_ENVELOPED_DATA, OID_ENVELOPED_DATA
+from gateway.smime.recipient_infos import DecryptionKey
 from gateway.smime.types import (
     PUBLIC_DECRYPT_ERROR,
     ChainValidator,

@@ -51,7 +51,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from gateway.config import material
 from gateway.errors import MissiveError
 from gateway.smime.certnames import addresses_match, san_addresses
-from gateway.smime.decrypt import DecryptionKey
+from gateway.smime.recipient_infos import DecryptionKey
 from gateway.smime.types import ChainValidator, Purpose, ValidationResult
 
 KeyPurpose = Literal["sign", "enc"]

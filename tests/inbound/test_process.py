@@ -32,8 +32,8 @@ from gateway.pki.dev import DevPki
 from gateway.pki.store import load_first_certificate, load_private_key
 from gateway.relay import protect
 from gateway.smime import mime, smime_parts
-from gateway.smime.decrypt import DecryptionKey
 from gateway.smime.encrypt import Recipient, encrypt_entity
+from gateway.smime.recipient_infos import DecryptionKey
 from gateway.smime.sign import sign
 from gateway.smime.types import PUBLIC_DECRYPT_ERROR
 from gateway.smime.validate import CertificateValidator

@@ -10,8 +10,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.smime.decrypt import DecryptionKey, decrypt, decrypt_entity
+from gateway.smime.decrypt import decrypt, decrypt_entity
 from gateway.smime.encrypt import Recipient, encrypt, encrypt_entity
+from gateway.smime.recipient_infos import DecryptionKey
 from gateway.smime.types import DecryptError
 from tests.peers.cms_tools import OpenSSLCms, run_tool
 from tests.smime.envelope.identities import (

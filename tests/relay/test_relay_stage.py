@@ -25,16 +25,18 @@ from gateway.audit import AuditEvent, AuditSink, AuditStore
 from gateway.config import Config
 from gateway.config.model import Route
 from gateway.pki.dev import DevPki
-from gateway.relay.dsn_recipients import Action
-from gateway.relay.relay_stage import (
+from gateway.relay.attempt_plan import (
     DELAY_WARNED_NOTE,
     Attempted,
-    RelaySettings,
-    RelayStage,
     Timing,
-    build_client,
     delivery_groups,
     plan_attempt,
+)
+from gateway.relay.dsn_recipients import Action
+from gateway.relay.relay_stage import (
+    RelaySettings,
+    RelayStage,
+    build_client,
     run_relay_worker,
 )
 from gateway.relay.smtp_reply import DeliveryResult, Outcome

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from gateway.pki.dev import DevPki, init_dev_pki
-from gateway.smime.decrypt import DecryptionKey
+from gateway.smime.recipient_infos import DecryptionKey
 
 ALICE = "alice.martin@chu-a.test"
 BOB = "bruno.petit@chu-a.test"

@@ -9,8 +9,9 @@ from asn1crypto import cms
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.smime import der
-from gateway.smime.decrypt import DecryptionKey, decrypt
+from gateway.smime.decrypt import decrypt
 from gateway.smime.encrypt import Recipient, encrypt
+from gateway.smime.recipient_infos import DecryptionKey
 from gateway.smime.types import PUBLIC_DECRYPT_ERROR, DecryptError
 from tests.smime.envelope import crafting
 from tests.smime.envelope.identities import ALICE, BOB, ERIN, FRANK, EnvelopePki, load_key

@@ -11,8 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from gateway.smime.decrypt import DecryptionKey, decrypt
+from gateway.smime.decrypt import decrypt
 from gateway.smime.encrypt import Recipient, encrypt
+from gateway.smime.recipient_infos import DecryptionKey
 from gateway.smime.types import PUBLIC_DECRYPT_ERROR, DecryptError
 from tests.smime.envelope.identities import ALICE, ERIN, EnvelopePki
 

@@ -10,8 +10,9 @@ from asn1crypto import cms
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.smime import der, mime
-from gateway.smime.decrypt import DecryptionKey, decrypt, decrypt_entity, decrypt_parsed
+from gateway.smime.decrypt import decrypt, decrypt_entity, decrypt_parsed
 from gateway.smime.encrypt import Recipient, encrypt, encrypt_entity, plan_recipients
+from gateway.smime.recipient_infos import DecryptionKey
 from gateway.smime.types import DecryptError, EncryptError, RecipientCapabilities
 from tests.smime.envelope.identities import (
     ALICE,
