@@ -34,12 +34,13 @@ Least privilege: this process is the SMTP front; it loads the TLS key of its lis
 but never an S/MIME private key (the configuration is loaded with ``agent_keys=False``);
 only the secure agent's worker process loads private keys.
 
-One ``serve`` per spool: it holds ``flock`` on ``<spool_dir>/serve.lock`` while it runs
-(``only_serve_on``), and a second one started by mistake exits 2 before building
-anything. Without it, the second would start a second set of workers on the same queues
-and, with ``front_workers`` > 1, even bind the same ports (``SO_REUSEPORT`` lets any
-process of the same user join). The lock goes with the process (a ``kill -9`` frees it);
-the file itself stays (0600, empty).
+One ``serve`` per spool: it holds ``flock`` on the spool directory while it runs
+(``only_serve_on``), and a second one started on the same spool by mistake exits 2
+before building anything. Without it, the second would start a second set of workers on
+the same queues and, with ``front_workers`` > 1, even bind the same ports
+(``SO_REUSEPORT`` lets any process of the same user join). The lock goes with the
+process (a ``kill -9`` frees it). It does not stop a ``serve`` with *another* spool from
+joining the ports when ``front_workers`` > 1 (docs/operations.md).
 
 Exit status: 0 after a clean stop on a signal, 2 on a configuration error or when
 another ``serve`` runs on the same spool.
@@ -97,23 +98,23 @@ async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
         await _serve(config, stop or _stop_on_signals())
 
 
-SERVE_LOCK = "serve.lock"
-
-
 @contextmanager
 def only_serve_on(spool_dir: Path) -> Iterator[None]:
-    """Hold ``flock`` on ``<spool_dir>/serve.lock`` for the block (module docstring);
-    ``UsageError`` (exit 2) when another process holds it."""
-    ensure_private_dir(spool_dir)
-    path = spool_dir / SERVE_LOCK
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    """Hold ``flock`` on the spool directory itself for the block (module docstring);
+    ``UsageError`` (exit 2) when another process holds it or the directory cannot be
+    opened. The directory, not a file in it: a lock file removed by hand (``rm``,
+    ``rsync --delete``) would let a second ``serve`` lock a new one."""
+    try:
+        ensure_private_dir(spool_dir)
+        fd = os.open(spool_dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as error:
+        raise UsageError(f"spool directory {spool_dir}: {error.strerror}") from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
         raise UsageError(
-            f"another missive serve is running on the spool {spool_dir} (it holds {path}); "
-            "stop it first"
+            f"another missive serve is running on the spool {spool_dir}; stop it first"
         ) from None
     try:
         yield

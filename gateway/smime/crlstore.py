@@ -171,10 +171,9 @@ class CrlCache:
         if path is None or not path.exists():
             return None
         try:
-            # stat before reading: a file replaced in between is then dated older than
-            # its content (refreshed early), never newer (an old CRL kept too long)
-            fetched_at = datetime.fromtimestamp(path.stat().st_mtime, UTC)
-            parsed = parse_crl(path.read_bytes())
+            with path.open("rb") as cached:  # date and bytes of the same file
+                fetched_at = datetime.fromtimestamp(os.fstat(cached.fileno()).st_mtime, UTC)
+                parsed = parse_crl(cached.read())
         except (OSError, CrlError) as error:
             log.warning("crl.cache_unreadable", url=url, reason=str(error))
             return None

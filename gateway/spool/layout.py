@@ -3,14 +3,13 @@
 The spool is the interface between the stages of the gateway (ARCHITECTURE, "Each stage
 reads one queue directory and writes the next"), so its layout is the contract::
 
-    <spool_dir>/                      0700, [gateway] spool_dir
+    <spool_dir>/                      0700, [gateway] spool_dir; flock(2) by ``serve``
       received/        SMTP front (submission, relay clients), the gateway's own DSN/MDN
                        -> secure agent (route, sign, encrypt)
       relay/<route>/   secure agent -> relay of [[routes]] <route> (retries, DSN)
       inbound/         SMTP front (mail for local_domains from outside), IMAP fetcher
                        -> inbound agent (decrypt, verify)
       local/           inbound agent -> local delivery (LMTP, SMTP, maildir)
-      serve.lock       flock(2) held by the running ``missive serve`` (``gateway.serve``)
 
 and inside every stage the same state directories (Postfix's names, STYLE 5)::
 

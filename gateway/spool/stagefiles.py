@@ -409,12 +409,15 @@ def remove_stale_temps(dirs: StageDirs, older_than: float) -> list[tuple[str, bo
 
 def _last_changed(name: str, info: os.stat_result) -> float:
     """When a file of ``tmp/`` was last written, or a parked deletion (``.deleting``)
-    parked: the rename into ``tmp/`` keeps the entry's mtime (a held or deferred entry's:
-    hours or days ago) but sets its ctime. By the mtime alone, a consumer starting while
-    a ``delete`` (an operator's, the quarantine purge's) records its event took the
-    parked entry for a crash's debris and removed it under the deletion."""
+    parked: the rename into ``tmp/`` keeps the entry's mtime (a held entry's: hours or
+    days ago; a deferred entry's: its next attempt, maybe hours ahead) but sets its
+    ctime (ext4, XFS, btrfs, tmpfs). By the mtime alone, a consumer starting while a
+    ``delete`` (an operator's, the quarantine purge's) records its event took the
+    parked entry for a crash's debris and removed it under the deletion. The price: a
+    deletion cut short by a crash is finished by the first consumer start an hour or
+    more after it, not by the next one."""
     if name.endswith(DELETING_SUFFIX):
-        return max(info.st_mtime, info.st_ctime)
+        return info.st_ctime  # not the mtime: a deferred entry's is its next attempt, ahead
     return info.st_mtime
 
 

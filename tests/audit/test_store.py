@@ -152,10 +152,16 @@ def test_writers_opening_a_new_trail_at_the_same_moment_all_succeed(tmp_path: Pa
         writers = [
             context.Process(target=_open_and_append, args=(str(path), start)) for _ in range(4)
         ]
-        for writer in writers:
-            writer.start()
-        for writer in writers:
-            writer.join(timeout=60)
+        try:
+            for writer in writers:
+                writer.start()
+            for writer in writers:
+                writer.join(timeout=60)
+        finally:
+            for writer in writers:
+                if writer.is_alive():
+                    writer.kill()
+                    writer.join()
         assert [writer.exitcode for writer in writers] == [0, 0, 0, 0]
         with AuditStore.open_reader(path) as reader:
             report = reader.verify()
@@ -277,7 +283,7 @@ def test_retention_at_start_completes_a_trail_being_created(tmp_path: Path) -> N
 
 def _apply_retention(path: str, start: multiprocessing.synchronize.Barrier) -> None:
     start.wait()
-    apply_audit_retention(_retention_of(Path(path)))
+    apply_audit_retention(_retention_of(Path(path)), now=T0)  # prunes none of the writers'
 
 
 def test_retention_and_writers_starting_on_a_new_trail_at_once_all_succeed(

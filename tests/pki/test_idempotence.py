@@ -141,10 +141,16 @@ def test_processes_creating_one_private_dir_at_once_all_succeed(tmp_path: Path) 
         makers = [
             context.Process(target=_make_private_dir, args=(str(target), start)) for _ in range(4)
         ]
-        for maker in makers:
-            maker.start()
-        for maker in makers:
-            maker.join(timeout=60)
+        try:
+            for maker in makers:
+                maker.start()
+            for maker in makers:
+                maker.join(timeout=60)
+        finally:
+            for maker in makers:
+                if maker.is_alive():
+                    maker.kill()
+                    maker.join()
         assert [maker.exitcode for maker in makers] == [0, 0, 0, 0]
         assert stat.S_IMODE(target.stat().st_mode) == 0o700
 

@@ -30,7 +30,7 @@ from gateway.audit import AuditStore
 from gateway.config import Config, load_config
 from gateway.errors import UsageError
 from gateway.pki.dev import DevPki
-from gateway.serve import SERVE_LOCK, only_serve_on, serve
+from gateway.serve import only_serve_on, serve
 from gateway.smtp.listener import ListenerGroup, start_listeners
 from gateway.smtp.throttle import ThrottleLimits, share_of, shared_limits
 from gateway.spool import RECEIVED, Spool
@@ -567,6 +567,14 @@ def test_one_serve_per_spool(tmp_path: Path) -> None:
         with pytest.raises(UsageError, match="another missive serve is running"):
             with only_serve_on(spool):
                 pass  # pragma: no cover - never reached
-        assert stat.S_IMODE((spool / SERVE_LOCK).stat().st_mode) == 0o600
+        assert os.listdir(spool) == []  # the directory itself is locked: no file to remove
+        assert stat.S_IMODE(spool.stat().st_mode) == 0o700
     with only_serve_on(spool):  # released with the first
         pass
+
+
+def test_a_spool_path_that_cannot_be_locked_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "spool").write_text("not a directory")
+    with pytest.raises(UsageError, match=r"spool directory .*: exists and is not a directory"):
+        with only_serve_on(tmp_path / "spool"):
+            pass  # pragma: no cover - never reached
