@@ -129,7 +129,6 @@ def describe(record: QueueRecord, stage: str, state: str) -> Iterator[str]:
     yield f"state:       revision {progress.revision}, updated {updated} " + pairs(
         next_attempt=None if progress.next_attempt is None else show_time(progress.next_attempt),
         note=progress.note,
-        recovered="yes" if record.recovered else None,
     )
 
 

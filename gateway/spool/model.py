@@ -290,9 +290,7 @@ class QueueRecord:
     handed off from, if any, and ``parent_stage`` the stage that parent is in (written
     by ``Queue.hand_off`` so that the tombstone check of a removal looks in that stage
     only; None in records written before it existed, and then every stage is looked
-    at, ``gateway.spool.tombstones``). ``recovered`` is set when a consumer's recovery
-    moved the entry out of an ``active/`` directory, so a pass over it may have handed
-    some of it on before it stopped (``Queue.hand_off`` then looks for such children).
+    at, ``gateway.spool.tombstones``).
     """
 
     queue_id: QueueId
@@ -305,12 +303,9 @@ class QueueRecord:
     origin: Origin
     state: EntryState
     parent_stage: str | None = None
-    recovered: bool = False
 
     def __post_init__(self) -> None:
         check_queue_id("queue_id", self.queue_id)
-        if not isinstance(self.recovered, bool):
-            raise RecordError("recovered: expected true or false")
         if self.parent is not None:
             check_queue_id("parent", self.parent)
         if self.parent_stage is not None:

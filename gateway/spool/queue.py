@@ -146,20 +146,10 @@ class Claimed:
     record: QueueRecord
     claimed_from: State
     preloaded: bytes | CorruptEntry | None = field(default=None, repr=False, compare=False)
-    handed: set[QueueId] = field(default_factory=set, repr=False, compare=False)
 
     def open(self) -> EntryReader:
         """A blocking reader of the content (for worker code outside the event loop)."""
         return EntryReader(self.path)
-
-
-def _may_have_children(record: QueueRecord) -> bool:
-    """Whether an earlier pass over this entry may have handed some of it on: it was
-    recovered from an ``active/`` directory, or its state was rewritten (a deferral, a
-    hold; revision > 0). Any other entry is on its first pass: it was written by its
-    producer and claimed once, and every pass ends by removing it, rewriting it or
-    leaving it in ``active/`` for a recovery (``stagefiles.mark_recovered``)."""
-    return record.recovered or record.state.revision > 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -272,10 +262,7 @@ class Queue:
         size limit: a stage's output is bounded by its input.
         """
         child = child_queue_id(entry.queue_id, key)
-        if child in entry.handed or (
-            _may_have_children(entry.record)
-            and await self._handed_already(entry.queue_id, to, child)
-        ):
+        if await self._handed_already(entry.queue_id, to, child):
             _log.info("spool.handoff_exists", queue_id=child, parent=entry.queue_id, key=key)
             return child
         writer = to._writer(
@@ -291,9 +278,7 @@ class Queue:
         async with writer:
             async for chunk in _chunks(content):
                 await writer.write(chunk)
-            written = await writer.commit()
-        entry.handed.add(written)
-        return written
+            return await writer.commit()
 
     async def _handed_already(self, parent: QueueId, to: Queue, child: QueueId) -> bool:
         """The child is in ``to``, or was (its tombstone); one I/O job. In this order: a

@@ -39,19 +39,17 @@ Decisions (measured in ``bench/bench_spool.py``, see docs/spool.md):
 - **JSON** for the record: ``cat`` shows it, ``json.loads`` is strict enough with an
   explicit key check, and ``ensure_ascii`` keeps it ASCII even for SMTPUTF8 addresses
   or bytes decoded with ``surrogateescape`` (they round-trip exactly).
-- **Optional keys, no version bump.** ``parent_stage`` (the stage of the entry's
-  parent, for the tombstone check, ``gateway.spool.tombstones``) and ``recovered``
-  (``true`` once a consumer's recovery moved the entry out of ``active/``, for the
-  hand-off check of ``Queue.hand_off``) were added after format 1 shipped. Each is
-  written only when set (hand-off children; recovered entries); a record without them
-  (every file written before, every entry without a parent) is exactly format 1, and
-  this reader accepts both. Every other key stays required and any unknown key is
+- **One optional key, no version bump.** ``parent_stage`` (the stage of the entry's
+  parent, for the tombstone check, ``gateway.spool.tombstones``) was added after
+  format 1 shipped. It is written only when set (hand-off children); a record without
+  it (every file written before, every entry without a parent) is exactly format 1,
+  and this reader accepts both. Every other key stays required and any unknown key is
   still refused. Not bumped because nothing this version reads changes meaning: a
   bump would make this gateway's own entries without a parent unreadable by the
   previous one for no reason. The price: a child written by this version, read by an
   older gateway (a downgrade), goes to ``corrupt/`` with "unknown keys
-  ['parent_stage']" (or ``recovered``) instead of "format version 2" - kept, never
-  deleted, and readable again once upgraded (move it back to ``incoming/``), like any newer file.
+  ['parent_stage']" instead of "format version 2" - kept, never deleted, and readable
+  again once upgraded (move it back to ``incoming/``), like any newer file.
 
 The values themselves (``Envelope``, ``Origin``, ``RecipientState``, ``QueueRecord``)
 and their checks are in ``gateway.spool.model``; this module adds the strict JSON
@@ -110,11 +108,7 @@ def _time_or_none(value: datetime | None) -> str | None:
 def _record_to_json(record: QueueRecord) -> dict[str, Any]:
     params = record.envelope.params
     origin = record.origin
-    optional: dict[str, Any] = {}
-    if record.parent_stage is not None:
-        optional["parent_stage"] = record.parent_stage
-    if record.recovered:
-        optional["recovered"] = True
+    optional = {} if record.parent_stage is None else {"parent_stage": record.parent_stage}
     return {
         **optional,
         "queue_id": record.queue_id,
@@ -178,7 +172,7 @@ _TOP_KEYS = frozenset(
     {"queue_id", "parent", "received", "created", "content", "mail", "recipients"}
     | {"origin", "state"}
 )
-_TOP_OPTIONAL = frozenset({"parent_stage", "recovered"})  # written only when set (docstring)
+_TOP_OPTIONAL = frozenset({"parent_stage"})  # written only when set (module docstring)
 _CONTENT_KEYS = frozenset({"length", "sha256"})
 _MAIL_KEYS = frozenset({"from", "size", "body", "smtputf8", "ret", "envid", "auth"})
 _RCPT_KEYS = frozenset(
@@ -208,15 +202,6 @@ def _recipient_from_json(index: int, value: object) -> tuple[Recipient, Recipien
     return recipient, state
 
 
-def _recovered(top: Mapping[str, object]) -> bool:
-    """The optional ``recovered`` key: absent (False), or ``true`` (never written false)."""
-    if "recovered" not in top:
-        return False
-    if top["recovered"] is not True:
-        raise RecordError("recovered: expected true when present")
-    return True
-
-
 def _record_from_json(data: object) -> QueueRecord:
     top = _object("record", data, _TOP_KEYS, _TOP_OPTIONAL)
     content = _object("content", top["content"], _CONTENT_KEYS)
@@ -239,7 +224,6 @@ def _record_from_json(data: object) -> QueueRecord:
         parent_stage=check_stage("parent_stage", top["parent_stage"])
         if "parent_stage" in top
         else None,
-        recovered=_recovered(top),
         received=check_time("received", top["received"]),
         created=check_time("created", top["created"]),
         content_length=check_integer("content.length", content["length"], 0, 1 << 62),

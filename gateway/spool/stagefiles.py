@@ -36,7 +36,6 @@ Trust level: reads and renames under one stage directory; content only through
 
 from __future__ import annotations
 
-import dataclasses
 import errno
 import fcntl
 import os
@@ -324,32 +323,15 @@ def move_to_free_name(path: Path, directory: Path, name: str) -> Path:
 def requeue_active(dirs: StageDirs, slot: int = 0) -> list[tuple[str, QueueRecord | None]]:
     """Move everything in ``slot``'s active directory back to ``incoming/`` (the start of
     that slot's consumer, which holds its lock); the other slots' directories are left
-    alone. Each readable entry is first rewritten with ``recovered`` set (``mark_recovered``)."""
+    alone."""
     moved: list[tuple[str, QueueRecord | None]] = []
     directory = dirs.active(slot)
     for name in _entry_names(directory, slot):
         source = directory / name
-        record = mark_recovered(dirs, source, read_quietly(source))
+        record = read_quietly(source)
         move(source, dirs.entry("incoming", name))
         moved.append((name, record))
     return moved
-
-
-def mark_recovered(dirs: StageDirs, path: Path, record: QueueRecord | None) -> QueueRecord | None:
-    """``record`` with ``recovered`` set, written in place of ``path`` (same content,
-    same state and revision; ``write_version``) unless it is set already or the file is
-    unreadable (its claim will send it to ``corrupt/``).
-
-    Why: a pass over an entry may have handed some of it on before its consumer stopped;
-    ``Queue.hand_off`` looks for such children only in entries that may have them - a
-    recovered one, or one whose state was rewritten (revision > 0) - and skips that
-    lookup (about 20 system calls) for the others. A crash between this rewrite and the
-    move leaves the marked entry in ``active/``, and the next recovery just moves it."""
-    if record is None or record.recovered:
-        return record
-    marked = dataclasses.replace(record, recovered=True)
-    write_version(dirs, path, marked)
-    return marked
 
 
 def requeue_orphaned_slots(

@@ -9,7 +9,6 @@ path writes none, recovery removes what a crash left, and a DSN can be a new mes
 
 from __future__ import annotations
 
-import asyncio
 import multiprocessing
 import multiprocessing.synchronize
 import os
@@ -29,11 +28,8 @@ from gateway.spool import (
     Spool,
     relay_stage,
 )
-from gateway.spool.atomic import move
-from gateway.spool.entry import EntryReader
 from gateway.spool.ids import QueueId, child_queue_id, new_queue_id
 from gateway.spool.layout import Layout
-from gateway.spool.stagefiles import requeue_active
 from gateway.spool.tombstones import remove_orphans, tombstone_name
 
 from .support import RecordingTrail, envelope, make_spool, message, origin
@@ -281,93 +277,3 @@ def test_recovery_meanwhile_a_stage_is_created_looks_past_it(tmp_path: Path) -> 
                 process.join()
     assert [process.exitcode for process in processes] == [0, 0, 0, 0]
     assert handed(root, RECEIVED) == []
-
-
-# -- the lookup before a hand-off: only where an earlier pass may have left children --
-
-
-async def _fresh(received: Queue) -> Claimed:
-    """First pass: written by its producer, claimed once."""
-    return await claim(received)
-
-
-async def _recovered(received: Queue) -> Claimed:
-    """Its consumer stopped while it was in ``active/``; recovery moved it back."""
-    first = await claim(received)
-    received.close()  # the consumer "stops" (releases its lock); the entry stays claimed
-    report = await received.recover()
-    assert report.requeued == (first.queue_id,)
-    again = await claim(received)
-    assert again.record.recovered and again.record.state.revision == 0
-    return again
-
-
-async def _held_and_released(received: Queue) -> Claimed:
-    """A pass that failed put it on hold (its state rewritten); an operator released it."""
-    first = await claim(received)
-    await received.hold(first, "inbound agent error: ValueError")
-    await received.release(first.queue_id)
-    again = await claim(received)
-    assert not again.record.recovered and again.record.state.revision == 1
-    return again
-
-
-@pytest.mark.parametrize(
-    ("claimed", "looks"),
-    [(_fresh, False), (_recovered, True), (_held_and_released, True)],
-    ids=["first-pass", "recovered", "held-and-released"],
-)
-async def test_a_hand_off_looks_for_an_earlier_child_only_where_one_can_exist(
-    spool: Spool,
-    trail: RecordingTrail,
-    claimed: Callable[[Queue], Awaitable[Claimed]],
-    looks: bool,
-) -> None:
-    """A tombstone of the child is planted before the hand-off (as an earlier pass would
-    leave it): an entry that may have had an earlier pass finds it and writes nothing;
-    one on its first pass cannot have children, so it is not looked for (about 20
-    system calls saved per hand-off) and the child is written."""
-    received, relay = spool.queue(RECEIVED), spool.queue(RELAY)
-    await received.add(envelope(), origin(), message())
-    parent = await claimed(received)
-    child = child_queue_id(parent.queue_id, KEY)
-    (relay.dirs.handed / tombstone_name(parent.queue_id, child)).touch(mode=0o600)
-    assert await received.hand_off(parent, relay, KEY, envelope(), b"signed") == child
-    assert everywhere(relay) == ([] if looks else [child])
-    assert [event.queue_id for event in trail.of("spool.added")].count(child) == (not looks)
-
-
-async def test_a_key_handed_off_twice_in_one_pass_is_written_once(
-    spool: Spool, trail: RecordingTrail
-) -> None:
-    received, relay = spool.queue(RECEIVED), spool.queue(RELAY)
-    await received.add(envelope(), origin(), message())
-    parent = await claim(received)
-    first = await received.hand_off(parent, relay, KEY, envelope(), b"signed")
-    assert await received.hand_off(parent, relay, KEY, envelope(), b"signed") == first
-    assert everywhere(relay) == [first]
-    assert [event.queue_id for event in trail.of("spool.added")].count(first) == 1
-
-
-def test_recovery_marks_an_entry_once_and_keeps_its_content_and_state(tmp_path: Path) -> None:
-    dirs = Layout(tmp_path / "spool").stage(RECEIVED)
-    dirs.create()
-    dirs.create_active(0)
-    body = b"Subject: x\r\n\r\nbody\r\n"
-
-    async def crash_with_one_claimed() -> None:
-        spool = make_spool(tmp_path / "spool", RecordingTrail())
-        try:
-            await spool.queue(RECEIVED).add(envelope(), origin(), body)
-            await claim(spool.queue(RECEIVED))
-        finally:
-            await spool.aclose()
-
-    asyncio.run(crash_with_one_claimed())
-    [(name, marked)] = requeue_active(dirs, 0)
-    assert marked is not None and marked.recovered and marked.state.revision == 0
-    with EntryReader(dirs.entry("incoming", name)) as reader:
-        assert reader.record == marked and b"".join(reader.chunks()) == body  # digest checked
-    move(dirs.entry("incoming", name), dirs.active(0) / name)  # claimed again, stopped again
-    [(_, again)] = requeue_active(dirs, 0)
-    assert again == marked  # already marked: moved, not rewritten

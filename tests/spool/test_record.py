@@ -199,21 +199,6 @@ def test_a_bad_parent_stage_is_refused(change: object, message: str) -> None:
         decode_record(_mutated_payload(_child("received"), change))
 
 
-def test_the_recovered_mark_round_trips_and_is_absent_when_unset() -> None:
-    record = dataclasses.replace(make_record(), recovered=True)
-    assert json.loads(encode_record(record))["recovered"] is True
-    assert decode_record(encode_record(record)) == record
-    assert parse_file(file_bytes(record)) == record
-    assert "recovered" not in json.loads(encode_record(make_record()))  # format 1 bytes
-    assert decode_record(encode_record(make_record())).recovered is False
-
-
-@pytest.mark.parametrize("value", [False, None, 1, "true"])
-def test_a_recovered_mark_other_than_true_is_refused(value: object) -> None:
-    with pytest.raises(RecordError, match="recovered: expected true"):
-        decode_record(_mutated_payload(make_record(), lambda d: d.update(recovered=value)))
-
-
 def test_a_duplicate_key_is_refused() -> None:
     payload = encode_record(make_record())
     doubled = payload[:-1] + b',"parent":null}'
