@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import multiprocessing.synchronize
 import os
 import sqlite3
@@ -20,6 +19,7 @@ from gateway.audit.event import utc_now
 from gateway.audit.record import CHECKPOINT_TYPE, Row, record_from_row, row_of, seal
 from gateway.audit.store import _INSERT, _create_schema, _is_empty
 from gateway.config import Config
+from tests.together import FORK, exit_codes
 
 from .events import T0, make_event
 
@@ -145,24 +145,11 @@ def _open_and_append(path: str, start: multiprocessing.synchronize.Barrier) -> N
 
 
 def test_writers_opening_a_new_trail_at_the_same_moment_all_succeed(tmp_path: Path) -> None:
-    context = multiprocessing.get_context("fork")
     for attempt in range(3):
         path = tmp_path / f"audit-{attempt}.sqlite"
-        start = context.Barrier(4)
-        writers = [
-            context.Process(target=_open_and_append, args=(str(path), start)) for _ in range(4)
-        ]
-        try:
-            for writer in writers:
-                writer.start()
-            for writer in writers:
-                writer.join(timeout=60)
-        finally:
-            for writer in writers:
-                if writer.is_alive():
-                    writer.kill()
-                    writer.join()
-        assert [writer.exitcode for writer in writers] == [0, 0, 0, 0]
+        start = FORK.Barrier(4)
+        writers = [FORK.Process(target=_open_and_append, args=(str(path), start)) for _ in range(4)]
+        assert exit_codes(writers) == [0, 0, 0, 0]
         with AuditStore.open_reader(path) as reader:
             report = reader.verify()
         assert report.ok and report.records == 4
@@ -192,26 +179,14 @@ def test_writers_switching_a_new_trail_to_wal_at_the_same_moment_all_succeed(
     """One writer's switch to WAL met another's write lock: SQLite answered "database
     is locked" at once, whatever the busy timeout, and that worker exited 2 (before the
     fix, 0 to 8 of 50 rounds like these failed, depending on the load)."""
-    context = multiprocessing.get_context("fork")
     for attempt in range(50):
         path = tmp_path / f"audit-{attempt}.sqlite"
         _rollback_journal_trail(path)
-        start = context.Barrier(4)
+        start = FORK.Barrier(4)
         writers = [
-            context.Process(target=_open_and_append_three, args=(str(path), start))
-            for _ in range(4)
+            FORK.Process(target=_open_and_append_three, args=(str(path), start)) for _ in range(4)
         ]
-        try:
-            for writer in writers:
-                writer.start()
-            for writer in writers:
-                writer.join(timeout=60)
-        finally:
-            for writer in writers:
-                if writer.is_alive():
-                    writer.kill()
-                    writer.join()
-        assert [writer.exitcode for writer in writers] == [0, 0, 0, 0]
+        assert exit_codes(writers) == [0, 0, 0, 0]
         with AuditStore.open_reader(path) as reader:
             report = reader.verify()
         assert report.ok and report.records == 12
@@ -291,25 +266,14 @@ def test_retention_and_writers_starting_on_a_new_trail_at_once_all_succeed(
 ) -> None:
     """The same with processes: ``serve``'s retention and three writers that start at
     the same moment on a new trail (before the fix, 1 to 5 rounds in 50 failed)."""
-    context = multiprocessing.get_context("fork")
     for attempt in range(50):
         path = tmp_path / f"audit-{attempt}.sqlite"
-        start = context.Barrier(4)
-        processes = [context.Process(target=_apply_retention, args=(str(path), start))]
+        start = FORK.Barrier(4)
+        processes = [FORK.Process(target=_apply_retention, args=(str(path), start))]
         processes += [
-            context.Process(target=_open_and_append, args=(str(path), start)) for _ in range(3)
+            FORK.Process(target=_open_and_append, args=(str(path), start)) for _ in range(3)
         ]
-        try:
-            for process in processes:
-                process.start()
-            for process in processes:
-                process.join(timeout=60)
-        finally:
-            for process in processes:
-                if process.is_alive():
-                    process.kill()
-                    process.join()
-        assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+        assert exit_codes(processes) == [0, 0, 0, 0]
         with AuditStore.open_reader(path) as reader:
             report = reader.verify()
         assert report.ok and report.records == 3

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import multiprocessing.synchronize
 import os
 import shutil
@@ -15,6 +14,7 @@ from cryptography import x509
 from gateway.pki.dev import DevPki, init_dev_pki, load_dev_pki
 from gateway.pki.files import create_private_file, ensure_private_dir, replace_file
 from tests.pki.conftest import openssl_verify
+from tests.together import FORK, exit_codes
 
 ONE_USER = ("alice.martin@chu-a.test",)
 NEW_USER = "bruno.petit@chu-a.test"
@@ -134,24 +134,13 @@ def _make_private_dir(path: str, start: multiprocessing.synchronize.Barrier) -> 
 def test_processes_creating_one_private_dir_at_once_all_succeed(tmp_path: Path) -> None:
     """Workers starting together create the same spool directories; the loser of the
     ``mkdir`` race used to raise ``FileExistsError`` and exit."""
-    context = multiprocessing.get_context("fork")
     for attempt in range(10):
         target = tmp_path / str(attempt) / "stage" / "tmp"
-        start = context.Barrier(4)
+        start = FORK.Barrier(4)
         makers = [
-            context.Process(target=_make_private_dir, args=(str(target), start)) for _ in range(4)
+            FORK.Process(target=_make_private_dir, args=(str(target), start)) for _ in range(4)
         ]
-        try:
-            for maker in makers:
-                maker.start()
-            for maker in makers:
-                maker.join(timeout=60)
-        finally:
-            for maker in makers:
-                if maker.is_alive():
-                    maker.kill()
-                    maker.join()
-        assert [maker.exitcode for maker in makers] == [0, 0, 0, 0]
+        assert exit_codes(makers) == [0, 0, 0, 0]
         assert stat.S_IMODE(target.stat().st_mode) == 0o700
 
 

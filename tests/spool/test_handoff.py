@@ -9,7 +9,6 @@ path writes none, recovery removes what a crash left, and a DSN can be a new mes
 
 from __future__ import annotations
 
-import multiprocessing
 import multiprocessing.synchronize
 import os
 from collections.abc import Awaitable, Callable
@@ -31,6 +30,7 @@ from gateway.spool import (
 from gateway.spool.ids import QueueId, child_queue_id, new_queue_id
 from gateway.spool.layout import Layout
 from gateway.spool.tombstones import remove_orphans, tombstone_name
+from tests.together import FORK, exit_codes
 
 from .support import RecordingTrail, envelope, make_spool, message, origin
 
@@ -257,23 +257,12 @@ def test_recovery_meanwhile_a_stage_is_created_looks_past_it(tmp_path: Path) -> 
     received = layout.stage(RECEIVED)
     received.create()
     tombstone = tombstone_name(new_queue_id(), new_queue_id())  # its parent has left
-    context = multiprocessing.get_context("fork")
-    start, done = context.Barrier(4), context.Event()
-    creator = context.Process(target=_create_stages, args=(str(root), 200, start, done))
+    start, done = FORK.Barrier(4), FORK.Event()
+    creator = FORK.Process(target=_create_stages, args=(str(root), 200, start, done))
     recovering = [
-        context.Process(target=_remove_orphans_until, args=(str(root), tombstone, start, done))
+        FORK.Process(target=_remove_orphans_until, args=(str(root), tombstone, start, done))
         for _ in range(3)
     ]
     processes = [creator, *recovering]
-    try:
-        for process in processes:
-            process.start()
-        for process in processes:
-            process.join(timeout=60)
-    finally:
-        for process in processes:
-            if process.is_alive():
-                process.kill()
-                process.join()
-    assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+    assert exit_codes(processes) == [0, 0, 0, 0]
     assert handed(root, RECEIVED) == []

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import multiprocessing
 import multiprocessing.synchronize
 import os
 import signal
@@ -40,6 +39,7 @@ from gateway.spool.display import list_row
 from gateway.spool.layout import Layout, check_slot
 from gateway.spool.spooldir import consumer_slot_scope, current_consumer_slot
 from gateway.spool.stagefiles import ConsumerLock
+from tests.together import FORK, exit_codes
 
 from .support import (
     QueueSite,
@@ -347,28 +347,16 @@ def test_consumers_starting_during_deletions_leave_them_alone(tmp_path: Path) ->
     mtime is the entry's, for debris of a crash and removed it, and the deletion failed
     with ``FileNotFoundError`` (the quarantine purge runs when the slot-0 inbound worker
     starts, beside the other slots' recovery)."""
-    context = multiprocessing.get_context("fork")
     for attempt in range(5):
         root = tmp_path / str(attempt)
         ids = asyncio.run(_held_long_ago(root, 20))
-        start = context.Barrier(4)
-        deleter = context.Process(target=_delete_each, args=(str(root), ids, start))
+        start = FORK.Barrier(4)
+        deleter = FORK.Process(target=_delete_each, args=(str(root), ids, start))
         starting = [
-            context.Process(target=_recover_slot, args=(str(root), slot, start))
-            for slot in (1, 2, 3)
+            FORK.Process(target=_recover_slot, args=(str(root), slot, start)) for slot in (1, 2, 3)
         ]
         processes = [deleter, *starting]
-        try:
-            for process in processes:
-                process.start()
-            for process in processes:
-                process.join(timeout=60)
-        finally:
-            for process in processes:
-                if process.is_alive():
-                    process.kill()
-                    process.join()
-        assert [process.exitcode for process in processes] == [0, 0, 0, 0]
+        assert exit_codes(processes) == [0, 0, 0, 0]
         assert names(root / RECEIVED / "hold") == []
         assert names(root / RECEIVED / "tmp") == []
 

@@ -1,0 +1,30 @@
+"""Processes that do one step at the same instant: the race tests' runner.
+
+A race test builds ``FORK.Process`` objects whose targets wait on one ``FORK.Barrier``
+before the step under test, then asserts on ``exit_codes(processes)``. Every process is
+stopped by its handle (PID) even when the test fails: one that is still running after
+``timeout`` (a peer died before the barrier, say) is killed.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+from collections.abc import Sequence
+from multiprocessing.process import BaseProcess
+
+FORK = multiprocessing.get_context("fork")
+
+
+def exit_codes(processes: Sequence[BaseProcess], timeout: float = 60) -> list[int | None]:
+    """Start ``processes``, wait for each, kill what is left; their exit codes in order."""
+    try:
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(timeout=timeout)
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.kill()
+                process.join()
+    return [process.exitcode for process in processes]
