@@ -13,6 +13,7 @@ unsafe combinations), ``material`` and ``checks`` (the files the keys name),
 CONFIG-CONTRACT (keys, meanings, defaults); ``conf/missive.toml`` documents each key.
 """
 
+from gateway.config.hosts import HostPort
 from gateway.config.loader import check_config, load_config
 from gateway.config.model import (
     AnnuaireAttributes,
@@ -33,7 +34,7 @@ from gateway.config.model import (
     TlsSection,
     TrustSection,
 )
-from gateway.config.values import DeliverTo, HostPort
+from gateway.config.values import DeliverTo
 from gateway.errors import ConfigError
 
 __all__ = [

@@ -24,7 +24,8 @@ from gateway.config.checks import check_files
 from gateway.config.model import AuthSection, Config
 from gateway.config.problems import Problems
 from gateway.config.rules import check_rules
-from gateway.config.values import BadValue, resolve_path, show
+from gateway.config.value_errors import BadValue, show
+from gateway.config.values import resolve_path
 from gateway.errors import ConfigError
 
 

@@ -50,13 +50,10 @@ from pathlib import Path
 from typing import Any, Literal, get_args
 
 from gateway.config import schema as s
-from gateway.config.values import (
-    DeliverTo,
-    HostPort,
-    RelayClient,
-    domain_matches,
-    parse_domain,
-)
+from gateway.config.domains import domain_matches, parse_domain
+from gateway.config.hosts import HostPort
+from gateway.config.names import RelayClient
+from gateway.config.values import DeliverTo
 
 LogLevel = Literal["debug", "info", "warning", "error"]
 Language = Literal["fr", "en"]

@@ -49,9 +49,10 @@ from urllib.parse import urlsplit
 
 from cryptography import x509
 
+from gateway.config.domains import pattern_covers
+from gateway.config.hosts import HostPort, is_loopback_host
 from gateway.config.model import Config, Listener, Route
 from gateway.config.problems import Problems
-from gateway.config.values import HostPort, is_loopback_host, pattern_covers
 
 _TLS_RANK = {"none": 0, "opportunistic": 1, "verify": 2}
 _SECURITY_RANK = {"tls-only": 0, "smime": 1}

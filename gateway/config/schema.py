@@ -24,9 +24,9 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Final, Generic, TypeVar
 
-from gateway.config import values
+from gateway.config import domains, hosts, names, quantities, values
 from gateway.config.problems import Problems, join_key
-from gateway.config.values import BadValue, show
+from gateway.config.value_errors import BadValue, show
 
 T = TypeVar("T")
 SPEC: Final = "missive.config.spec"
@@ -110,7 +110,7 @@ def choice(options: tuple[T, ...]) -> Reader[T]:
 
 
 def duration(*, positive: bool = False) -> Reader[timedelta]:
-    parse = _parsed(values.parse_duration, 'a duration like "30s", "5m", "4h", "5d"')
+    parse = _parsed(quantities.parse_duration, 'a duration like "30s", "5m", "4h", "5d"')
 
     def read(raw: object, ctx: Context) -> timedelta:
         value = parse(raw, ctx)
@@ -138,7 +138,7 @@ def size(raw: object, ctx: Context) -> int:
     if isinstance(raw, bool) or not isinstance(raw, (str, int)):
         raise FieldProblem(f'expected a size like "50MB" or an integer of bytes, got {show(raw)}')
     try:
-        value = values.parse_size(raw)
+        value = quantities.parse_size(raw)
     except BadValue as error:
         raise FieldProblem(str(error)) from None
     if value == 0:
@@ -148,9 +148,9 @@ def size(raw: object, ctx: Context) -> int:
 
 def host_port(
     *, default_port: int | None = None, allow_port_zero: bool = False, ip_only: bool = False
-) -> Reader[values.HostPort]:
+) -> Reader[hosts.HostPort]:
     return _parsed(
-        lambda s: values.parse_host_port(
+        lambda s: hosts.parse_host_port(
             s, default_port=default_port, allow_port_zero=allow_port_zero, ip_only=ip_only
         ),
         'a "host:port" string',
@@ -206,20 +206,20 @@ def home(raw: object, ctx: Context) -> Path:
     return ctx.home
 
 
-domain = _parsed(values.parse_domain, "a domain name")
+domain = _parsed(domains.parse_domain, "a domain name")
 domain_pattern = _parsed(
-    values.parse_domain_pattern, 'a domain pattern ("*", "*.x.test", "x.test")'
+    domains.parse_domain_pattern, 'a domain pattern ("*", "*.x.test", "x.test")'
 )
-fqdn = _parsed(lambda s: values.parse_hostname(s, fully_qualified=True), "a host name")
-hostname = _parsed(values.parse_hostname, "a host name")
-email = _parsed(values.parse_email, "a mail address")
-network_or_dn = _parsed(values.parse_relay_client, 'a CIDR or "dn:<subject DN>"')
-ldap_dn = _parsed(values.parse_ldap_dn, "a distinguished name")
+fqdn = _parsed(lambda s: domains.parse_hostname(s, fully_qualified=True), "a host name")
+hostname = _parsed(domains.parse_hostname, "a host name")
+email = _parsed(domains.parse_email, "a mail address")
+network_or_dn = _parsed(names.parse_relay_client, 'a CIDR or "dn:<subject DN>"')
+ldap_dn = _parsed(names.parse_ldap_dn, "a distinguished name")
 ldap_url = _parsed(values.parse_ldap_url, "an ldap:// or ldaps:// URL")
-ldap_attribute = _parsed(values.parse_ldap_attribute, "an LDAP attribute name")
+ldap_attribute = _parsed(names.parse_ldap_attribute, "an LDAP attribute name")
 imap_url = _parsed(values.parse_imap_url, "an imaps:// URL")
-name = _parsed(values.parse_name, "a name")
-login = _parsed(values.parse_login, "a login")
+name = _parsed(names.parse_name, "a name")
+login = _parsed(names.parse_login, "a login")
 fallback = _parsed(values.parse_fallback, "one of bounce|postal|route:<name>")
 cipher_list = _parsed(values.parse_cipher_list, "an OpenSSL cipher string")
 

@@ -21,7 +21,7 @@ Protocol steps for each new message (RFC 9051 §6.4.9 UID, §6.4.5 FETCH, §6.4.
 
 State: ``<state_dir>/imap-<hash>.json`` (one per user/host/port/mailbox; 0600, written
 atomically with fsync by ``gateway.pki.files.replace_file``) holds the mailbox's
-UIDVALIDITY and the last UID handled.
+UIDVALIDITY and the last UID handled (``gateway.inbound.imap_state``).
 
 Decisions (never lose, at most duplicate; ARCHITECTURE quality bar):
 
@@ -48,8 +48,9 @@ Decisions (never lose, at most duplicate; ARCHITECTURE quality bar):
   server push ends the IDLE and the new UIDs are fetched at once.
 
 Library: aioimaplib (GPL-3.0-only, a licensing point for whoever ships Missive) does the
-protocol; it returns raw response lines, so the small parsers here (UIDVALIDITY, SEARCH,
-the FETCH literal, Return-Path) are hand-written, sans-IO functions. It holds each FETCH
+protocol; it returns raw response lines, so the small parsers (UIDVALIDITY, SEARCH,
+the FETCH literal, Return-Path) are hand-written, sans-IO functions, in
+``gateway.inbound.imap_parse``. It holds each FETCH
 literal whole in memory, so memory per fetcher is bounded by the largest message in the
 mailbox, not by our spool limit.
 
@@ -65,23 +66,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import json
-import re
 import ssl
 from collections.abc import Sequence
-from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import parseaddr
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit
 
 import aioimaplib
 
 from gateway.config import Config
 from gateway.config.model import ImapFetch, TlsSection, TrustSection
+from gateway.inbound.imap_parse import (
+    ImapFetchError,
+    ImapLoginError,
+    MailboxUrl,
+    origin_listener,
+    parse_fetched_body,
+    parse_search,
+    parse_uidvalidity,
+    quote_mailbox,
+    return_path,
+)
+from gateway.inbound.imap_state import FetchState, state_file_name
 from gateway.log import get_logger
 from gateway.pki.files import PRIVATE_FILE_MODE, ensure_private_dir, replace_file
 from gateway.spool import (
@@ -102,157 +107,14 @@ BACKOFF_MAX = 300.0
 LOGOUT_TIMEOUT = 5.0
 STATE_SUBDIR = "imap"
 ACTOR = "imap"
-MAX_LISTENER = 128  # ``Origin.listener`` limit
 
 _log = get_logger("imap")
-
-_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]", re.IGNORECASE)
-_LITERAL_HEAD = re.compile(rb"\bUID (\d+)\b", re.IGNORECASE)
-_BODY_LITERAL = re.compile(rb"BODY\[\] \{\d+\}$", re.IGNORECASE)
-_ATOM = re.compile(r"^[A-Za-z0-9_.\-/]+$")
-_ADDRESS = re.compile(r"^[^\s<>()\[\]\\,;:\"]+@[^\s<>()\[\]\\,;:\"@]+$")
-
-
-class ImapFetchError(Exception):
-    """An IMAP session failed (network, TLS, protocol answer); safe to log."""
-
-
-class ImapLoginError(ImapFetchError):
-    """The server refused the login (wrong user or password, or account disabled)."""
 
 
 class InboundSink(Protocol):
     """What the fetcher needs of the INBOUND queue (``gateway.spool.Queue`` is one)."""
 
     async def add(self, envelope: Envelope, origin: Origin, content: bytes) -> QueueId: ...
-
-
-# -- sans-IO parts ---------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class MailboxUrl:
-    """``imaps://host[:port]/MAILBOX`` split (RFC 5092 subset; default INBOX)."""
-
-    tls: bool
-    host: str
-    port: int
-    mailbox: str
-
-    @classmethod
-    def parse(cls, url: str) -> MailboxUrl:
-        parts = urlsplit(url)
-        scheme = parts.scheme.lower()
-        if scheme not in ("imap", "imaps") or not parts.hostname:
-            raise ImapFetchError(f"{url!r}: not an imaps://host[:port]/MAILBOX URL")
-        tls = scheme == "imaps"
-        mailbox = unquote(parts.path.lstrip("/")) or "INBOX"
-        if not mailbox.isascii() or any(ch in mailbox for ch in "\r\n\x00"):
-            raise ImapFetchError(f"{url!r}: the mailbox name must be plain ASCII")
-        return cls(tls, parts.hostname, parts.port or (993 if tls else 143), mailbox)
-
-
-@dataclass(frozen=True, slots=True)
-class FetchState:
-    """The mailbox's UIDVALIDITY and the last UID handed to the queue."""
-
-    uidvalidity: int
-    last_uid: int
-
-    def to_json(self) -> bytes:
-        data = {"uidvalidity": self.uidvalidity, "last_uid": self.last_uid}
-        return json.dumps(data).encode() + b"\n"
-
-    @classmethod
-    def from_json(cls, data: bytes) -> FetchState | None:
-        """The state, or None when the file does not hold a valid one."""
-        try:
-            value = json.loads(data)
-            uidvalidity, last_uid = value["uidvalidity"], value["last_uid"]
-        except (ValueError, TypeError, KeyError):
-            return None
-        if not all(type(n) is int and n >= 0 for n in (uidvalidity, last_uid)):
-            return None
-        return cls(uidvalidity, last_uid)
-
-
-def quote_mailbox(name: str) -> str:
-    """The mailbox as an IMAP astring (RFC 9051 §4.3: quoted unless an atom)."""
-    if _ATOM.match(name):
-        return name
-    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
-def parse_uidvalidity(lines: Sequence[Any]) -> int:
-    """The UIDVALIDITY response code of a SELECT answer (RFC 9051 §7.1)."""
-    for line in lines:
-        if isinstance(line, bytes) and (match := _UIDVALIDITY.search(line)):
-            return int(match.group(1))
-    raise ImapFetchError("SELECT answer without UIDVALIDITY")
-
-
-def parse_search(lines: Sequence[Any]) -> list[int]:
-    """The numbers of an (aioimaplib-stripped) SEARCH answer, ascending.
-
-    aioimaplib hands ``* SEARCH 3 4`` over as ``b"3 4"`` and the tagged completion text
-    as the last line, which is left out.
-    """
-    numbers: set[int] = set()
-    for line in lines[:-1]:
-        if not isinstance(line, bytes):
-            continue
-        words = line.split()
-        if words and words[0].upper() == b"SEARCH":
-            words = words[1:]
-        numbers.update(int(word) for word in words if word.isdigit())
-    return sorted(numbers)
-
-
-def parse_fetched_body(lines: Sequence[Any], uid: int) -> bytes | None:
-    """The ``BODY[]`` literal of ``uid`` in a ``UID FETCH`` answer, or None if absent.
-
-    aioimaplib returns ``[b'1 FETCH (UID 7 BODY[] {336}', bytearray(...), b')', ...]``;
-    the UID may also come after the literal (``b' UID 7)'``). Other untagged FETCH
-    responses (flag changes of other messages) may be mixed in and are skipped.
-    """
-    for index, line in enumerate(lines):
-        if not isinstance(line, bytearray) or index == 0:
-            continue
-        head = lines[index - 1]
-        if not isinstance(head, bytes) or not _BODY_LITERAL.search(head):
-            continue
-        tail = lines[index + 1] if index + 1 < len(lines) else b""
-        found = _LITERAL_HEAD.search(head) or (
-            _LITERAL_HEAD.search(tail) if isinstance(tail, bytes) else None
-        )
-        if found is not None and int(found.group(1)) == uid:
-            return bytes(line)
-    return None
-
-
-def return_path(message: bytes) -> str:
-    """MAIL FROM for the queue: the message's ``Return-Path`` address (RFC 5322 §3.6.7,
-    added by the final delivery, RFC 5321 §4.4), ``""`` when absent, null or not a
-    plain address."""
-    header_end = message.find(b"\r\n\r\n")
-    if header_end < 0:
-        header_end = message.find(b"\n\n")
-    headers = message if header_end < 0 else message[: header_end + 2]
-    value = BytesHeaderParser(policy=compat32).parsebytes(headers).get("Return-Path")
-    if value is None:
-        return ""
-    address = parseaddr(str(value))[1]
-    return address if _ADDRESS.match(address) and address.isprintable() else ""
-
-
-def origin_listener(user: str, host: str) -> str:
-    return f"imap:{user}@{host}"[:MAX_LISTENER]
-
-
-def state_file_name(fetch: ImapFetch) -> str:
-    """One state file per user, server and mailbox; the name reveals neither."""
-    digest = hashlib.sha256(f"{fetch.user}\x00{fetch.url}".encode()).hexdigest()
-    return f"imap-{digest[:24]}.json"
 
 
 def tls_context(tls: TlsSection, trust: TrustSection) -> ssl.SSLContext:
@@ -263,9 +125,6 @@ def tls_context(tls: TlsSection, trust: TrustSection) -> ssl.SSLContext:
     context = client_context(tls, trust, verify=True)
     context.check_hostname = True
     return context
-
-
-# -- the fetcher -------------------------------------------------------------------------
 
 
 class ImapFetcher:
@@ -501,9 +360,6 @@ def _text(lines: Sequence[Any]) -> str:
 
 def _describe(error: BaseException) -> str:
     return f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
-
-
-# -- the worker ---------------------------------------------------------------------------
 
 
 async def run_imap_worker(config: Config, stop: asyncio.Event) -> None:

@@ -40,8 +40,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
+from gateway.config.hosts import HostPort
 from gateway.config.model import Route
-from gateway.config.values import HostPort
 from gateway.log import get_logger
 
 log = get_logger("relay.mx")

@@ -6,7 +6,7 @@ client). Pure functions, no I/O.
 
 Parsing (``parse_dn``): cryptography's ``x509.Name.from_rfc4514_string`` does the
 RFC 4514 work (escapes ``\\,`` ``\\+`` ``\\C3\\A9``, multi-valued RDNs with ``+``, the
-reversed string order), through ``gateway.config.values.parse_subject_dn`` which makes
+reversed string order), through ``gateway.config.names.parse_subject_dn`` which makes
 attribute type names case-insensitive (``cn=`` = ``CN=``, RFC 4512 §2.5) and knows the
 usual names (CN, O, OU, C, L, ST, DC, UID, emailAddress, serialNumber, ...) or a
 dotted OID. Before that, one tolerance, written here by hand because no library does
@@ -44,7 +44,8 @@ import unicodedata
 
 from cryptography import x509
 
-from gateway.config.values import BadValue, parse_subject_dn
+from gateway.config.names import parse_subject_dn
+from gateway.config.value_errors import BadValue
 
 NormalisedDN = tuple[frozenset[tuple[str, str]], ...]
 

@@ -48,7 +48,7 @@ Decisions:
 - Elements in other namespaces and unknown elements are ignored (forward
   compatibility), except as the root.
 - Domains: ``Nom`` is lower-cased and checked as a DNS name in A-label form
-  (``gateway.config.values.parse_domain``); ``allows`` matches the domain exactly
+  (``gateway.config.domains.parse_domain``); ``allows`` matches the domain exactly
   (lower-cased, trailing dot dropped): a subdomain of a listed domain is not listed.
 - DNs: parsed and compared as ``gateway.smtp.dnmatch`` documents (RFC 4514 parsing,
   RFC 4518 caseIgnoreMatch preparation, multi-valued RDNs order-independent, the
@@ -73,7 +73,8 @@ from cryptography.x509.oid import NameOID
 from defusedxml import DTDForbidden, EntitiesForbidden, ExternalReferenceForbidden
 from defusedxml.ElementTree import DefusedXMLParser
 
-from gateway.config.values import BadValue, parse_domain
+from gateway.config.domains import parse_domain
+from gateway.config.value_errors import BadValue
 from gateway.errors import MissiveError
 from gateway.smtp.dnmatch import NormalisedDN, normalise_dn, parse_dn, prepare_value
 

@@ -22,7 +22,7 @@ Decisions:
   ``add`` creates the file (mode 0600, with a comment header) when it is missing; the
   other commands need it to exist. ``passwd`` and ``remove`` of an unknown login are
   usage errors (exit 2).
-- Every change rewrites the file atomically, mode 0600 (``gateway.smtp.users``);
+- Every change rewrites the file atomically, mode 0600 (``gateway.smtp.users_rewrite``);
   ``list`` never prints hashes, only each login, its addresses and hash scheme.
 
 Exit status: 0 done, 2 a usage or file error (one line on stderr, no traceback).
@@ -47,16 +47,15 @@ from gateway.smtp.passwords import (
     hash_password,
     parse_hash,
 )
-from gateway.smtp.users import (
+from gateway.smtp.user_table import (
     User,
     UserTable,
     load_users,
     normalise_address,
     normalise_login,
     read_header,
-    users_file_lock,
-    write_users_file,
 )
+from gateway.smtp.users_rewrite import users_file_lock, write_users_file
 
 DEFAULT_USERS_FILE = Path("conf/users.toml")
 

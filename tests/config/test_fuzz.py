@@ -9,33 +9,41 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import ConfigError, load_config, values
-from gateway.config.values import BadValue
+from gateway.config import (
+    ConfigError,
+    domains,
+    hosts,
+    load_config,
+    names,
+    quantities,
+    values,
+)
+from gateway.config.value_errors import BadValue
 from tests.config.support import BASE, Site
 
 ALPHABET = string.ascii_letters + string.digits + '=,+;\\#"<>:/[]@.*-_ \t\n\x00é%?&~'
 PREFIXES = ["", "dn:", "CN=", "ldap://", "imaps://", "lmtp://", "smtp://", "maildir:", "route:",
             "[", "127.0.0.1:", "*.", "5", "xn--"]  # fmt: skip
 PARSERS: dict[str, Callable[[str], object]] = {
-    "duration": values.parse_duration,
-    "size": values.parse_size,
-    "host_port": values.parse_host_port,
-    "domain": values.parse_domain,
-    "domain_pattern": values.parse_domain_pattern,
-    "email": values.parse_email,
-    "network": values.parse_network,
-    "relay_client": values.parse_relay_client,
-    "subject_dn": values.parse_subject_dn,
-    "ldap_dn": values.parse_ldap_dn,
+    "duration": quantities.parse_duration,
+    "size": quantities.parse_size,
+    "host_port": hosts.parse_host_port,
+    "domain": domains.parse_domain,
+    "domain_pattern": domains.parse_domain_pattern,
+    "email": domains.parse_email,
+    "network": hosts.parse_network,
+    "relay_client": names.parse_relay_client,
+    "subject_dn": names.parse_subject_dn,
+    "ldap_dn": names.parse_ldap_dn,
     "ldap_url": values.parse_ldap_url,
     "imap_url": values.parse_imap_url,
     "deliver_to": lambda text: values.parse_deliver_to(text, Path("/srv")),
     "fallback": values.parse_fallback,
     "cipher_list": values.parse_cipher_list,
-    "name": values.parse_name,
-    "login": values.parse_login,
-    "ldap_attribute": values.parse_ldap_attribute,
-    "hostname": lambda text: values.parse_hostname(text, fully_qualified=True),
+    "name": names.parse_name,
+    "login": names.parse_login,
+    "ldap_attribute": names.parse_ldap_attribute,
+    "hostname": lambda text: domains.parse_hostname(text, fully_qualified=True),
 }
 
 

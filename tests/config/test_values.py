@@ -1,4 +1,5 @@
-"""Every value parser of gateway.config.values, with good and bad input (pure, no files)."""
+"""Every value parser of the configuration (gateway.config.values, quantities, domains,
+hosts, names, value_errors), with good and bad input (pure, no files)."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import pytest
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-from gateway.config import values
-from gateway.config.values import BadValue, DeliverTo, HostPort
+from gateway.config import domains, hosts, names, quantities, value_errors, values
+from gateway.config.hosts import HostPort
+from gateway.config.value_errors import BadValue
+from gateway.config.values import DeliverTo
 
 ANY_IPV4 = "0.0.0.0"  # noqa: S104 - a value to parse, never bound
 
@@ -30,7 +33,7 @@ ANY_IPV4 = "0.0.0.0"  # noqa: S104 - a value to parse, never bound
     ],
 )
 def test_duration_good(text: str, expected: timedelta) -> None:
-    assert values.parse_duration(text) == expected
+    assert quantities.parse_duration(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -38,7 +41,7 @@ def test_duration_good(text: str, expected: timedelta) -> None:
 )
 def test_duration_bad(text: str) -> None:
     with pytest.raises(BadValue, match="duration"):
-        values.parse_duration(text)
+        quantities.parse_duration(text)
 
 
 @pytest.mark.parametrize(
@@ -57,13 +60,13 @@ def test_duration_bad(text: str) -> None:
     ],
 )
 def test_size_good(value: str | int, expected: int) -> None:
-    assert values.parse_size(value) == expected
+    assert quantities.parse_size(value) == expected
 
 
 @pytest.mark.parametrize("value", ["", "MB", "50 parsecs", "1.5MB", "-1MB", "50MBB", -1])
 def test_size_bad(value: str | int) -> None:
     with pytest.raises(BadValue):
-        values.parse_size(value)
+        quantities.parse_size(value)
 
 
 @pytest.mark.parametrize(
@@ -78,7 +81,7 @@ def test_size_bad(value: str | int) -> None:
     ],
 )
 def test_host_port_good(text: str, expected: HostPort) -> None:
-    assert values.parse_host_port(text) == expected
+    assert hosts.parse_host_port(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -100,15 +103,15 @@ def test_host_port_good(text: str, expected: HostPort) -> None:
 )
 def test_host_port_bad(text: str) -> None:
     with pytest.raises(BadValue):
-        values.parse_host_port(text)
+        hosts.parse_host_port(text)
 
 
 def test_host_port_options() -> None:
-    assert values.parse_host_port("mx.x.test", default_port=25) == HostPort("mx.x.test", 25)
-    assert values.parse_host_port("127.0.0.1:0", allow_port_zero=True).port == 0
-    assert values.parse_host_port("10.0.0.1", default_port=53, ip_only=True).port == 53
+    assert hosts.parse_host_port("mx.x.test", default_port=25) == HostPort("mx.x.test", 25)
+    assert hosts.parse_host_port("127.0.0.1:0", allow_port_zero=True).port == 0
+    assert hosts.parse_host_port("10.0.0.1", default_port=53, ip_only=True).port == 53
     with pytest.raises(BadValue, match="IP address"):
-        values.parse_host_port("ns.x.test:53", ip_only=True)
+        hosts.parse_host_port("ns.x.test:53", ip_only=True)
 
 
 def test_host_port_text_and_loopback() -> None:
@@ -131,7 +134,7 @@ def test_host_port_text_and_loopback() -> None:
     ],
 )
 def test_domain_good(text: str, expected: str) -> None:
-    assert values.parse_domain(text) == expected
+    assert domains.parse_domain(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -151,13 +154,13 @@ def test_domain_good(text: str, expected: str) -> None:
 )
 def test_domain_bad(text: str) -> None:
     with pytest.raises(BadValue):
-        values.parse_domain(text)
+        domains.parse_domain(text)
 
 
 def test_hostname_fully_qualified() -> None:
-    assert values.parse_hostname("localhost") == "localhost"
+    assert domains.parse_hostname("localhost") == "localhost"
     with pytest.raises(BadValue, match="fully qualified"):
-        values.parse_hostname("localhost", fully_qualified=True)
+        domains.parse_hostname("localhost", fully_qualified=True)
 
 
 @pytest.mark.parametrize(
@@ -165,13 +168,13 @@ def test_hostname_fully_qualified() -> None:
     [("*", "*"), ("*.X.test", "*.x.test"), ("Clinique-B.test", "clinique-b.test")],
 )
 def test_domain_pattern_good(text: str, expected: str) -> None:
-    assert values.parse_domain_pattern(text) == expected
+    assert domains.parse_domain_pattern(text) == expected
 
 
 @pytest.mark.parametrize("text", ["", "**", "a.*.test", "*x.test", "*.", "x*.test"])
 def test_domain_pattern_bad(text: str) -> None:
     with pytest.raises(BadValue):
-        values.parse_domain_pattern(text)
+        domains.parse_domain_pattern(text)
 
 
 @pytest.mark.parametrize(
@@ -187,7 +190,7 @@ def test_domain_pattern_bad(text: str) -> None:
     ],
 )
 def test_domain_matches(pattern: str, domain: str, expected: bool) -> None:
-    assert values.domain_matches(pattern, domain) is expected
+    assert domains.domain_matches(pattern, domain) is expected
 
 
 @pytest.mark.parametrize(
@@ -202,7 +205,7 @@ def test_domain_matches(pattern: str, domain: str, expected: bool) -> None:
     ],
 )
 def test_pattern_covers(earlier: str, later: str, expected: bool) -> None:
-    assert values.pattern_covers(earlier, later) is expected
+    assert domains.pattern_covers(earlier, later) is expected
 
 
 @pytest.mark.parametrize(
@@ -215,7 +218,7 @@ def test_pattern_covers(earlier: str, later: str, expected: bool) -> None:
     ],
 )
 def test_email_good(text: str, expected: str) -> None:
-    assert values.parse_email(text) == expected
+    assert domains.parse_email(text) == expected
 
 
 @pytest.mark.parametrize(
@@ -236,56 +239,56 @@ def test_email_good(text: str, expected: str) -> None:
 )
 def test_email_bad(text: str) -> None:
     with pytest.raises(BadValue):
-        values.parse_email(text)
+        domains.parse_email(text)
 
 
 def test_network() -> None:
-    assert values.parse_network("192.0.2.0/24") == ipaddress.ip_network("192.0.2.0/24")
-    assert values.parse_network("127.0.0.1") == ipaddress.ip_network("127.0.0.1/32")
-    assert values.parse_network("2001:db8::/32").version == 6
+    assert hosts.parse_network("192.0.2.0/24") == ipaddress.ip_network("192.0.2.0/24")
+    assert hosts.parse_network("127.0.0.1") == ipaddress.ip_network("127.0.0.1/32")
+    assert hosts.parse_network("2001:db8::/32").version == 6
     for bad in ["192.0.2.1/24", "300.0.0.0/8", "x", "", "10.0.0.0/33"]:
         with pytest.raises(BadValue, match="network"):
-            values.parse_network(bad)
+            hosts.parse_network(bad)
 
 
 def test_subject_dn() -> None:
-    name = values.parse_subject_dn("CN=smtp.chu-a.test,O=CHU A,C=FR")
+    name = names.parse_subject_dn("CN=smtp.chu-a.test,O=CHU A,C=FR")
     assert name.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "smtp.chu-a.test"
     # attribute types are case-insensitive (RFC 4512 §2.5); extra names and OIDs work
-    assert values.parse_subject_dn("cn=smtp.chu-a.test,o=CHU A,c=FR") == name
-    other = values.parse_subject_dn("serialNumber=123,2.5.4.97=NTRFR-1,emailAddress=a@x.test")
+    assert names.parse_subject_dn("cn=smtp.chu-a.test,o=CHU A,c=FR") == name
+    other = names.parse_subject_dn("serialNumber=123,2.5.4.97=NTRFR-1,emailAddress=a@x.test")
     assert other.get_attributes_for_oid(NameOID.SERIAL_NUMBER)[0].value == "123"
     assert (
-        values.parse_subject_dn(r"CN=a\,b,O=x").get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
+        names.parse_subject_dn(r"CN=a\,b,O=x").get_attributes_for_oid(NameOID.COMMON_NAME)[0].value
         == "a,b"
     )
     for bad in ["", "CN", "CN=a,,O=b", "FOO=bar", "CN=a,O"]:
         with pytest.raises(BadValue):
-            values.parse_subject_dn(bad)
+            names.parse_subject_dn(bad)
 
 
 def test_relay_client() -> None:
-    assert values.parse_relay_client("10.0.0.0/8") == ipaddress.ip_network("10.0.0.0/8")
-    assert isinstance(values.parse_relay_client("dn:CN=smtp.chu-a.test,O=CHU A"), x509.Name)
-    assert isinstance(values.parse_relay_client("DN:CN=x"), x509.Name)
+    assert names.parse_relay_client("10.0.0.0/8") == ipaddress.ip_network("10.0.0.0/8")
+    assert isinstance(names.parse_relay_client("dn:CN=smtp.chu-a.test,O=CHU A"), x509.Name)
+    assert isinstance(names.parse_relay_client("DN:CN=x"), x509.Name)
     for bad in ["dn:", "dn:nonsense", "example.test", "10.0.0.1/8"]:
         with pytest.raises(BadValue):
-            values.parse_relay_client(bad)
+            names.parse_relay_client(bad)
 
 
 def test_ldap_dn() -> None:
-    assert values.parse_ldap_dn("ou=people,dc=annuaire,dc=test") == "ou=people,dc=annuaire,dc=test"
+    assert names.parse_ldap_dn("ou=people,dc=annuaire,dc=test") == "ou=people,dc=annuaire,dc=test"
     for bad in ["", "ou=people,,dc=x", "people", "=x"]:
         with pytest.raises(BadValue):
-            values.parse_ldap_dn(bad)
+            names.parse_ldap_dn(bad)
 
 
 def test_ldap_attribute() -> None:
     for good in ["mail", "userCertificate;binary", "userSMIMECertificate", "2.5.4.36"]:
-        assert values.parse_ldap_attribute(good) == good
+        assert names.parse_ldap_attribute(good) == good
     for bad in ["", "user certificate", ";binary", "mail;", "1abc"]:
         with pytest.raises(BadValue):
-            values.parse_ldap_attribute(bad)
+            names.parse_ldap_attribute(bad)
 
 
 def test_ldap_url() -> None:
@@ -344,14 +347,14 @@ def test_fallback() -> None:
 
 
 def test_names_and_logins() -> None:
-    assert values.parse_name("mx-2.a_b") == "mx-2.a_b"
+    assert names.parse_name("mx-2.a_b") == "mx-2.a_b"
     for bad in ["", "-x", "a b", "é", "x" * 65]:
         with pytest.raises(BadValue):
-            values.parse_name(bad)
-    assert values.parse_login("alice.martin") == "alice.martin"
+            names.parse_name(bad)
+    assert names.parse_login("alice.martin") == "alice.martin"
     for bad in ["", "a b", "a\nb"]:
         with pytest.raises(BadValue):
-            values.parse_login(bad)
+            names.parse_login(bad)
 
 
 def test_cipher_list() -> None:
@@ -371,11 +374,11 @@ def test_resolve_path() -> None:
 
 
 def test_show_is_one_short_line() -> None:
-    assert values.show("yes") == '"yes"'
-    assert values.show(True) == "true"
-    assert values.show(5) == "5"
-    assert values.show([1]) == "an array"
-    assert values.show({"a": 1}) == "a table"
-    shown = values.show("x" * 500 + "\n")
+    assert value_errors.show("yes") == '"yes"'
+    assert value_errors.show(True) == "true"
+    assert value_errors.show(5) == "5"
+    assert value_errors.show([1]) == "an array"
+    assert value_errors.show({"a": 1}) == "a table"
+    shown = value_errors.show("x" * 500 + "\n")
     assert len(shown) < 70 and "\n" not in shown
-    assert "\\u000a" in values.show("a\nb")
+    assert "\\u000a" in value_errors.show("a\nb")

@@ -17,21 +17,17 @@ from pathlib import Path
 import pytest
 
 from gateway.config.model import ImapFetch, TlsSection, TrustSection
-from gateway.inbound.imap_fetch import (
-    FetchState,
-    ImapFetcher,
+from gateway.inbound.imap_fetch import ImapFetcher, InboundSink, run_imap_worker, tls_context
+from gateway.inbound.imap_parse import (
     ImapLoginError,
-    InboundSink,
     MailboxUrl,
     parse_fetched_body,
     parse_search,
     parse_uidvalidity,
     quote_mailbox,
     return_path,
-    run_imap_worker,
-    state_file_name,
-    tls_context,
 )
+from gateway.inbound.imap_state import FetchState, state_file_name
 from gateway.pki.dev import DevPki
 from gateway.spool import (
     INBOUND,

@@ -14,8 +14,8 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP, Session
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
+from gateway.config.hosts import HostPort
 from gateway.config.model import Route, TlsSection, TrustSection
-from gateway.config.values import HostPort
 from gateway.pki.dev import DevPki
 from gateway.relay.client import RelayClient
 from gateway.relay.mx import MxResolver, make_resolver

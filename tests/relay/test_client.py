@@ -12,7 +12,7 @@ from dataclasses import replace
 import pytest
 from cryptography import x509
 
-from gateway.config.values import HostPort
+from gateway.config.hosts import HostPort
 from gateway.pki.dev import DevPki, init_dev_pki
 from gateway.relay.client import RelayClient
 from gateway.relay.mx import MxResolver, make_resolver

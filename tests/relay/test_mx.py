@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from gateway.config.values import HostPort
+from gateway.config.hosts import HostPort
 from gateway.relay.mx import MailHost, MxResolver, RoutingError, make_resolver, order_mx
 from tests.peers.dns_server import DnsServer
 from tests.relay.client_helpers import make_route

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.errors import ConfigError
-from gateway.smtp import passwords, users
+from gateway.smtp import passwords, user_table, users, users_rewrite
 from gateway.smtp.passwords import (
     DEFAULT_PARAMETERS,
     BadHash,
@@ -27,18 +27,9 @@ from gateway.smtp.passwords import (
     parse_hash,
     verify_password,
 )
-from gateway.smtp.users import (
-    REFUSED,
-    Authenticator,
-    AuthResult,
-    User,
-    UsersFileError,
-    UserTable,
-    load_users,
-    parse_users,
-    render_users,
-    write_users_file,
-)
+from gateway.smtp.user_table import User, UsersFileError, UserTable, load_users, parse_users
+from gateway.smtp.users import REFUSED, Authenticator, AuthResult
+from gateway.smtp.users_rewrite import render_users, write_users_file
 
 FAST = ScryptParameters(ln=10, r=8, p=1)  # 1 MiB, ~1 ms: for tests that are not about cost
 PASSWORD = "correct horse battery staple"
@@ -273,7 +264,7 @@ def test_rewrite_is_0600_keeps_header_and_owner(tmp_path: Path) -> None:
     os.chown(path, *owner)
     old_umask = os.umask(0)
     try:
-        write_users_file(path, UserTable((user(),)), users.read_header(path))
+        write_users_file(path, UserTable((user(),)), user_table.read_header(path))
     finally:
         os.umask(old_umask)
     info = path.stat()
@@ -302,7 +293,7 @@ def test_failed_rewrite_leaves_the_file(tmp_path: Path, monkeypatch: pytest.Monk
     def fail(*_: object) -> None:
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(users.os, "replace", fail)
+    monkeypatch.setattr(users_rewrite.os, "replace", fail)
     with pytest.raises(UsersFileError, match=r"cannot write .*: No space left on device"):
         write_users_file(path, UserTable())
     assert path.read_bytes() == before

@@ -16,7 +16,7 @@ import pytest
 import gateway.cli
 from gateway.smtp import users_cli
 from gateway.smtp.passwords import verify_password
-from gateway.smtp.users import load_users
+from gateway.smtp.user_table import load_users
 
 PASSWORD = "correct horse battery staple"
 ALICE = "alice.martin@chu-a.test"
