@@ -173,6 +173,7 @@ class RelayStage:
         if not await self._take_stage(queue, route, stop):
             return
         while not stop.is_set():
+            await queue.sweep_if_due()
             await self._slots.acquire()
             if stop.is_set():
                 self._slots.release()

@@ -89,6 +89,7 @@ async def consume(
     running: set[asyncio.Task[object]] = set()
     try:
         while not stop.is_set():
+            await queue.sweep_if_due()
             if len(running) >= concurrency:
                 await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
                 running = {task for task in running if not task.done()}

@@ -72,6 +72,7 @@ reader it hands to the consumer.
 
 from __future__ import annotations
 
+import time
 from collections import deque
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass, field
@@ -82,7 +83,7 @@ from gateway.log import get_logger
 from gateway.spool.atomic import DELETING_SUFFIX, as_spool_error, move, remove, temp_name
 from gateway.spool.commit import Change
 from gateway.spool.entry import CHUNK_SIZE, EntryReader
-from gateway.spool.errors import CorruptEntry, EntryNotFound, EntryStateError
+from gateway.spool.errors import CorruptEntry, EntryNotFound, EntryStateError, SpoolError
 from gateway.spool.events import entry_event, outcome_of
 from gateway.spool.ids import QueueId, child_queue_id, is_queue_id, new_queue_id
 from gateway.spool.layout import StageDirs, State
@@ -127,6 +128,7 @@ from gateway.spool.writer import EntryWriter
 ContentSource = bytes | AsyncIterable[bytes]
 
 STALE_TEMP_AGE = timedelta(hours=1)
+DEBRIS_SWEEP_INTERVAL = 15 * 60.0  # seconds between two sweeps of tmp/ by a running consumer
 READ_AHEAD = 1024 * 1024  # bytes: what a stage that reads every entry whole reads at claim
 _MAX_NAME = 255
 
@@ -188,6 +190,7 @@ class Queue:
         self._lock = ConsumerLock(dirs, slot)
         self._active_ready = slot == 0  # slot 0's active/ is made with the stage
         self._handed = HandedListings()
+        self._next_sweep: float | None = None  # monotonic time of the next debris sweep
 
     @property
     def name(self) -> str:
@@ -600,16 +603,7 @@ class Queue:
         for held_by, name, record in requeued:
             details = {"from": "active" if held_by == 0 else f"active/{held_by}"}
             await self._record("recovered", name, record, details=details)
-        older_than = runtime.clock().timestamp() - stale_after.total_seconds()
-        removed = await runtime.run(lambda: remove_stale_temps(self.dirs, older_than))
-        for name, abandoned in removed:
-            if abandoned:
-                await self._record(
-                    "discarded",
-                    name.split(".", 1)[0],
-                    None,
-                    details={"reason": "incomplete write abandoned (crash or timeout)"},
-                )
+        removed = await self.remove_debris(stale_after)
         orphans = await runtime.run(lambda: remove_orphans(runtime.layout, self.dirs))
         _log.info(
             "spool.recovered",
@@ -621,10 +615,42 @@ class Queue:
             removed_tombstones=len(orphans),
         )
         return RecoveryReport(
-            tuple(name for _, name, _ in requeued),
-            tuple(name for name, _ in removed),
-            tuple(orphans),
+            tuple(name for _, name, _ in requeued), tuple(removed), tuple(orphans)
         )
+
+    async def remove_debris(self, stale_after: timedelta = STALE_TEMP_AGE) -> list[str]:
+        """Remove the files of ``tmp/`` older than ``stale_after`` (``remove_stale_temps``:
+        abandoned writes, each recorded as ``spool.discarded``; second names a crash left;
+        deletions a crash cut short); the names removed. Run by ``recover`` and, while the
+        consumer runs, by ``sweep_if_due``."""
+        runtime = self._runtime
+        older_than = runtime.clock().timestamp() - stale_after.total_seconds()
+        self._next_sweep = time.monotonic() + DEBRIS_SWEEP_INTERVAL
+        removed = await runtime.run(lambda: remove_stale_temps(self.dirs, older_than))
+        for name, abandoned in removed:
+            if abandoned:
+                await self._record(
+                    "discarded",
+                    name.split(".", 1)[0],
+                    None,
+                    details={"reason": "incomplete write abandoned (crash or timeout)"},
+                )
+        return [name for name, _ in removed]
+
+    async def sweep_if_due(self) -> None:
+        """``remove_debris`` every ``DEBRIS_SWEEP_INTERVAL`` while the consumer runs (its
+        loop calls this), so that debris made after the start - a deletion a crash of
+        ``missive queue delete`` cut short, a clear-text message in ``local/tmp/`` - does
+        not wait for the next restart. A failure is logged and tried again next time."""
+        if self._next_sweep is None or time.monotonic() < self._next_sweep:
+            return
+        try:
+            removed = await self.remove_debris()
+        except (OSError, SpoolError) as error:
+            _log.error("spool.sweep_failed", stage=self.name, error=str(error))
+            return
+        if removed:
+            _log.info("spool.swept", stage=self.name, removed_temps=len(removed))
 
     def close(self) -> None:
         """Release the consumer lock of this queue's slot, if it holds it."""

@@ -396,8 +396,8 @@ def _last_changed(name: str, info: os.stat_result) -> float:
     ctime (ext4, XFS, btrfs, tmpfs). By the mtime alone, a consumer starting while a
     ``delete`` (an operator's, the quarantine purge's) records its event took the
     parked entry for a crash's debris and removed it under the deletion. The price: a
-    deletion cut short by a crash is finished by the first consumer start an hour or
-    more after it, not by the next one."""
+    deletion cut short by a crash is finished an hour after it (by the running
+    consumer's sweep, ``Queue.sweep_if_due``), not by the next start."""
     if name.endswith(DELETING_SUFFIX):
         return info.st_ctime  # not the mtime: a deferred entry's is its next attempt, ahead
     return info.st_mtime

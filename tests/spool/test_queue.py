@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import gateway.spool.queue
 import gateway.spool.record
 from gateway.audit import AuditWriteError
 from gateway.spool import (
@@ -22,6 +23,7 @@ from gateway.spool import (
     SpoolBusy,
     SpoolError,
     SpoolFull,
+    consumer,
     relay_stage,
 )
 from gateway.spool.ids import child_queue_id
@@ -236,6 +238,48 @@ async def test_recover_requeues_active_and_removes_stale_debris(
     assert files(queue.dirs.tmp) == []
     assert trail.of("spool.recovered")[0].queue_id == queue_id
     assert trail.of("spool.discarded")[0].queue_id == "01M8H4BQW0ZZ5NEQ3BDRMA3DYM"
+
+
+@pytest.mark.parametrize("running", [True, False], ids=["running-consumer", "not-recovered"])
+async def test_a_running_consumer_sweeps_debris_made_after_its_start(
+    spool: Spool, trail: RecordingTrail, monkeypatch: pytest.MonkeyPatch, running: bool
+) -> None:
+    """Debris that appears while the consumer runs (here an abandoned write two hours
+    old) goes at the next sweep, not at the next restart; a queue that never recovered
+    (no consumer: the front, the CLI) never sweeps."""
+    monkeypatch.setattr(gateway.spool.queue, "DEBRIS_SWEEP_INTERVAL", 0.0)
+    queue = spool.queue("received")
+    if running:
+        await queue.recover()
+    abandoned = queue.dirs.tmp / "01M8H4BQW0ZZ5NEQ3BDRMA3DYM.0123456789ab.tmp"
+    abandoned.write_bytes(b"half a message")
+    two_hours_ago = datetime.now(UTC).timestamp() - 7200
+    os.utime(abandoned, (two_hours_ago, two_hours_ago))
+    recent = queue.dirs.tmp / "01M8H4BQW0ZZ5NEQ3BDRMA3DYN.0123456789ab.tmp"
+    recent.write_bytes(b"still arriving")
+    await queue.sweep_if_due()
+    assert files(queue.dirs.tmp) == ([recent.name] if running else [abandoned.name, recent.name])
+    discarded = [event.queue_id for event in trail.of("spool.discarded")]
+    assert discarded == (["01M8H4BQW0ZZ5NEQ3BDRMA3DYM"] if running else [])
+
+
+async def test_the_consumer_loop_sweeps(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(gateway.spool.queue, "DEBRIS_SWEEP_INTERVAL", 0.0)
+    queue = spool.queue("received")
+    await queue.recover()
+    abandoned = queue.dirs.tmp / "01M8H4BQW0ZZ5NEQ3BDRMA3DYM.0123456789ab.tmp"
+    abandoned.write_bytes(b"half a message")
+    os.utime(abandoned, (0, 0))
+    stop = asyncio.Event()
+
+    async def nothing(entry: object) -> None:
+        raise AssertionError("the queue is empty")
+
+    loop = asyncio.create_task(consumer.consume(queue, stop, nothing, poll_interval=0.01))
+    while abandoned.exists():  # the test timeout bounds it
+        await asyncio.sleep(0.01)
+    stop.set()
+    await loop
 
 
 async def test_recent_temp_files_survive_recovery(spool: Spool) -> None:
