@@ -6,6 +6,7 @@ import multiprocessing.synchronize
 import os
 import sqlite3
 import stat
+import time
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -15,6 +16,7 @@ import pytest
 
 from gateway.app import apply_audit_retention
 from gateway.audit import AuditChainBroken, AuditDatabaseError, AuditEvent, AuditStore
+from gateway.audit import store as store_module
 from gateway.audit.event import utc_now
 from gateway.audit.record import CHECKPOINT_TYPE, Row, record_from_row, row_of, seal
 from gateway.audit.store import _INSERT, _create_schema, _is_empty
@@ -224,16 +226,29 @@ def test_the_switch_to_wal_waits_for_another_writer(
         check.close()
 
 
-def test_the_switch_to_wal_gives_up_after_the_busy_timeout(tmp_path: Path) -> None:
+def test_the_switch_to_wal_gives_up_after_the_busy_timeout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tried again and again while the lock is held, then the error, once
+    ``busy_timeout`` has passed (here 0.2 s, paused 5 ms at a time)."""
     path = tmp_path / "audit.sqlite"
     _rollback_journal_trail(path)
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
+    pauses: list[float] = []
+    pause = store_module._pause_before_retry
+
+    def counted_pause() -> None:
+        pauses.append(time.monotonic())
+        pause()
+
+    monkeypatch.setattr(store_module, "_pause_before_retry", counted_pause)
     try:
         with pytest.raises(AuditDatabaseError, match="database is locked"):
-            AuditStore.open_writer(path, busy_timeout=0)
+            AuditStore.open_writer(path, busy_timeout=0.2)
     finally:
         holder.close()
+    assert len(pauses) >= 2 and pauses[-1] - pauses[0] < 0.2
 
 
 def _retention_of(path: Path) -> Config:
