@@ -79,6 +79,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from gateway.audit.errors import AuditWriteError
 from gateway.log import get_logger
 from gateway.spool.atomic import DELETING_SUFFIX, as_spool_error, move, remove, temp_name
 from gateway.spool.commit import Change
@@ -646,7 +647,7 @@ class Queue:
             return
         try:
             removed = await self.remove_debris()
-        except (OSError, SpoolError) as error:
+        except (OSError, SpoolError, AuditWriteError) as error:  # maintenance: never fatal
             _log.error("spool.sweep_failed", stage=self.name, error=str(error))
             return
         if removed:

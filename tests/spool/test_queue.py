@@ -263,6 +263,24 @@ async def test_a_running_consumer_sweeps_debris_made_after_its_start(
     assert discarded == (["01M8H4BQW0ZZ5NEQ3BDRMA3DYM"] if running else [])
 
 
+async def test_a_failed_sweep_is_logged_and_tried_again(
+    spool: Spool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(gateway.spool.queue, "DEBRIS_SWEEP_INTERVAL", 0.0)
+    queue = spool.queue("received")
+    await queue.recover()
+    calls: list[str] = []
+
+    def unreadable(dirs: object, older_than: float) -> list[tuple[str, bool]]:
+        calls.append("swept")
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    monkeypatch.setattr(gateway.spool.queue, "remove_stale_temps", unreadable)
+    await queue.sweep_if_due()  # does not raise: maintenance never stops the consumer
+    await queue.sweep_if_due()
+    assert calls == ["swept", "swept"]
+
+
 async def test_the_consumer_loop_sweeps(spool: Spool, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(gateway.spool.queue, "DEBRIS_SWEEP_INTERVAL", 0.0)
     queue = spool.queue("received")
