@@ -25,7 +25,9 @@ PRIVATE_DIR_MODE = 0o700
 
 
 def ensure_private_dir(path: Path) -> bool:
-    """Create ``path`` (and parents) as 0700, or tighten an existing one to 0700.
+    """Create ``path`` as 0700, or tighten an existing one to 0700. Missing parents are
+    created too, with the umask's mode (``pathlib``): a caller that needs them private
+    makes them first, from the top (``StageDirs.create`` does).
 
     Returns True when the directory was created or its mode was changed.
     """
