@@ -26,7 +26,10 @@ process): the secure agent and the relay each run in processes of their own, sta
   the TLS ones (``agent_keys=False``). A front worker whose parent dies (``serve``
   killed with SIGKILL: its children live in their own sessions and get no signal)
   stops within ``ORPHAN_CHECK_EVERY`` seconds, as on SIGTERM, so that no front is left
-  holding the port beside those of the next ``serve``.
+  holding the port beside those of the next ``serve``. A stage worker that ``serve``
+  started (``SUPERVISOR_ENV`` set) does the same, so that the next ``serve``'s workers
+  do not wait behind orphans holding the consumer locks; one started by hand or by a
+  service manager (no ``SUPERVISOR_ENV``) lives on its own.
 
 Each worker stops cleanly on SIGTERM or SIGINT: the stage finishes or abandons its
 in-flight entries (an abandoned one stays in ``active/`` and is recovered by the next
@@ -168,8 +171,18 @@ async def serve_worker(
     if kind == "front":  # writes into received/, consumes nothing: no consumer slot
         await _serve_front(config, stop, slot)
         return
-    with consumer_slot_scope(slot):
-        await _serve_stage(kind, config, stop, slot)
+    supervisor = os.environ.get(SUPERVISOR_ENV, "")
+    watch = (
+        asyncio.create_task(stop_when_orphaned(stop, int(supervisor)))
+        if supervisor.isdigit()
+        else None  # started by hand or by a service manager: its own life
+    )
+    try:
+        with consumer_slot_scope(slot):
+            await _serve_stage(kind, config, stop, slot)
+    finally:
+        if watch is not None:
+            watch.cancel()
 
 
 async def _serve_front(config: Config, stop: asyncio.Event, slot: int) -> None:
@@ -200,7 +213,8 @@ async def stop_when_orphaned(
 ) -> None:
     """Set ``stop`` once this process is no longer ``parent``'s child (its supervisor
     died without stopping it): a front worker left behind would keep the public port
-    and its share of the limits beside the fronts of the next ``serve``."""
+    and its share of the limits beside the fronts of the next ``serve``, a stage worker
+    its consumer lock."""
     while not stop.is_set():
         if os.getppid() != parent:
             log.warning("worker.orphaned", pid=os.getpid(), parent=parent)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
@@ -23,7 +24,13 @@ from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from gateway.pki.dev import DevPki
 from gateway.spool import INBOUND, RECEIVED, Envelope, Origin, Recipient, Spool
-from gateway.workers import WorkerGroup, crypto_worker_count, start_workers, worker_commands
+from gateway.workers import (
+    ORPHAN_CHECK_EVERY,
+    WorkerGroup,
+    crypto_worker_count,
+    start_workers,
+    worker_commands,
+)
 from tests.relay.configs import write_site
 
 PROGRAM = (sys.executable, "-m", "gateway")
@@ -197,3 +204,63 @@ async def test_two_agents_consume_received_at_once(spool_of: tuple[Config, Spool
     assert [worker.exits for worker in group.workers] == [[0], [0]]
     assert await spool.queue(RECEIVED).scan("active") == []
     assert len(await spool.queue(INBOUND).scan("incoming")) == 6
+
+
+@pytest.mark.parametrize("started_by_serve", [True, False], ids=["by-serve", "by-hand"])
+async def test_a_stage_worker_whose_serve_died_stops(
+    spool_of: tuple[Config, Spool], started_by_serve: bool
+) -> None:
+    """``serve`` killed with SIGKILL (its workers live in their own sessions and get no
+    signal): a secure agent it started stops by itself and frees its consumer lock for
+    the next ``serve``'s agent; one started by hand (no ``MISSIVE_SUPERVISOR_PID``) is not
+    tied to its parent and keeps running."""
+    config, spool = spool_of
+    argv = [*PROGRAM, "worker", "agent", "--config", str(config.source)]
+    spawn = (  # a stand-in for serve: starts the worker as serve does, then waits
+        "import os, subprocess, sys\n"
+        "env = dict(os.environ)\n"
+        "env.pop('MISSIVE_SUPERVISOR_PID', None)\n"
+        "if os.environ.get('AS_SERVE'):\n"
+        "    env['MISSIVE_SUPERVISOR_PID'] = str(os.getpid())\n"
+        f"child = subprocess.Popen({argv!r}, start_new_session=True, env=env,"
+        " stdout=subprocess.DEVNULL)\n"
+        "print(child.pid, flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    environment = {**os.environ, "AS_SERVE": "1" if started_by_serve else ""}
+    supervisor = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        spawn,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+        env=environment,
+    )
+    agent = 0
+    try:
+        assert supervisor.stdout is not None
+        agent = int(await supervisor.stdout.readline())
+        await submit(spool)
+        await wait_for_inbound(spool, 1)  # the agent runs (the test timeout bounds it)
+        supervisor.kill()
+        await supervisor.wait()
+        if started_by_serve:
+            while is_alive(agent) and not _zombie(agent):  # within a second or so
+                await asyncio.sleep(0.05)
+        else:
+            await asyncio.sleep(3 * ORPHAN_CHECK_EVERY)
+            assert is_alive(agent) and not _zombie(agent)
+    finally:
+        if supervisor.returncode is None:
+            supervisor.kill()
+            await supervisor.wait()
+        if agent and is_alive(agent):
+            os.kill(agent, signal.SIGKILL)
+
+
+def _zombie(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return True
+    return stat.rsplit(")", 1)[1].split()[0] == "Z"
