@@ -32,6 +32,7 @@ from gateway.workers import (
     worker_commands,
 )
 from tests.relay.configs import write_site
+from tests.together import gone
 
 PROGRAM = (sys.executable, "-m", "gateway")
 BRUNO = "bruno.petit@chu-a.test"
@@ -245,22 +246,14 @@ async def test_a_stage_worker_whose_serve_died_stops(
         supervisor.kill()
         await supervisor.wait()
         if started_by_serve:
-            while is_alive(agent) and not _zombie(agent):  # within a second or so
+            while not gone(agent):  # within a second or so
                 await asyncio.sleep(0.05)
         else:
             await asyncio.sleep(3 * ORPHAN_CHECK_EVERY)
-            assert is_alive(agent) and not _zombie(agent)
+            assert not gone(agent)
     finally:
         if supervisor.returncode is None:
             supervisor.kill()
             await supervisor.wait()
         if agent and is_alive(agent):
             os.kill(agent, signal.SIGKILL)
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"

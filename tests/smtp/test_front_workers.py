@@ -37,6 +37,7 @@ from gateway.spool import RECEIVED, Spool
 from gateway.workers import WorkerGroup
 from tests.site_config import write_test_config
 from tests.smtp.front import FakeQueue, RecordingAudit
+from tests.together import gone
 
 PROGRAM = (sys.executable, "-m", "gateway.workers")
 RECIPIENT = "alice.martin@chu-a.test"
@@ -322,15 +323,6 @@ def pid_alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
-
-
-def gone(pid: int) -> bool:
-    """The process has exited (a zombie not yet reaped by its new parent counts)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except FileNotFoundError:
-        return True
-    return stat.rsplit(")", 1)[1].split()[0] == "Z"
 
 
 async def test_a_front_worker_whose_supervisor_dies_stops(dev_pki: DevPki, tmp_path: Path) -> None:
