@@ -67,6 +67,7 @@ from gateway.spool import (  # noqa: E402
     Spool,
     relay_stage,
 )
+from gateway.spool.atomic import sync_directory  # noqa: E402
 from gateway.spool.runtime import DEFAULT_IO_THREADS  # noqa: E402
 
 IN_FLIGHT = 16
@@ -209,14 +210,6 @@ async def relay_path(spool: Spool) -> None:
 # -- the baseline: the bare file work, one I/O job per entry ----------------------------
 
 
-def fsync_directory(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def bare_entry(root: str, name: str, hand_off: bool) -> None:
     active = f"{root}/active/{name}"
     os.rename(f"{root}/incoming/{name}", active)
@@ -232,9 +225,9 @@ def bare_entry(root: str, name: str, hand_off: bool) -> None:
             os.close(fd)
         os.link(temp, f"{root}/next/incoming/{name}")
         os.unlink(temp)
-        fsync_directory(f"{root}/next/incoming")
+        sync_directory(Path(f"{root}/next/incoming"))
     os.unlink(active)
-    fsync_directory(f"{root}/active")
+    sync_directory(Path(f"{root}/active"))
 
 
 def bare_fill(root: Path, count: int) -> None:
