@@ -10,6 +10,15 @@ an asynchronous authenticator with throttling; the relay policy (``gateway.smtp.
 No ``handle_*`` hook is used: aiosmtpd finds hooks by name and silently ignores a
 misspelt one (STYLE 2), so everything here is an overridden, typed method.
 
+Split by concern (STYLE 11): this module keeps the connection life cycle, TLS, EHLO,
+AUTH, MAIL, RCPT, the DATA command's checks and the one place where refusals become
+replies. What a session is given (the collaborators' protocols and ``SessionSettings``)
+is in ``gateway.smtp.session_settings``; the DATA stage after the command is accepted
+(reading to the final dot, spooling, the after-DATA policy, ``read_block``) is in
+``gateway.smtp.session_data``, as ``DataStage``, the base class of ``MissiveSMTP``.
+Their public names are re-exported here, so ``gateway.smtp.session`` stays the one
+import for the SMTP front; every ``smtp_*`` and ``auth_*`` method is on ``MissiveSMTP``.
+
 Invariants:
 - Each stored message starts with a ``Received:`` field (``gateway.smtp.trace``).
 - ``250`` to DATA only after ``writer.commit()`` returned, i.e. the entry and its
@@ -36,95 +45,45 @@ import binascii
 import ssl
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult
 
 from gateway.audit import AuditEvent
-from gateway.config.model import Listener
 from gateway.log import get_logger
-from gateway.smime.types import ChainValidator
 from gateway.smtp import replies as r
-from gateway.smtp.data import END_OF_DATA, DataReceiver
-from gateway.smtp.envelope import MailCommand, RcptCommand, parse_mail, parse_rcpt, to_recipient
-from gateway.smtp.policy import ClientFacts, MessageFacts, Policy
+from gateway.smtp.envelope import MailCommand, RcptCommand, parse_mail, parse_rcpt
+from gateway.smtp.policy import ClientFacts
 from gateway.smtp.replies import Reply, SmtpReply, reply_for, reply_line
-from gateway.smtp.throttle import AuthThrottle
+from gateway.smtp.session_data import DataStage, _printable, read_block
+from gateway.smtp.session_settings import (
+    AuditRecorder,
+    AuthOutcome,
+    Gate,
+    MessageQueue,
+    MessageWriter,
+    PasswordAuthenticator,
+    SessionSettings,
+)
 from gateway.smtp.tls import check_client_certificate, tls_facts
-from gateway.smtp.trace import protocol_name, received_header
-from gateway.spool import Envelope, MailParams, Origin, SpoolError
+from gateway.spool import MailParams
+
+__all__ = [
+    "MAX_COMMAND_LINE",
+    "AuditRecorder",
+    "AuthOutcome",
+    "Gate",
+    "MessageQueue",
+    "MessageWriter",
+    "MissiveSMTP",
+    "PasswordAuthenticator",
+    "SessionSettings",
+    "read_block",
+]
 
 _log = get_logger("smtp")
 
 MAX_COMMAND_LINE = 1000  # MAIL/RCPT with DSN parameters; aiosmtpd's reader stops at 1001
-
-
-class MessageWriter(Protocol):
-    """One message being spooled (``gateway.spool.EntryWriter``)."""
-
-    async def write(self, chunk: bytes) -> None: ...
-
-    async def commit(self) -> str: ...
-
-    async def abort(self, reason: str) -> None: ...
-
-
-class MessageQueue(Protocol):
-    """Where accepted messages go (``gateway.spool.Queue``)."""
-
-    async def open_writer(self, envelope: Envelope, origin: Origin) -> MessageWriter: ...
-
-
-class AuditRecorder(Protocol):
-    async def record(self, event: AuditEvent) -> Any: ...
-
-
-class AuthOutcome(Protocol):
-    @property
-    def ok(self) -> bool: ...
-
-    @property
-    def login(self) -> str | None: ...
-
-
-class PasswordAuthenticator(Protocol):
-    """``gateway.smtp.users.Authenticator``: asynchronous, never blocks the loop."""
-
-    async def authenticate(self, login: str, password: str) -> AuthOutcome: ...
-
-    def may_send_as(self, login: str, address: str) -> bool: ...
-
-
-class Gate(Protocol):
-    """A counter with a limit: connections per IP, concurrent DATA transfers."""
-
-    def try_acquire(self, key: str) -> bool: ...
-
-    def release(self, key: str) -> None: ...
-
-
-@dataclass(frozen=True)
-class SessionSettings:
-    """Everything a session of one listener shares with its sibling sessions."""
-
-    listener: Listener
-    hostname: str
-    policy: Policy
-    queue: MessageQueue
-    audit: AuditRecorder
-    max_message_size: int
-    connections: Gate
-    data_transfers: Gate
-    throttle: AuthThrottle
-    validator: ChainValidator | None = None
-    authenticator: PasswordAuthenticator | None = None
-    postmaster_domain: str | None = None
-
-    @property
-    def implicit_tls(self) -> bool:
-        return self.listener.tls == "implicit"
 
 
 class _NoHooks:
@@ -135,7 +94,7 @@ _DISCOVERED_PREFIXES = ("smtp_", "auth_")
 _discovered_names: dict[type, list[str]] = {}
 
 
-class MissiveSMTP(SMTP):
+class MissiveSMTP(DataStage):
     """One SMTP connection of a Missive listener; see the module docstring."""
 
     def __init__(self, settings: SessionSettings, starttls: ssl.SSLContext | None) -> None:
@@ -511,117 +470,6 @@ class MissiveSMTP(SMTP):
             self.settings.data_transfers.release("data")
             self._set_post_data_state()
 
-    async def _receive(self, mail: MailCommand, rcpts: tuple[RcptCommand, ...]) -> Reply:
-        envelope = Envelope(
-            mail_from=str(mail.sender),
-            recipients=tuple(to_recipient(rcpt) for rcpt in rcpts),
-            params=mail.params,
-        )
-        writer = await self.settings.queue.open_writer(envelope, self._origin())
-        try:
-            await writer.write(self._trace(writer, mail))
-            receiver = await self._read_data(writer)
-            if receiver.problem is not None:
-                raise SmtpReply(receiver.problem, "message data refused")
-            await writer.write(receiver.take_chunk(final=True))
-            facts = MessageFacts.from_headers(receiver.headers)
-            recipients = tuple(rcpt.recipient for rcpt in rcpts)
-            self.settings.policy.check_message(self._client_facts, recipients, facts)
-        except SmtpReply as refusal:
-            await writer.abort(refusal.detail)
-            raise
-        except asyncio.CancelledError:
-            self._abort_in_background(writer, "connection lost during DATA")
-            raise
-        except BaseException:
-            await writer.abort("error during DATA")
-            raise
-        queue_id = await writer.commit()
-        _log.info("smtp.accepted", listener=self.listener_name, peer=self.peer_text, id=queue_id)
-        return Reply(250, "2.0.0", f"OK queued as {queue_id}")
-
-    async def _read_data(self, writer: MessageWriter) -> DataReceiver:
-        """Read up to the final dot, streaming content to ``writer``."""
-        receiver = DataReceiver(self.settings.max_message_size)
-        await self.push(reply_line(r.START_DATA))
-        self._in_data = True
-        self._last_activity = self.loop.time()
-        self._reset_timeout(self.settings.listener.data_timeout.total_seconds())
-        try:
-            while not await self._read_data_block(receiver):
-                chunk = receiver.take_chunk()
-                if chunk:
-                    await self._write_chunk(writer, receiver, chunk)
-        finally:
-            self._in_data = False
-            self._reset_timeout()
-        return receiver
-
-    async def _read_data_block(self, receiver: DataReceiver) -> bool:
-        """Read the next block of DATA (``read_block``); True at the final dot."""
-        try:
-            block = await read_block(self._reader)
-        except asyncio.IncompleteReadError as error:
-            raise ConnectionResetError("end of stream during DATA") from error
-        self._last_activity = self.loop.time()
-        return receiver.feed_block(block)
-
-    @staticmethod
-    async def _write_chunk(writer: MessageWriter, receiver: DataReceiver, chunk: bytes) -> None:
-        try:
-            await writer.write(chunk)
-        except SpoolError as error:
-            receiver.fail(reply_for(error).reply)
-
-    def _abort_in_background(self, writer: MessageWriter, reason: str) -> None:
-        task = asyncio.get_running_loop().create_task(writer.abort(reason))
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    def _trace(self, writer: MessageWriter, mail: MailCommand) -> bytes:
-        """The ``Received:`` field (RFC 5321 §4.4) that starts the stored content."""
-        assert self.session is not None
-        protocol = protocol_name(
-            extended=self.session.extended_smtp,
-            tls=self._tls_version is not None,
-            authenticated=self._login is not None,
-            smtputf8=mail.params.smtputf8,
-        )
-        return received_header(
-            helo=self.session.host_name or "",
-            client_ip=self.peer_ip,
-            hostname=self.hostname,
-            protocol=protocol,
-            queue_id=getattr(writer, "queue_id", None),
-            when=datetime.now(UTC),
-        )
-
-    def _origin(self) -> Origin:
-        assert self.session is not None
-        return Origin(
-            listener=self.listener_name,
-            client_address=self.peer_ip,
-            helo=_printable(self.session.host_name),
-            tls_version=self._tls_version,
-            tls_cipher=self._tls_cipher,
-            client_cert_dn=self._client_dn,
-            auth_login=self._login,
-        )
-
-
-async def read_block(reader: asyncio.StreamReader) -> bytes:
-    """The next DATA bytes for ``DataReceiver.feed_block``: up to the first ``.<CRLF>``
-    (which may or may not be the final dot), or, past the reader's limit, what it holds
-    before it; never a byte after it, so pipelined commands stay in ``reader``.
-    ``IncompleteReadError`` at the end of the stream. With aiosmtpd's reader limit (1001
-    octets, its line length) a block past the limit is what the buffer held when the
-    limit was passed: often about 1 KiB, so blocks batch less than their size allows
-    (measured in review; the gain is in ``bench/README.md``)."""
-    try:
-        return await reader.readuntil(END_OF_DATA)
-    except asyncio.LimitOverrunError as error:
-        return await reader.readexactly(error.consumed)
-
 
 def _command_limits() -> Any:
     return defaultdict(
@@ -633,13 +481,6 @@ def _after_keyword(arg: str | None, keyword: str, syntax: Reply) -> str:
     if arg is None or arg[: len(keyword)].upper() != keyword:
         raise SmtpReply(syntax, f"expected {keyword}")
     return arg[len(keyword) :]
-
-
-def _printable(text: str | None) -> str | None:
-    if text is None:
-        return None
-    cleaned = "".join(c if c.isprintable() else "?" for c in text)[:255]
-    return cleaned or None
 
 
 def _refusal_details(listener: str, stage: str, detail: str, dn: str | None) -> dict[str, str]:
