@@ -138,8 +138,40 @@ def run_worker(args: argparse.Namespace) -> int:
     if kind == "front":
         checked_front_slot(config, slot)
     setup_logging(config.gateway.log_level)
-    asyncio.run(serve_worker(kind, config, slot=slot))
+    try:
+        asyncio.run(serve_worker(kind, config, slot=slot))
+    except ExceptionGroup as group:  # a stage's task group (the relay's routes)
+        reported = user_errors_of(group)
+        if reported is None:
+            raise
+        raise reported from None
     return 0
+
+
+def user_errors_of(group: BaseExceptionGroup[BaseException]) -> MissiveError | None:
+    """The ``MissiveError`` to report for ``group`` when every exception in it is one
+    (a planted consumer lock met by the relay's per-route task group, say): one line per
+    problem, the first one's exit status, never a traceback. None when any other
+    exception is in it: that is a bug, and its traceback is wanted."""
+    errors, others = group.split(MissiveError)
+    if errors is None or others is not None:
+        return None
+    leaves = list(_leaves(errors))
+    problems = dict.fromkeys(problem for error in leaves for problem in error.problems)
+    first = leaves[0]
+    reported = MissiveError(tuple(problems))
+    reported.status = first.status
+    return reported
+
+
+def _leaves(group: BaseExceptionGroup[MissiveError]) -> list[MissiveError]:
+    found: list[MissiveError] = []
+    for error in group.exceptions:
+        if isinstance(error, BaseExceptionGroup):
+            found.extend(_leaves(error))
+        else:
+            found.append(error)
+    return found
 
 
 def checked_slot(kind: WorkerKind, slot: int) -> int:

@@ -7,7 +7,10 @@ holds what they do alike, so each stage module keeps only what it decides:
   while another worker holds that slot, wait as a standby (logged once) until it is
   free or ``stop`` is set. Workers of *different* slots consume the same queue at once
   (``gateway.spool.queue``; the slot comes from the ``Spool``, set by
-  ``missive worker ... --slot K``), so the secure and inbound agents can use every core;
+  ``missive worker ... --slot K``), so the secure and inbound agents can use every core.
+  A lock path that is not a regular file (``UnsafeLockFile``: a planted symbolic link,
+  say) is not waited on: it goes up and stops the worker with exit status 2
+  (``gateway.spool.stagefiles.ConsumerLock``);
 - ``consume``: claim ready entries and process them, at most ``concurrency`` at once,
   polling every ``poll_interval`` when the queue is empty; in-flight entries finish when
   ``stop`` is set;
@@ -57,7 +60,8 @@ async def sleep_unless(stop: asyncio.Event, seconds: float) -> None:
 async def take_queue(
     queue: Queue, stop: asyncio.Event, *, area: str, who: str
 ) -> RecoveryReport | None:
-    """Recover ``queue`` once its consumer lock is ours; None if stopped while waiting.
+    """Recover ``queue`` once its consumer lock is ours; None if stopped while waiting;
+    ``UnsafeLockFile`` (not waited on) if a lock path is not a regular file.
 
     ``area`` prefixes the log event (``<area>.standby``); ``who`` names the worker kind in
     the standby reason."""

@@ -14,7 +14,6 @@ restarts, while the entries of the other, live consumer are never moved.
 from __future__ import annotations
 
 import asyncio
-import errno
 import multiprocessing.synchronize
 import os
 import signal
@@ -38,7 +37,7 @@ from gateway.spool import (
 from gateway.spool.display import list_row
 from gateway.spool.layout import Layout, check_slot
 from gateway.spool.spooldir import consumer_slot_scope, current_consumer_slot
-from gateway.spool.stagefiles import ConsumerLock
+from gateway.spool.stagefiles import ConsumerLock, UnsafeLockFile
 from tests.together import FORK, exit_codes
 
 from .support import (
@@ -364,12 +363,12 @@ def test_consumers_starting_during_deletions_leave_them_alone(tmp_path: Path) ->
 def test_a_symlink_planted_as_a_lock_file_is_never_followed(tmp_path: Path) -> None:
     """The lock file is opened ``O_NOFOLLOW``: a symlink in its place (only the spool's
     owner could plant one, the spool is 0700) makes the start fail instead of creating
-    or locking the file it points to."""
+    or locking the file it points to (``UnsafeLockFile``, exit 2: tests/spool/
+    test_lock_path.py)."""
     dirs = Layout(tmp_path / "spool").stage(RECEIVED)
     dirs.create()
     target = tmp_path / "elsewhere"
     dirs.consumer_lock(1).symlink_to(target)
-    with pytest.raises(OSError) as raised:
+    with pytest.raises(UnsafeLockFile, match="a symbolic link"):
         ConsumerLock(dirs, 1).try_acquire()
-    assert raised.value.errno == errno.ELOOP
     assert not target.exists()
