@@ -61,7 +61,7 @@ from types import TracebackType
 
 from gateway.log import get_logger
 from gateway.spool.atomic import TempFile, UnnamedTempFile, as_spool_error
-from gateway.spool.errors import MessageTooLarge, SpoolError
+from gateway.spool.errors import MessageTooLarge, SpoolError, SpoolWriteError
 from gateway.spool.events import added_details, entry_event
 from gateway.spool.ids import QueueId
 from gateway.spool.layout import StageDirs
@@ -261,23 +261,46 @@ class EntryWriter:
         return record
 
     async def _publish(self, record: QueueRecord) -> None:
-        """Link into ``incoming/`` and fsync it, in one group-committed batch."""
+        """Link into ``incoming/`` and fsync it, in one group-committed batch.
+
+        The failure is told apart by where it was raised (``GroupCommitter.sync``
+        raises a change's own error to its caller alone, an fsync's to the whole
+        batch), never by looking at ``incoming/`` afterwards: a name already there may
+        be another entry's (an id collision, another writer of the same id). So:
+
+        - the link failed (``_LinkFailed``, not ``linked``): our file never got its
+          name; it is discarded and ``spool.discarded`` recorded; the entry that holds
+          the name, if any, is not ours and is left untouched;
+        - the link succeeded but removing the temp name failed (``linked``): the entry
+          is visible, not known durable; nothing is discarded (it is in ``incoming/``);
+        - the change succeeded and the directory fsync failed (any other ``OSError``):
+          visible, not known durable.
+        """
         runtime, temp = self._runtime, self._file()
         incoming = _incoming(self._dirs)
         target = incoming / self.queue_id
 
         def link() -> None:
-            temp.publish(target)
+            try:
+                temp.publish(target)
+            except OSError as error:
+                raise _LinkFailed(error, linked=_is_named(temp, target)) from error
             runtime.checkpoint("add.linked")
 
         try:
             await runtime.committer.sync(incoming, link)
+        except _LinkFailed as failed:
+            if failed.linked:
+                doing = "removing the temp name of a published queue file"
+                raise as_spool_error(failed.error, doing) from failed.error
+            await self._discard(record, _publish_failure(failed.error))
+            raise _publish_error(failed.error, self.queue_id, incoming) from failed.error
         except OSError as error:
-            if await runtime.run(lambda: os.path.lexists(target)):
-                # linked, but the directory fsync failed: visible, not known durable
-                raise as_spool_error(error, "syncing the incoming directory") from error
-            await self._discard(record, "publish failed")
-            raise as_spool_error(error, "publishing a queue file") from error
+            # linked, but the directory fsync failed: visible, not known durable. The
+            # descriptor is released all the same (``discard`` never touches a name the
+            # file was published under: only its own temp name, gone once linked)
+            await runtime.run(self._discard_file)
+            raise as_spool_error(error, "syncing the incoming directory") from error
 
     async def _sync_and_record(self, record: QueueRecord, sync: _JobEnd) -> None:
         """Commit ``spool.added`` while ``sync`` fsyncs the file; both or neither."""
@@ -382,6 +405,47 @@ def create_entry_file(tmp: Path, queue_id: str) -> TempFile:
         temp.discard()
         raise
     return temp
+
+
+class _LinkFailed(Exception):
+    """``publish`` raised ``error`` inside the group-committed change of ``_publish``;
+    ``linked``: our file had got its entry name all the same (only the removal of its
+    temp name failed). Not an ``OSError``, so that ``_publish`` cannot take it for the
+    directory fsync's error."""
+
+    def __init__(self, error: OSError, *, linked: bool) -> None:
+        super().__init__(str(error))
+        self.error = error
+        self.linked = linked
+
+
+def _is_named(temp: TempFile, target: Path) -> bool:
+    """In an I/O thread: whether ``target`` is ``temp``'s file (same inode), after a
+    failed ``publish``. ``TempFile.publish`` links, then unlinks the temp name: if only
+    the unlink failed, both names are the same file. An ``UnnamedTempFile``'s ``path``
+    is its directory, never ``target``: its ``publish`` can fail only at the link."""
+    try:
+        return os.path.samestat(os.lstat(temp.path), os.lstat(target))
+    except OSError:
+        return False
+
+
+def _publish_failure(error: OSError) -> str:
+    """The ``spool.discarded`` reason of a link that failed."""
+    if isinstance(error, FileExistsError):
+        return "publish failed: another entry already has this queue id"
+    return f"publish failed: {error.strerror or error}"
+
+
+def _publish_error(error: OSError, queue_id: str, incoming: Path) -> SpoolWriteError:
+    """The error of a link that failed; for a taken name, one that says the entry there
+    is another's (never "syncing": our file was never visible)."""
+    if isinstance(error, FileExistsError):
+        return SpoolWriteError(
+            f"publishing queue file {queue_id}: {incoming} already holds an entry of that "
+            "id, not this one (left untouched; this one discarded)"
+        )
+    return as_spool_error(error, f"publishing queue file {queue_id} into {incoming}")
 
 
 def _spool_error(error: BaseException) -> SpoolError:
