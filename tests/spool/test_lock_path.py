@@ -54,6 +54,28 @@ def assert_untouched(dirs: StageDirs, slot: int, target: Path, before: os.stat_r
     )
 
 
+def run_worker_alone(kind: str, config: str) -> subprocess.CompletedProcess[str]:
+    """``python -m gateway.workers worker KIND`` (the same ``register`` as ``missive``),
+    not tied to a supervisor; killed after 60 s if it hangs instead of stopping."""
+    environment = {k: v for k, v in os.environ.items() if k != "MISSIVE_SUPERVISOR_PID"}
+    return subprocess.run(
+        [sys.executable, "-m", "gateway.workers", "worker", kind, "--config", config],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env=environment,
+    )
+
+
+def one_error_line(result: subprocess.CompletedProcess[str]) -> str:
+    """Exit status 2, no traceback, exactly one line on stderr: that line."""
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    (line,) = result.stderr.splitlines()
+    return line
+
+
 def test_a_worker_meeting_a_planted_link_exits_2_with_one_clear_line(
     dev_pki: DevPki, tmp_path: Path
 ) -> None:
@@ -63,18 +85,8 @@ def test_a_worker_meeting_a_planted_link_exits_2_with_one_clear_line(
     dirs = received(config.gateway.spool_dir)
     target = tmp_path / "elsewhere.txt"
     before = plant_link(dirs, 0, target)
-    environment = {k: v for k, v in os.environ.items() if k != "MISSIVE_SUPERVISOR_PID"}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.workers", "worker", "agent", "--config", config.source],
-        capture_output=True,
-        text=True,
-        timeout=60,  # kills the worker if it hangs instead of stopping
-        check=False,
-        env=environment,
-    )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    (line,) = result.stderr.splitlines()
+    result = run_worker_alone("agent", config.source)
+    line = one_error_line(result)
     assert str(dirs.consumer_lock(0)) in line
     assert f"a symbolic link (to {target})" in line and "not followed" in line
     logged = [row for row in result.stdout.splitlines() if "event=spool.lock_unsafe" in row]
@@ -130,17 +142,6 @@ def test_the_relay_worker_reports_a_planted_link_in_one_line_too(
     dirs.create()
     target = tmp_path / "elsewhere.txt"
     before = plant_link(dirs, 0, target)
-    environment = {k: v for k, v in os.environ.items() if k != "MISSIVE_SUPERVISOR_PID"}
-    result = subprocess.run(
-        [sys.executable, "-m", "gateway.workers", "worker", "relay", "--config", config.source],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        env=environment,
-    )
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr + result.stdout
-    (line,) = result.stderr.splitlines()
+    line = one_error_line(run_worker_alone("relay", config.source))
     assert str(dirs.consumer_lock(0)) in line and "not followed" in line
     assert_untouched(dirs, 0, target, before)
