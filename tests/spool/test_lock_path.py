@@ -54,7 +54,7 @@ def assert_untouched(dirs: StageDirs, slot: int, target: Path, before: os.stat_r
     )
 
 
-def run_worker_alone(kind: str, config: str) -> subprocess.CompletedProcess[str]:
+def run_worker_alone(kind: str, config: Path) -> subprocess.CompletedProcess[str]:
     """``python -m gateway.workers worker KIND`` (the same ``register`` as ``missive``),
     not tied to a supervisor; killed after 60 s if it hangs instead of stopping."""
     environment = {k: v for k, v in os.environ.items() if k != "MISSIVE_SUPERVISOR_PID"}
