@@ -12,7 +12,6 @@ from typing import TypeVar
 
 import pytest
 
-from gateway.spool import Spool, SpoolWriteError
 from gateway.spool.commit import GroupCommitter
 from gateway.spool.writer import _JobEnd, _resolve
 
@@ -183,27 +182,6 @@ def _check_order(observer: FsyncObserver, queue_id: str) -> None:
         if linked < start and end < done
     ]
     assert covering, f"{queue_id} acknowledged without a directory fsync after its link"
-
-
-async def test_a_failed_directory_fsync_means_no_acknowledgement(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trail: RecordingTrail
-) -> None:
-    spool: Spool = make_spool(tmp_path / "spool", trail)
-    queue = spool.queue("received")
-    incoming = str(queue.dirs.state("incoming"))
-    real_fsync = os.fsync
-
-    def fsync(fd: int) -> None:
-        if os.readlink(f"/proc/self/fd/{fd}") == incoming:
-            raise OSError(errno.EIO, "I/O error")
-        real_fsync(fd)
-
-    monkeypatch.setattr(os, "fsync", fsync)
-    try:
-        with pytest.raises(SpoolWriteError, match="syncing the incoming directory"):
-            await queue.add(envelope(), origin(), message())
-    finally:
-        await spool.aclose()
 
 
 # -- the end of a write-and-fsync job, told to the loop only when it waits --------------------

@@ -63,7 +63,7 @@ async def test_a_taken_id_discards_our_file_and_leaves_the_other_entry(
     assert "another entry already has this queue id" in str(discarded.details)
 
 
-async def test_a_failed_directory_fsync_keeps_the_linked_entry(
+async def test_a_failed_directory_fsync_keeps_the_linked_entry_unacknowledged(
     spool: Spool, trail: RecordingTrail, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     queue = spool.queue(RECEIVED)
