@@ -65,6 +65,11 @@ the one info log line is the spool's ``spool.added`` of each hand-off (its ``par
 and ``stage`` say what ``agent.handed_off``, now a debug line, says; the audit trail has
 the rest).
 
+Modules: the bookkeeping of one pass (``Pass``, ``EntryOutcome``, the RFC 3463 codes,
+``handoff_key``) is in ``gateway.relay.agent_pass`` (sans-IO), the worker's
+``SecureAgent`` (its private keys) is built by ``gateway.relay.agent_build``; their
+public names are re-exported here.
+
 Trust level: runs in the secure agent worker process (``missive worker agent``), the
 only process that loads private keys; it never listens on a socket.
 """
@@ -72,9 +77,7 @@ only process that loads private keys; it never listens on a socket.
 from __future__ import annotations
 
 import asyncio
-import hashlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from annuaire.backend import open_directory
@@ -84,15 +87,25 @@ from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
 from gateway.log import get_logger
 from gateway.relay import notices, routing
-from gateway.relay.agent import AgentResult, OrganisationSigner, RecipientOutcome, SecureAgent
+from gateway.relay.agent import AgentResult, RecipientOutcome, SecureAgent
+from gateway.relay.agent_build import build_secure_agent
+from gateway.relay.agent_pass import (
+    STATUS_EXPIRED,
+    STATUS_NO_CERTIFICATE,
+    STATUS_NO_ROUTE,
+    STATUS_POSTAL_FAILED,
+    STATUS_POSTED,
+    STATUS_REFUSED,
+    EntryOutcome,
+    Pass,
+    failure_code,
+    handoff_key,
+    postal_event,
+)
 from gateway.relay.dsn import should_send_dsn
 from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
 from gateway.relay.postal import PostalError, render_letter, write_to_outbox
-from gateway.relay.route_trust import RouteTrust
-from gateway.smime.capabilities import CapabilitiesStore
-from gateway.smime.keystore import KeyStore
 from gateway.smime.validate import CertificateValidator
-from gateway.smtp.users import Authenticator
 from gateway.spool import (
     INBOUND,
     RECEIVED,
@@ -100,7 +113,6 @@ from gateway.spool import (
     Claimed,
     Envelope,
     Queue,
-    Recipient,
     RecipientState,
     RecipientStatus,
     RetryPolicy,
@@ -114,66 +126,22 @@ log = get_logger("relay.agent_stage")
 
 DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their fsyncs
 DEFAULT_POLL_INTERVAL = 0.05  # seconds between claims of an empty queue (a listdir)
-_DIGEST_CHARS = 20
 
-# RFC 3463 codes of this stage's own failures
-STATUS_NO_ROUTE = "5.1.2"  # bad destination system address
-STATUS_REFUSED = "5.7.1"  # delivery not authorized
-STATUS_NO_CERTIFICATE = "5.7.4"  # security features not supported
-STATUS_EXPIRED = "5.4.7"  # delivery time expired
-STATUS_POSTAL_FAILED = "5.3.0"  # other or undefined mail system status
-STATUS_POSTED = "2.0.0"
-
-
-def handoff_key(kind: str, route: str | None, addresses: Iterable[str]) -> str:
-    """A deterministic hand-off key: ``kind:route:digest`` of the recipient addresses.
-
-    The same recipients on the same route give the same key in a repeated pass, so
-    ``Queue.hand_off`` writes the child once (``gateway.spool.ids.child_queue_id``).
-    """
-    joined = "\n".join(sorted(address.casefold() for address in addresses))
-    digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()[:_DIGEST_CHARS]
-    return f"{kind}:{route}:{digest}" if route else f"{kind}:{digest}"
-
-
-@dataclass
-class _Pass:
-    """What one pass over an entry decided, per recipient index of the envelope."""
-
-    recipients: tuple[Recipient, ...]  # the whole envelope, RCPT order
-    states: list[RecipientState]  # aligned with ``recipients``
-    index_of: dict[str, int]  # address -> index, for the recipients of this pass
-    failures: list[RecipientReport] = field(default_factory=list)
-    posted: list[RecipientReport] = field(default_factory=list)
-
-    def recipient_index(self, address: str) -> int:
-        return self.index_of[address]
-
-    def recipient(self, address: str) -> Recipient:
-        return self.recipients[self.index_of[address]]
-
-    def set(self, address: str, status: RecipientStatus, error: str | None = None) -> None:
-        index = self.recipient_index(address)
-        attempts = self.states[index].attempts + 1
-        self.states[index] = RecipientState(status, attempts, error[:4000] if error else None)
-
-    @property
-    def unfinished(self) -> bool:
-        return any(not state.status.final for state in self.states)
-
-    @property
-    def delivered_any(self) -> bool:
-        return any(state.status is RecipientStatus.DELIVERED for state in self.states)
-
-
-@dataclass(frozen=True)
-class EntryOutcome:
-    """The end of one pass over one entry (for logs and tests)."""
-
-    queue_id: str
-    disposition: str  # "completed" | "bounced" | "deferred" | "held" | "corrupt"
-    handoffs: tuple[str, ...] = ()
-    dsns: tuple[str, ...] = ()
+__all__ = [  # with the public names moved to agent_pass and agent_build, importable here
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_POLL_INTERVAL",
+    "STATUS_EXPIRED",
+    "STATUS_NO_CERTIFICATE",
+    "STATUS_NO_ROUTE",
+    "STATUS_POSTAL_FAILED",
+    "STATUS_POSTED",
+    "STATUS_REFUSED",
+    "AgentStage",
+    "EntryOutcome",
+    "build_secure_agent",
+    "handoff_key",
+    "run_agent_worker",
+]
 
 
 class AgentStage:
@@ -268,7 +236,7 @@ class AgentStage:
             )
         result = await self.agent.process(envelope, content, record.origin, queue_id=entry.queue_id)
         await self._record_all(result.audit)
-        work = _Pass(
+        work = Pass(
             record.envelope.recipients,
             list(record.state.recipients),
             {record.envelope.recipients[i].address: i for i in reversed(pending)},
@@ -276,7 +244,7 @@ class AgentStage:
         handoffs = await self._hand_off_messages(entry, result, content, work)
         await self._fallbacks(entry, result, content, work)
         for outcome in result.failed:
-            self._fail(work, outcome.address, outcome.reason, *_failure_code(outcome))
+            self._fail(work, outcome.address, outcome.reason, *failure_code(outcome))
         self._defer_all(entry, result.deferred, work)
         dsns = await self._queue_dsns(entry, content, work)
         return await self._finish(entry, work, handoffs, dsns)
@@ -298,7 +266,7 @@ class AgentStage:
         return queue
 
     async def _hand_off_messages(
-        self, entry: Claimed, result: AgentResult, content: bytes, work: _Pass
+        self, entry: Claimed, result: AgentResult, content: bytes, work: Pass
     ) -> list[str]:
         children: list[str] = []
         for outgoing in result.messages:
@@ -332,7 +300,7 @@ class AgentStage:
         return children
 
     async def _fallbacks(
-        self, entry: Claimed, result: AgentResult, content: bytes, work: _Pass
+        self, entry: Claimed, result: AgentResult, content: bytes, work: Pass
     ) -> None:
         for outcome in result.fallback:
             kind = self._final_fallback(outcome)
@@ -359,7 +327,7 @@ class AgentStage:
             route = target.route
         return "bounce"
 
-    async def _post(self, entry: Claimed, content: bytes, address: str, work: _Pass) -> None:
+    async def _post(self, entry: Claimed, content: bytes, address: str, work: Pass) -> None:
         """The postal fallback of one recipient: letter, outbox, ``relayed`` report."""
         sender = entry.record.envelope.mail_from
         try:
@@ -391,12 +359,12 @@ class AgentStage:
         work.posted.append(
             self._report(work, address, Action.RELAYED, STATUS_POSTED, Reason.POSTAL)
         )
-        await self.audit.record(_postal_event(entry, address))
+        await self.audit.record(postal_event(entry, address))
 
     # -- per-recipient decisions -------------------------------------------------------
 
     def _report(
-        self, work: _Pass, address: str, action: Action, status: str, reason: Reason
+        self, work: Pass, address: str, action: Action, status: str, reason: Reason
     ) -> RecipientReport:
         recipient = work.recipient(address)
         return RecipientReport(
@@ -408,15 +376,15 @@ class AgentStage:
             reason=reason,
         )
 
-    def _fail(self, work: _Pass, address: str, why: str, status: str, reason: Reason) -> None:
+    def _fail(self, work: Pass, address: str, why: str, status: str, reason: Reason) -> None:
         work.set(address, RecipientStatus.FAILED, why)
         work.failures.append(self._report(work, address, Action.FAILED, status, reason))
 
-    def _defer_all(self, entry: Claimed, outcomes: Sequence[RecipientOutcome], work: _Pass) -> None:
+    def _defer_all(self, entry: Claimed, outcomes: Sequence[RecipientOutcome], work: Pass) -> None:
         for outcome in outcomes:
             self._defer(entry, work, outcome.address, outcome.reason)
 
-    def _defer(self, entry: Claimed, work: _Pass, address: str, why: str) -> None:
+    def _defer(self, entry: Claimed, work: Pass, address: str, why: str) -> None:
         """Retry later, per ``[delivery]``; past ``max_lifetime``: failed, ``expired``."""
         index = work.recipient_index(address)
         attempts = work.states[index].attempts + 1
@@ -429,7 +397,7 @@ class AgentStage:
 
     # -- DSNs and the end of the pass --------------------------------------------------
 
-    async def _queue_dsns(self, entry: Claimed, content: bytes, work: _Pass) -> list[str]:
+    async def _queue_dsns(self, entry: Claimed, content: bytes, work: Pass) -> list[str]:
         sent: list[str] = []
         for reports, action, postal in (
             (work.failures, Action.FAILED, False),
@@ -471,7 +439,7 @@ class AgentStage:
         )
 
     async def _finish(
-        self, entry: Claimed, work: _Pass, handoffs: list[str], dsns: list[str]
+        self, entry: Claimed, work: Pass, handoffs: list[str], dsns: list[str]
     ) -> EntryOutcome:
         if work.unfinished:
             due = min(s.next_attempt for s in work.states if s.next_attempt is not None)
@@ -486,46 +454,7 @@ class AgentStage:
         return EntryOutcome(entry.queue_id, disposition, tuple(handoffs), tuple(dsns))
 
 
-def _failure_code(outcome: RecipientOutcome) -> tuple[str, Reason]:
-    """The RFC 3463 status and the DSN reason of an agent ``failed`` outcome."""
-    if outcome.route is None:
-        return STATUS_NO_ROUTE, Reason.ROUTE_REJECTED
-    if outcome.reason == "refused by route":
-        return STATUS_REFUSED, Reason.ROUTE_REJECTED
-    return STATUS_REFUSED, Reason.OTHER
-
-
-def _postal_event(entry: Claimed, address: str) -> AuditEvent:
-    return AuditEvent(
-        type="agent.postal",
-        queue_id=entry.queue_id,
-        mail_from=entry.record.envelope.mail_from,
-        rcpt_to=(address,),
-        outcome="posted",
-    )
-
-
 # -- the worker process ----------------------------------------------------------------
-
-
-def build_secure_agent(
-    config: Config, lookup: CertificateLookup, validator: CertificateValidator
-) -> SecureAgent:
-    """The ``SecureAgent`` of a worker: key store, organisation key, capabilities, users.
-
-    Loads private keys: call only in the secure agent worker (``ConfigError`` /
-    ``KeyStoreError`` when a key file is unusable: fail closed at start)."""
-    organisation = config.keys.organisation_signing
-    return SecureAgent(
-        config,
-        lookup,
-        KeyStore.load(config.keys.dir),
-        validator,
-        CapabilitiesStore(config.gateway.data_dir),
-        OrganisationSigner.load(organisation) if organisation is not None else None,
-        send_as=Authenticator(config.auth.users_file),
-        route_trust=RouteTrust(validator),
-    )
 
 
 async def run_agent_worker(config: Config, stop: asyncio.Event) -> None:

@@ -1,0 +1,116 @@
+"""One pass of the secure agent stage over an entry: bookkeeping, outcomes, codes, keys.
+
+Role: the sans-IO part of ``gateway.relay.agent_stage`` (which imports this module and
+re-exports its public names): ``Pass`` (what one pass decided, per recipient index of
+the envelope: its states, the failure and ``relayed`` reports of its DSNs),
+``EntryOutcome`` (the end of one pass, for logs and tests), the RFC 3463 status codes
+of the stage's own failures and ``failure_code`` (the status and DSN reason of an agent
+``failed`` outcome), ``postal_event`` (the ``agent.postal`` audit event of a letter
+sent), and ``handoff_key`` (also used by ``gateway.inbound``).
+
+Invariants (ARCHITECTURE quality bar, "no accepted message is ever lost"):
+
+- hand-offs are keyed deterministically (``handoff_key``: the kind, the route and a
+  digest of the recipient addresses, case-folded and sorted), so a repeated pass finds
+  its children already written and writes nothing (the child keeps the first
+  encryption);
+- ``Pass.set`` counts one attempt per decision and keeps at most 4000 characters of the
+  reason; ``Pass.unfinished`` is true while any recipient of the envelope (not only
+  those of this pass) has no final status.
+
+Security notes: nothing here reads a message; the ``agent.postal`` event names the
+queue id, the envelope sender and the one recipient, never a Subject nor a body.
+
+Trust level: pure data and functions; no I/O, no keys, no logging.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from gateway.audit import AuditEvent
+from gateway.relay.agent import RecipientOutcome
+from gateway.relay.dsn_recipients import Reason, RecipientReport
+from gateway.spool import Claimed, Recipient, RecipientState, RecipientStatus
+
+_DIGEST_CHARS = 20
+
+# RFC 3463 codes of this stage's own failures
+STATUS_NO_ROUTE = "5.1.2"  # bad destination system address
+STATUS_REFUSED = "5.7.1"  # delivery not authorized
+STATUS_NO_CERTIFICATE = "5.7.4"  # security features not supported
+STATUS_EXPIRED = "5.4.7"  # delivery time expired
+STATUS_POSTAL_FAILED = "5.3.0"  # other or undefined mail system status
+STATUS_POSTED = "2.0.0"
+
+
+def handoff_key(kind: str, route: str | None, addresses: Iterable[str]) -> str:
+    """A deterministic hand-off key: ``kind:route:digest`` of the recipient addresses.
+
+    The same recipients on the same route give the same key in a repeated pass, so
+    ``Queue.hand_off`` writes the child once (``gateway.spool.ids.child_queue_id``).
+    """
+    joined = "\n".join(sorted(address.casefold() for address in addresses))
+    digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()[:_DIGEST_CHARS]
+    return f"{kind}:{route}:{digest}" if route else f"{kind}:{digest}"
+
+
+@dataclass
+class Pass:
+    """What one pass over an entry decided, per recipient index of the envelope."""
+
+    recipients: tuple[Recipient, ...]  # the whole envelope, RCPT order
+    states: list[RecipientState]  # aligned with ``recipients``
+    index_of: dict[str, int]  # address -> index, for the recipients of this pass
+    failures: list[RecipientReport] = field(default_factory=list)
+    posted: list[RecipientReport] = field(default_factory=list)
+
+    def recipient_index(self, address: str) -> int:
+        return self.index_of[address]
+
+    def recipient(self, address: str) -> Recipient:
+        return self.recipients[self.index_of[address]]
+
+    def set(self, address: str, status: RecipientStatus, error: str | None = None) -> None:
+        index = self.recipient_index(address)
+        attempts = self.states[index].attempts + 1
+        self.states[index] = RecipientState(status, attempts, error[:4000] if error else None)
+
+    @property
+    def unfinished(self) -> bool:
+        return any(not state.status.final for state in self.states)
+
+    @property
+    def delivered_any(self) -> bool:
+        return any(state.status is RecipientStatus.DELIVERED for state in self.states)
+
+
+@dataclass(frozen=True)
+class EntryOutcome:
+    """The end of one pass over one entry (for logs and tests)."""
+
+    queue_id: str
+    disposition: str  # "completed" | "bounced" | "deferred" | "held" | "corrupt"
+    handoffs: tuple[str, ...] = ()
+    dsns: tuple[str, ...] = ()
+
+
+def failure_code(outcome: RecipientOutcome) -> tuple[str, Reason]:
+    """The RFC 3463 status and the DSN reason of an agent ``failed`` outcome."""
+    if outcome.route is None:
+        return STATUS_NO_ROUTE, Reason.ROUTE_REJECTED
+    if outcome.reason == "refused by route":
+        return STATUS_REFUSED, Reason.ROUTE_REJECTED
+    return STATUS_REFUSED, Reason.OTHER
+
+
+def postal_event(entry: Claimed, address: str) -> AuditEvent:
+    return AuditEvent(
+        type="agent.postal",
+        queue_id=entry.queue_id,
+        mail_from=entry.record.envelope.mail_from,
+        rcpt_to=(address,),
+        outcome="posted",
+    )
