@@ -237,8 +237,9 @@ class SecureAgent:
             return
         if route.transport in ("local", "postal") or route.security == "tls-only":
             protection = _UNCHANGED.get(route.transport, "tls-only")
+            shared = protect.without_hidden_fields(message)  # hidden ones share this copy
             out.messages.append(
-                OutgoingMessage(route.name, envelope.mail_from, recipients, message, protection)
+                OutgoingMessage(route.name, envelope.mail_from, recipients, shared, protection)
             )
             return
         await self._smime_group(group, envelope, split, origin, by_address, out)

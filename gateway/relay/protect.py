@@ -16,13 +16,18 @@ Header protection (RFC 9788, ``[smime] protect_headers = true``):
   Sender, Reply-To, To, Cc, Date, Message-ID, In-Reply-To, References, the trace fields
   (Received, Return-Path: RFC 5321 §4.4 forbids removing them) and the MDN request
   fields (RFC 8098 §2). A decision of this module, stricter than the RFC's baseline.
+  The outer block ends at the first line that is not an RFC 5322 §2.2 field
+  (``name:`` in ftext, or its continuation): where a sender forgot the empty line,
+  that line starts the body for the stdlib parser and for mail clients, so no line
+  after it (a body line shaped like ``Date: ...``) is ever copied outside.
 Without header protection the outer block is every non-MIME field of the message.
 
-Bcc (RFC 5322 §3.6.3): never copied anywhere, inside or outside; the hidden recipient's
-own copy is a separate message (``gateway.relay.routing``).
+Bcc and Resent-Bcc (RFC 5322 §3.6.3, §3.6.6): never copied anywhere, inside or
+outside; the hidden recipient's own copy is a separate message
+(``gateway.relay.routing``).
 
 Direct wrap (``wrap = true``; RFC 8551 §3.1, Direct Applicability Statement): the
-payload is ``message/rfc822`` holding the whole message (Bcc removed), with
+payload is ``message/rfc822`` holding the whole message (Bcc, Resent-Bcc removed), with
 ``forwarded="no"`` (the parameter the header-protection drafts use to tell a wrapped
 message from a forwarded one; readers that do not know it ignore it, RFC 2045 §5.1).
 The tamper rule (``check_tamper``): each RCPT TO must appear in To or Cc
@@ -68,8 +73,10 @@ OUTER_ALLOWED = frozenset(
         "disposition-notification-options",
     }
 )
-NEVER_COPIED = frozenset({"bcc"})
+NEVER_COPIED = frozenset({"bcc", "resent-bcc"})  # RFC 5322 §3.6.3, §3.6.6
 _PLAIN_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # RFC 5322 §3.6.8 ftext, colon
+_FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")  # and §4.5.4 blanks
+_HIDDEN_FIELD_NAMES = frozenset(name.encode("ascii") for name in NEVER_COPIED)
 
 
 class TamperError(ValueError):
@@ -145,7 +152,8 @@ class SplitMessage:
         return [f.value for f in self.fields if f.key == name.lower()]
 
     def without_bcc(self) -> bytes:
-        """The whole message again, Bcc removed (what a wrapped copy carries)."""
+        """The whole message again, Bcc and Resent-Bcc removed (what a wrapped copy
+        carries)."""
         return self.block() + self.entity
 
     @functools.cached_property
@@ -174,6 +182,36 @@ class SplitMessage:
         return values
 
 
+def without_hidden_fields(message: bytes) -> bytes:
+    """``message`` with its Bcc and Resent-Bcc fields (continuation lines included)
+    removed and every other byte kept as it was: what a route that passes the message on
+    unchanged (local, postal, tls-only) carries, since all its recipients, hidden ones
+    included, share that one copy (RFC 5322 §3.6.3: the originator's system removes the
+    field; the gateway is that system).
+
+    Fail closed: every line up to the first empty one is looked at, even past a line
+    that is no field (a reader may or may not take such a line for the body's start),
+    and a name followed by blanks before its colon (RFC 5322 §4.5.4 obsolete syntax) is
+    recognised too; a body line that looks like a Bcc field in a message without an
+    empty line is removed with it, which hides nothing from anyone."""
+    head_end = message.find(b"\r\n\r\n")
+    head = message if head_end < 0 else message[: head_end + 2]
+    if b"bcc" not in head.lower():  # the usual case: nothing to remove, no copy made
+        return message
+    kept: list[bytes] = []
+    dropping = False
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t"):  # a continuation: goes with its field
+            if not dropping:
+                kept.append(line)
+            continue
+        field = _FIELD_NAME.match(line)
+        dropping = field is not None and field.group(1).lower() in _HIDDEN_FIELD_NAMES
+        if not dropping:
+            kept.append(line)
+    return b"".join(kept) + message[len(head) :]
+
+
 def outer_header(message: SplitMessage, *, protect: bool) -> bytes:
     """The clear header block around the S/MIME entity (see the module docstring)."""
     return b"".join(f.raw for f in _outer_fields(message, protect=protect))
@@ -182,7 +220,12 @@ def outer_header(message: SplitMessage, *, protect: bool) -> bytes:
 def _outer_fields(message: SplitMessage, *, protect: bool) -> list[HeaderField]:
     if not protect:
         return [f for f in message.fields if f.key not in NEVER_COPIED]
-    kept = [f for f in message.fields if f.key in OUTER_ALLOWED]
+    kept: list[HeaderField] = []
+    for f in message.fields:
+        if not f.plain:  # the body starts here for a reader (module docstring)
+            break
+        if f.key in OUTER_ALLOWED:
+            kept.append(f)
     kept.append(_OBSCURED_SUBJECT_FIELD)
     return kept
 

@@ -47,7 +47,10 @@ class NotificationRefused(ValueError):
 
 def split_fields(data: bytes) -> list[tuple[str, bytes]]:
     """(name, raw field with its folded lines and CRLF) for each field of the header
-    block at the start of ``data``; lines that are not fields are dropped."""
+    block at the start of ``data``. The block ends at the first empty line, or at the
+    first line that is neither a field nor a continuation: where a sender forgot the
+    empty line, a reader starts the body there, so no later line (a body line shaped
+    like ``Date: ...``, say) is ever taken for a field and copied into a report."""
     lines = data.replace(b"\r\n", b"\n").split(b"\n")
     fields: list[tuple[str, bytes]] = []
     for line in lines:
@@ -60,11 +63,10 @@ def split_fields(data: bytes) -> list[tuple[str, bytes]]:
             continue
         raw_name, colon, _ = line.partition(b":")
         raw_name = raw_name.rstrip(b" \t")
-        if colon and _HEADER_NAME_RE.fullmatch(raw_name):
-            fields.append((raw_name.decode("ascii"), line + CRLF))
-        else:
-            fields.append(("", b""))  # a broken line: its continuation lines go too
-    return [(name, raw) for name, raw in fields if name]
+        if not (colon and _HEADER_NAME_RE.fullmatch(raw_name)):
+            break  # the body starts here for a reader (docstring)
+        fields.append((raw_name.decode("ascii"), line + CRLF))
+    return fields
 
 
 def header_value(original_headers: bytes, name: str) -> str | None:

@@ -23,6 +23,7 @@ from gateway.smime.mime import (
     MimeEntity,
     canonicalize_crlf,
     parse_entity,
+    raw_field_value,
     replace_header_field,
 )
 
@@ -52,8 +53,8 @@ def with_protected_headers(
             protected += CRLF
     else:
         protected = b"".join(_header_line(name, value) for name, value in headers)
-    content_type = parsed.fields.get("Content-Type")
-    base = _unfold(str(content_type)) if content_type is not None else "text/plain"
+    content_type = raw_field_value(parsed.header, "Content-Type")  # 8-bit octets kept
+    base = _unfold(content_type) if content_type is not None else "text/plain"
     base = re.sub(r';\s*hp\s*=\s*("[^"]*"|[^;\s]*)', "", base, flags=re.IGNORECASE)
     new_header = replace_header_field(parsed.header, "Content-Type", f'{base}; hp="{hp}"')
     return b"".join((protected, new_header, CRLF, canonical[parsed.body_start :]))

@@ -368,6 +368,28 @@ def split_multipart(data: bytes, boundary: str, start: int, end: int) -> Multipa
 # --------------------------------------------------------------------------- header blocks
 
 
+def raw_field_value(header: bytes, name: str) -> str | None:
+    """The value of the first field ``name`` in a CRLF header block, exactly as it came
+    (continuation lines kept, CRLFs removed, leading blanks stripped), decoded as ASCII
+    with surrogateescape so that 8-bit octets (an RFC 6532 UTF-8 file name) survive a
+    round trip through ``replace_header_field``; None if there is no such field. The
+    parsed ``email`` value would replace those octets (U+FFFD)."""
+    wanted = name.lower().encode("ascii")
+    found: list[bytes] | None = None
+    for line in header.split(CRLF):
+        if found is not None:
+            if line[:1] not in (b" ", b"\t"):
+                break
+            found.append(line)
+            continue
+        field_name, colon, value = line.partition(b":")
+        if colon and field_name.strip().lower() == wanted:
+            found = [value]
+    if found is None:
+        return None
+    return b"".join(found).decode("ascii", "surrogateescape").lstrip(" \t")
+
+
 def replace_header_field(header: bytes, name: str, value: str | None) -> bytes:
     """Header block with every field ``name`` removed and, when ``value`` is given, one
     ``name: value`` put where the first one was (else at the end)."""
@@ -378,7 +400,9 @@ def replace_header_field(header: bytes, name: str, value: str | None) -> bytes:
     kept: list[bytes] = []
     inserted = value is None
     dropping = False
-    new_line = f"{name}: {value}".encode("ascii") if value is not None else b""
+    # ``value`` comes from a header decoded as ASCII with surrogateescape (8-bit octets,
+    # e.g. an RFC 6532 UTF-8 file name, kept as they came): encoded back the same way
+    new_line = f"{name}: {value}".encode("ascii", "surrogateescape") if value is not None else b""
     for line in lines:
         if line[:1] in (b" ", b"\t"):
             if not dropping:
