@@ -51,10 +51,19 @@ def handoff_key(kind: str, route: str | None, addresses: Iterable[str]) -> str:
 
     The same recipients on the same route give the same key in a repeated pass, so
     ``Queue.hand_off`` writes the child once (``gateway.spool.ids.child_queue_id``).
+    Addresses compare as mailboxes do (RFC 5321 §2.4): the domain without case, the
+    local part exactly. Two recipients whose local parts differ only by case are two
+    mailboxes, each handed its own message: folding them to one key made the second
+    hand-off find the first one's child and write nothing (a silent loss).
     """
-    joined = "\n".join(sorted(address.casefold() for address in addresses))
+    joined = "\n".join(sorted(map(_mailbox_key, addresses)))
     digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()[:_DIGEST_CHARS]
     return f"{kind}:{route}:{digest}" if route else f"{kind}:{digest}"
+
+
+def _mailbox_key(address: str) -> str:
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address
 
 
 @dataclass

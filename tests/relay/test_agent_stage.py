@@ -437,7 +437,9 @@ def test_handoff_key_is_deterministic_and_a_valid_spool_key() -> None:
     from gateway.spool import child_queue_id, new_queue_id
 
     first = handoff_key("relay", "clinique-b", [CLAIRE, "b@x.test"])
-    assert first == handoff_key("relay", "clinique-b", ["B@X.test", CLAIRE])
+    assert first == handoff_key("relay", "clinique-b", ["b@X.test", CLAIRE])
     assert first != handoff_key("relay", "clinique-b", [CLAIRE])
+    # local parts differing by case are two mailboxes: two hand-offs, never one
+    assert handoff_key("smime", "b", ["Bob@x.test"]) != handoff_key("smime", "b", ["bob@x.test"])
     assert handoff_key("local", None, [BRUNO]).startswith("local:")
     child_queue_id(new_queue_id(), first)  # accepted by the spool
