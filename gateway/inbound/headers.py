@@ -8,9 +8,11 @@ headers (a sender can sign or encrypt a forged field as easily as write it in cl
 - ``Authentication-Results`` whose authserv-id is ours: RFC 8601 §5 says an MTA MUST
   remove (or obscure) such fields arriving from outside before adding its own, since an
   MUA trusts the ones carrying its own ADMD's authserv-id (§2.5; §7.1 on forgeries).
-  The authserv-id is the first token of the value, comments removed (§2.2); compared
-  case-insensitively (it is a domain name, RFC 5321 §2.4). Fields of other ADMDs are
-  kept.
+  The authserv-id is the first ``value`` of the field after CFWS (§2.2): a token or a
+  quoted-string (RFC 2045 §5.1), read with RFC 5322 §3.2.1-§3.2.4 lexing (comments nest
+  and hold quoted-pairs; a quoted-string holds quoted-pairs), so every spelling a
+  reader takes as our authserv-id is recognised; compared case-insensitively (it is a
+  domain name, RFC 5321 §2.4). Fields of other ADMDs are kept.
 - every ``Missive-*`` field: our own namespace; a decision of this project.
 
 Added, at the top like trace fields (RFC 8601 §4):
@@ -43,15 +45,19 @@ import re
 from collections.abc import Iterable, Sequence
 from email.header import Header
 
-from gateway.relay.protect import HeaderField
+from gateway.relay.protect import HeaderField, header_fields
+from gateway.smime.algorithms import CIPHERS
 
 NOT_VERIFIED_TAG = "[NON VÉRIFIÉ]"
 _TAG_WORD = Header(NOT_VERIFIED_TAG, "utf-8").encode().encode("ascii")
 _TAG_WORD_WITH_SPACE = Header(NOT_VERIFIED_TAG + " ", "utf-8").encode().encode("ascii")
-_COMMENT = re.compile(r"\([^()]*\)")
+_WHITE_SPACE = " \t\r\n"
+_TOKEN_END = _WHITE_SPACE + ';()"'
 _SAFE_ADDRESS = re.compile(r"[A-Za-z0-9.!#$%&'*+/=?^_`{|}~-]{1,64}@[A-Za-z0-9.-]{1,253}")
 _UNSAFE_CHARACTER = re.compile(r"[^A-Za-z0-9.!#$%&'*+/=?^_`{|}~@-]")
 OUR_PREFIX = "missive-"
+OUR_SECURITY_FIELD = "missive-security"
+_SECURITY_PARAMETER = re.compile(r"([a-z]+)=([a-z0-9-]+)")
 TRACE_FIELDS = frozenset({"received", "return-path"})
 
 
@@ -69,12 +75,49 @@ class Signature(enum.Enum):
 
 
 def authserv_id(value: str) -> str:
-    """The authserv-id of an Authentication-Results value (RFC 8601 §2.2), lower case."""
-    without_comments = value
-    for _ in range(4):  # nested comments: peel a few levels, enough for any real field
-        without_comments = _COMMENT.sub(" ", without_comments)
-    first = without_comments.split(";", 1)[0].split()
-    return first[0].lower().rstrip(".") if first else ""
+    """The authserv-id of an Authentication-Results value (RFC 8601 §2.2), lower case,
+    without a trailing dot: the token or quoted-string after the leading CFWS."""
+    position = _after_cfws(value, 0)
+    if value.startswith('"', position):
+        text = _quoted_string(value, position + 1)
+    else:
+        end = position
+        while end < len(value) and value[end] not in _TOKEN_END:
+            end += 1
+        text = value[position:end]
+    return text.lower().rstrip(".")
+
+
+def _after_cfws(value: str, position: int) -> int:
+    """The position after the white space and comments at ``position`` (RFC 5322
+    §3.2.2: comments nest; a backslash quotes the next character). An unclosed comment
+    runs to the end."""
+    depth = 0
+    while position < len(value):
+        character = value[position]
+        if depth and character == "\\":
+            position += 2
+            continue
+        if character == "(":
+            depth += 1
+        elif character == ")" and depth:
+            depth -= 1
+        elif not depth and character not in _WHITE_SPACE:
+            return position
+        position += 1
+    return len(value)
+
+
+def _quoted_string(value: str, position: int) -> str:
+    """The text of the quoted-string whose opening quote ends before ``position``, its
+    quoted-pairs resolved (RFC 5322 §3.2.4)."""
+    text: list[str] = []
+    while position < len(value) and value[position] != '"':
+        if value[position] == "\\":
+            position += 1
+        text.append(value[position : position + 1])
+        position += 1
+    return "".join(text)
 
 
 def is_imitation(field: HeaderField, hostname: str) -> bool:
@@ -119,6 +162,25 @@ def missive_security(encrypted: str, signature: Signature, signer: str, weak: bo
     return f"Missive-Security: {value}\r\n".encode("ascii")
 
 
+def notifications_allowed(header_block: bytes) -> bool:
+    """Whether an MDN may be built from this delivered copy's header block, by what our
+    own ``Missive-Security`` field (the first one: every imitation was removed before
+    ours was added) says of it: not when its content came under a cipher without
+    integrity (CBC, or one we could not name) and without a valid signature. Such a
+    header block may be an attacker's work on a captured message: EFAIL's CBC gadgets
+    can put chosen text in a decrypted Disposition-Notification-To or Message-ID, and
+    sending an MDN for one failure and not the other would be a padding oracle
+    (``gateway.inbound.process``). No field of ours at all: not allowed (fail closed)."""
+    fields = [f for f in header_fields(header_block) if f.key == OUR_SECURITY_FIELD]
+    if not fields:
+        return False
+    values = dict(_SECURITY_PARAMETER.findall(fields[0].value))
+    if values.get("signature") == Signature.VALID.value:
+        return True
+    cipher = values.get("encrypted", "")
+    return cipher == "no" or (cipher in CIPHERS and CIPHERS[cipher].aead)
+
+
 def tagged_subject(field: HeaderField) -> HeaderField:
     """The Subject field with ``[NON VÉRIFIÉ]`` put in front of its value."""
     value = field.raw.split(b":", 1)[1].lstrip(b" \t")
@@ -137,14 +199,17 @@ def with_tagged_subject(fields: Sequence[HeaderField]) -> list[HeaderField]:
 
 
 def merged(outer: Sequence[HeaderField], protected: Sequence[HeaderField]) -> list[HeaderField]:
-    """The header fields to show: the protected ones win (RFC 9788's receiving
-    guidance: a receiving agent renders the protected fields); an outer field is kept
-    when the payload carries no field of that name (fields added in transit). Trace
-    fields always come from the outside, never from the payload: they record the
-    transit (RFC 5321 §4.4)."""
+    """The header fields to show when the message carries protected ones (an RFC 9788
+    Cryptographic Payload, or a wrapped message): those, and from the outside only the
+    trace fields, which record the transit (RFC 5321 §4.4) and never come from the
+    payload. A decision (fail closed): RFC 9788 has a receiving agent render the
+    protected fields; an outer field is what anyone on the path could have added or
+    changed, so none is shown beside a signature that does not cover it - a ``Reply-To``
+    or ``Sender`` slipped around a validly signed letter would otherwise be shown with
+    it, untagged (a helper's review found it; earlier, an outer field was kept whenever
+    the payload had no field of that name)."""
     shown = [field for field in protected if field.key not in TRACE_FIELDS]
-    names = {field.key for field in shown}
-    return [field for field in outer if field.key not in names] + shown
+    return [field for field in outer if field.key in TRACE_FIELDS] + shown
 
 
 __all__ = [

@@ -21,14 +21,25 @@ Steps and the rules that decide them:
 2. Verify when the (decrypted) entity is signed, ``multipart/signed`` or opaque
    signed-data (RFC 8551 §3.5), with ``gateway.smime.verify``: the signer must be bound
    to the outer From and, with RFC 9788 header protection or a wrapped message (RFC 8551
-   §3.1), to the protected From, which is what the reader sees (RFC 8550 §3). What is
-   delivered is the signed content itself, nothing around it.
+   §3.1), to the protected From, which is what the reader sees (RFC 8550 §3). Every
+   address of every outer From field is bound, not only the first: RFC 5322 §3.6 allows
+   one From field but readers differ on which of two they show, and a value such as
+   ``a@x.test <b@y.test>`` is read by ``getaddresses`` as two mailboxes while a reader
+   shows (and answers) the angle-addr. What is delivered is the signed content itself,
+   nothing around it.
 3. Show the protected header fields: from an RFC 9788 Cryptographic Payload (``hp``
    parameter; the ``HP-Outer`` fields are dropped and ``hp`` removed, the entity is no
    longer a payload) or from the wrapped ``message/rfc822`` inner message. Only inside a
    cryptographic layer: a clear message with ``hp`` or an rfc822 body is left as it is.
+   Any other entity keeps its MIME fields only (Content-*, MIME-Version): the header
+   block of a decrypted or signed entity that is neither a payload nor a wrapped message
+   protects nothing a reader is told about, so its other fields (a From the signer is
+   not bound to, a second Subject without the tag, a copy of ours) are dropped.
 4. Remove every inbound field that imitates ours, add ``Authentication-Results`` and
-   ``Missive-Security``, tag the Subject when the signature is missing or invalid.
+   ``Missive-Security``, tag the Subject when the signature is missing or invalid. A
+   line that starts with white space but has no field before it in its block (RFC 5322
+   §2.2.3 allows folding only inside a field) is dropped: written after our fields it
+   would continue ``Missive-Security``.
 
 Decisions (``Decision``), with ``InboundPolicy`` (``[inbound]`` of the configuration):
 - a key the gateway does not hold (no RecipientInfo names one of ``keys``: end-to-end
@@ -36,7 +47,15 @@ Decisions (``Decision``), with ``InboundPolicy`` (``[inbound]`` of the configura
   marked (``PASS_MARKED``); ``"hold"`` holds it;
 - any other decryption failure (damaged, tampered, wrong key, 3DES when ``accept_3des``
   is off): ``HOLD`` with the one public text ``PUBLIC_DECRYPT_ERROR`` (RFC 3218 §2.3);
-  the cause is only in ``AuditFacts.failure_detail``, for the local log;
+  the cause is only in ``AuditFacts.failure_detail``, for the local log. Except, with
+  ``unsigned_cbc = "mark"``, for content encrypted with a CBC cipher that the policy
+  accepts: that failure is delivered marked, still encrypted, as received
+  (``DELIVER``). A sender who changed the last blocks of a captured CBC message gets
+  garbage decrypted and delivered marked when the padding happens to be valid, a
+  failure otherwise: holding only the second (a DSN) would tell him which - Vaudenay's
+  padding oracle, enough to decrypt the captured message (RFC 3218 §2.3 asks for one
+  behaviour on every failure). With ``"hold"`` both are held. A helper's review found
+  it;
 - content decrypted with a CBC cipher (no integrity, EFAIL's malleability gadget) and
   without a valid signature: ``unsigned_cbc = "mark"`` delivers it marked, ``"hold"``
   holds it. AES-GCM (authEnveloped-data) is integrity-protected: not under this rule;
@@ -67,7 +86,7 @@ from gateway.inbound import headers
 from gateway.inbound.headers import Signature
 from gateway.relay.protect import HeaderField, SplitMessage, header_fields
 from gateway.smime import header_protection, mime, smime_parts, transfer
-from gateway.smime.algorithms import CIPHERS_BY_ASN1_NAME, WEAK_CIPHERS
+from gateway.smime.algorithms import CIPHERS, CIPHERS_BY_ASN1_NAME, WEAK_CIPHERS
 from gateway.smime.certnames import addresses_match
 from gateway.smime.decrypt import (
     ENCRYPTED_SMIME_TYPES,
@@ -192,8 +211,7 @@ def _process(
             return _undecrypted(message, split, facts, error, policy, hostname)
         facts = _decrypted_facts(facts, decrypted)
         top = mime.parse_entity(mime.canonicalize_crlf(decrypted.content))
-    from_address = _first_from(split.fields)
-    entity, facts = _verified(top, facts, validator, from_address)
+    entity, facts = _verified(top, facts, validator, _from_addresses(split.fields))
     inside_crypto = decrypted is not None or facts.signature is not Signature.NONE
     opened = _Opened(split.fields, entity, facts, inside_crypto)
     if decrypted is not None and not decrypted.authenticated:
@@ -261,15 +279,35 @@ def _undecrypted(
 ) -> InboundResult:
     """A key we do not hold (policy ``unknown_key``) or a failure (hold, public text)."""
     facts = _replace(facts, failure_detail=error.detail)
-    if not error.detail.startswith(NO_KEY_DETAIL):
-        return InboundResult(message, Decision.HOLD, PUBLIC_DECRYPT_ERROR, facts)
     cipher = _envelope_cipher(split.entity)
+    if not error.detail.startswith(NO_KEY_DETAIL):
+        if not _failure_looks_like_garbage(cipher, policy):
+            return InboundResult(message, Decision.HOLD, PUBLIC_DECRYPT_ERROR, facts)
+        facts = _replace(facts, cipher=cipher, weak=cipher in WEAK_CIPHERS)
+        return _marked_as_received(split, facts, hostname, Decision.DELIVER)
     facts = _replace(facts, cipher=cipher, weak=cipher in WEAK_CIPHERS)
     if policy.unknown_key == "hold":
         return InboundResult(message, Decision.HOLD, KEY_NOT_HELD, facts)
+    return _marked_as_received(split, facts, hostname, Decision.PASS_MARKED)
+
+
+def _failure_looks_like_garbage(cipher: str, policy: InboundPolicy) -> bool:
+    """Whether a decryption failure must look like a delivery of garbage (module
+    docstring): ``unsigned_cbc = "mark"`` and content under a CBC cipher the policy would
+    have decrypted (3DES refused by ``accept_3des`` is decided from clear data: held)."""
+    spec = CIPHERS.get(cipher)
+    if policy.unsigned_cbc != "mark" or spec is None or spec.aead:
+        return False
+    return policy.accept_3des or cipher not in WEAK_CIPHERS
+
+
+def _marked_as_received(
+    split: SplitMessage, facts: AuditFacts, hostname: str, decision: Decision
+) -> InboundResult:
+    """The message still encrypted, with our marks (signature none, tagged Subject)."""
     opened = _Opened(split.fields, split.entity, facts, inside_crypto=False)
     marked = _deliverable(opened, hostname)
-    return InboundResult(marked.message, Decision.PASS_MARKED, "", facts)
+    return InboundResult(marked.message, decision, "", facts)
 
 
 # --------------------------------------------------------------------------- signature
@@ -289,22 +327,40 @@ def _verified(
     top: mime.MimeEntity,
     facts: AuditFacts,
     validator: ChainValidator | None,
-    from_address: str | None,
+    from_addresses: Sequence[str],
 ) -> tuple[bytes, AuditFacts]:
-    """Verify a signed entity; (the entity to deliver, the facts with the signature)."""
+    """Verify a signed entity; (the entity to deliver, the facts with the signature).
+    ``verify`` binds the first From address; every other one is checked here."""
     entity = top.data
     if not _is_signed(top):
         return entity, facts
+    from_address = from_addresses[0] if from_addresses else None
     result = verify_parsed(top, validator=validator, from_address=from_address)
     signer, serial = _signer_identity(result, from_address)
+    reason = result.reason or _unbound_from(result, from_addresses[1:])
     facts = _replace(
         facts,
-        signature=Signature.VALID if result.valid else Signature.INVALID,
+        signature=Signature.INVALID if reason else Signature.VALID,
         signer=signer,
         signer_serial=serial,
-        signature_reason=result.reason,
+        signature_reason=reason,
     )
     return (result.content or entity), facts
+
+
+def _unbound_from(result: VerifyResult, addresses: Sequence[str]) -> str:
+    """Why one of ``addresses`` is not bound to a signer whose signature and certificate
+    are valid (RFC 8550 §3), or "" when every one is."""
+    for address in addresses:
+        if not any(
+            signer.signature_valid
+            and signer.certificate_validation is not None
+            and signer.certificate_validation.valid
+            and any(addresses_match(address, candidate) for candidate in signer.email_addresses)
+            for signer in result.signers
+        ):
+            return f"no valid signer certificate is bound to {address}"
+    return ""
 
 
 def _signer_identity(result: VerifyResult, from_address: str | None) -> tuple[str, str]:
@@ -322,10 +378,10 @@ def _signer_identity(result: VerifyResult, from_address: str | None) -> tuple[st
     return "", ""
 
 
-def _first_from(fields: Sequence[HeaderField]) -> str | None:
+def _from_addresses(fields: Sequence[HeaderField]) -> list[str]:
+    """Every address of every From field, in order, each once."""
     values = [field.value for field in fields if field.key == "from"]
-    addresses = [address for _, address in getaddresses(values) if address]
-    return addresses[0] if addresses else None
+    return list(dict.fromkeys(address for _, address in getaddresses(values) if address))
 
 
 # --------------------------------------------------------------------------- presentation
@@ -356,6 +412,28 @@ def _without_hp_parameter(entity: bytes) -> bytes:
     return header + mime.CRLF + entity[parsed.body_start :]
 
 
+def _mime_fields_only(entity: bytes) -> bytes:
+    """The entity with only its MIME fields (module docstring, step 3), cut as
+    ``mime.split_message`` cuts a message; the entity itself when it has no other line
+    in its header block (the usual case: the body is not copied)."""
+    header = mime.parse_entity(entity).header
+    lines = header.split(mime.CRLF)[:-1] if header else []
+    if lines and lines[0][:1] in (b" ", b"\t"):
+        return mime.split_message(entity)[1]
+    for line in lines:
+        if line[:1] in (b" ", b"\t"):
+            continue
+        name = line.split(b":", 1)[0].strip().lower()
+        if not (name.startswith(b"content-") or name == b"mime-version"):
+            return mime.split_message(entity)[1]
+    return entity
+
+
+def _is_orphan_continuation(field: HeaderField) -> bool:
+    """A folded line with no field before it in its block (module docstring, step 4)."""
+    return field.raw[:1] in (b" ", b"\t")
+
+
 def _with_mime_version(entity: bytes) -> bytes:
     parsed = mime.parse_entity(entity)
     if parsed.header_values("MIME-Version"):
@@ -373,7 +451,11 @@ def _deliverable(opened: _Opened, hostname: str) -> InboundResult:
         shown, entity, source = protected
         fields = headers.merged(fields, shown)
         facts = _replace(facts, header_source=source)
-    fields = headers.without_imitations(fields, hostname)
+    else:
+        entity = _mime_fields_only(entity)
+    fields = [
+        f for f in headers.without_imitations(fields, hostname) if not _is_orphan_continuation(f)
+    ]
     if facts.signature is not Signature.VALID:
         fields = headers.with_tagged_subject(fields)
     added = headers.authentication_results(

@@ -36,7 +36,11 @@ with their own key and never one opened with the other's.
   would make the agent wrap an already signed message a second time (triple wrapping,
   RFC 2634) for no gain in trust. The MDN is built from the delivered copy's header
   block but only its addressing fields and Message-ID are read (``build_mdn``): no
-  Subject, no body, no third part, so nothing decrypted goes out;
+  Subject, no body, no third part. None is sent for a copy whose content came under a
+  CBC cipher without a valid signature (``headers.notifications_allowed``, read from
+  our own ``Missive-Security``): its addressing fields may be an attacker's chosen
+  text (EFAIL), and an MDN for some such messages and not others would be a padding
+  oracle (``gateway.inbound.process``);
 - one ``inbound.processed`` audit event per recipient: decision, key serial, signer
   and its validity, cipher, key transport, where the headers came from. The precise
   cause of a failure (``AuditFacts.failure_detail``) goes to the local log only.
@@ -72,6 +76,7 @@ from datetime import UTC, datetime
 
 from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
+from gateway.inbound import headers
 from gateway.inbound.process import (
     AuditFacts,
     Decision,
@@ -111,6 +116,7 @@ DEFAULT_POLL_INTERVAL = 0.2
 DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their fsyncs
 STATUS_CRYPTO_FAILURE = "5.7.5"  # RFC 3463: cryptographic failure
 HELD_REASON = "held in quarantine: the message could not be decrypted or verified"
+MDN_WITHHELD = "content not integrity-protected (CBC) and not validly signed"
 
 
 @dataclass(frozen=True)
@@ -325,6 +331,9 @@ async def queue_mdn(
     header_block = message.partition(b"\r\n\r\n")[0] + b"\r\n"
     mail_from = entry.record.envelope.mail_from
     if not should_send_mdn(header_block, mail_from):
+        return None
+    if not headers.notifications_allowed(header_block):  # EFAIL, padding oracle
+        log.info("inbound.mdn_withheld", queue_id=entry.queue_id, reason=MDN_WITHHELD)
         return None
     try:
         mdn = build_mdn(

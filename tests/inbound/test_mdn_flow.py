@@ -110,6 +110,9 @@ async def test_processed_then_dispatched_mdn_each_queued_once_without_content(
             assert SECRET not in mdn and SUBJECT.encode() not in mdn
 
 
+DELIVERED_MARK = b'Missive-Security: encrypted=no; signature=none;\r\n\tsigner=""; weak=no\r\n'
+
+
 async def test_a_repeated_pass_queues_the_mdn_once(dev_pki: DevPki, tmp_path: Path) -> None:
     async with maildir_site(tmp_path, dev_pki) as site:
         inbound, received = site.inbound, site.spool.queue(RECEIVED)
@@ -118,13 +121,14 @@ async def test_a_repeated_pass_queues_the_mdn_once(dev_pki: DevPki, tmp_path: Pa
         entry = await inbound.claim()
         assert entry is not None
         alice = Recipient(ALICE, orcpt=f"rfc822;{ALICE}")
+        delivered = DELIVERED_MARK + ASKING  # what the inbound agent delivers: ours on top
         children = {
             await queue_mdn(
                 site.config,
                 inbound,
                 received,
                 entry,
-                ASKING,
+                delivered,
                 alice,
                 Disposition.PROCESSED,
                 site.clock(),
