@@ -26,6 +26,22 @@ Cost (every stage pays it for each line; ``bench/bench_log.py`` measures it):
   expression and written as is; the date part of ``ts`` is rendered once per second;
 - one ``write`` of the finished line (newline included) then one ``flush`` per line, so
   each event reaches the journal whole, at once, even if the process dies next.
+
+Other libraries' loggers (decision): aiosmtpd writes to ``mail.log`` (an unrecognised
+command, a session exception), asyncio to ``asyncio`` (a task exception never
+retrieved); with no handler of their own their records would reach Python's last-resort
+handler and come out on stderr as bare, unquoted text. ``setup_logging`` therefore puts
+a second handler, on the same stream, on the root logger: every record that is not
+Missive's (the ``missive`` logger does not propagate) and is at WARNING or above (or at
+the configured level when that is higher) becomes one line
+``event=library.log logger=mail.log message="..."``, quoted and escaped like any other,
+so a peer's string cannot forge a line, and an exception shows as its type only
+(aiosmtpd's warnings name the peer and at most the SMTP verb it sent; asyncio's name a
+task and the repr of its exception, whose text is Missive's own error text).
+Exactly one library message is dropped: aiosmtpd 1.4 reads and sets its own deprecated
+``Session.login_data`` after every successful AUTH and warns about it each time
+("Session.login_data is deprecated ..."); that is aiosmtpd's doing, not Missive's, and
+it would fill the log. A filter on ``mail.log`` removes that message only.
 """
 
 from __future__ import annotations
@@ -45,6 +61,10 @@ LEVELS = {
 }
 
 _ROOT = "missive"
+_LIBRARY_EVENT = "library.log"
+_AIOSMTPD_LOGGER = "mail.log"
+# aiosmtpd 1.4 warns this after each successful AUTH, from its own code (module docstring)
+_AIOSMTPD_LOGIN_DATA_WARNING = "Session.login_data is deprecated and will be removed in version 2.0"
 _UNKNOWN_FILE = "(unknown file)"  # what logging itself records when it has no caller
 _HEAD_KEYS = frozenset({"ts", "level", "event"})
 # printable ASCII except space, '"', '=' and '\': such a value needs no quoting
@@ -131,16 +151,63 @@ class _LineHandler(logging.StreamHandler):  # type: ignore[type-arg]
             self.handleError(record)
 
 
+class _LibraryFormatter(LogfmtFormatter):
+    """Formats another library's record as ``event=library.log logger=… message=…``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        shown = logging.makeLogRecord(
+            {
+                **record.__dict__,
+                "msg": _LIBRARY_EVENT,
+                "args": (),
+                "fields": {"logger": record.name, "message": record.getMessage()},
+            }
+        )
+        return super().format(shown)
+
+
+class _DropLoginDataWarning(logging.Filter):
+    """Drops aiosmtpd's own ``Session.login_data`` deprecation warning, nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != _AIOSMTPD_LOGIN_DATA_WARNING
+
+
+_DROP_LOGIN_DATA_WARNING = _DropLoginDataWarning()
+
+
+def _line_handler(stream: TextIO, formatter: logging.Formatter) -> _LineHandler:
+    handler = _LineHandler(stream)
+    handler.setFormatter(formatter)
+    return handler
+
+
+def _route_libraries(level: int, stream: TextIO) -> None:
+    """Other libraries' records at ``level`` and above to ``stream`` (module docstring)."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if isinstance(handler, _LineHandler):  # ours, from an earlier call
+            root.removeHandler(handler)
+    handler = _line_handler(stream, _LibraryFormatter())
+    handler.setLevel(max(level, logging.WARNING))
+    root.addHandler(handler)
+    logging.getLogger(_AIOSMTPD_LOGGER).addFilter(_DROP_LOGIN_DATA_WARNING)  # added once
+
+
 def setup_logging(level: str = "info", stream: TextIO | None = None) -> None:
-    """Send the ``missive`` loggers to ``stream`` (stdout) at ``level`` (idempotent)."""
+    """Send the ``missive`` loggers to ``stream`` (stdout) at ``level`` (idempotent).
+
+    Other libraries' records at WARNING and above (or ``level`` if higher) go to the
+    same stream as ``library.log`` lines (module docstring).
+    """
+    target = sys.stdout if stream is None else stream
     logger = logging.getLogger(_ROOT)
     logger.setLevel(LEVELS[level])
     logger.propagate = False
     for handler in list(logger.handlers):
         logger.removeHandler(handler)
-    handler = _LineHandler(sys.stdout if stream is None else stream)
-    handler.setFormatter(LogfmtFormatter())
-    logger.addHandler(handler)
+    logger.addHandler(_line_handler(target, LogfmtFormatter()))
+    _route_libraries(LEVELS[level], target)
     # documented logging optimisation: no format of ours shows these names
     logging.logThreads = False
     logging.logProcesses = False

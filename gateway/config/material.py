@@ -8,8 +8,12 @@ password files are checked for mode and emptiness only.
 Decisions and security notes:
 
 - A file that holds a private key or a password must not be accessible by group or
-  others (``mode & 0o077 == 0``): ``key file ... is readable by others (mode 0644);
-  chmod 600``. Ownership is not checked (check-config may run as another user).
+  others (``mode & 0o077 == 0``): ``key file ... is readable by group and others (mode
+  0644); chmod 600``. The reason names who has access as the mode says: ``by its
+  group`` (0640), ``by others`` (0604), ``by group and others`` (0644); ``readable``
+  when that class may read, ``accessible`` when it may only write or search (0620:
+  ``accessible by its group``; 0642: ``readable by its group and accessible by
+  others``). Ownership is not checked (check-config may run as another user).
 - PEM is split with asn1crypto's ``pem.unarmor`` (any mix of blocks in one file);
   certificates, keys and CRLs are parsed with cryptography. A key protected by a
   passphrase is refused: Missive has no passphrase setting, file modes protect keys.
@@ -80,12 +84,24 @@ def check_readable(path: Path) -> None:
         raise Unusable(f"cannot read {path}: {error.strerror}") from None
 
 
+def _exposure(mode: int) -> str:
+    """Who besides the owner can reach a file of ``mode``, and how (see module doc)."""
+    classes = (("its group", 0o070, 0o040), ("others", 0o007, 0o004))
+    reached = [
+        ("readable" if mode & read else "accessible", who)
+        for who, bits, read in classes
+        if mode & bits
+    ]
+    if len(reached) == 2 and reached[0][0] == reached[1][0]:
+        return f"{reached[0][0]} by group and others"
+    return " and ".join(f"{access} by {who}" for access, who in reached)
+
+
 def check_private_mode(path: Path, what: str = "key file") -> None:
     """``what`` at ``path`` must be accessible by its owner only (see module doc)."""
     mode = stat.S_IMODE(_stat(path))
     if mode & 0o077:
-        access = "readable" if mode & 0o044 else "accessible"
-        raise Unusable(f"{what} {path} is {access} by others (mode {mode:04o}); chmod 600")
+        raise Unusable(f"{what} {path} is {_exposure(mode)} (mode {mode:04o}); chmod 600")
 
 
 def check_secret_file(path: Path) -> None:

@@ -5,8 +5,12 @@ runner) calls ``deliver_to_maildir`` in a thread for each recipient and turns it
 outcome into a reply (``PermanentFailure`` -> 5.1.3, ``OSError`` -> deferred).
 
 Layout: one Maildir per local part, ``PATH/<local part>/{tmp,new,cur}`` (the layout
-Dovecot's ``mail_location = maildir:PATH/%n`` reads); ``tmp``, ``new`` and ``cur`` are
-created on first use with mode 0700.
+Dovecot's ``mail_location = maildir:PATH/%n`` reads). ``PATH``, the mailbox root
+``PATH/<local part>`` and its ``tmp``, ``new`` and ``cur`` are created on first use with
+mode 0700, set again with ``chmod`` after ``mkdir`` so the umask changes nothing (only
+missing parents of ``PATH`` get the umask's mode, as ``pathlib`` makes them). A
+directory that already exists is left as it is (a site may share its Maildirs with a
+group on purpose).
 
 Invariants (the maildir spec, https://cr.yp.to/proto/maildir.html): the file is written
 in ``tmp/`` (``O_EXCL``, 0600), fsynced, renamed into ``new/`` and ``new/`` is fsynced,
@@ -37,6 +41,7 @@ import time
 from pathlib import Path
 
 _counter = itertools.count(1)
+PRIVATE_DIR_MODE = 0o700
 
 
 class PermanentFailure(Exception):
@@ -61,11 +66,25 @@ def mailbox_of(root: Path, address: str) -> Path:
     return root / local
 
 
+def _make_private_dir(path: Path, *, parents: bool = False) -> None:
+    """Create ``path`` with mode 0700 whatever the umask; an existing directory is kept
+    as it is; ``FileExistsError`` if ``path`` exists and is not a directory."""
+    try:
+        path.mkdir(mode=PRIVATE_DIR_MODE, parents=parents)
+    except FileExistsError:
+        if path.is_dir():
+            return
+        raise
+    os.chmod(path, PRIVATE_DIR_MODE)  # mkdir's mode is filtered by the umask
+
+
 def deliver_to_maildir(root: Path, address: str, content: bytes) -> Path:
     """Write ``content`` into ``address``'s Maildir (tmp -> new, fsynced); the new path."""
     mailbox = mailbox_of(root, address)
+    _make_private_dir(root, parents=True)
+    _make_private_dir(mailbox)
     for sub in ("tmp", "new", "cur"):
-        (mailbox / sub).mkdir(mode=0o700, parents=True, exist_ok=True)
+        _make_private_dir(mailbox / sub)
     name = maildir_name()
     temporary = mailbox / "tmp" / name
     descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -50,8 +50,8 @@ def test_five_mistakes_give_five_lines(site: Site, capsys: pytest.CaptureFixture
         'missive.toml: delivery.max_message_size: expected a size like "50MB", "512KB" or bytes,'
         ' got "50 parsecs"',
         'missive.toml: listeners[0].tls: "none" is allowed only on a loopback address, not 0.0.0.0',
-        f"missive.toml: tls.private_key: key file {key} is readable by others (mode 0644);"
-        " chmod 600",
+        f"missive.toml: tls.private_key: key file {key} is readable by group and others"
+        " (mode 0644); chmod 600",
     ]
 
 

@@ -61,13 +61,20 @@ def test_certificate_chain_order_matters(site: Site) -> None:
     assert_line(site.problems(BASE), "tls.private_key: ")
 
 
-@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604, 0o660])
-def test_key_readable_by_others(site: Site, mode: int) -> None:
+@pytest.mark.parametrize(
+    ("mode", "exposure"),
+    [
+        (0o644, "readable by group and others"),
+        (0o640, "readable by its group"),
+        (0o604, "readable by others"),
+        (0o660, "readable by its group"),
+    ],
+)
+def test_key_readable_by_others(site: Site, mode: int, exposure: str) -> None:
     key = site.path("var/pki/mx.chu-a.test.key")
     os.chmod(key, mode)
-    access = "readable" if mode & 0o044 else "accessible"
     assert site.problems(BASE) == [
-        f"tls.private_key: key file {key} is {access} by others (mode {mode:04o}); chmod 600"
+        f"tls.private_key: key file {key} is {exposure} (mode {mode:04o}); chmod 600"
     ]
 
 
@@ -75,7 +82,7 @@ def test_key_mode_and_mismatch_both_reported(site: Site) -> None:
     key = site.write_private("var/pki/mx.chu-a.test.key", key_pem(ec_key()), mode=0o644)
     lines = site.problems(BASE)
     assert len(lines) == 2
-    assert "readable by others" in lines[0] and "does not match" in lines[1]
+    assert "readable by group and others" in lines[0] and "does not match" in lines[1]
     assert str(key) in lines[0]
 
 
@@ -200,7 +207,7 @@ def test_liste_blanche(site: Site) -> None:
 
 
 @pytest.mark.parametrize(("mode", "data", "reason"), [
-    (0o644, b"pw\n", "secret file {path} is readable by others (mode 0644); chmod 600"),
+    (0o644, b"pw\n", "secret file {path} is readable by group and others (mode 0644); chmod 600"),
     (0o600, b"\n", "secret file {path} is empty"),
 ])  # fmt: skip
 def test_secret_files(site: Site, mode: int, data: bytes, reason: str) -> None:
@@ -259,7 +266,7 @@ def test_organisation_signing(site: Site, pki_user_files: tuple[bytes, bytes]) -
     site.write_private("var/org.pem", key)
     assert_line(site.problems(text), "keys.organisation_signing: no certificate in ")
     os.chmod(site.path("var/org.pem"), 0o640)
-    assert any("readable by others (mode 0640)" in line for line in site.problems(text))
+    assert any("readable by its group (mode 0640)" in line for line in site.problems(text))
 
 
 @pytest.fixture
@@ -285,8 +292,8 @@ def test_key_store_scan(site: Site) -> None:
     site.write_private(f"var/keys/{LOCAL_USER}.2024.enc.pem", key_pem(ec_key()))
     lines = site.problems(BASE)
     assert (
-        f"keys.dir: key file {keys}/{LOCAL_USER}.enc.pem is readable by others (mode 0644);"
-        " chmod 600" in lines
+        f"keys.dir: key file {keys}/{LOCAL_USER}.enc.pem is readable by group and others"
+        " (mode 0644); chmod 600" in lines
     )
     assert f"keys.dir: no certificate in {keys}/{LOCAL_USER}.2024.enc.pem" in lines
     assert (

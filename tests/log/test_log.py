@@ -67,9 +67,10 @@ def _record(
 
 @pytest.fixture
 def captured() -> Iterator[io.StringIO]:
-    """``setup_logging`` into a StringIO; the ``missive`` logger and flags restored after."""
+    """``setup_logging`` into a StringIO; the loggers it touches and flags restored after."""
     root = logging.getLogger("missive")
     saved = (root.level, root.propagate, list(root.handlers))
+    libraries = (list(logging.getLogger().handlers), list(logging.getLogger("mail.log").filters))
     flags = (logging.logThreads, logging.logProcesses, logging.logMultiprocessing)
     stream = io.StringIO()
     log.setup_logging("info", stream=stream)
@@ -77,6 +78,8 @@ def captured() -> Iterator[io.StringIO]:
     root.setLevel(saved[0])
     root.propagate = saved[1]
     root.handlers[:] = saved[2]
+    logging.getLogger().handlers[:] = libraries[0]
+    logging.getLogger("mail.log").filters[:] = libraries[1]
     logging.logThreads, logging.logProcesses, logging.logMultiprocessing = flags
 
 
@@ -152,14 +155,15 @@ class _CountingStream(io.StringIO):
 def test_one_write_and_one_flush_per_line() -> None:
     stream = _CountingStream()
     root = logging.getLogger("missive")
-    saved = list(root.handlers)
+    saved = list(root.handlers), list(logging.getLogger().handlers)
     try:
         log.setup_logging("info", stream=stream)
         logger = log.get_logger("relay")
         logger.info("relay.sent", host="mx.b.test")
         logger.warning("relay.deferred", reason="line one\nline two")
     finally:
-        root.handlers[:] = saved
+        root.handlers[:] = saved[0]
+        logging.getLogger().handlers[:] = saved[1]
     assert [text.count("\n") for text in stream.writes] == [1, 1]
     assert all(text.endswith("\n") for text in stream.writes)
     assert 'reason="line one\\nline two"' in stream.writes[1]

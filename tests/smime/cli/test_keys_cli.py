@@ -87,7 +87,7 @@ def test_group_readable_key_in_store_is_reported(cli: Cli, cli_pki: DevPki, tmp_
     run = cli("keys", "list", "--keys-dir", keys)
     assert run.status == 2
     assert run.err_lines == [
-        f"key file {keys / f'{ALICE}.sign.pem'} is readable by others (mode 0640); chmod 600"
+        f"key file {keys / f'{ALICE}.sign.pem'} is readable by its group (mode 0640); chmod 600"
     ]
 
 

@@ -278,7 +278,7 @@ def test_bad_inputs_exit_2_with_one_line(cli: Cli, cli_pki: DevPki, tmp_path: Pa
     )
     assert (readable.status, readable.err_lines) == (
         2,
-        [f"key file {key} is readable by others (mode 0640); chmod 600"],
+        [f"key file {key} is readable by its group (mode 0640); chmod 600"],
     )
     mismatch = cli(
         "smime",

@@ -45,7 +45,7 @@ def test_group_readable_or_broken_files_are_refused(ks_pki: DevPki, tmp_path: Pa
         KeyStore.load(keys)
     problems = caught.value.problems
     assert len(problems) == 2
-    assert any("readable by others (mode 0640); chmod 600" in line for line in problems)
+    assert any("readable by its group (mode 0640); chmod 600" in line for line in problems)
     assert any(f"{BRUNO}.sign.pem is not a PEM file" in line for line in problems)
     store, lines = KeyStore.scan(keys)
     assert (store.keys, len(lines)) == ((), 2)
