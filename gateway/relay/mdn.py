@@ -2,7 +2,8 @@
 
 Role: pure functions, bytes in and bytes out, for the inbound agent (issue 7 item 5): the
 *processed* MDN when a message that asks for one (``Disposition-Notification-To``) has
-been decrypted and verified, and the *dispatched* MDN on final delivery when the sender
+been processed (decrypted and verified where it was encrypted or signed), and the
+*dispatched* MDN on final delivery when the sender
 asked for it with the Direct option ``X-DIRECT-FINAL-DESTINATION-DELIVERY`` (Direct
 Project, "Implementation Guide for Delivery Notification in Direct" §3). The caller signs
 (and encrypts, when the sender's certificate is found) the result with the S/MIME engine,
@@ -11,7 +12,9 @@ then queues it with the envelope ``mdn_envelope`` returns (MAIL FROM:<>, RFC 809
 What an MDN holds (RFC 8098 §3):
 
 1. ``text/plain`` for the sender in ``gateway.language`` (fr default, en); it names no
-   content of the original - not even its Subject, which may name a patient.
+   content of the original - not even its Subject, which may name a patient - and
+   claims nothing about its signature or encryption (a processed MDN is also sent for a
+   clear or unsigned message: saying "decrypted and verified" would be untrue there).
 2. ``message/disposition-notification``: Reporting-UA (the gateway host name and
    product), Original-Recipient (when known), Final-Recipient, Original-Message-ID,
    Disposition ``automatic-action/MDN-sent-automatically; processed|dispatched``
@@ -140,7 +143,7 @@ _TEXT: dict[Language, dict[str, str]] = {
         "intro": ("Ceci est un accusé automatique de la passerelle de messagerie sécurisée {ua}."),
         f"body-{Disposition.PROCESSED}": (
             "Votre message {message_id} adressé à {recipient} a été reçu et traité"
-            " (déchiffré et vérifié) par la passerelle du destinataire le {date}."
+            " par la passerelle du destinataire le {date}."
             " Cela ne signifie pas qu'il a été lu."
         ),
         f"body-{Disposition.DISPATCHED}": (
@@ -155,7 +158,7 @@ _TEXT: dict[Language, dict[str, str]] = {
         "intro": "This is an automatic notification from the secure mail gateway {ua}.",
         f"body-{Disposition.PROCESSED}": (
             "Your message {message_id} to {recipient} was received and processed"
-            " (decrypted and verified) by the recipient's gateway on {date}."
+            " by the recipient's gateway on {date}."
             " This does not mean that it was read."
         ),
         f"body-{Disposition.DISPATCHED}": (

@@ -120,6 +120,15 @@ def test_french_text() -> None:
 
 
 @pytest.mark.parametrize("language", ["fr", "en"])
+def test_the_text_claims_nothing_about_signature_or_encryption(language: str) -> None:
+    """A processed MDN also answers clear or unsigned messages: the text must not say
+    the message was decrypted or verified."""
+    text = human(build(language=language)).lower()
+    for claim in ("chiffr", "vérifi", "crypt", "verif", "signé", "signed"):
+        assert claim not in text
+
+
+@pytest.mark.parametrize("language", ["fr", "en"])
 @pytest.mark.parametrize("disposition", list(Disposition))
 def test_no_content_of_the_original(language: str, disposition: Disposition) -> None:
     data = build(language=language, disposition=disposition)
