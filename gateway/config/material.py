@@ -97,6 +97,12 @@ def _exposure(mode: int) -> str:
     return " and ".join(f"{access} by {who}" for access, who in reached)
 
 
+def _writers(mode: int) -> str:
+    """Who besides the owner can write in a directory of ``mode``."""
+    group, others = bool(mode & 0o020), bool(mode & 0o002)
+    return "group and others" if group and others else "its group" if group else "others"
+
+
 def check_private_mode(path: Path, what: str = "key file") -> None:
     """``what`` at ``path`` must be accessible by its owner only (see module doc)."""
     mode = stat.S_IMODE(_stat(path))
@@ -233,8 +239,8 @@ def check_directory_target(path: Path) -> None:
                 raise Unusable(f"{path} exists and is not a directory")
             if stat.S_IMODE(mode) & 0o022:
                 raise Unusable(
-                    f"directory {path} is writable by others (mode {stat.S_IMODE(mode):04o});"
-                    " chmod 700"
+                    f"directory {path} is writable by {_writers(stat.S_IMODE(mode))}"
+                    f" (mode {stat.S_IMODE(mode):04o}); chmod 700"
                 )
             return
         _check_creatable(path)

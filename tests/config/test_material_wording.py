@@ -53,3 +53,16 @@ def test_an_owner_only_file_passes(tmp_path: Path, mode: int) -> None:
     key.write_bytes(b"")
     os.chmod(key, mode)
     material.check_private_mode(key)
+
+
+@pytest.mark.parametrize(
+    ("mode", "who"),
+    [(0o775, "its group"), (0o757, "others"), (0o777, "group and others")],
+)
+def test_a_shared_directory_names_who_can_write_in_it(tmp_path: Path, mode: int, who: str) -> None:
+    directory = tmp_path / "spool"
+    directory.mkdir()
+    directory.chmod(mode)
+    with pytest.raises(material.Unusable) as raised:
+        material.check_directory_target(directory)
+    assert f"is writable by {who} (mode {mode:04o}); chmod 700" in str(raised.value)
