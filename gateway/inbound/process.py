@@ -78,6 +78,8 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import replace as _replace
+from email.errors import HeaderParseError
+from email.header import decode_header, make_header
 from email.utils import getaddresses
 
 from asn1crypto import cms
@@ -110,6 +112,8 @@ KEY_NOT_HELD = "encrypted for a key the gateway does not hold"
 UNSIGNED_CBC = "CBC-encrypted content without a valid signature"
 _HP_PARAMETER = re.compile(r';\s*hp\s*=\s*("[^"]*"|[^;\s]*)', re.IGNORECASE)
 _HOSTILE_INPUT = (ValueError, TypeError, KeyError, IndexError, LookupError, OverflowError)
+# an address as a reader would recognise one inside a display name (ASCII, or UTF-8 text)
+_ADDRESS_IN_TEXT = re.compile(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+\.[^\s<>()\[\],;:\"@]+")
 
 
 class Decision(enum.Enum):
@@ -379,9 +383,24 @@ def _signer_identity(result: VerifyResult, from_address: str | None) -> tuple[st
 
 
 def _from_addresses(fields: Sequence[HeaderField]) -> list[str]:
-    """Every address of every From field, in order, each once."""
+    """Every address of every From field, in order, each once; with every address a
+    display name holds (RFC 2047 words decoded): ``"bruno@chu-a.test" <claire@x.test>``
+    is shown as Bruno in most message lists, so Bruno's address must be bound to the
+    signer too, and Claire's valid signature alone leaves the message marked."""
     values = [field.value for field in fields if field.key == "from"]
-    return list(dict.fromkeys(address for _, address in getaddresses(values) if address))
+    pairs = getaddresses(values)
+    found = [address for _, address in pairs if address]
+    for name, _ in pairs:  # after the mailboxes: the first mailbox names the signer
+        found.extend(_ADDRESS_IN_TEXT.findall(_decoded_words(name)))
+    return list(dict.fromkeys(found))
+
+
+def _decoded_words(text: str) -> str:
+    """``text`` with its RFC 2047 encoded-words decoded (as a reader shows it)."""
+    try:
+        return str(make_header(decode_header(text)))
+    except (*_HOSTILE_INPUT, HeaderParseError):
+        return text
 
 
 # --------------------------------------------------------------------------- presentation

@@ -313,3 +313,28 @@ def test_unsigned_payload_claiming_a_protected_from_is_marked(cast: Cast) -> Non
     assert result.facts.signature is Signature.NONE
     assert subject(result).startswith(NOT_VERIFIED_TAG)
     our_fields_only(result)
+
+
+@pytest.mark.parametrize(
+    "from_value",
+    [
+        b'"bruno.petit@chu-a.test" <claire.durand@clinique-b.test>',
+        b"=?utf-8?q?bruno.petit=40chu-a.test?= <claire.durand@clinique-b.test>",
+        b"Bruno Petit (bruno.petit@chu-a.test) <claire.durand@clinique-b.test>",
+    ],
+    ids=["quoted", "encoded-word", "comment"],
+)
+def test_a_display_name_naming_another_address_is_marked(cast: Cast, from_value: bytes) -> None:
+    """Claire's valid signature, her own mailbox, but a display name that most message
+    lists show instead: Bruno's address. It must be bound too, so the letter is marked."""
+    result = cast.process(outbound(cast, letter_from(b"From: " + from_value + b"\r\n")))
+    assert result.facts.signature is Signature.INVALID
+    assert subject(result).startswith(NOT_VERIFIED_TAG)
+
+
+def test_a_display_name_that_is_the_signers_own_address_stays_valid(cast: Cast) -> None:
+    letter = letter_from(
+        b'From: "claire.durand@clinique-b.test" <claire.durand@clinique-b.test>\r\n'
+    )
+    result = cast.process(outbound(cast, letter))
+    assert result.facts.signature is Signature.VALID
