@@ -15,6 +15,8 @@ Protocol (RFC 5321 unless noted):
 - STARTTLS per the route's ``tls`` (RFC 3207) then EHLO again (RFC 3207 §4.2: forget
   what was learnt before TLS); ``verify`` never continues in clear when STARTTLS is
   missing or fails, and checks the peer (``tlsclient.PeerVerifier``) before any command;
+  anything received in clear after the ``220`` to STARTTLS ends the session (a man in
+  the middle's injected replies, CVE-2011-0411), whatever the mode;
 - AUTH PLAIN (RFC 4954, RFC 4616) toward a route with credentials, only on a TLS
   session, only when the peer advertises PLAIN; anything but 235 is a ``SessionFailure``
   (what the client then does with it is decided in ``client``);
@@ -219,6 +221,7 @@ class SmtpSession:
             raise SessionFailure(f"TLS peer refused: {error.verify_message}") from None
         except ssl.SSLError as error:
             raise SessionFailure(f"TLS handshake failed: {error.reason}") from None
+        self._refuse_clear_text_left_over()
         ssl_object = self._writer.get_extra_info("ssl_object")
         if security.mode == "verify":
             assert security.verifier is not None
@@ -231,6 +234,17 @@ class SmtpSession:
         else:
             self.peer = handshake_facts(ssl_object)
         await self._hello()  # RFC 3207 §4.2: discard what was learnt before TLS
+
+    def _refuse_clear_text_left_over(self) -> None:
+        """RFC 3207 §4.2 (CVE-2011-0411, client side): bytes that came in clear after the
+        ``220`` to STARTTLS are no reply of the TLS peer. ``StreamWriter.start_tls`` keeps
+        the reader's buffer, so they would be read as the replies to EHLO, MAIL, RCPT,
+        DATA: an attacker on the path could answer the whole transaction. A server sends
+        nothing before the client's first command over TLS: fail closed. (The buffer is
+        ``StreamReader._buffer``, private in CPython, with no public way to look.)"""
+        assert self._reader is not None
+        if self._reader._buffer:  # type: ignore[attr-defined]
+            raise SessionFailure("clear text received after the STARTTLS reply (injection?)")
 
     async def _authenticate(self, user: str, password: str) -> None:
         if self.peer.tls_version is None:
