@@ -29,7 +29,9 @@ from dataclasses import dataclass, field
 
 MAX_REPLY_LINES = 100
 
-_REPLY_RE = re.compile(rb"^([2-5][0-9][0-9])([ -])(.*)$", re.DOTALL)
+# RFC 5321 §4.2: Reply-code [ SP textstring ] CRLF for the last line - the text is
+# optional there ("250" alone is a reply); "-" marks every line but the last
+_REPLY_RE = re.compile(rb"^([2-5][0-9][0-9])(?:([ -])(.*))?$", re.DOTALL)
 _ENHANCED_RE = re.compile(r"^([245])\.([0-9]{1,3})\.([0-9]{1,3})(?:\s|$)")
 
 RCPT_ACCEPTED = (250, 251)  # RFC 5321 §4.3.2: the replies that accept a recipient
@@ -72,7 +74,7 @@ class ReplyParser:
         if self._code is not None and code != self._code:
             raise ProtocolError("reply lines with different codes")
         self._code = code
-        self._lines.append(match.group(3).decode("utf-8", "replace"))
+        self._lines.append((match.group(3) or b"").decode("utf-8", "replace"))
         if len(self._lines) > MAX_REPLY_LINES:
             raise ProtocolError("reply too long")
         if match.group(2) == b"-":

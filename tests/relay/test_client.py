@@ -107,6 +107,16 @@ def test_reply_parser_multiline_and_enhanced_code() -> None:
         mixed.feed(b"251 b\r\n")
 
 
+def test_a_reply_code_alone_is_a_reply() -> None:
+    """RFC 5321 §4.2: the text after the last line's code is optional."""
+    assert ReplyParser().feed(b"250\r\n") == Reply(250, ("",))
+    parser = ReplyParser()
+    assert parser.feed(b"250-first\r\n") is None
+    assert parser.feed(b"250\r\n") == Reply(250, ("first", ""))
+    with pytest.raises(ProtocolError):
+        ReplyParser().feed(b"2500\r\n")
+
+
 def test_dsn_parameters_only_when_the_peer_offers_dsn() -> None:
     env = Envelope(
         SENDER,
