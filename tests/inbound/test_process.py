@@ -86,8 +86,8 @@ class Cast:
         )
 
 
-@pytest.fixture(scope="module")
-def cast(dev_pki: DevPki) -> Cast:
+def build_cast(dev_pki: DevPki) -> Cast:
+    """Alice's decryption key and the dev PKI's validator (shared with other test files)."""
     validator = CertificateValidator.from_files(
         [dev_pki.root_cert],
         [dev_pki.intermediates],
@@ -97,6 +97,11 @@ def cast(dev_pki: DevPki) -> Cast:
     assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
     cert = load_first_certificate(dev_pki.user_cert(ALICE, "enc"))
     return Cast(dev_pki, validator, (DecryptionKey(cert, key),))
+
+
+@pytest.fixture(scope="module")
+def cast(dev_pki: DevPki) -> Cast:
+    return build_cast(dev_pki)
 
 
 def outbound(

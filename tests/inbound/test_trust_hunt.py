@@ -24,21 +24,18 @@ from email.utils import getaddresses
 
 import pytest
 from asn1crypto import cms, core
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.inbound.headers import NOT_VERIFIED_TAG, Signature, notifications_allowed
 from gateway.inbound.process import Decision, InboundPolicy, InboundResult
 from gateway.pki.dev import DevPki
-from gateway.pki.store import load_first_certificate, load_private_key
 from gateway.smime import mime, smime_parts, transfer
 from gateway.smime.encrypt import Recipient, encrypt_entity
-from gateway.smime.recipient_infos import DecryptionKey
-from gateway.smime.validate import CertificateValidator
 from tests.inbound.test_process import (
     ALICE,
     HOST,
     LETTER,
     Cast,
+    build_cast,
     outbound,
     outer_fields,
     parsed,
@@ -60,15 +57,7 @@ FORGED_ENTITY = b"Content-Type: text/plain; charset=utf-8\r\n" + FORGED_FIELDS +
 
 @pytest.fixture(scope="module")
 def cast(dev_pki: DevPki) -> Cast:
-    validator = CertificateValidator.from_files(
-        [dev_pki.root_cert],
-        [dev_pki.intermediates],
-        [dev_pki.crl("personnes"), dev_pki.crl("serveurs")],
-    )
-    key = load_private_key(dev_pki.user_key(ALICE, "enc"))
-    assert isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey)
-    cert = load_first_certificate(dev_pki.user_cert(ALICE, "enc"))
-    return Cast(dev_pki, validator, (DecryptionKey(cert, key),))
+    return build_cast(dev_pki)
 
 
 def letter_from(from_fields: bytes) -> bytes:
