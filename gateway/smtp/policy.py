@@ -22,9 +22,22 @@ Rules (issue 5, item 1):
   ``any`` = no further check.
 - Everywhere: ``%`` and ``!`` in a recipient local part are refused (the ``%``-hack and
   UUCP routing are open-relay probes), and at most ``max_recipients`` per message.
-- ``From:``: exactly one field with at least one address (RFC 5322 §3.6), else 550 5.6.0.
+- ``From:``: exactly one field with at least one address (RFC 5322 §3.6), else 550 5.6.0;
+  also 550 5.6.0 for a control character in it (``NonPrintableDefect``: a reader may
+  drop a NUL and show a local domain). Every other address written in the field - in a
+  display name or a comment (``"chef@local.test" <x@out.test>``: most message lists
+  show the name), or in a part the stdlib parser skips (``x@out.test
+  <chef@local.test>`` gives only ``x@out.test``, a reader may show the other) - is a
+  *named* address: from outside, a named local address is a local sender (refused);
+  on submission, a named local address must be the login's. Named addresses of other
+  domains are not judged (a display name may quote the sender's other address).
 
-Domains compare exactly (lower-case); a subdomain of a local domain is not local.
+Domains compare exactly (lower-case); a subdomain of a local domain is not local. One
+exception, on the refusing side only: a sender (MAIL FROM or ``From:``) whose domain
+IDNA maps to a local domain (RFC 3490 ToASCII with nameprep, Python's ``idna`` codec:
+fullwidth letters, a soft hyphen, the ideographic full stop, the U-label of an ``xn--``
+local domain) counts as a local sender, since mail software that applies IDNA reads it
+as that domain; recipients and the outbound From: check still compare exactly.
 Certificate DNs compare as the liste blanche does (``gateway.smtp.dnmatch.same_dn``).
 """
 
@@ -34,6 +47,8 @@ import ipaddress
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.errors import HeaderParseError, NonPrintableDefect
+from email.header import decode_header, make_header
 from email.headerregistry import Address as HeaderAddress
 from email.parser import BytesHeaderParser
 from email.policy import default as default_policy
@@ -52,6 +67,11 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ROUTING_CHARACTERS = frozenset("%!")
 _SIGNED_PROTOCOLS = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
 _ENVELOPED_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
+# an address as a reader would recognise one in a decoded From: value (module doc)
+_NOT_IN_ADDRESS = r"\s<>()\[\],;:\"@"
+_ADDRESS_IN_TEXT = re.compile(
+    rf"([^{_NOT_IN_ADDRESS}]+)@([^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}]+)"
+)
 
 
 class SendAsChecker(Protocol):
@@ -81,6 +101,7 @@ class MessageFacts:
 
     from_addresses: tuple[Address, ...]
     smime: bool
+    named_addresses: tuple[Address, ...] = ()  # written elsewhere in From: (module doc)
 
     @classmethod
     def from_headers(cls, headers: bytes) -> MessageFacts:
@@ -88,15 +109,17 @@ class MessageFacts:
         fields = _policy_fields(headers)
         if len(fields.from_fields) != 1:
             raise SmtpReply(r.BAD_HEADER, f"{len(fields.from_fields)} From: fields")
-        addresses = _simple_from(fields.from_fields[0])
+        addresses = _simple_from(fields.from_fields[0])  # a plain form names nothing else
+        named: tuple[Address, ...] = ()
         smime = _simple_smime(fields.content_types)
         if addresses is None or smime is None:
             message = BytesHeaderParser(policy=default_policy).parsebytes(fields.joined())
             if addresses is None:
                 addresses = _parsed_from(message.get_all("From") or [])
+                named = _named_addresses(fields.from_fields[0], addresses)
             if smime is None:
                 smime = _is_smime(message.get_content_type(), message.get_param("protocol"))
-        return cls(addresses, smime)
+        return cls(addresses, smime, named)
 
 
 _FIELD_NAME = re.compile(rb"[!-9;-~]+:")  # RFC 5322 §3.6.8: printable, no space, no colon
@@ -192,16 +215,43 @@ def _simple_smime(content_types: tuple[bytes, ...]) -> bool | None:
 def _parsed_from(fields: list[object]) -> tuple[Address, ...]:
     if len(fields) != 1:
         raise SmtpReply(r.BAD_HEADER, f"{len(fields)} From: fields")
+    defects = getattr(fields[0], "defects", ())
+    if any(isinstance(defect, NonPrintableDefect) for defect in defects):
+        raise SmtpReply(r.BAD_HEADER, "From: with a control character")
     addresses = tuple(_header_address(item) for item in getattr(fields[0], "addresses", ()))
     if not addresses:
         raise SmtpReply(r.BAD_HEADER, "From: without an address")
     return addresses
 
 
+def _named_addresses(raw_field: bytes, mailboxes: tuple[Address, ...]) -> tuple[Address, ...]:
+    """The addresses written in the raw From: field (RFC 2047 words decoded) other than
+    its ``mailboxes``: in a display name, a comment, or a part the parser skipped (module
+    docstring). Read from the raw bytes: the parsed value drops what the parser could
+    not read."""
+    text = raw_field.decode("utf-8", "surrogateescape").split(":", 1)[1]
+    try:
+        text = str(make_header(decode_header(text)))
+    except (HeaderParseError, UnicodeError, ValueError, LookupError):
+        pass  # the encoded words stay as they are: their addresses are not seen
+    found = (Address(local, domain.lower()) for local, domain in _ADDRESS_IN_TEXT.findall(text))
+    return tuple(dict.fromkeys(a for a in found if a not in mailboxes))
+
+
 def _header_address(address: HeaderAddress) -> Address:
     if not address.username or not address.domain or "@" in address.domain:
         raise SmtpReply(r.BAD_HEADER, "From: address without a domain")
     return Address(address.username, address.domain.lower())
+
+
+def _idna_form(domain: str) -> str | None:
+    """``domain`` as IDNA software reads it (lower-case A-labels), None if it cannot.
+    Header domains may hold raw UTF-8 as surrogate escapes (``BytesHeaderParser``)."""
+    try:
+        text = domain.encode("utf-8", "surrogateescape").decode("utf-8")
+        return text.encode("idna").decode("ascii").lower()
+    except UnicodeError:
+        return None
 
 
 def _is_smime(content_type: str, protocol: object) -> bool:
@@ -253,6 +303,13 @@ class Policy:
     def is_local(self, domain: str) -> bool:
         return domain.lower() in self.rules.local_domains
 
+    def is_local_sender(self, domain: str) -> bool:
+        """``is_local``, or a form of a local domain that IDNA maps to it (module doc)."""
+        if self.is_local(domain):
+            return True
+        mapped = _idna_form(domain) if not domain.isascii() else None
+        return mapped is not None and mapped in self.rules.local_domains
+
     def is_relay_client(self, client: ClientFacts) -> bool:
         if self.rules.kind != "relay":
             return False
@@ -271,7 +328,7 @@ class Policy:
         if self.rules.kind == "submission":
             self._check_owned(client, sender, r.SENDER_NOT_OWNED)
         elif not self.is_relay_client(client) and not sender.is_null:
-            if self.is_local(sender.domain):
+            if self.is_local_sender(sender.domain):
                 raise SmtpReply(r.LOCAL_SENDER_FROM_OUTSIDE, f"MAIL FROM {sender}")
             self._check_trust_space(client, sender.domain)
 
@@ -290,6 +347,9 @@ class Policy:
         if self.rules.kind == "submission":
             for address in message.from_addresses:
                 self._check_owned(client, address, r.FROM_NOT_OWNED)
+            for address in message.named_addresses:
+                if self.is_local_sender(address.domain):
+                    self._check_owned(client, address, r.FROM_NOT_OWNED)
         elif self.is_relay_client(client):
             if not all(self.is_local(rcpt.domain) for rcpt in recipients):
                 for address in message.from_addresses:
@@ -301,8 +361,11 @@ class Policy:
     # -- helpers -------------------------------------------------------------------------
 
     def _check_inbound_message(self, client: ClientFacts, message: MessageFacts) -> None:
+        for address in message.named_addresses:
+            if self.is_local_sender(address.domain):
+                raise SmtpReply(r.LOCAL_SENDER_FROM_OUTSIDE, f"From: names {address}")
         for address in message.from_addresses:
-            if self.is_local(address.domain):
+            if self.is_local_sender(address.domain):
                 raise SmtpReply(r.LOCAL_SENDER_FROM_OUTSIDE, f"From: {address}")
             self._check_trust_space(client, address.domain)
         if self.rules.inbound_accept == "signed" and not message.smime:

@@ -63,6 +63,7 @@ BAD_RECIPIENT_SYNTAX = Reply(553, "5.1.3", "Malformed recipient address")
 NEED_HELO = Reply(503, "5.5.1", "Send EHLO first")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command")
 NESTED_MAIL = Reply(503, "5.5.1", "Nested MAIL command")
+TLS_ACTIVE = Reply(503, "5.5.1", "TLS already active")  # RFC 3207 §4.2: no second STARTTLS
 NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command")
 SMTPUTF8_NEEDED = Reply(553, "5.6.7", "Non-ASCII address needs SMTPUTF8")
 

@@ -45,6 +45,7 @@ import binascii
 import ssl
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import replace
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult
@@ -218,6 +219,9 @@ class MissiveSMTP(DataStage):
     # -- TLS -----------------------------------------------------------------------------
 
     async def smtp_STARTTLS(self, arg: str) -> None:
+        if self._tls_protocol is not None:  # aiosmtpd would start TLS inside TLS
+            await self.push(reply_line(r.TLS_ACTIVE))
+            return
         await super().smtp_STARTTLS(arg)
         if self._tls_protocol is not None and self.transport is not None:
             await self._inspect_tls(self.transport.get_extra_info("ssl_object"))
@@ -436,6 +440,9 @@ class MissiveSMTP(DataStage):
         if not self.session.extended_smtp and command.params != MailParams():
             raise SmtpReply(r.SYNTAX_MAIL, "MAIL parameters after HELO (RFC 5321 §4.1.1.2)")
         self.settings.policy.check_mail(self._client_facts, command.sender)
+        if self._login is None and command.params.auth is not None:
+            # RFC 4954 §5: from a client that did not authenticate, AUTH=<> - never kept
+            command = replace(command, params=replace(command.params, auth=None))
         self._mail = command
         self._rcpts = []
         return r.SENDER_OK
