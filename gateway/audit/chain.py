@@ -19,8 +19,12 @@ Limit (documented on purpose): a hash chain alone cannot detect someone who edit
 record and recomputes every later hash, or who cuts records off the end: the result
 is again a valid chain. Only an external anchor detects that, which is why verify
 prints the head (``seq`` + ``hash``) for the operator to note or ship elsewhere, and
-accepts it back with ``--anchor``. A keyed chain (HMAC with a key the database host
-does not hold) or periodic signed heads are future work.
+accepts it back with ``--anchor``. The same holds for a checkpoint: whoever can write
+the database can delete records and append a checkpoint that accounts for them, with
+the hash of an anchored record copied in; so an anchor that lands on a pruned record is
+reported as matched *by a checkpoint* (``anchor_by_checkpoint``), never as plainly
+matching. A keyed chain (HMAC with a key the database host does not hold) or periodic
+signed heads are future work.
 
 Retention: ``prune`` deletes the oldest records and appends a checkpoint record
 (``type = "audit.checkpoint"``) whose details name the deleted range, their count, the
@@ -130,6 +134,8 @@ class VerifyReport:
     checkpoint: Checkpoint | None
     anchor_checked: bool | None
     problem: ChainBreak | None
+    # the anchored record was pruned: only the checkpoint's copy of its hash was compared
+    anchor_by_checkpoint: bool = False
 
     @property
     def ok(self) -> bool:
@@ -142,6 +148,7 @@ class _Walk:
     def __init__(self, anchor: Anchor | None) -> None:
         self.anchor = anchor
         self.anchor_checked: bool | None = None if anchor is None else False
+        self.anchor_by_checkpoint = False
         self.first: AuditRecord | None = None
         self.previous: AuditRecord | None = None
         self.checkpoint: Checkpoint | None = None
@@ -252,7 +259,7 @@ class _Walk:
                     "the checkpoint's hash of this pruned record differs from the "
                     "anchor (history rewritten)",
                 )
-            self.anchor_checked = True
+            self.anchor_checked = self.anchor_by_checkpoint = True
         return None
 
     def report(self, problem: ChainBreak | None) -> VerifyReport:
@@ -264,6 +271,7 @@ class _Walk:
             checkpoint=self.checkpoint,
             anchor_checked=self.anchor_checked,
             problem=problem,
+            anchor_by_checkpoint=self.anchor_by_checkpoint,
         )
 
 

@@ -5,12 +5,14 @@
   ticket, another host): given back with ``--anchor S:H`` it detects a rewritten or
   truncated history, which a hash chain alone cannot (see ``gateway.audit.chain``).
 - ``export`` writes records with ``--since <= time < --until`` as ``csv`` or ``jsonl``
-  to stdout or to a new file (``--output``, created 0600, never overwritten). Times
+  in UTF-8 to stdout or to a new file (``--output``, created 0600, never overwritten,
+  removed again if the export fails: a partial CSV would look complete). Times
   are ISO 8601 dates or date-times, UTC when no offset is given; a date alone as
   ``--until`` includes that whole day.
 - ``prune`` applies ``[audit] retention``: deletes the records older than now minus
   the retention and appends a checkpoint record (the chain still verifies). It
-  refuses to prune a trail that does not verify (exit 1).
+  refuses to prune a trail that does not verify (exit 1), and a ``--before`` in the
+  future (exit 2: it would delete the records being written, today's evidence).
 
 The database is ``[audit] path`` of ``--config FILE``; ``--db PATH`` names it directly
 instead (then ``prune`` needs ``--before``). A missing database is exit 2 with a clear
@@ -21,11 +23,13 @@ configuration error.
 from __future__ import annotations
 
 import argparse
+import codecs
 import getpass
+import io
 import os
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TextIO, cast
@@ -138,7 +142,11 @@ def _verified_records(records: Iterator[AuditRecord]) -> Iterator[AuditRecord]:
 
 @contextmanager
 def _output_stream(path: Path | None) -> Iterator[TextIO]:
+    """Where the export goes: stdout (UTF-8 whatever the locale says) or a new file,
+    removed again if the export fails (a CSV has no end marker: a partial file would
+    look complete)."""
     if path is None:
+        _stdout_in_utf8()
         yield sys.stdout
         return
     try:
@@ -147,8 +155,29 @@ def _output_stream(path: Path | None) -> Iterator[TextIO]:
         raise UsageError(f"--output: {path} already exists (never overwritten)") from None
     except OSError as error:
         raise UsageError(f"--output: {path}: {error.strerror}") from None
+    created = os.fstat(descriptor)
     with open(descriptor, "w", encoding="utf-8", newline="") as stream:
-        yield stream
+        try:
+            yield stream
+        except BaseException:
+            _remove_if_same(path, created)
+            raise
+
+
+def _stdout_in_utf8() -> None:
+    """JSON between systems is UTF-8 (RFC 8259 §8.1), and so is our CSV: a Latin-1 or
+    ASCII locale (or PYTHONIOENCODING) must not turn an accent into a traceback."""
+    stdout = sys.stdout
+    if isinstance(stdout, io.TextIOWrapper) and codecs.lookup(stdout.encoding).name != "utf-8":
+        stdout.reconfigure(encoding="utf-8")
+
+
+def _remove_if_same(path: Path, created: os.stat_result) -> None:
+    """Unlink ``path`` only if it is still the file this export created."""
+    with suppress(OSError):
+        current = os.lstat(path)
+        if (current.st_dev, current.st_ino) == (created.st_dev, created.st_ino):
+            path.unlink()
 
 
 # -- verify ----------------------------------------------------------------------------
@@ -165,7 +194,13 @@ def describe_report(report: VerifyReport) -> list[str]:
     if report.first_seq != 1 and checkpoint is not None:
         line += f" (records before seq {report.first_seq} pruned; last cutoff {checkpoint.cutoff})"
     lines = [line]
-    if report.anchor_checked is True:
+    if report.anchor_checked is True and report.anchor_by_checkpoint:
+        lines.append(
+            "note: the anchored record was pruned; its hash matches the one the checkpoint "
+            "kept, which is all that vouches for the records up to it (a checkpoint can be "
+            "appended by whoever can write the database: docs/security.md)"
+        )
+    elif report.anchor_checked is True:
         lines.append("anchor matches")
     elif report.anchor_checked is False:
         lines.append("note: the anchor is older than the retained trail (pruned): not checked")
@@ -229,6 +264,11 @@ def describe_prune(result: PruneResult) -> str:
 def run_prune(args: argparse.Namespace) -> int:
     if args.before is not None:
         cutoff = parse_time_bound(args.before, "--before")
+        if cutoff > datetime.now(UTC):
+            raise UsageError(
+                f"--before: {args.before} is in the future: it would delete the records "
+                "being written now (refused)"
+            )
         path = _database_path(args)
     elif args.db is not None:
         raise UsageError("--db needs --before (no configuration to read the retention from)")

@@ -11,8 +11,18 @@ Role: turn decoded records into text on a stream. Both formats carry every field
   the same JSON text, absent values are empty cells. Security: values come from
   peers (addresses, EHLO names), so a cell that a spreadsheet would run as a formula
   (starting with ``=``, ``+``, ``-``, ``@``, tab or CR) is prefixed with ``'`` (the
-  OWASP rule against CSV injection). The CSV is therefore for reading, the JSONL for
-  recomputing hashes.
+  OWASP rule against CSV injection, CWE-1236). The CSV is therefore for reading, the
+  JSONL for recomputing hashes.
+
+Both formats show every non-printable character (``str.isprintable``: C0 and C1
+controls, DEL, bidi overrides and isolates, zero-width and other format characters,
+U+2028/U+2029, spaces other than U+0020) as a JSON ``\\uXXXX`` escape instead of
+writing it raw: an export read in a terminal or a pager must not run a peer's escape
+sequences (CWE-150), a bidi override must not make ``\\u202eexe.live@moc`` display as
+``com@evil.exe`` (CVE-2021-42574), and a CR LF, U+2028 or U+0085 must not forge what
+a line-based reader (``str.splitlines``, ``grep``) takes for another record (CWE-117).
+In JSONL and in JSON cells that is a standard JSON escape of the same value (still
+exact); in a plain CSV cell it is a visible notation (reading only, like the ``'``).
 
 No content is ever exported because none is ever recorded (see ``gateway.audit.event``).
 """
@@ -42,13 +52,34 @@ def record_document(record: AuditRecord) -> dict[str, JsonValue]:
     }
 
 
+def _escape(char: str) -> str:
+    """One character as a JSON escape (a UTF-16 surrogate pair above U+FFFF)."""
+    code = ord(char)
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    high, low = divmod(code - 0x10000, 0x400)
+    return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
+
+
+def _shown(text: str) -> str:
+    """``text`` with each non-printable character as a JSON ``\\uXXXX`` escape.
+
+    Applied to JSON text, the result is JSON for the same value: such characters
+    only occur inside strings there, and a backslash in a string is always escaped.
+    """
+    if text.isprintable():
+        return text
+    return "".join(char if char.isprintable() else _escape(char) for char in text)
+
+
 def _csv_cell(value: JsonValue) -> str:
     if value is None:
         return ""
     if isinstance(value, int):
         return str(value)
     if isinstance(value, list | dict):
-        return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+        return _shown(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    value = _shown(value)
     return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 
@@ -56,7 +87,7 @@ def write_jsonl(records: Iterable[AuditRecord], out: TextIO) -> int:
     """Write one JSON object per line; returns the number of records written."""
     count = 0
     for record in records:
-        out.write(json.dumps(record_document(record), ensure_ascii=False) + "\n")
+        out.write(_shown(json.dumps(record_document(record), ensure_ascii=False)) + "\n")
         count += 1
     return count
 

@@ -169,6 +169,17 @@ def _create_file(path: Path) -> None:
     os.close(descriptor)
 
 
+_UNDECODABLE = "Could not decode to UTF-8"  # sqlite3's message for a non-UTF-8 text value
+
+
+def _text_or_bytes(value: bytes) -> str | bytes:
+    """A text value as ``str``, or as the raw ``bytes`` when it is not UTF-8."""
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        return value
+
+
 def _connect(path: Path, *, readonly: bool, busy_timeout: float) -> sqlite3.Connection:
     if readonly:
         target, uri = f"{path.as_uri()}?mode=ro", True
@@ -386,14 +397,48 @@ class AuditStore:
     def iter_rows(
         self, *, since: datetime | None = None, until: datetime | None = None
     ) -> Iterator[Row]:
-        """Rows in ``seq`` order, with ``since <= time < until`` when given."""
+        """Rows in ``seq`` order, with ``since <= time < until`` when given.
+
+        A text value that is not UTF-8 (written into the file by something else than
+        Missive: SQLite stores what it is given) stops SQLite's own decoding; the rows
+        from there on are read again with such values as ``bytes``, which the record
+        codec and the chain walk then report as an unreadable record. A damaged file
+        is ``AuditDatabaseError``, never a traceback."""
+        last_seq = 0
+        try:
+            for row in map(Row._make, self._select(since, until)):
+                last_seq = row.seq
+                yield row
+        except sqlite3.OperationalError as error:
+            if _UNDECODABLE not in str(error):
+                raise self._damaged(error) from None
+            yield from self._rows_keeping_bytes(since, until, after=last_seq)
+        except sqlite3.DatabaseError as error:
+            raise self._damaged(error) from None
+
+    def _select(self, since: datetime | None, until: datetime | None) -> sqlite3.Cursor:
         if since is None and until is None:
-            cursor = self._connection.execute(_SELECT_ALL)
-        else:
-            low = _TIME_MIN if since is None else format_time(since)
-            high = _TIME_MAX if until is None else format_time(until)
-            cursor = self._connection.execute(_SELECT_RANGE, (low, high))
-        yield from map(Row._make, cursor)
+            return self._connection.execute(_SELECT_ALL)
+        low = _TIME_MIN if since is None else format_time(since)
+        high = _TIME_MAX if until is None else format_time(until)
+        return self._connection.execute(_SELECT_RANGE, (low, high))
+
+    def _rows_keeping_bytes(
+        self, since: datetime | None, until: datetime | None, *, after: int
+    ) -> Iterator[Row]:
+        """``iter_rows`` from ``after`` on, a text value that is not UTF-8 kept as bytes."""
+        self._connection.text_factory = _text_or_bytes
+        try:
+            for row in map(Row._make, self._select(since, until)):
+                if row.seq > after:
+                    yield row
+        except sqlite3.DatabaseError as error:
+            raise self._damaged(error) from None
+        finally:
+            self._connection.text_factory = str
+
+    def _damaged(self, error: sqlite3.Error) -> AuditDatabaseError:
+        return AuditDatabaseError(f"audit database {self.path}: damaged, cannot be read ({error})")
 
     def iter_records(
         self, *, since: datetime | None = None, until: datetime | None = None

@@ -29,16 +29,18 @@ _DURATION_GROUP = re.compile(r"(\d+)([smhdw])")
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
+MAX_DURATION_SECONDS = 36_500 * 86_400  # 100 years: any later date arithmetic stays in range
+
+
 def parse_duration(text: str) -> timedelta:
     """``"30s"`` ``"5m"`` ``"4h"`` ``"5d"`` ``"1w"`` ``"1h30m"`` -> ``timedelta``."""
     groups = _DURATION_GROUP.findall(text)
     if not text or "".join(n + u for n, u in groups) != text:
         raise BadValue(f'expected a duration like "30s", "5m", "4h", "5d", got {show(text)}')
     seconds = sum(int(number) * _DURATION_UNITS[unit] for number, unit in groups)
-    try:
-        return timedelta(seconds=seconds)
-    except OverflowError:
-        raise BadValue(f"duration {show(text)} is too large") from None
+    if seconds > MAX_DURATION_SECONDS:  # "now - retention" must stay a date (year >= 1)
+        raise BadValue(f"duration {show(text)} is too large (at most 100 years)")
+    return timedelta(seconds=seconds)
 
 
 _SIZE = re.compile(r"(\d+)\s?([a-z]*)")
