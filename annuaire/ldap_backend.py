@@ -229,7 +229,13 @@ class LdapDirectory:
             f"({self.attributes.mail}={escape_filter_chars(address)}))"
         )
         wanted = address_key(address)
-        entries, _ = await self._run(lambda c: self._search(c, search_filter, 0, wanted))
+        entries, truncated = await self._run(lambda c: self._search(c, search_filter, 0, wanted))
+        if truncated:  # a server-side size limit: the entry holding the certificate may
+            # be among those left out, and "no certificate" would send the message to the
+            # route's fallback; the message waits instead (never cached)
+            raise DirectoryUnavailable(
+                f"annuaire: the directory cut its answer for {address} short (size limit)"
+            )
         return tuple(entries)
 
     async def search(self, query: PreparedQuery, limit: int) -> Candidates:

@@ -8,8 +8,10 @@ listening socket; it reads only public data.
 
 Order of the sources (the first that yields a valid certificate wins; ARCHITECTURE and
 the Direct Project's practice: address-bound before organisation-bound):
-1. the annuaire entry whose mailbox is the address (sub-address ``+tag`` stripped,
-   RFC 5233), its certificates taken from the configured attributes;
+1. the annuaire entry whose mailbox is the address, its certificates taken from the
+   configured attributes; for ``local+tag@domain``, that address's own entry when the
+   directory has one (then it is another mailbox, with its own certificate), else the
+   entry of ``local@domain`` (sub-address, RFC 5233);
 2. the domain / organisation entry: the entry whose mail is the bare domain;
 3. with ``dns_cert``: DNS CERT records at the address-bound names, then at the domain
    (``annuaire.dnscert``, RFC 4398).
@@ -19,9 +21,12 @@ Each certificate must also be *bound* to what it was found for (RFC 8550 §3, RF
 no rfc822Name in the SAN, as emailAddress in the subject); a domain-level one carries the
 domain as a dNSName or an rfc822Name. A valid certificate that is not bound is reported
 as WRONG_USAGE ("not bound to ..."). The names are read by
-``gateway.smime.certnames`` (the verifier and the key store read them the same way);
-addresses compare case-folded here, as the annuaire indexes them. A value that is not
-a DER certificate is skipped with a warning (never fatal for the lookup).
+``gateway.smime.certnames`` (the verifier and the key store read them the same way).
+Addresses compare with their ASCII letters case-folded and nothing else (``mailbox_key``),
+as LDAP's caseIgnoreIA5Match on ``mail`` does: Unicode case folding would make distinct
+RFC 6531 mailboxes one (``straße`` and ``strasse``, the Kelvin sign and ``k``, the
+``ﬁ`` ligature and ``fi``), and give one person's certificate to another. A value that
+is not a DER certificate is skipped with a warning (never fatal for the lookup).
 
 Result: every candidate with its validation; ``certificates`` are the valid ones,
 newest first (latest notBefore, then latest notAfter). No valid certificate is a
@@ -30,7 +35,7 @@ negative answer (``found`` False): the caller applies the route's fallback.
 Failures: ``DirectoryUnavailable`` (directory or DNS down) passes through and is never
 cached, never turned into "no certificate" (the message waits and retries).
 
-Cache: results per address (case-folded, tag stripped) for ``cache_ttl`` when a valid
+Cache: results per address (``mailbox_key``, tag kept) for ``cache_ttl`` when a valid
 certificate was found (capped by the earliest notAfter among them) and for
 ``negative_cache_ttl`` otherwise; at most ``max_entries`` addresses (oldest dropped).
 Concurrent lookups of one address share one resolution. A TTL of 0 disables that side.
@@ -111,13 +116,19 @@ def certificate_purpose(certificate: x509.Certificate) -> str:
     )
 
 
+def mailbox_key(address: str) -> str:
+    """The form addresses compare in: ``annuaire.model.address_key`` (ASCII letters
+    lower-cased, every other character kept; the module docstring says why)."""
+    return address_key(address)
+
+
 def is_bound(certificate: x509.Certificate, name: str) -> bool:
     """True when ``certificate`` names ``name`` (an address, or a domain)."""
-    emails = {address_key(address) for address in certificate_addresses(certificate)}
+    emails = {mailbox_key(address) for address in certificate_addresses(certificate)}
     if "@" in name:
-        return address_key(name) in emails
+        return mailbox_key(name) in emails
     return name.lower().rstrip(".") in certificate_dns_names(certificate) or (
-        name.casefold() in emails
+        mailbox_key(name) in emails
     )
 
 
@@ -191,7 +202,7 @@ class CertificateLookup:
     async def lookup(self, address: str) -> LookupResult:
         """The certificates of ``address`` (cached); ``DirectoryUnavailable`` when the
         directory or DNS cannot answer."""
-        key = address_key(strip_tag(address))
+        key = mailbox_key(address)
         cached = self._cache.get(key)
         if cached is not None and cached[0] > self._clock():
             return cached[1]
@@ -211,7 +222,7 @@ class CertificateLookup:
         if address is None:
             self._cache.clear()
         else:
-            self._cache.pop(address_key(strip_tag(address)), None)
+            self._cache.pop(mailbox_key(address), None)
 
     # -- resolution ----------------------------------------------------------------------
 
@@ -239,13 +250,13 @@ class CertificateLookup:
         except EntryError as error:
             return LookupResult(address, None, (), (str(error),))
         collected = _Collected()
-        entry = await self._from_directory(address, "annuaire:address", collected)
+        entry = await self._from_mailbox(address, collected)
         if not collected.found:
             domain = address_domain(address)
             domain_entry = await self._from_directory(domain, "annuaire:domain", collected)
             entry = entry or domain_entry
         if not collected.found and self.dns is not None:
-            await self._from_dns(address, collected)
+            await self._from_dns(strip_tag(address), collected)
         log.debug(
             "annuaire.lookup",
             address=address,
@@ -258,6 +269,17 @@ class CertificateLookup:
             tuple(sorted(collected.candidates, key=_newest_first)),
             tuple(collected.skipped),
         )
+
+    async def _from_mailbox(self, address: str, collected: _Collected) -> Entry | None:
+        """The entry of ``address`` itself; for ``local+tag@domain`` with no entry of its
+        own, the entry of ``local@domain`` (RFC 5233): a directory that lists the tagged
+        address has a mailbox of that name, whose certificate is not the base one's."""
+        base = strip_tag(address)
+        if base != address:
+            entry = await self._from_directory(address, "annuaire:address", collected)
+            if entry is not None:
+                return entry
+        return await self._from_directory(base, "annuaire:address", collected)
 
     async def _from_directory(self, name: str, source: str, collected: _Collected) -> Entry | None:
         entries = await self.directory.find_by_mail(name)

@@ -31,6 +31,7 @@ enforce those shapes (the importers check what they read); it only keeps ids cle
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from typing import Literal, get_args
 
@@ -148,9 +149,16 @@ def address_domain(address: str) -> str:
     return address.rpartition("@")[2].lower()
 
 
+_ASCII_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)
+
+
 def address_key(address: str) -> str:
-    """The form used to compare and index addresses: case-folded whole address."""
-    return address.casefold()
+    """The form used to compare and index addresses: ASCII letters lower-cased, every
+    other character kept - LDAP's caseIgnoreIA5Match on ``mail``, so the LDIF and LDAP
+    backends agree. Not ``str.casefold``: it makes distinct RFC 6531 mailboxes one
+    (``straße`` and ``strasse``, the Kelvin sign and ``k``, the ``ﬁ`` ligature and
+    ``fi``), and a lookup would give one person's certificate to another."""
+    return address.translate(_ASCII_LOWER)
 
 
 @dataclass(frozen=True, slots=True)

@@ -140,7 +140,7 @@ async def test_found_at_the_address_entry(
     for asked in (ALICE, "alice.martin+cardio@chu-a.test", "Alice.Martin@CHU-A.test"):
         result = await lookup.lookup(asked)
         assert result.found, asked
-        assert result.address == ALICE
+        assert result.address == asked.lower()  # a tagged address keeps its tag
         assert [c.source for c in result.candidates] == ["annuaire:address"]
         assert result.certificates == (x509.load_der_x509_certificate(der),)
         assert result.entry is not None and result.entry.key == ALICE
@@ -265,21 +265,25 @@ async def test_positive_and_negative_caches(
         clock=clock,
     )
     assert (await lookup.lookup(ALICE)).found
+    assert (await lookup.lookup(ALICE)).found
+    assert counting.calls == [ALICE]  # the second one came from the cache
+    tagged = "alice.martin+x@chu-a.test"  # its own entry first, then the base mailbox
     assert (await lookup.lookup("ALICE.martin+x@chu-a.test")).found
-    assert counting.calls == [ALICE]
+    assert (await lookup.lookup(tagged)).found
+    assert counting.calls == [ALICE, tagged, ALICE]
     assert not (await lookup.lookup("nobody@chu-a.test")).found
     assert not (await lookup.lookup("nobody@chu-a.test")).found
-    assert counting.calls == [ALICE, "nobody@chu-a.test", "chu-a.test"]
+    assert counting.calls[3:] == ["nobody@chu-a.test", "chu-a.test"]
     clock.now += 61  # the negative answer expired, the positive one not
     await lookup.lookup("nobody@chu-a.test")
     await lookup.lookup(ALICE)
-    assert counting.calls[3:] == ["nobody@chu-a.test", "chu-a.test"]
+    assert counting.calls[5:] == ["nobody@chu-a.test", "chu-a.test"]
     clock.now += 300
     await lookup.lookup(ALICE)
-    assert counting.calls[5:] == [ALICE]
+    assert counting.calls[7:] == [ALICE]
     lookup.invalidate(ALICE)
     await lookup.lookup(ALICE)
-    assert counting.calls[6:] == [ALICE]
+    assert counting.calls[8:] == [ALICE]
 
 
 async def test_positive_cache_ends_with_the_certificate(
