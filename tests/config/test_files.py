@@ -313,8 +313,8 @@ def test_directory_targets(site: Site) -> None:
     spool = site.path("var/spool-file")
     assert f"gateway.spool_dir: {spool}/q cannot be created: {spool} is not a directory" in lines
     assert (
-        f"gateway.data_dir: directory {site.path('var/open')} is writable by group and others (mode 0777);"
-        " chmod 700" in lines
+        f"gateway.data_dir: directory {site.path('var/open')} is writable by group and"
+        " others (mode 0777); chmod 700" in lines
     )
     assert f"audit.path: {site.path('var/pki')} exists and is not a regular file" in lines
     assert f"postal.outbox: {spool} exists and is not a directory" in lines
