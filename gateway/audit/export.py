@@ -35,6 +35,7 @@ from collections.abc import Iterable
 from typing import Literal, TextIO
 
 from gateway.audit.record import COLUMNS, AuditRecord, JsonValue, event_fields
+from gateway.printable import shown
 
 ExportFormat = Literal["csv", "jsonl"]
 EXPORT_FORMATS: tuple[ExportFormat, ...] = ("csv", "jsonl")
@@ -52,34 +53,14 @@ def record_document(record: AuditRecord) -> dict[str, JsonValue]:
     }
 
 
-def _escape(char: str) -> str:
-    """One character as a JSON escape (a UTF-16 surrogate pair above U+FFFF)."""
-    code = ord(char)
-    if code < 0x10000:
-        return f"\\u{code:04x}"
-    high, low = divmod(code - 0x10000, 0x400)
-    return f"\\u{0xD800 + high:04x}\\u{0xDC00 + low:04x}"
-
-
-def _shown(text: str) -> str:
-    """``text`` with each non-printable character as a JSON ``\\uXXXX`` escape.
-
-    Applied to JSON text, the result is JSON for the same value: such characters
-    only occur inside strings there, and a backslash in a string is always escaped.
-    """
-    if text.isprintable():
-        return text
-    return "".join(char if char.isprintable() else _escape(char) for char in text)
-
-
 def _csv_cell(value: JsonValue) -> str:
     if value is None:
         return ""
     if isinstance(value, int):
         return str(value)
     if isinstance(value, list | dict):
-        return _shown(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
-    value = _shown(value)
+        return shown(json.dumps(value, separators=(",", ":"), ensure_ascii=False))
+    value = shown(value)
     return "'" + value if value.startswith(_FORMULA_STARTS) else value
 
 
@@ -87,7 +68,7 @@ def write_jsonl(records: Iterable[AuditRecord], out: TextIO) -> int:
     """Write one JSON object per line; returns the number of records written."""
     count = 0
     for record in records:
-        out.write(_shown(json.dumps(record_document(record), ensure_ascii=False)) + "\n")
+        out.write(shown(json.dumps(record_document(record), ensure_ascii=False)) + "\n")
         count += 1
     return count
 

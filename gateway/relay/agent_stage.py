@@ -9,7 +9,8 @@ yet, and write what it decided:
 - each ``OutgoingMessage`` of an SMTP route -> a hand-off to ``relay/<route>``; of the
   implicit local route -> a hand-off to ``inbound`` with the content unchanged;
 - a recipient of a ``transport = "postal"`` route, or whose fallback resolves to
-  ``postal`` -> ``render_letter`` (with the recipient's annuaire entry) and
+  ``postal`` -> ``render_letter`` in a limited child process (``letter_sandbox``;
+  with the recipient's annuaire entry) and
   ``write_to_outbox``, then a ``relayed`` DSN (``postal=True``);
 - a fallback ``route:<name>``: the chain of fallbacks is followed here
   (``resolve_fallback``) until it ends in ``postal`` or ``bounce``, a loop ending as
@@ -104,7 +105,8 @@ from gateway.relay.agent_pass import (
 )
 from gateway.relay.dsn import should_send_dsn
 from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
-from gateway.relay.postal import PostalError, render_letter, write_to_outbox
+from gateway.relay.letter_sandbox import render_letter_isolated
+from gateway.relay.postal import PostalError, write_to_outbox
 from gateway.smime.validate import CertificateValidator
 from gateway.spool import (
     INBOUND,
@@ -334,8 +336,7 @@ class AgentStage:
             found = await self.lookup.lookup(address)
             if found.entry is None:
                 raise PostalError("no entry in the annuaire, hence no postal address")
-            letter = await asyncio.to_thread(
-                render_letter,
+            letter = await render_letter_isolated(  # hostile PDFs: away from the keys
                 content,
                 found.entry,
                 sender or self.config.gateway.hostname,

@@ -63,7 +63,7 @@ from gateway.relay.postal_address import (
     Rect,
     format_postal_address,
 )
-from gateway.relay.postal_errors import LetterTooLong, PostalUnavailable
+from gateway.relay.postal_errors import LetterTooLong, NoPostalAddress, PostalUnavailable
 
 Language = Literal["fr", "en"]
 
@@ -192,14 +192,21 @@ class _LetterPdf(FPDF):
 
 
 def _address_font_size(pdf: _LetterPdf, lines: tuple[str, ...]) -> float:
-    """10 pt, or less (down to 7 pt) so the longest line fits the window frame."""
+    """10 pt, or less (down to 7 pt) so the longest line fits the window frame;
+    ``NoPostalAddress`` when it does not fit even at 7 pt: a line the window (and the
+    sheet) cuts would be posted to a wrong or partial address, so the sender gets the
+    failure DSN instead."""
     size = 10.0
-    while size > 7.0:
+    while True:
         pdf.set_font(_FAMILY, size=size)
-        if max(pdf.get_string_width(line) for line in lines) <= ADDRESS_AREA.width:
-            break
+        widest = max(lines, key=pdf.get_string_width)
+        if pdf.get_string_width(widest) <= ADDRESS_AREA.width:
+            return size
+        if size <= 7.0:
+            raise NoPostalAddress(
+                f"an address line of {len(widest)} characters does not fit the envelope window"
+            )
         size -= 0.5
-    return size
 
 
 def _draw_head(

@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Final
 
 from gateway.log import get_logger
+from gateway.printable import shown
 from gateway.relay.letter import Letter, render_letter
 from gateway.relay.postal_errors import (
     LetterTooLong,
@@ -84,7 +85,11 @@ def letter_stem(queue_id: str, recipient_address: str) -> str:
     """``<queue id>-<16 hex of SHA-256(address)>``, the name of both files (no suffix)."""
     if not _SAFE_QUEUE_ID.fullmatch(queue_id):
         raise ValueError("queue id is not a safe file name")
-    digest = hashlib.sha256(recipient_address.casefold().encode("utf-8")).hexdigest()
+    local, at, domain = recipient_address.rpartition("@")
+    # the mailbox as it compares (RFC 5321 2.4): str.casefold would make straße@ and
+    # strasse@ one name, and the second letter replace the first
+    mailbox = f"{local}@{domain.lower()}" if at else recipient_address
+    digest = hashlib.sha256(mailbox.encode("utf-8")).hexdigest()
     return f"{queue_id}-{digest[:16]}"
 
 
@@ -121,7 +126,8 @@ def _manifest_bytes(letter: Letter, queue_id: str, address: str, pdf_name: str) 
         "recipient_address": address,
         "pdf_file": pdf_name,
     }
-    return (json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True) + "\n").encode()
+    text = json.dumps(manifest, ensure_ascii=False, indent=2, sort_keys=True)
+    return (shown(text, keep="\n") + "\n").encode()  # no raw control or bidi character
 
 
 def _publish(directory: Path, files: list[tuple[str, bytes]]) -> list[Path]:
