@@ -14,7 +14,11 @@ Decisions (also documented in ``conf/missive.toml``):
 
 - URLs: ``ldap://host[:port]`` or ``ldaps://host[:port]`` (RFC 4516, without DN or
   filter); ``imaps://host[:port]/MAILBOX`` (RFC 5092 subset), ``imap://`` only to
-  loopback (RFC 8314). A host is an IP address or a host name (``domains``).
+  loopback (RFC 8314). A host is an IP address or a host name (``domains``). The
+  MAILBOX (percent-decoded, ``INBOX`` when empty) is plain ASCII without CR, LF or NUL:
+  a non-ASCII folder name is written in IMAP modified UTF-7 (RFC 3501 §5.1.3, e.g.
+  ``Bo&AO4-te``); ``parse_imap_mailbox`` is also the check of the IMAP fetcher's
+  ``MailboxUrl.parse``, so the configuration refuses what the fetcher would.
 - Delivery targets: ``lmtp://host:port`` (default 24), ``smtp://host:port`` (25) or
   ``maildir:PATH``; a relative path is taken from the configuration's home.
 
@@ -30,7 +34,7 @@ import ssl
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
-from urllib.parse import SplitResult, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
 from gateway.config.domains import parse_hostname
 from gateway.config.hosts import HostPort, is_ip_address, is_loopback_host, parse_host_port
@@ -98,7 +102,21 @@ def parse_imap_url(text: str) -> str:
     host = _url_host(parts)
     if parts.scheme.lower() == "imap" and not is_loopback_host(host):
         raise BadValue("imap:// sends the password in clear: use imaps:// (RFC 8314)")
+    parse_imap_mailbox(parts.path)
     return text
+
+
+def parse_imap_mailbox(url_path: str) -> str:
+    """The mailbox of an ``imaps://host/MAILBOX`` URL path: percent-decoded, ``INBOX``
+    when empty, plain ASCII without CR, LF or NUL (a non-ASCII name is written in IMAP
+    modified UTF-7, RFC 3501 §5.1.3, e.g. ``Bo&AO4-te``)."""
+    mailbox = unquote(url_path.lstrip("/")) or "INBOX"
+    if not mailbox.isascii() or any(ch in mailbox for ch in "\r\n\x00"):
+        raise BadValue(
+            "the mailbox name must be plain ASCII, without CR, LF or NUL "
+            "(write a non-ASCII name in IMAP modified UTF-7, e.g. Bo&AO4-te)"
+        )
+    return mailbox
 
 
 def parse_deliver_to(text: str, home: Path) -> DeliverTo:

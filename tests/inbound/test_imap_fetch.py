@@ -19,12 +19,14 @@ import pytest
 from gateway.config.model import ImapFetch, TlsSection, TrustSection
 from gateway.inbound.imap_fetch import ImapFetcher, InboundSink, run_imap_worker, tls_context
 from gateway.inbound.imap_parse import (
+    ImapFetchError,
     ImapLoginError,
     MailboxUrl,
     parse_fetched_body,
     parse_search,
+    parse_uidnext,
     parse_uidvalidity,
-    quote_mailbox,
+    quote_astring,
     return_path,
 )
 from gateway.inbound.imap_state import FetchState, state_file_name
@@ -372,9 +374,19 @@ def test_fetch_literal_is_found_by_uid_before_or_after_it() -> None:
     before = [b"1 FETCH (UID 7 BODY[] {20}", literal, b")", b"Fetch completed"]
     after = [b"1 FETCH (BODY[] {20}", literal, b" UID 7)", b"Fetch completed"]
     other = [b"2 FETCH (FLAGS (\\Seen))", b"1 FETCH (UID 8 BODY[] {20}", literal, b")", b"ok"]
+    no_uid = [b"1 FETCH (BODY[] {20}", literal, b")", b"ok"]
+    no_body = [b"1 FETCH (UID 7 FLAGS (\\Seen))", b"ok"]
     assert parse_fetched_body(before, 7) == bytes(literal)
     assert parse_fetched_body(after, 7) == bytes(literal)
-    assert parse_fetched_body(other, 7) is None
+    # never "expunged" (None) when the answer is about another message or lacks the body
+    with pytest.raises(ImapFetchError, match="body of UID 8"):
+        parse_fetched_body(other, 7)
+    with pytest.raises(ImapFetchError, match="body of no UID"):
+        parse_fetched_body(no_uid, 7)
+    with pytest.raises(ImapFetchError, match="without its body"):
+        parse_fetched_body(no_body, 7)
+    flags_of_another = [b"3 FETCH (UID 9 FLAGS (\\Seen))", b"ok"]
+    assert parse_fetched_body(flags_of_another, 7) is None
     assert parse_fetched_body([b"Fetch completed"], 7) is None
 
 
@@ -384,6 +396,9 @@ def test_search_and_select_answers() -> None:
     assert parse_search([b"Search completed."]) == []
     lines = [b"FLAGS ()", b"OK [UIDVALIDITY 1732800000] UIDs valid", b"[READ-WRITE] ok"]
     assert parse_uidvalidity(lines) == 1732800000
+    assert parse_uidnext(lines) is None
+    assert parse_uidnext([b"OK [UIDNEXT 42] Predicted next UID", b"ok"]) == 42
+    assert parse_uidnext([b"OK [UIDNEXT 4294967296] too big", b"ok"]) is None
 
 
 def test_return_path_gives_the_address_or_the_null_sender() -> None:
@@ -395,11 +410,16 @@ def test_return_path_gives_the_address_or_the_null_sender() -> None:
 
 def test_state_file_and_url_parsing() -> None:
     assert FetchState.from_json(FetchState(3, 9).to_json()) == FetchState(3, 9)
+    assert FetchState(3, 9).uids_went_back(3, 9) and FetchState(3, 9).uids_went_back(3, 2)
+    assert not FetchState(3, 9).uids_went_back(3, 10)
+    assert not FetchState(3, 9).uids_went_back(3, None)  # no UIDNEXT: nothing to check
+    assert not FetchState(3, 9).uids_went_back(4, 2)  # a new UIDVALIDITY is checked apart
     for bad in (b"", b"{}", b'{"uidvalidity": -1, "last_uid": 0}', b'{"uidvalidity": "1"}'):
         assert FetchState.from_json(bad) is None
     assert MailboxUrl.parse("imaps://imap.x.test/Boite%20MSS") == MailboxUrl(
         True, "imap.x.test", 993, "Boite MSS"
     )
     assert MailboxUrl.parse("imap://127.0.0.1:1143").mailbox == "INBOX"
-    assert quote_mailbox("INBOX") == "INBOX"
-    assert quote_mailbox('Boite "MSS"') == '"Boite \\"MSS\\""'
+    assert quote_astring("INBOX") == "INBOX"
+    assert quote_astring('Boite "MSS"') == '"Boite \\"MSS\\""'
+    assert quote_astring("CHU\\alice") == '"CHU\\\\alice"'
