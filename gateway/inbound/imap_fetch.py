@@ -44,8 +44,13 @@ Decisions (never lose, at most duplicate; ARCHITECTURE quality bar):
   would mark messages seen (a documented requirement of ``[[inbound.imap_fetch]]``).
 - A message larger than ``[delivery] max_message_size`` (``MessageTooLarge``) can never
   be queued: it is logged as an error, left unseen on the server for the operator, and
-  passed over, so it does not block the mailbox. Every other spool error is temporary:
-  the session ends, nothing is marked, and the fetcher reconnects after a back-off.
+  passed over, so it does not block the mailbox. Memory is bounded whatever the server
+  says: while a ``UID FETCH`` runs, the bytes received past ``max_message_size`` plus
+  ``FETCH_SLACK`` close the connection (a count in the protocol's ``data_received``,
+  which aioimaplib would otherwise let grow to what the server announced); the message
+  is then recorded as passed over the same way before the session ends. Every other
+  spool error is temporary: the session ends, nothing is marked, and the fetcher
+  reconnects after a back-off.
 - A ``UID FETCH`` answer that holds another UID's body, or names ours without a body, is
   an error (``imap_parse.parse_fetched_body``), never read as "expunged" (a loss).
 - Errors (network, TLS, timeout, a refused login, a NO/BAD answer) end the session; the
@@ -142,6 +147,9 @@ _log = get_logger("imap")
 _T = TypeVar("_T")
 
 
+FETCH_SLACK = 64 * 1024  # a FETCH answer's own lines around the message's literal
+
+
 class MailboxStatus(NamedTuple):
     """What a SELECT answer says of the mailbox's UIDs (RFC 9051 §7.1)."""
 
@@ -180,8 +188,12 @@ class ImapFetcher:
         idle_renew: float = IDLE_RENEW,
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
+        max_message_size: int | None = None,
     ) -> None:
         self.fetch = fetch
+        self.max_message_size = max_message_size
+        self._fetch_budget: int | None = None  # bytes a running FETCH may still receive
+        self._cut_short = False  # the running FETCH went past its budget
         self.url = MailboxUrl.parse(fetch.url)
         self.queue = queue
         self.state_path = state_dir / state_file_name(fetch)
@@ -267,12 +279,30 @@ class ImapFetcher:
             client = aioimaplib.IMAP4(url.host, url.port, timeout=self.timeout)
         self._lost = asyncio.get_running_loop().create_future()
         client.protocol.conn_lost_cb = self._connection_lost  # IMAP4_SSL drops the argument
+        self._count_received(client.protocol)
         try:
             await self._command(client.wait_hello_from_server(), "greeting")
         except BaseException:
             await self._close(client)
             raise
         return client
+
+    def _count_received(self, protocol: Any) -> None:
+        """Bound what a FETCH may receive (module docstring): the transport calls the
+        protocol's ``data_received`` through the attribute, so a wrapper on this one
+        protocol object counts every byte before aioimaplib buffers it."""
+        received = protocol.data_received
+
+        def counted(data: bytes) -> None:
+            if self._fetch_budget is not None:
+                self._fetch_budget -= len(data)
+                if self._fetch_budget < 0:
+                    self._fetch_budget, self._cut_short = None, True
+                    protocol.transport.close()  # the FETCH fails: connection lost
+                    return
+            received(data)
+
+        protocol.data_received = counted
 
     def _connection_lost(self, error: Exception | None) -> None:
         if self._lost is not None and not self._lost.done():
@@ -334,7 +364,17 @@ class ImapFetcher:
     async def _fetch_one(self, client: aioimaplib.IMAP4, uidvalidity: int, uid: int) -> bool:
         """Queue message ``uid``, record it, then mark it seen; False if passed over."""
         fetch = client.uid("fetch", str(uid), "(UID BODY.PEEK[])")
-        response = await self._command(fetch, f"UID FETCH {uid}", own_timer=True)
+        if self.max_message_size is not None:
+            self._fetch_budget, self._cut_short = self.max_message_size + FETCH_SLACK, False
+        try:
+            response = await self._command(fetch, f"UID FETCH {uid}", own_timer=True)
+        except ConnectionError:
+            if self._cut_short:  # larger than any message we may queue: passed over
+                _log.error("imap.message_too_large", user=self.fetch.user, uid=uid)
+                await asyncio.to_thread(self._save_state, FetchState(uidvalidity, uid))
+            raise
+        finally:
+            self._fetch_budget = None
         _check(response, f"UID FETCH {uid}")
         message = parse_fetched_body(response.lines, uid)
         queue_id = None if message is None else await self._queue(uid, message)
@@ -532,7 +572,13 @@ async def run_imap_worker(config: Config, stop: asyncio.Event) -> None:
             queue = spool.queue(INBOUND)
             state_dir = config.gateway.data_dir / STATE_SUBDIR
             fetchers = [
-                ImapFetcher(fetch, queue=queue, state_dir=state_dir, ca=context)
+                ImapFetcher(
+                    fetch,
+                    queue=queue,
+                    state_dir=state_dir,
+                    ca=context,
+                    max_message_size=config.delivery.max_message_size,
+                )
                 for fetch in config.inbound.imap_fetch
             ]
             async with asyncio.TaskGroup() as group:
