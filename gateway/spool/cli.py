@@ -11,7 +11,12 @@ refused with a clear message and exit status 1 (try again once it has left). Rea
   Unreadable files are listed too, with the reason. An entry held by the consumer of
   slot K >= 1 shows the state ``active/K`` (its directory, ``gateway.spool.layout``).
 - ``show ID``: envelope, origin, per-recipient state, then the header section only;
-  ``--full`` prints the whole message instead of the headers (bytes as stored).
+  ``--full`` prints the whole message instead of the headers (bytes as stored when
+  the output is a file or a pipe). What a peer wrote never drives the operator's
+  terminal: the header section, and the whole message when the output is a terminal,
+  are shown with every control character escaped (``display.terminal_text``). A file
+  whose record names another queue id (copied or renamed) is unreadable, as ``list``
+  says, outside ``corrupt/`` (where the queue renames files ``ID.1``...).
   Each ``show`` is recorded in the audit trail (``spool.viewed``) *before* anything
   is printed: headers carry the Subject, which often names a patient, and health-data
   rules ask that access to it be traced.
@@ -29,9 +34,12 @@ undone and the command fails (exit 2).
 
 Where: ``--config FILE`` gives ``[gateway] spool_dir`` and ``[audit] path``;
 ``--spool DIR`` and ``--audit-db PATH`` override them, and the configuration is read
-only when a value is still missing (``list`` needs no audit trail). Exit status: 0 ok,
-1 the entry cannot be acted on in its current state, 2 usage or configuration error
-(no such entry, no such spool, missing ``--yes``).
+only when a value is still missing (``list`` needs no audit trail). The audit database
+must exist already: an action recorded in a new, empty database (a mistyped path) would
+be traced nowhere anyone reads, and one created by root would be unwritable for the
+gateway's user. Exit status: 0 ok, 1 the entry cannot be acted on in its current
+state, 2 usage or configuration error (no such entry, no such spool, no audit
+database, missing ``--yes``).
 """
 
 from __future__ import annotations
@@ -48,9 +56,10 @@ from pathlib import Path
 from typing import BinaryIO
 
 from gateway.audit import AuditEvent, AuditSink
+from gateway.audit.event import MAX_TEXT_BYTES
 from gateway.cli_common import SubParsers, add_config_argument, load_config_from_args
 from gateway.errors import UsageError
-from gateway.spool.display import describe, list_row, printable, table
+from gateway.spool.display import TerminalText, describe, list_row, printable, table, terminal_text
 from gateway.spool.entry import EntryReader
 from gateway.spool.errors import CorruptEntry, EntryNotFound, EntryStateError
 from gateway.spool.events import AuditTrail, entry_event
@@ -129,6 +138,11 @@ def _locations(args: argparse.Namespace, *, audit: bool) -> tuple[Path, Path | N
         trail = trail or config.audit.path
     if not spool.is_dir():
         raise UsageError(f"spool directory {spool} does not exist (has the gateway run yet?)")
+    if audit and trail is not None and not os.path.lexists(trail):
+        raise UsageError(
+            f"audit database {trail} does not exist (has the gateway run yet?); "
+            "missive queue records into the gateway's trail, it never starts a new one"
+        )
     return spool, trail if audit else None
 
 
@@ -148,7 +162,12 @@ class _ReadOnlyTrail:
 
 
 @asynccontextmanager
-async def _open_spool(args: argparse.Namespace, *, audit: bool) -> AsyncIterator[Spool]:
+async def _open_spool(
+    args: argparse.Namespace, *, audit: bool, look_only: bool = False
+) -> AsyncIterator[Spool]:
+    """The spool of ``args``; ``look_only`` (list, show): no directory created or chmod'ed,
+    whoever runs the command (a root-owned directory in a spool the gateway's user owns
+    would stop the gateway from writing there)."""
     root, trail_path = _locations(args, audit=audit)
     sink = AuditSink(trail_path) if trail_path is not None else None
     trail: AuditTrail = sink if sink is not None else _ReadOnlyTrail()
@@ -156,7 +175,12 @@ async def _open_spool(args: argparse.Namespace, *, audit: bool) -> AsyncIterator
         sink.start()
     try:
         spool = Spool(
-            root, audit=trail, actor=cli_actor(), max_message_size=0, io_threads=_CLI_IO_THREADS
+            root,
+            audit=trail,
+            actor=cli_actor(),
+            max_message_size=0,
+            io_threads=_CLI_IO_THREADS,
+            create=not look_only,
         )
         try:
             yield spool
@@ -170,7 +194,7 @@ async def _open_spool(args: argparse.Namespace, *, audit: bool) -> AsyncIterator
 async def _find(spool: Spool, name: str) -> tuple[Queue, State]:
     found = await spool.find(name)
     if found is None:
-        raise EntryNotFound(f"no entry {name} in {spool.layout.root}")
+        raise EntryNotFound(f"no entry {printable(name)} in {spool.layout.root}")
     return found
 
 
@@ -201,7 +225,7 @@ def _checked_stage(stage: str | None) -> str | None:
 async def _list(
     args: argparse.Namespace, stage: str | None, state: State | None
 ) -> list[EntryInfo]:
-    async with _open_spool(args, audit=False) as spool:
+    async with _open_spool(args, audit=False, look_only=True) as spool:
         stages = [name for name in spool.stages() if stage is None or name == stage]
         found: list[EntryInfo] = []
         for name in stages:
@@ -220,18 +244,19 @@ def run_show(args: argparse.Namespace) -> int:
 
 
 async def _show(args: argparse.Namespace, name: str, *, full: bool) -> int:
-    async with _open_spool(args, audit=True) as spool:
+    async with _open_spool(args, audit=True, look_only=True) as spool:
         queue, _ = await _find(spool, name)
         found = await queue.locate_path(name)
         if found is None:
             raise EntryStateError(f"{name} moved or was removed meanwhile; try again")
         state, path = found
         try:
-            reader = EntryReader(path)
+            reader = _open_entry(path, name, state)
         except FileNotFoundError:
             raise EntryStateError(f"{name} moved or was removed meanwhile; try again") from None
         except CorruptEntry as error:
-            print(f"{name} in {queue.name}/{state}/ is unreadable: {error.reason}", file=sys.stderr)
+            where = f"{name} in {queue.name}/{state}/"
+            print(printable(f"{where} is unreadable: {error.reason}"), file=sys.stderr)
             return 1
         with reader:
             event = entry_event(
@@ -249,26 +274,45 @@ async def _show(args: argparse.Namespace, name: str, *, full: bool) -> int:
             return _print_content(reader, full=full)
 
 
+def _open_entry(path: Path, name: str, state: State) -> EntryReader:
+    """The open entry ``path``; ``CorruptEntry`` also if its record names another queue
+    id than ``name``, except in ``corrupt/`` (module docstring)."""
+    reader = EntryReader(path)
+    found = reader.record.queue_id
+    if state != "corrupt" and found != name:
+        reader.close()
+        raise CorruptEntry(f"file name {name} differs from the queue id {found} inside")
+    return reader
+
+
 def _print_content(reader: EntryReader, *, full: bool) -> int:
     out: BinaryIO = sys.stdout.buffer
     sys.stdout.flush()
     if not full:
         headers, complete = reader.headers()
-        out.write(b"\n--- headers ---\n" + headers)
+        out.write(b"\n--- headers ---\n" + _for_terminal(terminal_text(headers)))
         if not complete:
             out.write(b"\n[header section longer than shown]\n")
         out.flush()
         return 0
     out.write(b"\n--- message ---\n")
+    escape = TerminalText().feed if sys.stdout.isatty() else None
     try:
         for chunk in reader.chunks():
-            out.write(chunk)
+            out.write(chunk if escape is None else _for_terminal(escape(chunk)))
+        if escape is not None:
+            out.write(_for_terminal(escape(b"", final=True)))
     except CorruptEntry as error:
         out.flush()
         print(f"\nstopped: {error.reason}", file=sys.stderr)
         return 1
     out.flush()
     return 0
+
+
+def _for_terminal(text: str) -> bytes:
+    """``text`` in the output's encoding; what it cannot encode as ``\\uXXXX``."""
+    return text.encode(sys.stdout.encoding or "utf-8", errors="backslashreplace")
 
 
 # -- changes ---------------------------------------------------------------------------
@@ -286,7 +330,7 @@ def run_release(args: argparse.Namespace) -> int:
 
 
 def run_hold(args: argparse.Namespace) -> int:
-    reason: str = args.reason
+    reason = _checked_reason(args.reason)
     return _change(args, lambda queue, name: queue.hold(name, reason), "held: now in hold/")
 
 
@@ -296,8 +340,16 @@ def run_delete(args: argparse.Namespace) -> int:
             f"queue delete {args.queue_id}: the message would be lost for good; "
             "add --yes to confirm (or use `missive queue hold`)"
         )
-    reason: str = args.reason
+    reason = _checked_reason(args.reason)
     return _change(args, lambda queue, name: queue.delete(name, reason), "deleted")
+
+
+def _checked_reason(reason: str) -> str:
+    """``--reason`` if the audit trail can keep it (``MAX_TEXT_BYTES`` in UTF-8)."""
+    size = len(reason.encode("utf-8", errors="backslashreplace"))
+    if size > MAX_TEXT_BYTES:
+        raise UsageError(f"--reason: {size} bytes, the audit trail keeps at most {MAX_TEXT_BYTES}")
+    return reason
 
 
 def _change(args: argparse.Namespace, operation: Operation, done: str) -> int:

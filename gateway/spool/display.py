@@ -7,16 +7,23 @@ slot K >= 1 (``gateway.spool.layout``).
 Invariant: anything that came from a peer or from a file name (addresses, DNs, HELO
 names, names in ``corrupt/``) passes through ``printable`` before it reaches the
 terminal, so a crafted value cannot move the cursor or change colours (terminal
-escape injection); times are shown in UTC.
+escape injection); times are shown in UTC. A message's own bytes (the header section
+of ``show``, the whole message of ``show --full`` on a terminal) pass through
+``terminal_text``/``TerminalText``: UTF-8 decoded (other bytes as ``\\xNN``), CRLF
+shown as a line end, every other non-printable character (C0/C1 controls, a bare CR,
+bidi overrides, U+2028) escaped by ``gateway.printable.shown`` (CWE-150,
+CVE-2021-42574).
 
 Trust level: pure functions; no I/O.
 """
 
 from __future__ import annotations
 
+import codecs
 from collections.abc import Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 
+from gateway.printable import shown
 from gateway.spool.model import QueueRecord
 from gateway.spool.stagefiles import EntryInfo
 
@@ -85,6 +92,30 @@ def printable(text: str) -> str:
     if text.isprintable():
         return text
     return "".join(c if c.isprintable() else f"\\x{ord(c):02x}" for c in text)
+
+
+class TerminalText:
+    """A message's bytes, chunk by chunk, as text a terminal shows and never obeys
+    (module docstring): a UTF-8 sequence or a CRLF split between two chunks is
+    treated as if whole."""
+
+    def __init__(self) -> None:
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="backslashreplace")
+        self._carried_cr = False
+
+    def feed(self, chunk: bytes, *, final: bool = False) -> str:
+        """The text of ``chunk``; ``final`` for the last one (``b""`` allowed)."""
+        text = self._decoder.decode(chunk, final)
+        if self._carried_cr:
+            text, self._carried_cr = "\r" + text, False
+        if text.endswith("\r") and not final:  # maybe the first half of a CRLF
+            text, self._carried_cr = text[:-1], True
+        return shown(text.replace("\r\n", "\n"), keep="\n\t")
+
+
+def terminal_text(data: bytes) -> str:
+    """``data`` (a whole header section) as text a terminal shows and never obeys."""
+    return TerminalText().feed(data, final=True)
 
 
 def describe(record: QueueRecord, stage: str, state: str) -> Iterator[str]:

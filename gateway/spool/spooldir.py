@@ -82,12 +82,15 @@ class Spool:
         clock: Clock = utc_now,
         checkpoint: Checkpoint = no_checkpoint,
         consumer_slot: int | None = None,
+        create: bool = True,
     ) -> None:
         self.consumer_slot = check_slot(
             current_consumer_slot() if consumer_slot is None else consumer_slot
         )
         self.layout = Layout(root)
-        self.layout.create_root()
+        self._create = create  # False: look only (missive queue list/show), change nothing
+        if create:
+            self.layout.create_root()
         io = IoThreads(io_threads)
         self._runtime = SpoolRuntime(
             layout=self.layout,
@@ -114,10 +117,12 @@ class Spool:
         return self._runtime.actor
 
     def queue(self, stage: str) -> Queue:
-        """The queue of ``stage`` (its directories created 0700 on first use)."""
+        """The queue of ``stage`` (its directories created 0700 on first use, unless the
+        spool was opened with ``create=False``: then nothing on disk is changed)."""
         dirs = self.layout.stage(stage)
         if dirs.name not in self._queues:
-            dirs.create()
+            if self._create:
+                dirs.create()
             self._queues[dirs.name] = Queue(self._runtime, dirs, self.consumer_slot)
         return self._queues[dirs.name]
 
