@@ -31,13 +31,17 @@ a crash the entry is claimed again with the same revision, and a repeated DSN fi
 child already queued.
 
 Trust level: pure functions over a queue record and the client's results; no I/O, no
-keys, no logging. A peer's reply is kept at most ``MAX_DETAIL`` characters long.
+keys, no logging. A peer's reply is kept at most ``MAX_DETAIL`` characters long, its
+control characters (a TAB, an ESC, a bare CR: ``ReplyParser`` keeps any octet but the
+final CRLF) turned into spaces: the spool refuses them in ``last_error``, and a plan
+that raised would send the entry round again unchanged, for ever.
 """
 
 from __future__ import annotations
 
 import hashlib
 import random
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -57,6 +61,7 @@ from gateway.spool import (
 DELAY_WARNED_NOTE = "delay-warned"
 EXPIRED_STATUS = "5.4.7"  # RFC 3463: delivery time expired
 MAX_DETAIL = 300  # characters of a peer's reply kept in the trail or a record
+_CONTROL_RE = re.compile(r"[\x00-\x1f\x7f]+")  # what the spool refuses in a record
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,8 +112,9 @@ class Timing:
 
 
 def reply_text(outcome: Outcome) -> str:
-    """``550 5.1.1 text``: the reply as kept in a record, a DSN and the trail (bounded)."""
-    words = outcome.text
+    """``550 5.1.1 text``: the reply as kept in a record, a DSN and the trail (bounded,
+    control characters as spaces)."""
+    words = _CONTROL_RE.sub(" ", outcome.text)
     if not words.startswith(outcome.enhanced):  # the peer's reply text carries its code
         words = f"{outcome.enhanced} {words}"
     return f"{outcome.code} {words}".strip()[:MAX_DETAIL]

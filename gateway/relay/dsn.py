@@ -88,7 +88,7 @@ from gateway.relay.report import (
     printable_ascii,
     split_fields,
 )
-from gateway.spool.model import Envelope, Recipient
+from gateway.spool.model import Envelope, MailParams, Recipient
 
 PROTECTED_SUBJECT = "[...]"  # RFC 9788 §4.2 placeholder, the outer Subject we send
 
@@ -133,7 +133,8 @@ def dsn_envelope(original_sender: str) -> Envelope:
     """The DSN's own envelope: MAIL FROM:<> and RCPT TO the original sender (RFC 3461
     §6.1). Raises ``DsnRefused`` for the null reverse-path."""
     _refuse_null_sender(original_sender)
-    return Envelope(mail_from="", recipients=(Recipient(original_sender),))
+    params = MailParams(smtputf8=not original_sender.isascii())  # RFC 6531 §3.4
+    return Envelope(mail_from="", recipients=(Recipient(original_sender),), params=params)
 
 
 # -- which original headers may be shown -----------------------------------------------
@@ -258,7 +259,7 @@ def _dsn_header(
     postmaster = "Mail Delivery System" if language == "en" else "Système de messagerie"
     fields: list[tuple[str, str]] = [
         ("From", format_address(postmaster, f"MAILER-DAEMON@{reporting_mta}")),
-        ("To", f"<{to}>"),
+        ("To", f"<{to}>"),  # raw UTF-8 when not ASCII (RFC 6532): header_fields
         ("Subject", subject),
         ("Date", email.utils.format_datetime(now.astimezone(UTC))),
         ("Message-ID", message_id),
@@ -274,7 +275,18 @@ def _dsn_header(
         ),
         ("Content-Language", language),
     ]
-    return b"".join(header_field(name, value) for name, value in fields)
+    return b"".join(_header_line(name, value) for name, value in fields)
+
+
+def _header_line(name: str, value: str) -> bytes:
+    """``header_field``, except an address field with a non-ASCII address: written as
+    UTF-8 as it is (RFC 6532 §3.2; the DSN then goes out with SMTPUTF8,
+    ``dsn_envelope``), since an encoded-word is not allowed in an addr-spec (RFC 2047
+    §5)."""
+    if name == "To" and not value.isascii():
+        check_text(name, value)
+        return f"{name}: {value}".encode() + CRLF
+    return header_field(name, value)
 
 
 def _status_part(
@@ -297,9 +309,9 @@ def _status_part(
 def _recipient_fields(report: RecipientReport) -> list[tuple[str, str]]:
     fields: list[tuple[str, str]] = []
     if report.original_recipient is not None:
-        fields.append(("Original-Recipient", report.original_recipient))
+        fields.append(("Original-Recipient", _typed_address(report.original_recipient)))
     fields += [
-        ("Final-Recipient", f"rfc822; {report.final_recipient}"),
+        ("Final-Recipient", _typed_address(f"rfc822; {report.final_recipient}")),
         ("Action", report.action.value),
         ("Status", report.status),
     ]
@@ -312,6 +324,18 @@ def _recipient_fields(report: RecipientReport) -> list[tuple[str, str]]:
     if report.will_retry_until is not None:
         fields.append(("Will-Retry-Until", format_date(report.will_retry_until)))
     return fields
+
+
+def _typed_address(value: str) -> str:
+    """An ``address-type; address`` value as ``message/delivery-status`` may carry it:
+    as is when ASCII, else the RFC 6533 §3 form ``utf-8; `` with each non-ASCII
+    character written ``\\x{HEX}`` (never an RFC 2047 encoded-word, which no DSN parser
+    reads there)."""
+    if value.isascii():
+        return value
+    _, _, address = value.partition(";")
+    escaped = "".join(c if c.isascii() else f"\\x{{{ord(c):X}}}" for c in address.strip())
+    return f"utf-8; {escaped}"
 
 
 def _fields_block(fields: Iterable[tuple[str, str]]) -> bytes:

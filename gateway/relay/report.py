@@ -45,13 +45,16 @@ class NotificationRefused(ValueError):
     """A DSN or MDN must not be built (null sender, bad value); the text says why."""
 
 
+_LINE_ENDS = re.compile(rb"\r\n|\r|\n")
+
+
 def split_fields(data: bytes) -> list[tuple[str, bytes]]:
     """(name, raw field with its folded lines and CRLF) for each field of the header
     block at the start of ``data``. The block ends at the first empty line, or at the
     first line that is neither a field nor a continuation: where a sender forgot the
     empty line, a reader starts the body there, so no later line (a body line shaped
     like ``Date: ...``, say) is ever taken for a field and copied into a report."""
-    lines = data.replace(b"\r\n", b"\n").split(b"\n")
+    lines = _LINE_ENDS.split(data)  # a bare CR ends a line for a reader too
     fields: list[tuple[str, bytes]] = []
     for line in lines:
         if not line.strip(b" \t"):
