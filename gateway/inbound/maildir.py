@@ -21,8 +21,9 @@ counter, across processes by the pid and 64 random bits), with ``/`` and ``:`` o
 host name escaped as ``\\057`` and ``\\072`` (maildir spec, Dovecot's conventions).
 
 Security: a local part that cannot name a directory (empty, ``/`` or ``\\``, a leading
-dot, NUL or another control character) raises ``PermanentFailure`` before anything is
-created, so no address can write outside ``PATH`` nor into a hidden directory.
+dot, NUL or another control character, longer than ``NAME_MAX`` bytes) raises
+``PermanentFailure`` before anything is created, so no address can write outside
+``PATH`` nor into a hidden directory.
 
 Written by hand: stdlib ``mailbox.Maildir`` neither fsyncs the file nor the ``new/``
 directory, and its names differ from the ones above.
@@ -42,6 +43,7 @@ from pathlib import Path
 
 _counter = itertools.count(1)
 PRIVATE_DIR_MODE = 0o700
+NAME_MAX = 255  # bytes in one file name (Linux, and the usual file systems)
 
 
 class PermanentFailure(Exception):
@@ -61,6 +63,7 @@ def mailbox_of(root: Path, address: str) -> Path:
     """``root/<local part>``; ``PermanentFailure`` if the local part cannot be a name."""
     local = address.rsplit("@", 1)[0]
     bad = not local or local.startswith(".") or "/" in local or "\\" in local
+    bad = bad or len(os.fsencode(local)) > NAME_MAX  # the bytes the file system gets
     if bad or any(ord(c) < 0x20 or ord(c) == 0x7F for c in local):
         raise PermanentFailure(f"local part {local!r} cannot name a Maildir")
     return root / local

@@ -29,13 +29,19 @@ Invariants and failures: a refused connection, a timeout, a TLS error, a protoco
 or a refusal of the whole session (greeting, hello, STARTTLS, MAIL) raise
 ``TemporaryFailure`` (the caller defers every recipient); a per-recipient refusal is a
 ``StoreReply`` in the list, one per recipient in the caller's order. Every read is
-bounded: ``MAX_LINE`` per line, ``COMMAND_TIMEOUT`` per reply, ``DATA_TIMEOUT`` for the
-replies after the message.
+bounded: ``MAX_LINE`` per line (a longer one is a protocol error), ``COMMAND_TIMEOUT``
+per reply, ``DATA_TIMEOUT`` for the replies after the message. Bytes the store sends
+unasked cannot stand for a later reply: with the ``354`` to DATA (a reply before the
+message), or a ``DATA`` answered ``2xx``/``3xx`` other than ``354``, the transaction
+fails (protocol error); a pooled session holding unread bytes (a reply too many) is
+dropped, not reset, since its replies would be read one command late.
 
 Security: off loopback an SMTP session without STARTTLS gets nothing of the message,
 and the handshake verifies the server name and certificate with the target's context
-(``ssl.create_default_context()`` when it has none). This module logs only
-``delivery.session_dropped`` with a transaction count: no address, no content.
+(``ssl.create_default_context()`` when it has none). Clear text received with or after
+the STARTTLS ``220`` fails the session (RFC 3207 §4.2; the response injection of
+CVE-2011-0411's family): no reply read under TLS can come from outside it. This module
+logs only ``delivery.session_dropped`` with a transaction count: no address, no content.
 
 Written by hand: a few commands on an asyncio stream (aiosmtplib is not a dependency,
 has no LMTP mode nor pool, and ``smtplib.LMTP`` misreads RFC 2033 §4.2 replies); reply
@@ -100,12 +106,21 @@ class _Conversation:
         parser = ReplyParser()
         async with asyncio.timeout(timeout):
             while True:
-                line = await self.reader.readline()
+                try:
+                    line = await self.reader.readline()
+                except ValueError as error:  # a line past MAX_LINE (LimitOverrunError)
+                    raise ProtocolError("reply line too long") from error
                 if not line:
                     raise TemporaryFailure("connection closed by the mail store")
                 reply = parser.feed(line)
                 if reply is not None:
                     return reply
+
+    def has_unread(self) -> bool:
+        """True if the store sent bytes that no command asked for yet (a reply too many,
+        a reply before the message, clear text before TLS). asyncio has no public way to
+        ask; ``StreamReader`` keeps them in ``_buffer`` (a bytearray, CPython 3.4+)."""
+        return bool(getattr(self.reader, "_buffer", b""))
 
     async def command(self, line: str) -> Reply:
         await self.send(line.encode("utf-8") + b"\r\n", COMMAND_TIMEOUT)
@@ -193,7 +208,11 @@ class StoreSession:
         return now - self.last_used > MAX_IDLE or now - self.opened > MAX_AGE
 
     async def reset(self) -> bool:
-        """``RSET`` before reusing the session; False if the session is no longer usable."""
+        """``RSET`` before reusing the session; False if the session is no longer usable
+        (also when the store sent something unasked since the last transaction: its
+        replies would be read one command late)."""
+        if self.talk.has_unread():
+            return False
         try:
             reply = await self.talk.command("RSET")
         except (TemporaryFailure, *_SESSION_ERRORS):
@@ -345,6 +364,8 @@ async def _mail_transaction(
     if not accepted:
         return [replies[address] for address in recipients]
     start = await talk.command("DATA")
+    if start.code < 400 and (start.code != 354 or talk.has_unread()):
+        raise ProtocolError(f"DATA answered {start.code} or before the message was sent")
     if start.code != 354:
         return [
             replies[a] if a not in accepted else StoreReply(start.code, start.text)
@@ -369,6 +390,8 @@ async def _starttls(
         raise TemporaryFailure(f"{host} does not offer STARTTLS (required: not loopback)")
     _expect(await talk.command("STARTTLS"), "STARTTLS", code=220)
     await talk.writer.start_tls(context or ssl.create_default_context(), server_hostname=host)
+    if talk.has_unread():  # clear text sent with the 220 must not answer a TLS command
+        raise ProtocolError("bytes received outside TLS after STARTTLS (RFC 3207 §4.2)")
     _expect(await talk.command(f"EHLO {helo}"), "EHLO after STARTTLS")
 
 
