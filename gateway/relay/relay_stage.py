@@ -82,11 +82,13 @@ from gateway.spool import (
     CorruptEntry,
     Envelope,
     Queue,
+    QueueRecord,
     RetryPolicy,
     Spool,
     SpoolBusy,
     relay_stage,
 )
+from gateway.spool.layout import RELAY_PREFIX
 
 _log = get_logger("relay.stage")
 
@@ -152,13 +154,31 @@ class RelayStage:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Serve every route until ``stop`` is set; then let deliveries in flight finish
-        (``STOP_GRACE``), cancel the rest (they stay in ``active/`` for ``recover``)."""
+        (``STOP_GRACE``), cancel the rest (they stay in ``active/`` for ``recover``).
+        The queue of a route no longer configured is served too (``_removed_routes``)."""
         try:
             async with asyncio.TaskGroup() as group:
                 for route in self._routes:
                     group.create_task(self._serve_route(route, stop))
+                for name in self._removed_routes():
+                    group.create_task(self._serve_route(_RemovedRoute(name), stop))
         finally:
             await self._drain()
+
+    def _removed_routes(self) -> list[str]:
+        """The routes whose ``relay/<name>`` queue is on disk but which are no longer
+        configured as ``smtp`` routes. Their entries are never delivered (nothing says
+        where any more) but are not forgotten either: each pass defers them with a
+        4.3.5 reply, so the retry schedule, the delayed DSN and, at ``max_lifetime``,
+        the failure DSN apply to them as to any other (Postfix does the same with mail
+        for a transport removed from its configuration)."""
+        served = {relay_stage(route.name) for route in self._routes}
+        on_disk = self._spool.stages()
+        removed = [stage for stage in on_disk if stage.startswith(RELAY_PREFIX)]
+        names = [stage.removeprefix(RELAY_PREFIX) for stage in removed if stage not in served]
+        for name in names:
+            _log.error("relay.route_removed", route=name)
+        return names
 
     async def _drain(self) -> None:
         if not self._tasks:
@@ -168,7 +188,7 @@ class RelayStage:
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
 
-    async def _serve_route(self, route: Route, stop: asyncio.Event) -> None:
+    async def _serve_route(self, route: Route | _RemovedRoute, stop: asyncio.Event) -> None:
         queue = self._spool.queue(relay_stage(route.name))
         if not await self._take_stage(queue, route, stop):
             return
@@ -191,7 +211,9 @@ class RelayStage:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _take_stage(self, queue: Queue, route: Route, stop: asyncio.Event) -> bool:
+    async def _take_stage(
+        self, queue: Queue, route: Route | _RemovedRoute, stop: asyncio.Event
+    ) -> bool:
         """``recover`` the stage (its consumer lock); wait while another worker holds it."""
         waiting_logged = False
         while not stop.is_set():
@@ -207,7 +229,9 @@ class RelayStage:
             return True
         return False
 
-    async def _process_slot(self, queue: Queue, route: Route, entry: Claimed) -> None:
+    async def _process_slot(
+        self, queue: Queue, route: Route | _RemovedRoute, entry: Claimed
+    ) -> None:
         try:
             await self.process(queue, route, entry)
         except Exception as error:  # noqa: BLE001 - one entry must not stop the stage
@@ -228,10 +252,14 @@ class RelayStage:
         except Exception as error:  # noqa: BLE001 - logged; recover() is the last resort
             _log.error("relay.defer_failed", queue_id=entry.queue_id, error=repr(error))
 
-    async def process(self, queue: Queue, route: Route, entry: Claimed) -> None:
+    async def process(self, queue: Queue, route: Route | _RemovedRoute, entry: Claimed) -> None:
         """Deliver one claimed entry and move it on (defer, complete or bounce)."""
         record = entry.record
         attempted: dict[int, Attempted] = {}
+        if isinstance(route, _RemovedRoute):
+            attempted = route.nothing_delivered(record)
+            await self._move_on_after(queue, entry, attempted)
+            return
         try:
             content = await _content_source(queue, entry)
             for indexes in delivery_groups(route, record):
@@ -243,6 +271,13 @@ class RelayStage:
         except CorruptEntry as error:
             await queue.quarantine(entry, error.reason)
             return
+        await self._move_on_after(queue, entry, attempted)
+
+    async def _move_on_after(
+        self, queue: Queue, entry: Claimed, attempted: dict[int, Attempted]
+    ) -> None:
+        """Plan what follows these outcomes (``attempt_plan``), queue its DSNs, move on."""
+        record = entry.record
         settings = self._settings
         timing = Timing(self._clock(), settings.policy, settings.delay_warning, self._rng)
         plan = plan_attempt(record, attempted, timing)
@@ -294,6 +329,20 @@ class RelayStage:
             await queue.complete(entry, plan.states)
         else:
             await queue.bounce(entry, "every recipient failed", plan.states)
+
+
+@dataclass(frozen=True)
+class _RemovedRoute:
+    """A ``relay/<name>`` queue whose route is no longer configured (``_removed_routes``):
+    its entries get a temporary failure for every recipient still to be served."""
+
+    name: str
+
+    def nothing_delivered(self, record: QueueRecord) -> dict[int, Attempted]:
+        outcome = Outcome.temporary(f"route {self.name} is no longer configured", "4.3.5")
+        recipients = record.envelope.recipients
+        result = DeliveryResult({recipients[i].address: outcome for i in record.unfinished})
+        return {index: Attempted(outcome, result) for index in record.unfinished}
 
 
 async def _content_source(queue: Queue, entry: Claimed) -> ContentSource:

@@ -12,7 +12,7 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -291,9 +291,15 @@ def _read_all(path: Path) -> bytes:
 
 @asynccontextmanager
 async def running(
-    config: Config, *, max_in_flight: int = 32, serve: bool = True
+    config: Config,
+    *,
+    max_in_flight: int = 32,
+    serve: bool = True,
+    routes: Sequence[Route] | None = None,
+    clock: Callable[[], datetime] | None = None,
 ) -> AsyncIterator[Site]:
-    """The relay stage on ``config`` (jitter 0, fast polling); stopped and closed at exit."""
+    """The relay stage on ``config`` (jitter 0, fast polling); stopped and closed at exit.
+    ``routes`` replaces the configured ones (a route removed); ``clock``, the stage's."""
     audit = AuditSink(config.audit.path)
     audit.start()
     spool = Spool(config.gateway.spool_dir, audit=audit, actor="test", max_message_size=1 << 20)
@@ -307,7 +313,12 @@ async def running(
         max_in_flight=max_in_flight,
     )
     stage = RelayStage(
-        routes=config.routes, spool=spool, audit=audit, client=client, settings=settings
+        routes=config.routes if routes is None else routes,
+        spool=spool,
+        audit=audit,
+        client=client,
+        settings=settings,
+        **({} if clock is None else {"clock": clock}),
     )
     site = Site(config, spool, audit, spool.queue(relay_stage("clinique-b")), spool.queue(RECEIVED))
     task = asyncio.create_task(stage.run(site.stop)) if serve else None

@@ -364,3 +364,38 @@ async def test_a_retry_after_a_restart_continues_from_the_persisted_state(
         assert await site.wait_done(queue_id) == "spool.completed"
         outcomes = [e.outcome for e in site.audit_events("relay.attempt")]
     assert outcomes == ["deferred", "delivered"] and len(smtp_sink.messages) == 1
+
+
+async def test_an_entry_of_a_removed_route_still_expires_with_a_failure_dsn(
+    smtp_sink: SmtpSink, dev_pki: DevPki, tmp_path: Path
+) -> None:
+    """Promise (issue 6 item 3): every entry is failed with a DSN once ``max_lifetime``
+    is over. An entry in ``relay/clinique-b`` whose route was removed from the
+    configuration was never claimed again: the stage served the configured routes only,
+    and the sender never heard of it. Here the stage's clock is 2 h past a 1 h
+    lifetime; nothing may be sent anywhere."""
+    later = datetime.now(UTC) + timedelta(hours=2)
+    config = write_config(tmp_path, dev_pki, smtp_sink.port)
+    async with running(config, routes=(), clock=lambda: later) as site:
+        queue_id = await site.add(Recipient(BOB))
+        assert await site.wait_done(queue_id) == "spool.bounced"
+        ((envelope, dsn),) = await site.dsns()
+    assert envelope.addresses == (SENDER,)
+    assert "Action: failed" in str(dsn) and "Status: 5.4.7" in str(dsn)  # expired
+    assert smtp_sink.messages == []
+
+
+async def test_an_entry_of_a_removed_route_waits_until_its_lifetime(
+    smtp_sink: SmtpSink, dev_pki: DevPki, tmp_path: Path
+) -> None:
+    """Before ``max_lifetime`` it is deferred (4.3.5), not lost and not sent."""
+    config = write_config(tmp_path, dev_pki, smtp_sink.port)
+    async with running(config, routes=()) as site:
+        queue_id = await site.add(Recipient(BOB))
+        async with asyncio.timeout(10):
+            while await site.relay.locate(queue_id) != "deferred":
+                await asyncio.sleep(0.05)
+        [info] = await site.relay.scan("deferred")
+        assert info.record is not None
+        assert "no longer configured" in (info.record.state.recipients[0].last_error or "")
+    assert smtp_sink.messages == []
