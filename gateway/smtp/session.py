@@ -458,7 +458,8 @@ class MissiveSMTP(DataStage):
             postmaster_domain=self.settings.postmaster_domain,
         )
         self.settings.policy.check_rcpt(self._client_facts, command.recipient, len(self._rcpts))
-        self._rcpts.append(command)
+        if all(earlier.recipient != command.recipient for earlier in self._rcpts):
+            self._rcpts.append(command)  # a repeated RCPT is accepted once (no 2nd copy)
         return r.RECIPIENT_OK
 
     # -- DATA ----------------------------------------------------------------------------

@@ -252,3 +252,15 @@ def test_an_idna_twin_is_still_no_local_recipient() -> None:
     with pytest.raises(SmtpReply) as caught:
         policy.check_rcpt(ClientFacts("203.0.113.9"), twin, 0)
     assert caught.value.reply.code == 554
+
+
+async def test_a_repeated_recipient_is_kept_once(tmp_path: Path, dev_pki: DevPki) -> None:
+    """The same RCPT twice (the domain in another case): accepted, stored once, so the
+    recipient does not get two copies (Postfix's cleanup removes them too)."""
+    local, _, domain = LOCAL_RECIPIENT.partition("@")
+    again = f"RCPT TO:<{local}@{domain.upper()}>\r\n".encode()
+    front = await run_inbound(
+        tmp_path, dev_pki, plain_mail() + again, b"From: someone@clinique-b.test\r\n"
+    )
+    [message] = front.queue.messages
+    assert [recipient.address for recipient in message.envelope.recipients] == [LOCAL_RECIPIENT]
