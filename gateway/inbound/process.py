@@ -86,6 +86,7 @@ from asn1crypto import cms
 
 from gateway.inbound import headers
 from gateway.inbound.headers import Signature
+from gateway.mailtext import addresses_in
 from gateway.relay.protect import HeaderField, SplitMessage, header_fields
 from gateway.smime import header_protection, mime, smime_parts, transfer
 from gateway.smime.algorithms import CIPHERS, CIPHERS_BY_ASN1_NAME, WEAK_CIPHERS
@@ -112,8 +113,6 @@ KEY_NOT_HELD = "encrypted for a key the gateway does not hold"
 UNSIGNED_CBC = "CBC-encrypted content without a valid signature"
 _HP_PARAMETER = re.compile(r';\s*hp\s*=\s*("[^"]*"|[^;\s]*)', re.IGNORECASE)
 _HOSTILE_INPUT = (ValueError, TypeError, KeyError, IndexError, LookupError, OverflowError)
-# an address as a reader would recognise one inside a display name (ASCII, or UTF-8 text)
-_ADDRESS_IN_TEXT = re.compile(r"[^\s<>()\[\],;:\"@]+@[^\s<>()\[\],;:\"@]+\.[^\s<>()\[\],;:\"@]+")
 
 
 class Decision(enum.Enum):
@@ -214,7 +213,23 @@ def _process(
         except DecryptError as error:
             return _undecrypted(message, split, facts, error, policy, hostname)
         facts = _decrypted_facts(facts, decrypted)
+        if not decrypted.authenticated and policy.unsigned_cbc == "mark":
+            return _cbc_content_shown(message, split, decrypted, facts, validator, hostname)
         top = mime.parse_entity(mime.canonicalize_crlf(decrypted.content))
+    return _shown(message, split, top, decrypted, facts, validator, policy, hostname)
+
+
+def _shown(
+    message: bytes,
+    split: SplitMessage,
+    top: mime.MimeEntity,
+    decrypted: Decrypted | None,
+    facts: AuditFacts,
+    validator: ChainValidator | None,
+    policy: InboundPolicy,
+    hostname: str,
+) -> InboundResult:
+    """Verify, apply ``unsigned_cbc``, write the headers (steps 2-4)."""
     entity, facts = _verified(top, facts, validator, _from_addresses(split.fields))
     inside_crypto = decrypted is not None or facts.signature is not Signature.NONE
     opened = _Opened(split.fields, entity, facts, inside_crypto)
@@ -222,6 +237,29 @@ def _process(
         if facts.signature is not Signature.VALID and policy.unsigned_cbc == "hold":
             return InboundResult(message, Decision.HOLD, UNSIGNED_CBC, opened.facts)
     return _deliverable(opened, hostname)
+
+
+def _cbc_content_shown(
+    message: bytes,
+    split: SplitMessage,
+    decrypted: Decrypted,
+    facts: AuditFacts,
+    validator: ChainValidator | None,
+    hostname: str,
+) -> InboundResult:
+    """CBC content under ``unsigned_cbc = "mark"``: shown as any content, except that
+    content the rest of the processing cannot handle is delivered marked as received,
+    like a decryption failure, never held (module docstring): an attacker who chose its
+    first blocks would otherwise learn from the hold (a DSN) that the padding of his
+    changed last blocks was valid (a helper's fuzzing found ``Content-Type: a\x80``)."""
+    try:
+        top = mime.parse_entity(mime.canonicalize_crlf(decrypted.content))
+        policy = InboundPolicy(unsigned_cbc="mark")
+        return _shown(message, split, top, decrypted, facts, validator, policy, hostname)
+    except (*_HOSTILE_INPUT, MalformedMessage, RecursionError) as error:
+        detail = f"{type(error).__name__}: {str(error)[:200]}"
+        failed = _replace(facts, decrypted=False, failure_detail=detail)
+        return _marked_as_received(split, failed, hostname, Decision.DELIVER)
 
 
 # --------------------------------------------------------------------------- decryption
@@ -391,7 +429,7 @@ def _from_addresses(fields: Sequence[HeaderField]) -> list[str]:
     pairs = getaddresses(values)
     found = [address for _, address in pairs if address]
     for name, _ in pairs:  # after the mailboxes: the first mailbox names the signer
-        found.extend(_ADDRESS_IN_TEXT.findall(_decoded_words(name)))
+        found.extend(f"{local}@{domain}" for local, domain in addresses_in(_decoded_words(name)))
     return list(dict.fromkeys(found))
 
 
@@ -425,8 +463,8 @@ def _without_hp_parameter(entity: bytes) -> bytes:
     """The entity with ``hp`` removed from its Content-Type: once unwrapped, it is no
     longer a Cryptographic Payload (RFC 9788 §2)."""
     parsed = mime.parse_entity(entity)
-    content_type = " ".join(parsed.header_values("Content-Type")[:1]).split()
-    value = _HP_PARAMETER.sub("", " ".join(content_type))
+    raw = mime.raw_field_value(parsed.header, "Content-Type") or ""  # 8-bit octets kept
+    value = _HP_PARAMETER.sub("", " ".join(raw.split()))
     header = mime.replace_header_field(parsed.header, "Content-Type", value)
     return header + mime.CRLF + entity[parsed.body_start :]
 

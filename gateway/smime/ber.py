@@ -17,11 +17,14 @@ Invariants and security notes:
 - nesting is limited (``MAX_DEPTH``) and walking is iterative, so hostile input cannot
   exhaust the stack; lengths are limited to 8 octets (no bignum lengths);
 - nothing is allocated in proportion to the input except the list of chunks of a
-  constructed OCTET STRING, whose count is bounded by the input size.
+  constructed OCTET STRING: its pieces are walked one by one (no list of elements is
+  built) and empty pieces give no chunk, so there is at most one chunk per three input
+  octets (a hunt measured 187x the input in Tlv tuples and empty views before).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import NamedTuple
 
 MAX_DEPTH = 32
@@ -80,13 +83,7 @@ def children(buf: memoryview, parent: Tlv) -> list[Tlv]:
     """The elements inside a constructed element, in order."""
     if not parent.constructed:
         raise BerError(f"element at {parent.start} is not constructed")
-    items: list[Tlv] = []
-    pos = parent.content_start
-    while pos < parent.content_end:
-        item = read_tlv(buf, pos, parent.content_end)
-        items.append(item)
-        pos = item.end
-    return items
+    return list(_iter_children(buf, parent))
 
 
 def read_top(buf: memoryview) -> Tlv:
@@ -107,7 +104,7 @@ def octet_string_chunks(buf: memoryview, element: Tlv) -> list[memoryview]:
     if not element.constructed:
         return [buf[element.content_start : element.content_end]]
     chunks: list[memoryview] = []
-    stack = [iter(children(buf, element))]
+    stack = [_iter_children(buf, element)]
     while stack:
         piece = next(stack[-1], None)
         if piece is None:
@@ -118,10 +115,19 @@ def octet_string_chunks(buf: memoryview, element: Tlv) -> list[memoryview]:
         if piece.constructed:
             if len(stack) >= MAX_DEPTH:
                 raise BerError("constructed OCTET STRING nested too deeply")
-            stack.append(iter(children(buf, piece)))
-        else:
+            stack.append(_iter_children(buf, piece))
+        elif piece.content_end > piece.content_start:
             chunks.append(buf[piece.content_start : piece.content_end])
     return chunks
+
+
+def _iter_children(buf: memoryview, parent: Tlv) -> Iterator[Tlv]:
+    """``children``, one element at a time (a hostile string may hold many pieces)."""
+    pos = parent.content_start
+    while pos < parent.content_end:
+        item = read_tlv(buf, pos, parent.content_end)
+        pos = item.end
+        yield item
 
 
 def _read_identifier(buf: memoryview, pos: int, limit: int) -> tuple[int, bool, int, int]:

@@ -14,7 +14,12 @@ validity at ``when`` -> EXPIRED; a CA without basicConstraints cA or without
 keyCertSign -> WRONG_USAGE; a signature that does not verify -> UNTRUSTED. A path with
 no problem visible here (path length, name constraints, unknown critical extension...)
 -> UNTRUSTED with the library's message. The search is bounded (``MAX_DEPTH`` links,
-``MAX_PATHS`` paths) so a pool crafted with many same-name certificates costs little.
+``MAX_PATHS`` paths, ``MAX_VISITS`` candidate issuers looked at in all) so a pool crafted
+with many same-name certificates costs little: without the last bound, a pool with no
+path to an anchor made the search walk every simple path of up to ``MAX_DEPTH`` links
+(n!/(n-8)! for n certificates sharing one name; 20 of them in a 10 KB signed message
+hung a worker, found by a hunt). When the budget runs out the paths found so far decide
+(none: UNTRUSTED), which only changes the reason given for a refusal.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ from gateway.smime.types import CertStatus
 
 MAX_DEPTH = 8
 MAX_PATHS = 16
+MAX_VISITS = 4096  # candidate issuers looked at, over the whole search
 
 
 def diagnose_path_failure(
@@ -64,12 +70,17 @@ def candidate_paths(
     anchor_set = set(anchors)
     candidates = [*anchors, *pool]
     found: list[list[x509.Certificate]] = []
+    visits = 0
 
     def extend(path: list[x509.Certificate]) -> None:
+        nonlocal visits
         if len(found) >= MAX_PATHS or len(path) > MAX_DEPTH:
             return
         current = path[-1]
         for issuer in candidates:
+            visits += 1
+            if visits > MAX_VISITS:
+                return
             if issuer.subject != current.issuer or issuer in path:
                 continue
             if issuer in anchor_set:

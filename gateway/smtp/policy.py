@@ -58,6 +58,7 @@ from cryptography import x509
 
 from gateway.config import Config
 from gateway.config.model import InboundAccept, Listener, ListenerKind
+from gateway.mailtext import addresses_in
 from gateway.smtp import replies as r
 from gateway.smtp.dnmatch import same_dn
 from gateway.smtp.envelope import Address
@@ -67,11 +68,6 @@ IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 _ROUTING_CHARACTERS = frozenset("%!")
 _SIGNED_PROTOCOLS = frozenset({"application/pkcs7-signature", "application/x-pkcs7-signature"})
 _ENVELOPED_TYPES = frozenset({"application/pkcs7-mime", "application/x-pkcs7-mime"})
-# an address as a reader would recognise one in a decoded From: value (module doc)
-_NOT_IN_ADDRESS = r"\s<>()\[\],;:\"@"
-_ADDRESS_IN_TEXT = re.compile(
-    rf"([^{_NOT_IN_ADDRESS}]+)@([^{_NOT_IN_ADDRESS}]+\.[^{_NOT_IN_ADDRESS}]+)"
-)
 
 
 class SendAsChecker(Protocol):
@@ -234,7 +230,7 @@ def _named_addresses(raw_field: bytes, mailboxes: tuple[Address, ...]) -> tuple[
         text = str(make_header(decode_header(text)))
     except (HeaderParseError, UnicodeError, ValueError, LookupError):
         pass  # the encoded words stay as they are: their addresses are not seen
-    found = (Address(local, domain.lower()) for local, domain in _ADDRESS_IN_TEXT.findall(text))
+    found = (Address(local, domain.lower()) for local, domain in addresses_in(text))
     return tuple(dict.fromkeys(a for a in found if a not in mailboxes))
 
 
