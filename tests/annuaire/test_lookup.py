@@ -42,14 +42,19 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
     )
 
 
-@pytest.fixture
-def validator(pki: DevPki) -> CertificateValidator:
+def hard_fail_validator(pki: DevPki) -> CertificateValidator:
+    """The dev PKI's anchors and CRLs, revocation ``hard-fail`` (shared by lookup tests)."""
     return CertificateValidator.from_files(
         [pki.root_cert],
         [pki.intermediates],
         [pki.crl("personnes"), pki.crl("serveurs")],
         "hard-fail",
     )
+
+
+@pytest.fixture
+def validator(pki: DevPki) -> CertificateValidator:
+    return hard_fail_validator(pki)
 
 
 def person(address: str, *certificates: bytes, key: str | None = None) -> Entry:

@@ -8,7 +8,7 @@ the caches never let one address's answer serve another.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -34,6 +34,7 @@ from gateway.smime.validate import CertificateValidator
 from tests.annuaire.conftest import der_of
 from tests.annuaire.directories import RawRecord, raw_records, write_ldif
 from tests.annuaire.samples import ATTRIBUTES
+from tests.annuaire.test_lookup import hard_fail_validator, ldif_with, person
 from tests.peers.dns_server import DnsServer
 from tests.peers.slapd import SUFFIX, SlapdInstance
 
@@ -49,26 +50,7 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> DevPki:
 
 @pytest.fixture
 def validator(pki: DevPki) -> CertificateValidator:
-    return CertificateValidator.from_files(
-        [pki.root_cert],
-        [pki.intermediates],
-        [pki.crl("personnes"), pki.crl("serveurs")],
-        "hard-fail",
-    )
-
-
-def person(address: str, *certificates: bytes, key: str | None = None) -> Entry:
-    return Entry(
-        key=key or address,
-        kind="person",
-        display_name=address.split("@")[0],
-        mailboxes=(Mailbox(address),),
-        certificates=certificates,
-    )
-
-
-def ldif_with(tmp_path: Path, entries: Sequence[Entry]) -> LdifDirectory:
-    return LdifDirectory(write_ldif(tmp_path / "annuaire.ldif", raw_records(entries)), ATTRIBUTES)
+    return hard_fail_validator(pki)
 
 
 def encryption_der(pki: DevPki, address: str, tmp_path: Path, name: str | None = None) -> bytes:
