@@ -64,6 +64,9 @@ Decisions (``Decision``), with ``InboundPolicy`` (``[inbound]`` of the configura
   invalid. Never delivered silently as trusted: the marks are the result.
 A held message's output is the message as received (nothing decrypted is kept in it).
 
+The entity views of steps 3-4 (protected fields, MIME fields only) are in
+``gateway.inbound.entity_views``.
+
 Failure contract: bad input never raises. Unparsable MIME/CMS ends as an invalid or
 absent signature, or as a hold (``UNPROCESSABLE``) if the structure cannot be rebuilt;
 exceptions from trusted code (the validator) propagate so the caller retries later.
@@ -74,7 +77,6 @@ the decryptor has no separate error type for it.
 from __future__ import annotations
 
 import enum
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import replace as _replace
@@ -85,10 +87,16 @@ from email.utils import getaddresses
 from asn1crypto import cms
 
 from gateway.inbound import headers
+from gateway.inbound.entity_views import (
+    is_orphan_continuation,
+    mime_fields_only,
+    protected_fields,
+    with_mime_version,
+)
 from gateway.inbound.headers import Signature
 from gateway.mailtext import addresses_in
-from gateway.relay.protect import HeaderField, SplitMessage, header_fields
-from gateway.smime import header_protection, mime, smime_parts, transfer
+from gateway.relay.protect import HeaderField, SplitMessage
+from gateway.smime import mime, smime_parts, transfer
 from gateway.smime.algorithms import CIPHERS, CIPHERS_BY_ASN1_NAME, WEAK_CIPHERS
 from gateway.smime.certnames import addresses_match
 from gateway.smime.decrypt import (
@@ -111,7 +119,6 @@ NO_KEY_DETAIL = "no recipient info for our keys"
 UNPROCESSABLE = "the message could not be processed"
 KEY_NOT_HELD = "encrypted for a key the gateway does not hold"
 UNSIGNED_CBC = "CBC-encrypted content without a valid signature"
-_HP_PARAMETER = re.compile(r';\s*hp\s*=\s*("[^"]*"|[^;\s]*)', re.IGNORECASE)
 _HOSTILE_INPUT = (ValueError, TypeError, KeyError, IndexError, LookupError, OverflowError)
 
 
@@ -444,81 +451,27 @@ def _decoded_words(text: str) -> str:
 # --------------------------------------------------------------------------- presentation
 
 
-def _protected(entity: bytes) -> tuple[list[HeaderField], bytes, str] | None:
-    """(protected fields, the entity to deliver, source) for a wrapped message or an
-    RFC 9788 Cryptographic Payload; None for anything else."""
-    parsed = mime.parse_entity(entity)
-    if smime_parts.smime_kind(parsed) is smime_parts.SmimeKind.RFC822:
-        inner = SplitMessage.of(parsed.body)
-        return list(inner.fields), inner.entity, "wrapped"
-    mode = header_protection.header_protection_mode(parsed)
-    if mode is None:
-        return None
-    block, payload = mime.split_message(entity)
-    fields = [field for field in header_fields(block) if field.key != "hp-outer"]
-    return fields, _without_hp_parameter(payload), f"hp-{mode}"
-
-
-def _without_hp_parameter(entity: bytes) -> bytes:
-    """The entity with ``hp`` removed from its Content-Type: once unwrapped, it is no
-    longer a Cryptographic Payload (RFC 9788 §2)."""
-    parsed = mime.parse_entity(entity)
-    raw = mime.raw_field_value(parsed.header, "Content-Type") or ""  # 8-bit octets kept
-    value = _HP_PARAMETER.sub("", " ".join(raw.split()))
-    header = mime.replace_header_field(parsed.header, "Content-Type", value)
-    return header + mime.CRLF + entity[parsed.body_start :]
-
-
-def _mime_fields_only(entity: bytes) -> bytes:
-    """The entity with only its MIME fields (module docstring, step 3), cut as
-    ``mime.split_message`` cuts a message; the entity itself when it has no other line
-    in its header block (the usual case: the body is not copied)."""
-    header = mime.parse_entity(entity).header
-    lines = header.split(mime.CRLF)[:-1] if header else []
-    if lines and lines[0][:1] in (b" ", b"\t"):
-        return mime.split_message(entity)[1]
-    for line in lines:
-        if line[:1] in (b" ", b"\t"):
-            continue
-        name = line.split(b":", 1)[0].strip().lower()
-        if not (name.startswith(b"content-") or name == b"mime-version"):
-            return mime.split_message(entity)[1]
-    return entity
-
-
-def _is_orphan_continuation(field: HeaderField) -> bool:
-    """A folded line with no field before it in its block (module docstring, step 4)."""
-    return field.raw[:1] in (b" ", b"\t")
-
-
-def _with_mime_version(entity: bytes) -> bytes:
-    parsed = mime.parse_entity(entity)
-    if parsed.header_values("MIME-Version"):
-        return entity
-    return b"MIME-Version: 1.0\r\n" + entity
-
-
 def _deliverable(opened: _Opened, hostname: str) -> InboundResult:
     """The message with its header fields cleaned, shown and marked."""
     fields: list[HeaderField] = list(opened.outer)
     entity = opened.entity
     facts = opened.facts
-    protected = _protected(entity) if opened.inside_crypto else None
+    protected = protected_fields(entity) if opened.inside_crypto else None
     if protected is not None:
         shown, entity, source = protected
         fields = headers.merged(fields, shown)
         facts = _replace(facts, header_source=source)
     else:
-        entity = _mime_fields_only(entity)
+        entity = mime_fields_only(entity)
     fields = [
-        f for f in headers.without_imitations(fields, hostname) if not _is_orphan_continuation(f)
+        f for f in headers.without_imitations(fields, hostname) if not is_orphan_continuation(f)
     ]
     if facts.signature is not Signature.VALID:
         fields = headers.with_tagged_subject(fields)
     added = headers.authentication_results(
         hostname, facts.signature, facts.signer, facts.signer_serial
     ) + headers.missive_security(facts.cipher or "no", facts.signature, facts.signer, facts.weak)
-    output = added + b"".join(field.raw for field in fields) + _with_mime_version(entity)
+    output = added + b"".join(field.raw for field in fields) + with_mime_version(entity)
     return InboundResult(output, Decision.DELIVER, "", facts)
 
 

@@ -165,7 +165,7 @@ def test_cbc_plaintext_with_valid_padding_is_never_held_as_unprocessable(cast: C
     ``unsigned_cbc = "mark"`` a CBC padding failure is delivered marked, so that a sender
     who tampers with the last blocks cannot tell valid padding from invalid (Vaudenay).
     But a decrypted Cryptographic Payload whose Content-Type holds a non-ASCII octet makes
-    ``_without_hp_parameter`` -> ``mime.replace_header_field`` raise UnicodeEncodeError
+    ``entity_views.without_hp_parameter`` -> ``mime.replace_header_field`` raise UnicodeEncodeError
     (the value was decoded with U+FFFD, re-encoded as ASCII), and the message is HELD
     (``UNPROCESSABLE``, a DSN). A sender who knows the first blocks of a captured message
     (the Content-Type line of a header-protected payload is predictable) sets them with
