@@ -121,6 +121,7 @@ from gateway.inbound.imap_parse import (
     quote_astring,
     return_path,
 )
+from gateway.inbound.imap_protocol import read_responses_in_a_loop
 from gateway.inbound.imap_state import FetchState, ImapStateError, state_file_name
 from gateway.log import get_logger
 from gateway.pki.files import PRIVATE_FILE_MODE, ensure_private_dir, replace_file
@@ -280,6 +281,7 @@ class ImapFetcher:
         self._lost = asyncio.get_running_loop().create_future()
         client.protocol.conn_lost_cb = self._connection_lost  # IMAP4_SSL drops the argument
         self._count_received(client.protocol)
+        read_responses_in_a_loop(client.protocol)  # aioimaplib recurses once per line
         try:
             await self._command(client.wait_hello_from_server(), "greeting")
         except BaseException:

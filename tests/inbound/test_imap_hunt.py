@@ -13,10 +13,7 @@ message, at most duplicate it (a bounded number of times); bounded memory and wa
 clear errors; no secret in the log; the server certificate checked.
 
 The first section holds the findings (each failed before its fix), the second what
-was tried and held, kept as cheap regression tests. One finding is not fixed and has
-no test here (docs/status.md, IMAP fetcher): about a thousand untagged lines in one read
-kill the connection (aioimaplib handles each line one recursion deeper); the fetcher
-then reconnects. Waits are bounded
+was tried and held, kept as cheap regression tests. Waits are bounded
 (``BOUND``, ``NOTICE_BOUND``): upper bounds on an event, never speed assertions.
 """
 
@@ -554,6 +551,25 @@ async def test_a_connection_cut_during_idle_is_noticed_and_the_fetcher_reconnect
             stop.set()
             await stop_task(task)
     assert sink.subjects() == [b"lettre 1", b"lettre 2"]
+
+
+async def test_a_burst_of_untagged_responses_does_not_kill_the_connection(
+    tmp_path: Path,
+) -> None:
+    """Another client marked 3000 messages seen: the server reports each one with an
+    unsolicited FETCH (RFC 9051 §7.5.2), thousands of lines in one read. aioimaplib
+    handled each line one recursion deeper and the connection died at Python's
+    recursion limit (``gateway.inbound.imap_protocol``)."""
+    messages = {uid: letter(uid) for uid in range(1, 3001)}
+    server = FakeImap(messages)
+    server.seen = set(range(1, 3000))
+    server.search_prelude = b"".join(
+        f"* {n} FETCH (FLAGS (\\Seen))\r\n".encode() for n in range(1, 3000)
+    )
+    sink = RecordingSink()
+    async with running(server) as port:
+        assert await make_fetcher(tmp_path, port, sink, timeout=5.0).fetch_once() == 1
+    assert sink.subjects() == [b"lettre 3000"]
 
 
 async def test_a_refusal_that_echoes_the_password_does_not_carry_it_into_the_log(
