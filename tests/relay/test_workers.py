@@ -24,6 +24,8 @@ from gateway.config import Config, load_config
 from gateway.errors import ConfigError
 from gateway.pki.dev import DevPki
 from gateway.spool import INBOUND, RECEIVED, Envelope, Origin, Recipient, Spool
+from gateway.spool.layout import StageDirs
+from gateway.spool.stagefiles import ConsumerLock
 from gateway.workers import (
     ORPHAN_CHECK_EVERY,
     WorkerGroup,
@@ -68,6 +70,16 @@ async def wait_for_inbound(spool: Spool, count: int, group: WorkerGroup | None =
         if group is not None:
             for worker in group.workers:
                 assert worker.exits.count(2) == 0, "a worker exited with a config error"
+        await asyncio.sleep(0.05)
+
+
+async def until_locked(dirs: StageDirs, slot: int) -> None:
+    """Poll until a worker holds ``slot``'s consumer lock (the test timeout bounds it)."""
+    while True:
+        probe = ConsumerLock(dirs, slot)
+        if not probe.try_acquire():
+            return
+        probe.release()  # nobody holds it yet: give it back at once
         await asyncio.sleep(0.05)
 
 
@@ -200,6 +212,9 @@ async def test_two_agents_consume_received_at_once(spool_of: tuple[Config, Spool
         await wait_for_inbound(spool, 6, group)
         while not slot_one.is_dir():  # made by slot 1's recovery (the test timeout bounds it)
             await asyncio.sleep(0.05)
+        # slot 1 may have done all the work while slot 0 was still starting: stopping a
+        # worker before it took its lock (still importing) is not what is checked here
+        await until_locked(spool.queue(RECEIVED).dirs, 0)
     finally:
         await group.aclose()
     assert [worker.exits for worker in group.workers] == [[0], [0]]
