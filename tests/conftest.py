@@ -12,6 +12,7 @@
   (``dev_pki``).
 - ``tests.peers.small_fixtures``: the capture SMTP sink, the loopback DNS and HTTP
   (CRL/OCSP) servers, and the OpenSSL ``cms`` / GnuPG ``gpgsm`` / NSS ``cmsutil`` helpers.
+- ``tests.cli_runner``: the ``missive`` fixture (the command line run in this process).
 - ``pytester``: lets the guard and CI tests run a small pytest session in a subprocess.
 
 Nothing here may depend on ``/work/shared`` or any path outside the repository: the
@@ -24,4 +25,5 @@ pytest_plugins = [
     "tests.peers.ci_strict",
     "tests.peers.fixtures",
     "tests.peers.small_fixtures",
+    "tests.cli_runner",
 ]

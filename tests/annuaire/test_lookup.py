@@ -221,7 +221,7 @@ async def test_a_malformed_certificate_is_skipped_with_a_warning(
     assert "annuaire.certificate.malformed" in caplog.messages
 
 
-def _domain_certificate(pki: DevPki, domain: str, tmp_path: Path) -> bytes:
+def domain_certificate(pki: DevPki, domain: str, tmp_path: Path) -> bytes:
     """A Direct-style organisation certificate: dNSName = the domain, for encryption."""
     path = pki.issue_server(
         domain,
@@ -237,7 +237,7 @@ def _domain_certificate(pki: DevPki, domain: str, tmp_path: Path) -> bytes:
 async def test_the_domain_entry_comes_next(
     pki: DevPki, validator: CertificateValidator, tmp_path: Path
 ) -> None:
-    domain_der = _domain_certificate(pki, "clinique-b.test", tmp_path)
+    domain_der = domain_certificate(pki, "clinique-b.test", tmp_path)
     assert is_bound(x509.load_der_x509_certificate(domain_der), "clinique-b.test")
     claire_signing = der_of(pki.user_cert(CLAIRE, "sign"))
     lookup = CertificateLookup(
@@ -403,7 +403,7 @@ async def test_dns_cert_direct_form_and_domain(
     dns: DnsCertFinder,
 ) -> None:
     dns_server.add_cert("claire.durand.clinique-b.test", der_of(pki.user_cert(CLAIRE, "enc")))
-    dns_server.add_cert("chu-a.test", _domain_certificate(pki, "chu-a.test", tmp_path))
+    dns_server.add_cert("chu-a.test", domain_certificate(pki, "chu-a.test", tmp_path))
     dns_server.add(
         "chu-a.test", "CERT", "IPKIX 0 0 aHR0cDovL2V4YW1wbGUudGVzdC9jZXJ0"
     )  # a URL: ignored

@@ -34,7 +34,12 @@ from gateway.smime.validate import CertificateValidator
 from tests.annuaire.conftest import der_of
 from tests.annuaire.directories import RawRecord, raw_records, write_ldif
 from tests.annuaire.samples import ATTRIBUTES
-from tests.annuaire.test_lookup import hard_fail_validator, ldif_with, person
+from tests.annuaire.test_lookup import (
+    domain_certificate,
+    hard_fail_validator,
+    ldif_with,
+    person,
+)
 from tests.peers.dns_server import DnsServer
 from tests.peers.slapd import SUFFIX, SlapdInstance
 
@@ -177,19 +182,6 @@ async def test_a_mailbox_with_a_plus_is_not_served_the_base_mailbox_certificate(
 
 
 # ---------------------------------------------------------------- binding (held)
-def organisation_der(pki: DevPki, domain: str, tmp_path: Path) -> bytes:
-    """A Direct-style organisation certificate: dNSName = the domain, for encryption."""
-    path = pki.issue_server(
-        domain,
-        key_usage=["keyAgreement"],
-        eku=["emailProtection"],
-        loopback=False,
-        ca="personnes",
-        path=tmp_path / f"{domain}.crt",
-    )
-    return der_of(path)
-
-
 def domain_record(domain: str, *certificates: bytes) -> RawRecord:
     """An organisation entry whose mail is the bare domain (written raw)."""
     return (
@@ -209,7 +201,7 @@ async def test_a_dns_name_certificate_in_a_personal_entry_is_not_bound(
     pki: DevPki, validator: CertificateValidator, tmp_path: Path
 ) -> None:
     """An organisation certificate (dNSName only) filed under a person is not theirs."""
-    org = organisation_der(pki, DOMAIN, tmp_path)
+    org = domain_certificate(pki, DOMAIN, tmp_path)
     lookup = CertificateLookup(ldif_with(tmp_path, [person("alice@chu-a.test", org)]), validator)
     result = await lookup.lookup("alice@chu-a.test")
     assert not result.found
@@ -271,7 +263,7 @@ async def test_a_person_with_a_revoked_certificate_gets_the_organisation_one_as_
     revoked_validator = CertificateValidator.from_files(
         [pki.root_cert], [pki.intermediates], [pki.crl("personnes")], "hard-fail"
     )
-    org = organisation_der(pki, DOMAIN, tmp_path)
+    org = domain_certificate(pki, DOMAIN, tmp_path)
     records = [*raw_records([person("paul@chu-a.test", der_of(revoked_path))])]
     directory = LdifDirectory(
         write_ldif(tmp_path / "annuaire.ldif", [*records, domain_record(DOMAIN, org)]),

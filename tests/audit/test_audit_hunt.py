@@ -16,15 +16,12 @@ import os
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
 
-import gateway.audit.cli
-import gateway.cli
 from gateway.audit import Anchor, AuditEvent, AuditStore
 from gateway.audit.chain import Checkpoint
 from gateway.audit.event import utc_now
@@ -32,10 +29,9 @@ from gateway.audit.export import record_document, write_csv, write_jsonl
 from gateway.audit.record import COLUMNS, GENESIS_HASH, seal, seal_row
 from gateway.config.quantities import parse_duration
 from gateway.config.value_errors import BadValue
+from tests.cli_runner import Run
 
 from .events import T0, any_event
-
-Run = Callable[..., tuple[int, str, str]]
 
 # what a hostile peer can put in an EHLO name, an address or a reason text
 ESCAPES = "\x1b]0;owned\x07\x1b[2J"  # terminal: set the title, clear the screen
@@ -48,18 +44,6 @@ _INSERT = (
     "actor, peer, cert_serials, algorithms, outcome, sha256, details, prev_hash, hash) "
     "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 )
-
-
-@pytest.fixture
-def missive(capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run ``missive ARGS...`` through ``gateway.cli.main``: (status, stdout, stderr)."""
-
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        status = gateway.cli.main([str(arg) for arg in argv])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 def _hostile_event(hours: int) -> AuditEvent:

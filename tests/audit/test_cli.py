@@ -7,7 +7,6 @@ import csv
 import json
 import sqlite3
 import stat
-from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
@@ -18,23 +17,9 @@ import gateway.audit.cli
 import gateway.cli
 from gateway.audit import AuditStore
 from gateway.audit.event import utc_now
+from tests.cli_runner import Run
 
 from .events import make_event
-
-Run = Callable[..., tuple[int, str, str]]
-
-
-@pytest.fixture
-def missive(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run ``missive ARGS...`` through the real ``gateway.cli.main``; returns
-    (exit status, stdout, stderr)."""
-
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        status = gateway.cli.main([str(arg) for arg in argv])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 def test_verify_ok_prints_the_head(missive: Run, db_path: Path, store: AuditStore) -> None:

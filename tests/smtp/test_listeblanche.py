@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-import gateway.cli
 from gateway.smtp import listeblanche as lb
 from gateway.smtp.dnmatch import normalise_dn, parse_dn, prepare_value, same_dn
 from gateway.smtp.listeblanche import (
@@ -29,11 +27,10 @@ from gateway.smtp.listeblanche import (
     load_liste_blanche,
     parse_liste_blanche,
 )
+from tests.cli_runner import Run
 
 SAMPLE = Path(__file__).resolve().parents[1] / "data" / "listeblanche-sample.xml"
 NS = "https://listeblanche.mssante.fr/schema"
-
-Run = Callable[..., tuple[int, str, str]]
 
 
 def name(*rdns: list[tuple[x509.ObjectIdentifier, str]]) -> x509.Name:
@@ -85,16 +82,6 @@ GOOD_DN = "CN=mx.a.test,OU=1,O=A,C=FR"
 @pytest.fixture(scope="module")
 def sample() -> ListeBlanche:
     return load_liste_blanche(SAMPLE)
-
-
-@pytest.fixture
-def missive(capsys: pytest.CaptureFixture[str]) -> Run:
-    def run(*argv: str | Path) -> tuple[int, str, str]:
-        status = gateway.cli.main([str(arg) for arg in argv])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 # ---------------------------------------------------------------- the sample list

@@ -17,31 +17,16 @@ import gateway.cli
 from gateway.smtp import users_cli
 from gateway.smtp.passwords import verify_password
 from gateway.smtp.user_table import load_users
+from tests.cli_runner import Run
 
 PASSWORD = "correct horse battery staple"
 ALICE = "alice.martin@chu-a.test"
 REPOSITORY = Path(__file__).resolve().parents[2]
 
-Run = Callable[..., tuple[int, str, str]]
-
 
 class FakeTerminal(io.StringIO):
     def isatty(self) -> bool:
         return True
-
-
-@pytest.fixture
-def missive(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Run:
-    """Run ``missive ARGS...`` with ``stdin`` text (not a terminal); returns
-    (exit status, stdout, stderr)."""
-
-    def run(*argv: str | Path, stdin: str = "") -> tuple[int, str, str]:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        status = gateway.cli.main([str(arg) for arg in argv])
-        captured = capsys.readouterr()
-        return status, captured.out, captured.err
-
-    return run
 
 
 def password_of(path: Path, login: str) -> Callable[[str], bool]:
