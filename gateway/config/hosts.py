@@ -62,7 +62,7 @@ def is_loopback_host(host: str) -> bool:
 
 
 def _parse_port(text: str, original: str, *, allow_zero: bool) -> int:
-    if not text.isdigit() or not text.isascii():
+    if not text.isdigit() or not text.isascii() or len(text) > 5:
         raise BadValue(f"expected host:port, got {show(original)} (bad port)")
     port = int(text)
     if port > 65535 or (port == 0 and not allow_zero):

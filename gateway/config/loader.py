@@ -16,11 +16,13 @@ is read, then the rules, then the files.
 from __future__ import annotations
 
 import os
+import stat
 import tomllib
 from pathlib import Path
 
 from gateway.config import schema
 from gateway.config.checks import check_files
+from gateway.config.material import Unusable, read_file
 from gateway.config.model import AuthSection, Config
 from gateway.config.problems import Problems
 from gateway.config.rules import check_rules
@@ -74,12 +76,23 @@ def _load(path: Path, *, agent_keys: bool, key_store: bool) -> Config:
 
 
 def _read_toml(source: Path) -> dict[str, object]:
+    """The TOML document of ``source``: a regular file of at most ``MAX_FILE`` bytes (a
+    FIFO or a device would be waited on or read without end); one ``ConfigError`` line
+    for anything else, never a traceback (deep nesting, a number of thousands of
+    digits: ``tomllib`` raises ``RecursionError`` / ``ValueError`` for those)."""
     try:
-        data = source.read_bytes()
+        mode = source.stat().st_mode
     except FileNotFoundError:
         raise ConfigError(f"{source.name}: cannot read {source}: no such file") from None
     except OSError as error:
         raise ConfigError(f"{source.name}: cannot read {source}: {error.strerror}") from None
+    if not stat.S_ISREG(mode):
+        what = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
+        raise ConfigError(f"{source.name}: cannot read {source}: {what}")
+    try:
+        data = read_file(source)
+    except Unusable as error:
+        raise ConfigError(f"{source.name}: cannot read {source}: {error}") from None
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as error:
@@ -88,7 +101,9 @@ def _read_toml(source: Path) -> dict[str, object]:
         ) from None
     try:
         return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as error:
+    except RecursionError:
+        raise ConfigError(f"{source.name}: invalid TOML: nested too deeply") from None
+    except ValueError as error:  # TOMLDecodeError, or a number too long to convert
         raise ConfigError(f"{source.name}: invalid TOML: {error}") from None
 
 

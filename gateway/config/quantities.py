@@ -25,7 +25,7 @@ from datetime import timedelta
 
 from gateway.config.value_errors import BadValue, show
 
-_DURATION_GROUP = re.compile(r"(\d+)([smhdw])")
+_DURATION_GROUP = re.compile(r"([0-9]{1,12})([smhdw])")  # ASCII digits, a bounded count
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 
 
@@ -43,7 +43,7 @@ def parse_duration(text: str) -> timedelta:
     return timedelta(seconds=seconds)
 
 
-_SIZE = re.compile(r"(\d+)\s?([a-z]*)")
+_SIZE = re.compile(r"([0-9]{1,18})\s?([a-z]*)")  # ASCII digits, a bounded count
 _SIZE_UNITS = {
     "": 1,
     "b": 1,

@@ -12,7 +12,9 @@ Unsafe combinations that are errors (contract, then this module's additions):
   the route itself or lead back to it, and X must not have a weaker ``security``
   (``smime`` > ``tls-only``) nor, both being SMTP routes, a weaker ``tls``
   (``verify`` > ``opportunistic`` > ``none``); ``postal`` and ``bounce`` are always
-  allowed (postal is the documented fallback of S/MIME routes);
+  allowed (postal is the documented fallback of S/MIME routes); the same holds along
+  the whole chain: a route further on must not be weaker than the first one either
+  (``verify`` -> a ``postal`` transport -> ``tls = "none"`` ends weaker);
 - ``tls = "none"`` on a listener that is not on loopback (127.0.0.0/8, ::1, localhost);
 - a static ``next_hop`` given as an IP with ``tls = "verify"`` and no ``tls_name``
   (an IP address says nothing about which certificate to expect);
@@ -24,8 +26,9 @@ Unsafe combinations that are errors (contract, then this module's additions):
   client on a listener that asks no client certificate (it could never match).
 
 Other rules: names of listeners and routes are unique; two listeners (or the metrics
-endpoint) cannot bind the same address and port (``0.0.0.0``/``::`` overlap every
-address of their family; port 0, "any free port", never conflicts); a certificate
+endpoint) cannot bind the same address and port (an address is compared as an
+address, so ``::1`` = ``0:0::1``; ``localhost`` is 127.0.0.1 and ::1; ``0.0.0.0``/``::``
+overlap every address of their family; port 0, "any free port", never conflicts); a certificate
 goes with its key; ``tls.certificate`` is required when a listener uses TLS without
 its own certificate or an SMTP route uses TLS (the relay's client certificate); a
 relay listener accepts at least 100 recipients (RFC 5321 §4.5.3.1.8); a route pattern
@@ -186,9 +189,27 @@ def _check_front_workers(config: Config, problems: Problems) -> None:
 def _overlap(first: HostPort, second: HostPort) -> bool:
     if first.port != second.port or first.port == 0:
         return False
-    if first.host == second.host:
+    if _same_host(first.host, second.host):
         return True
     return _is_wildcard_for(first.host, second.host) or _is_wildcard_for(second.host, first.host)
+
+
+_LOCALHOST = frozenset({ipaddress.ip_address("127.0.0.1"), ipaddress.ip_address("::1")})
+
+
+def _addresses(host: str) -> frozenset[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    """The addresses ``host`` stands for: itself, ``localhost`` -> 127.0.0.1 and ::1."""
+    if host.lower() == "localhost":
+        return _LOCALHOST
+    try:
+        return frozenset({ipaddress.ip_address(host)})
+    except ValueError:
+        return frozenset()
+
+
+def _same_host(first: str, second: str) -> bool:
+    """Equal names, or the same address however written (``::1`` = ``0:0::1``)."""
+    return first.lower() == second.lower() or bool(_addresses(first) & _addresses(second))
 
 
 def _is_wildcard_for(wildcard: str, host: str) -> bool:
@@ -313,6 +334,24 @@ def _check_fallbacks(config: Config, problems: Problems) -> None:
             problems.add(key, f'route "{target_name}" is weaker than this route: {reason}')
         elif (loop := _fallback_loop(route, routes)) is not None:
             problems.add(key, f"fallback loop: {' -> '.join(loop)}")
+        elif (weaker := _weaker_further_on(route, target, routes)) is not None:
+            problems.add(key, f'route "{target_name}" leads to {weaker}')
+
+
+def _weaker_further_on(source: Route, target: Route, routes: dict[str, Route]) -> str | None:
+    """The first route past ``target`` on the fallback chain that is weaker than
+    ``source`` where no hop on the way is weaker than the one before it (that hop gets
+    its own line), e.g. smtp/verify -> postal -> smtp/none; else None."""
+    previous, seen = target, {source.name, target.name}
+    while (name := previous.fallback_route) is not None and name not in seen:
+        current = routes.get(name)
+        if current is None or _weaker(current, previous) is not None:
+            return None
+        if (reason := _weaker(current, source)) is not None:
+            return f'route "{name}", which is weaker than this route: {reason}'
+        previous = current
+        seen.add(name)
+    return None
 
 
 def _fallback_loop(start: Route, routes: dict[str, Route]) -> list[str] | None:
