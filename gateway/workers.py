@@ -380,8 +380,23 @@ class WorkerGroup:
         return worker
 
     async def aclose(self) -> None:
-        """SIGTERM every worker's process group, wait, SIGKILL what is left (idempotent)."""
+        """SIGTERM every worker's process group, wait, SIGKILL what is left (idempotent).
+
+        Twice: a restart that a supervising task was spawning when the first round
+        started (its worker died just before) is alive only once that round ends; no
+        task spawns anything after it is cancelled (a spawn cancelled midway is killed
+        and reaped by asyncio)."""
         self._closing = True
+        await self._stop_live()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        self._tasks = []
+        await self._stop_live()
+
+    async def _stop_live(self) -> None:
+        """SIGTERM the process group of every live worker, wait up to ``stop_timeout``,
+        then SIGKILL the groups still led by a live worker."""
         live = [w.process for w in self.workers if w.process and w.process.returncode is None]
         for process in live:
             _signal_group(process.pid, signal.SIGTERM)
@@ -394,10 +409,6 @@ class WorkerGroup:
                     _signal_group(process.pid, signal.SIGKILL)
             if pending:
                 await asyncio.wait(pending)
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        self._tasks = []
 
 
 def _signal_group(pid: int, signum: signal.Signals) -> None:
