@@ -1,4 +1,4 @@
-"""``missive serve``: start the gateway and run until SIGTERM or SIGINT.
+"""``missive serve``: start the gateway and run until SIGTERM, SIGINT or SIGHUP.
 
 It validates the configuration (exit 2 with one line per problem), builds the gateway
 through the composition root (state directories 0700, audit retention and writer,
@@ -52,7 +52,6 @@ import argparse
 import asyncio
 import fcntl
 import os
-import signal
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -70,7 +69,7 @@ from gateway.log import get_logger, setup_logging
 from gateway.pki.files import ensure_private_dir
 from gateway.smtp.listener import ListenerGroup, start_listeners
 from gateway.spool import RECEIVED
-from gateway.workers import crypto_worker_count, start_workers
+from gateway.workers import crypto_worker_count, start_workers, stop_on_signals
 
 _log = get_logger("serve")
 
@@ -93,9 +92,9 @@ def run_serve(args: argparse.Namespace) -> int:
 
 
 async def serve(config: Config, stop: asyncio.Event | None = None) -> None:
-    """Run until ``stop`` is set (by SIGTERM/SIGINT when not given)."""
+    """Run until ``stop`` is set (by SIGTERM/SIGINT/SIGHUP when not given)."""
     with only_serve_on(config.gateway.spool_dir):
-        await _serve(config, stop or _stop_on_signals())
+        await _serve(config, stop or stop_on_signals())
 
 
 @contextmanager
@@ -195,14 +194,6 @@ def build_front(config: Config, slot: int) -> Gateway:
     (``serve`` applies it at its start), with the spool actor ``smtp-front-<slot>``;
     only ``received/`` is used, writer side."""
     return build_gateway(config, actor=f"smtp-front-{slot}", front_only=True)
-
-
-def _stop_on_signals() -> asyncio.Event:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-    return stop
 
 
 def _has_smtp_route(config: Config) -> bool:

@@ -199,7 +199,7 @@ async def serve_worker(
 ) -> None:
     """Run the stage ``kind`` as consumer ``slot`` until ``stop`` is set (by SIGTERM/SIGINT
     when not given)."""
-    stop = stop or _stop_on_signals()
+    stop = stop or stop_on_signals()
     if kind == "front":  # writes into received/, consumes nothing: no consumer slot
         await _serve_front(config, stop, slot)
         return
@@ -280,10 +280,17 @@ async def _serve_stage(kind: WorkerKind, config: Config, stop: asyncio.Event, sl
     log.info("worker.stopped", kind=kind, slot=slot, pid=os.getpid())
 
 
-def _stop_on_signals() -> asyncio.Event:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def stop_on_signals() -> asyncio.Event:
+    """An event set by SIGTERM, SIGINT or SIGHUP (``serve`` and the workers): each ends
+    in the same clean stop. SIGHUP is the hang-up of the terminal or ssh session a
+    ``serve`` was started from; without a handler it would kill ``serve`` at once,
+    without stopping its workers or recording ``gateway.stop``."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
+    for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stop.set)
     return stop
 

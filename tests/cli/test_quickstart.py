@@ -10,7 +10,9 @@ ports); ``serve`` runs in its own session and is stopped by PID even on failure.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -19,11 +21,15 @@ from tests.sites import (
     CONFIG,
     MISSIVE,
     READY,
+    SERVE_SECONDS,
     exported_audit,
+    kill_process_group,
     missive,
     prepare_demo_site,
     send_as_relay_client,
     serving,
+    start_serve,
+    wait_for_output,
 )
 
 
@@ -94,3 +100,17 @@ def test_serve_refuses_a_broken_configuration(site: Path) -> None:
     assert result.returncode == 2
     assert "broken.toml: gateway.hostname:" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_serve_stops_cleanly_on_sighup(site: Path) -> None:
+    """The terminal or ssh session serve was started from goes away: SIGHUP is a clean
+    stop like SIGTERM (workers stopped, ``gateway.stop`` recorded), not a kill."""
+    running = start_serve(site)
+    try:
+        wait_for_output(running, (READY,), time.monotonic() + SERVE_SECONDS)
+        running.process.send_signal(signal.SIGHUP)
+        assert running.process.wait(SERVE_SECONDS) == 0, running.output()
+    finally:
+        kill_process_group(running.process)
+    assert "event=gateway.stopped" in running.output()
+    assert [record["type"] for record in exported_audit(site)][-1] == "gateway.stop"
