@@ -20,7 +20,8 @@ A *demo site* is a home directory holding:
   signing key.
 
 Running it: :func:`serving` starts ``missive serve`` in its own session (its process
-group is its PID, so its stage workers are in it) with its output in ``serve.log`` in
+group is its PID; its stage workers run in sessions of their own, and stop by themselves
+within about a second once serve is gone: ``worker.orphaned``) with its output in ``serve.log`` in
 the home (a file, never a pipe that could fill and stall it), waits until its output
 holds ``event=gateway.ready`` (and any other marker asked for), and at the end of the
 block stops it by PID: SIGTERM, and it must exit with status 0 within the time given;
@@ -333,7 +334,8 @@ def stop(process: subprocess.Popen[bytes], seconds: float = SERVE_SECONDS) -> No
 
 def kill_process_group(process: subprocess.Popen[bytes]) -> None:
     """SIGKILL to the process group that ``process`` leads (started with
-    ``start_new_session``: serve and its workers), if any member is left."""
+    ``start_new_session``), if any member is left. serve's workers are not in it: they
+    stop by themselves once serve is gone (``worker.orphaned``)."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except ProcessLookupError:
