@@ -63,6 +63,7 @@ from dataclasses import dataclass
 from gateway.log import get_logger
 from gateway.relay.smtp_data import DotStuffer
 from gateway.relay.smtp_reply import ProtocolError, Reply, ReplyParser
+from gateway.streams import has_unread
 
 log = get_logger("inbound.store_client")
 
@@ -118,9 +119,8 @@ class _Conversation:
 
     def has_unread(self) -> bool:
         """True if the store sent bytes that no command asked for yet (a reply too many,
-        a reply before the message, clear text before TLS). asyncio has no public way to
-        ask; ``StreamReader`` keeps them in ``_buffer`` (a bytearray, CPython 3.4+)."""
-        return bool(getattr(self.reader, "_buffer", b""))
+        a reply before the message, clear text before TLS): ``gateway.streams``."""
+        return has_unread(self.reader)
 
     async def command(self, line: str) -> Reply:
         await self.send(line.encode("utf-8") + b"\r\n", COMMAND_TIMEOUT)

@@ -76,6 +76,7 @@ from gateway.relay.tlsclient import (
     server_name_indication,
 )
 from gateway.spool.model import Envelope
+from gateway.streams import has_unread
 
 MAX_LINE = 8192  # RFC 5321 §4.5.3.1.5 says 512 for replies; be tolerant, stay bounded
 
@@ -240,10 +241,10 @@ class SmtpSession:
         ``220`` to STARTTLS are no reply of the TLS peer. ``StreamWriter.start_tls`` keeps
         the reader's buffer, so they would be read as the replies to EHLO, MAIL, RCPT,
         DATA: an attacker on the path could answer the whole transaction. A server sends
-        nothing before the client's first command over TLS: fail closed. (The buffer is
-        ``StreamReader._buffer``, private in CPython, with no public way to look.)"""
+        nothing before the client's first command over TLS: fail closed
+        (``gateway.streams``)."""
         assert self._reader is not None
-        if self._reader._buffer:  # type: ignore[attr-defined]
+        if has_unread(self._reader):
             raise SessionFailure("clear text received after the STARTTLS reply (injection?)")
 
     async def _authenticate(self, user: str, password: str) -> None:
