@@ -15,7 +15,12 @@ TLS off, client Postfix ``smtp-source -s 20 -l 10240`` (a new connection per mes
 4. **Missive relay listener**: the whole front (ESMTP parsing, relay policy, DATA
    streaming, bare CR/LF checks) with the real durable spool (fsync of the file,
    group-committed fsync of ``incoming/``) and the real audit trail (SQLite,
-   ``synchronous = FULL``): "250 means on disk".
+   ``synchronous = FULL``): "250 means on disk". As ``missive serve`` runs it: the
+   spool is written by the front's spool scribe, a child process
+   (``gateway.spool.scribe``);
+5. **Missive relay listener, spool written in process**: the same with the spool
+   written by the front's own I/O threads (what ``serve`` did before the scribe), for
+   comparison.
 
 TLS on: ``smtp-source`` has no STARTTLS, so one Python asyncio client (S sessions, a new
 connection and a STARTTLS handshake per message) drives bare aiosmtpd with STARTTLS and
@@ -28,7 +33,8 @@ on a shared machine one slow baseline can move a single ratio by 20 points or mo
 Each case also reports the CPU time of this process (user + system, ``getrusage``) per
 message, the figure a loaded machine disturbs least: the servers run in this process,
 so it is what the server costs per message (with TLS on, the Python client's CPU is in
-it too; ``smtp-source`` and ``smtp-sink`` are other processes, not counted).
+it too; ``smtp-source`` and ``smtp-sink`` are other processes, not counted), plus the
+scribe's (from ``/proc/PID/stat``) where there is one.
 
 Target (issue 5): Missive >= 70 % of bare aiosmtpd. ``--smoke`` runs each case with a
 few messages so CI proves the benchmark runs; its numbers mean nothing.
@@ -38,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import resource
 import shutil
 import ssl
@@ -59,6 +66,7 @@ from gateway.pki.dev import DevPki, init_dev_pki
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.listener import start_listeners
 from gateway.spool import RECEIVED, Spool
+from gateway.spool.scribe_client import ScribeQueue
 
 SENDER = "someone@clinique-b.test"
 RECIPIENT = "alice.martin@chu-a.test"
@@ -103,31 +111,66 @@ async def bare_aiosmtpd(context: ssl.SSLContext | None, port: int = 0) -> AsyncI
         await server.wait_closed()
 
 
+class Server:
+    """A running case: its port, and the CPU seconds of its other process (the scribe)."""
+
+    def __init__(self, port: int, scribe: ScribeQueue | None = None) -> None:
+        self.port = port
+        self._scribe_pid = None if scribe is None else scribe.pid
+
+    def other_cpu(self) -> float:
+        if self._scribe_pid is None:
+            return 0.0
+        fields = Path(f"/proc/{self._scribe_pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @asynccontextmanager
 async def missive(
-    config: Config, pki: DevPki, work: Path, expected: int, audit_sync: str = "FULL"
-) -> AsyncIterator[int]:
-    """The relay listener on a real spool and audit trail; checks at the end that
-    exactly ``expected`` messages were spooled (a refusal would inflate the rate)."""
+    config: Config,
+    pki: DevPki,
+    work: Path,
+    expected: int,
+    audit_sync: str = "FULL",
+    *,
+    scribe: bool = True,
+) -> AsyncIterator[Server]:
+    """The relay listener on a real spool and audit trail, written by a spool scribe
+    (``scribe``, as ``serve`` does) or in this process; checks at the end that exactly
+    ``expected`` messages were spooled (a refusal would inflate the rate)."""
     audit = AuditSink(work / "audit.sqlite", synchronous=audit_sync)  # type: ignore[arg-type]
     audit.start()
     spool = Spool(work / "spool", audit=audit, actor="smtp", max_message_size=1 << 24)
+    queue: Any = spool.queue(RECEIVED)
+    if scribe:
+        queue = ScribeQueue(
+            spool_dir=work / "spool",
+            audit_path=work / "audit.sqlite",
+            actor="smtp",
+            max_message_size=1 << 24,
+            log_level="warning",
+        )
+        await queue.start()
     validator = CertificateValidator.from_files([pki.root_cert], [pki.intermediates])
     group = await start_listeners(
         config,
-        queue=spool.queue(RECEIVED),
+        queue=queue,
         audit=audit,
         validator=validator,
         authenticator=None,
         liste_blanche=None,
     )
     try:
-        yield group.address("mx")[1]
+        try:
+            yield Server(group.address("mx")[1], queue if scribe else None)
+        finally:
+            await group.aclose()
+            if scribe:
+                await queue.aclose()
         spooled = len(await spool.queue(RECEIVED).scan("incoming"))
         if spooled != expected:
             raise RuntimeError(f"{spooled} messages spooled, {expected} sent")
     finally:
-        await group.aclose()
         await spool.aclose()
         await audit.aclose()
 
@@ -313,11 +356,15 @@ max_connections = 1000
 
 
 async def measure(
-    case: str, messages: int, run: Callable[[], Awaitable[float]], baseline: str | None = None
+    case: str,
+    messages: int,
+    run: Callable[[], Awaitable[float]],
+    baseline: str | None = None,
+    other_cpu: Callable[[], float] = lambda: 0.0,
 ) -> Result:
-    before = _process_cpu()
+    before = _process_cpu() + other_cpu()
     seconds = await run()
-    return Result(case, messages, seconds, baseline, _process_cpu() - before)
+    return Result(case, messages, seconds, baseline, _process_cpu() + other_cpu() - before)
 
 
 def _process_cpu() -> float:
@@ -365,12 +412,22 @@ async def run_round(
                 "TLS off: bare aiosmtpd (baseline)",
             )
         )
-    async with missive(plain, pki, work / "plain", n, args.audit_sync) as port:
+    async with missive(plain, pki, work / "plain", n, args.audit_sync) as server:
         results.append(
             await measure(
                 "TLS off: Missive, spool + audit, fsync",
                 n,
-                lambda: smtp_source(port, n, s, size),
+                lambda: smtp_source(server.port, n, s, size),
+                "TLS off: bare aiosmtpd (baseline)",
+                server.other_cpu,
+            )
+        )
+    async with missive(plain, pki, work / "inproc", n, args.audit_sync, scribe=False) as server:
+        results.append(
+            await measure(
+                "TLS off: same, spool written in process",
+                n,
+                lambda: smtp_source(server.port, n, s, size),
                 "TLS off: bare aiosmtpd (baseline)",
             )
         )
@@ -381,12 +438,22 @@ async def run_round(
             )
         )
     starttls = write_config(work, pki, "starttls")
-    async with missive(starttls, pki, work / "tls", n, args.audit_sync) as port:
+    async with missive(starttls, pki, work / "tls", n, args.audit_sync) as server:
         results.append(
             await measure(
                 "TLS on: Missive, spool + audit, fsync",
                 n,
-                lambda: tls_client(port, n, s, size, ca),
+                lambda: tls_client(server.port, n, s, size, ca),
+                "TLS on: bare aiosmtpd (baseline)",
+                server.other_cpu,
+            )
+        )
+    async with missive(starttls, pki, work / "tlsin", n, args.audit_sync, scribe=False) as server:
+        results.append(
+            await measure(
+                "TLS on: same, spool written in process",
+                n,
+                lambda: tls_client(server.port, n, s, size, ca),
                 "TLS on: bare aiosmtpd (baseline)",
             )
         )

@@ -33,6 +33,7 @@ from gateway.smtp.listeblanche import ListeBlanche, load_liste_blanche
 from gateway.smtp.trace import TRACE_ALLOWANCE
 from gateway.smtp.users import Authenticator
 from gateway.spool import INBOUND, LOCAL, RECEIVED, Spool, relay_stage
+from gateway.spool.scribe_client import ScribeQueue
 
 _log = get_logger("app")
 
@@ -153,6 +154,20 @@ def build_gateway(config: Config, *, actor: str = "gateway", front_only: bool = 
         validator=validator,
         authenticator=authenticator,
         liste_blanche=liste_blanche,
+    )
+
+
+def front_queue(gateway: Gateway) -> ScribeQueue:
+    """``received/`` for an SMTP front process: written by a spool scribe of its own
+    (``gateway.spool.scribe``), on the same spool, trail, actor and size limit as
+    ``gateway.spool``. Not started: the caller starts it and closes it."""
+    config = gateway.config
+    return ScribeQueue(
+        spool_dir=config.gateway.spool_dir,
+        audit_path=config.audit.path,
+        actor=gateway.spool.actor,
+        max_message_size=config.delivery.max_message_size + TRACE_ALLOWANCE,
+        log_level=config.gateway.log_level,
     )
 
 

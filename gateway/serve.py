@@ -14,7 +14,9 @@ deliver_to``: LMTP, SMTP or maildir), plus the IMAP fetcher when ``[[inbound.ima
 is configured (the relay worker only when a route has ``transport = "smtp"``: with
 none it would have no queue to serve and exit at once; the secure agent and the inbound
 agent: ``[gateway] crypto_workers`` processes each). The SMTP front answers ``250``
-only once a message is fsynced into ``received/``.
+only once a message is fsynced into ``received/``, which its spool scribe writes for it
+(``gateway.spool.scribe``: a child process of each front process, started before its
+listeners open and stopped after they close).
 
 Several SMTP front processes (``[gateway] front_workers`` N > 1): this process is front
 slot 0 and opens its listeners with ``SO_REUSEPORT``; it then starts N-1 ``missive
@@ -52,14 +54,15 @@ import argparse
 import asyncio
 import fcntl
 import os
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 from gateway import __version__
 from gateway.app import (
     Gateway,
     build_gateway,
+    front_queue,
     lifecycle_event,
 )
 from gateway.cli_common import SubParsers, add_config_argument
@@ -68,7 +71,6 @@ from gateway.errors import UsageError
 from gateway.log import get_logger, setup_logging
 from gateway.pki.files import ensure_private_dir
 from gateway.smtp.listener import ListenerGroup, start_listeners
-from gateway.spool import RECEIVED
 from gateway.workers import crypto_worker_count, start_workers, stop_on_signals
 
 _log = get_logger("serve")
@@ -131,8 +133,7 @@ async def _serve(config: Config, stop: asyncio.Event) -> None:
             hostname=config.gateway.hostname,
             config=str(config.source),
         )
-        listeners = await _start_front(gateway)
-        try:
+        async with _front(gateway) as listeners:
             workers = await start_workers(
                 config,
                 agents=crypto_worker_count(config),
@@ -154,24 +155,35 @@ async def _serve(config: Config, stop: asyncio.Event) -> None:
                 _log.info("gateway.stopping")
             finally:
                 await workers.aclose()
-        finally:
-            await listeners.aclose()
         await gateway.audit.record(lifecycle_event("stop", config))
     finally:
         await gateway.aclose()
     _log.info("gateway.stopped")
 
 
-async def _start_front(gateway: Gateway, slot: int = 0) -> ListenerGroup:
-    return await start_listeners(
-        gateway.config,
-        queue=gateway.spool.queue(RECEIVED),
-        audit=gateway.audit,
-        validator=gateway.validator,
-        authenticator=gateway.authenticator,
-        liste_blanche=gateway.liste_blanche,
-        front_slot=slot,
-    )
+@asynccontextmanager
+async def _front(gateway: Gateway, slot: int = 0) -> AsyncIterator[ListenerGroup]:
+    """The listeners of front ``slot``, writing into ``received/`` through a spool scribe
+    of their own (``gateway.spool.scribe``), started first and stopped last: the
+    listeners are closed, so their sessions are over, before the scribe's link ends."""
+    scribe = front_queue(gateway)
+    await scribe.start()
+    try:
+        listeners = await start_listeners(
+            gateway.config,
+            queue=scribe,
+            audit=gateway.audit,
+            validator=gateway.validator,
+            authenticator=gateway.authenticator,
+            liste_blanche=gateway.liste_blanche,
+            front_slot=slot,
+        )
+        try:
+            yield listeners
+        finally:
+            await listeners.aclose()
+    finally:
+        await scribe.aclose()
 
 
 async def run_front_worker(config: Config, stop: asyncio.Event, *, slot: int) -> None:
@@ -179,12 +191,9 @@ async def run_front_worker(config: Config, stop: asyncio.Event, *, slot: int) ->
     ``stop`` (module docstring). ``config`` is loaded with ``agent_keys=False``."""
     gateway = build_front(config, slot)
     try:
-        listeners = await _start_front(gateway, slot)
-        try:
+        async with _front(gateway, slot) as listeners:
             _log.info("front.ready", slot=slot, listeners_open=len(listeners.listeners))
             await stop.wait()
-        finally:
-            await listeners.aclose()
     finally:
         await gateway.aclose()
 

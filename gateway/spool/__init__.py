@@ -23,6 +23,9 @@ Modules, each small and named by concern:
 - ``commit``: group commit of directory fsyncs, and the table of what is fsynced when;
 - ``entry``: reading a queue file (record, streamed and checked content, headers);
 - ``writer``: streaming a new entry (bounded memory, size limit, audit, publish);
+- ``scribe``, ``scribe_client``, ``scribe_protocol``: the SMTP front's spool scribe, the
+  child process that runs ``writer`` for it, the front's side of the link, and the
+  frames between the two (why a process: ``scribe``);
 - ``queue``: ``Queue`` (add, claim, defer, complete, bounce, hold, release, retry,
   delete, hand_off, recover, scan), the async orchestration of each operation;
 - ``stagefiles``: the blocking file operations behind it (claim by rename, locate,

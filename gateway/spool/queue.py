@@ -199,11 +199,20 @@ class Queue:
 
     # -- writing new entries -----------------------------------------------------------
 
-    async def open_writer(self, envelope: Envelope, origin: Origin) -> EntryWriter:
-        """Start a new entry (the SMTP DATA path); see ``EntryWriter``."""
-        now = self._runtime.clock()
+    async def open_writer(
+        self,
+        envelope: Envelope,
+        origin: Origin,
+        *,
+        queue_id: QueueId | None = None,
+        received: datetime | None = None,
+    ) -> EntryWriter:
+        """Start a new entry (the SMTP DATA path); see ``EntryWriter``. ``queue_id`` and
+        ``received`` are the ones an SMTP front chose before handing the entry to its
+        scribe (``gateway.spool.scribe``); by default a new id, and now."""
+        now = self._runtime.clock() if received is None else received
         return self._writer(
-            new_queue_id(now.timestamp()),
+            new_queue_id(now.timestamp()) if queue_id is None else queue_id,
             envelope,
             origin,
             received=now,

@@ -20,6 +20,7 @@ from gateway.pki.dev import DevPki
 from gateway.smime.validate import CertificateValidator
 from gateway.smtp.dnmatch import same_dn
 from gateway.smtp.listener import ListenerGroup, start_listeners
+from gateway.smtp.session_settings import MessageQueue
 from gateway.smtp.throttle import AuthThrottle, ThrottleLimits
 from gateway.smtp.users import AuthResult
 from gateway.spool import Envelope, Origin
@@ -183,7 +184,7 @@ client_certificate = "optional"
 @dataclass
 class Front:
     group: ListenerGroup
-    queue: FakeQueue
+    queue: Any  # FakeQueue unless the test gave its own
     audit: RecordingAudit
     authenticator: FakeAuthenticator
     config: Config
@@ -199,13 +200,13 @@ async def running_front(
     config: Config,
     pki: DevPki,
     *,
-    queue: FakeQueue | None = None,
+    queue: MessageQueue | None = None,
     liste_blanche: FakeListeBlanche | None = None,
     authenticator: FakeAuthenticator | None = None,
     max_data_transfers: int = 100,
     throttle: ThrottleLimits | None = None,
 ) -> AsyncIterator[Front]:
-    queue = queue or FakeQueue()
+    queue = queue or FakeQueue()  # a real one (a ``ScribeQueue``) where a test needs it
     audit = RecordingAudit()
     authenticator = authenticator or FakeAuthenticator()
     group = await start_listeners(
