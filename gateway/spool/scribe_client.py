@@ -45,7 +45,6 @@ from gateway.log import get_logger
 from gateway.spool.errors import MessageTooLarge, SpoolError, SpoolWriteError
 from gateway.spool.ids import QueueId, new_queue_id
 from gateway.spool.model import Envelope, Origin
-from gateway.spool.runtime import DEFAULT_IO_THREADS
 from gateway.spool.scribe_protocol import (
     MAX_PAYLOAD,
     Kind,
@@ -61,6 +60,7 @@ START_TIMEOUT = 60.0  # seconds for a new scribe to open the spool and the trail
 STOP_TIMEOUT = 30.0  # seconds for the scribe to finish and exit at ``aclose``
 RESTART_INTERVAL = 1.0  # seconds between two starts of a scribe
 SEND_SIZE = 64 * 1024  # content bytes a writer gathers before it sends them
+SCRIBE_IO_THREADS = 4  # the scribe's spool I/O threads (``gateway.spool.scribe``)
 
 _log = get_logger("spool.scribe")
 
@@ -235,7 +235,7 @@ class ScribeQueue:
         max_message_size: int,
         log_level: str = "info",
         restart_interval: float = RESTART_INTERVAL,
-        io_threads: int = DEFAULT_IO_THREADS,
+        io_threads: int = SCRIBE_IO_THREADS,
     ) -> None:
         self._command = [
             sys.executable, "-m", "gateway.spool.scribe",
