@@ -172,8 +172,8 @@ def serve(site: Site) -> Iterator[RunningServe]:
 
 
 def _family(pid: int) -> Iterator[tuple[str, Path, dict[str, str]]]:
-    """``pid`` and its children: a name by command line (``serve``, ``worker agent``),
-    the ``/proc`` entry and the fields of its ``status``."""
+    """``pid`` and its children: a name by command line (``serve``, ``worker agent``,
+    ``spool scribe``), the ``/proc`` entry and the fields of its ``status``."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
@@ -187,6 +187,8 @@ def _family(pid: int) -> Iterator[tuple[str, Path, dict[str, str]]]:
             continue
         words = [word.decode(errors="replace") for word in command if word]
         name = "serve" if int(entry.name) == pid else " ".join(words[3:5]) or entry.name
+        if "gateway.spool.scribe" in words:
+            name = "spool scribe (serve's)"
         yield name, entry, fields
 
 
