@@ -412,25 +412,9 @@ async def run_round(
                 "TLS off: bare aiosmtpd (baseline)",
             )
         )
-    async with missive(plain, pki, work / "plain", n, args.audit_sync) as server:
-        results.append(
-            await measure(
-                "TLS off: Missive, spool + audit, fsync",
-                n,
-                lambda: smtp_source(server.port, n, s, size),
-                "TLS off: bare aiosmtpd (baseline)",
-                server.other_cpu,
-            )
-        )
-    async with missive(plain, pki, work / "inproc", n, args.audit_sync, scribe=False) as server:
-        results.append(
-            await measure(
-                "TLS off: same, spool written in process",
-                n,
-                lambda: smtp_source(server.port, n, s, size),
-                "TLS off: bare aiosmtpd (baseline)",
-            )
-        )
+    results += await spool_cases(
+        "TLS off", plain, pki, work / "plain", args, lambda port: smtp_source(port, n, s, size)
+    )
     async with bare_aiosmtpd(server_tls) as port:
         results.append(
             await measure(
@@ -438,25 +422,40 @@ async def run_round(
             )
         )
     starttls = write_config(work, pki, "starttls")
-    async with missive(starttls, pki, work / "tls", n, args.audit_sync) as server:
-        results.append(
-            await measure(
-                "TLS on: Missive, spool + audit, fsync",
-                n,
-                lambda: tls_client(server.port, n, s, size, ca),
-                "TLS on: bare aiosmtpd (baseline)",
-                server.other_cpu,
+    results += await spool_cases(
+        "TLS on", starttls, pki, work / "tls", args, lambda port: tls_client(port, n, s, size, ca)
+    )
+    return results
+
+
+async def spool_cases(
+    tls: str,
+    config: Config,
+    pki: DevPki,
+    work: Path,
+    args: argparse.Namespace,
+    client: Callable[[int], Awaitable[float]],
+) -> list[Result]:
+    """The front with its spool scribe (as ``serve`` runs it), then with the spool
+    written in this process; each against bare aiosmtpd with the same TLS setting."""
+    results = []
+    for scribe, case in (
+        (True, "Missive, spool + audit, fsync"),
+        (False, "same, spool written in process"),
+    ):
+        directory = work / ("scribe" if scribe else "in-process")
+        async with missive(
+            config, pki, directory, args.messages, args.audit_sync, scribe=scribe
+        ) as server:
+            results.append(
+                await measure(
+                    f"{tls}: {case}",
+                    args.messages,
+                    lambda: client(server.port),
+                    f"{tls}: bare aiosmtpd (baseline)",
+                    server.other_cpu,
+                )
             )
-        )
-    async with missive(starttls, pki, work / "tlsin", n, args.audit_sync, scribe=False) as server:
-        results.append(
-            await measure(
-                "TLS on: same, spool written in process",
-                n,
-                lambda: tls_client(server.port, n, s, size, ca),
-                "TLS on: bare aiosmtpd (baseline)",
-            )
-        )
     return results
 
 
