@@ -25,8 +25,11 @@ GCM/OAEP only when known to be supported, for all recipients of that message).
 
 Outcomes, per recipient: in one outgoing message; ``fallback`` (no valid certificate:
 the route's ``fallback`` resolved, with the reason — *never* sent in clear); ``failed``
-(no route, a ``reject`` route, the Direct tamper rule); ``deferred`` (the directory is
-down, ``DirectoryUnavailable``: retry later, never a fallback; or no signing key).
+(no route, a ``reject`` route, the Direct tamper rule: on a ``wrap`` route a To/Cc
+recipient must be in To or Cc, a Bcc recipient in the Bcc field of the original, and
+its own copy wraps the message without any Bcc field, ``gateway.relay.protect``);
+``deferred`` (the directory is down, ``DirectoryUnavailable``: retry later, never a
+fallback; or no signing key).
 
 Audit: one ``AuditEvent`` per decision (route, certificate serials and issuers,
 algorithms, SHA-256 of what is sent; never a Subject nor a body).
@@ -299,11 +302,14 @@ class SecureAgent:
         split: protect.SplitMessage,
         out: _Collector,
     ) -> tuple[str, ...]:
-        """The recipients the Direct tamper rule allows; the others are failed."""
+        """The recipients the Direct tamper rule allows; the others are failed. A shown
+        recipient is checked against To/Cc, a hidden one (its own Bcc copy) against the
+        Bcc addresses of the original (``gateway.relay.protect``, module docstring)."""
         allowed: list[str] = []
-        for address in group.recipients:
+        checks = [(a, False) for a in group.shown] + [(a, True) for a in group.hidden]
+        for address, blind in checks:
             try:
-                protect.check_tamper(split, envelope.mail_from, [address])
+                protect.check_tamper(split, envelope.mail_from, [address], blind=blind)
             except protect.TamperError as error:
                 out.failed.append(RecipientOutcome(address, group.route.name, str(error)))
             else:

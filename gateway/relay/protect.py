@@ -24,15 +24,39 @@ Without header protection the outer block is every non-MIME field of the message
 
 Bcc and Resent-Bcc (RFC 5322 §3.6.3, §3.6.6): never copied anywhere, inside or
 outside; the hidden recipient's own copy is a separate message
-(``gateway.relay.routing``).
+(``gateway.relay.routing``), with the same inner content (wrapped or not) as the To/Cc
+copy. The Bcc addresses are read only for the tamper rule of a Bcc copy.
 
 Direct wrap (``wrap = true``; RFC 8551 §3.1, Direct Applicability Statement): the
 payload is ``message/rfc822`` holding the whole message (Bcc, Resent-Bcc removed), with
 ``forwarded="no"`` (the parameter the header-protection drafts use to tell a wrapped
 message from a forwarded one; readers that do not know it ignore it, RFC 2045 §5.1).
-The tamper rule (``check_tamper``): each RCPT TO must appear in To or Cc
-of the wrapped message and MAIL FROM must be the From (or Sender) address; a violation
-is refused, never silently sent.
+The tamper rule (``check_tamper``): MAIL FROM must be the From (or Sender) address and
+each RCPT TO of the To/Cc copy must appear in To or Cc of the wrapped message; a
+violation is refused, never silently sent.
+
+Bcc on a wrap route (decision of session 6). The Applicability Statement's rule (1.3,
+ANSI/DS 2019-01-100-2021) is about To and Cc; its reference implementation reads it as
+To and Cc, explicitly not Bcc. Applied as such to every RCPT TO it refused every blind
+copy (a failure DSN to the sender). RFC 5322 §3.6.3 leaves the Bcc method to the
+implementation; here:
+
+- a Bcc recipient's copy wraps the *same* message as the To/Cc copy: the message as
+  sent, no Bcc or Resent-Bcc field (§3.6.3, first method: the field is removed and
+  every recipient gets the same message). No copy, inside or outside, names a blind
+  recipient; the gateway adds to the content it signs no field the author did not
+  write (not ``Bcc: <that recipient>`` either, §3.6.3's second method); the blind
+  recipient reads exactly the signed message the others read;
+- its tamper check (``check_tamper(..., blind=True)``) asks the RCPT TO to be one of
+  the Bcc addresses of the original (``SplitMessage.blind``, every Bcc field, groups
+  flattened): the author named it as a blind copy. A RCPT TO in none of To, Cc, Bcc
+  is still refused; so is a blind RCPT TO of a message with no Bcc field or an empty
+  one (a client that strips Bcc before submission names nobody: fail closed).
+  Resent-Bcc is not read: the Direct rule is about the original destination fields.
+
+Interoperability note: a receiving Direct agent that enforces its tamper rule on To
+and Cc only (the reference implementation does, explicitly not Bcc) may refuse such a
+Bcc copy on arrival; the sender then gets that agent's DSN, never a copy in clear.
 
 Invariants: every output is CRLF-canonical; a field value is never rewritten except the
 outer Subject; header values are copied as raw bytes (folding kept).
@@ -74,6 +98,7 @@ OUTER_ALLOWED = frozenset(
     }
 )
 NEVER_COPIED = frozenset({"bcc", "resent-bcc"})  # RFC 5322 §3.6.3, §3.6.6
+BLIND_FIELDS = ("bcc",)  # the tamper rule of a Bcc copy (module docstring)
 _PLAIN_FIELD_START = re.compile(rb"[\x21-\x39\x3b-\x7e]+:")  # RFC 5322 §3.6.8 ftext, colon
 _FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")  # and §4.5.4 blanks
 _HIDDEN_FIELD_NAMES = frozenset(name.encode("ascii") for name in NEVER_COPIED)
@@ -165,6 +190,17 @@ class SplitMessage:
         values = self._plain_values(SHOWN_FIELDS)
         plain = plain_addresses(values) if values is not None else None
         return plain if plain is not None else header_addresses(self.block())
+
+    @functools.cached_property
+    def blind(self) -> tuple[str, ...]:
+        """The Bcc addresses (every Bcc field, groups flattened; an empty field names
+        nobody), read like ``shown``: for the tamper rule of a Bcc copy only, never
+        copied into any output."""
+        values = self._plain_values(BLIND_FIELDS)
+        plain = plain_addresses(values) if values is not None else None
+        if plain is not None:
+            return plain
+        return header_addresses(self.block(exclude=frozenset()), BLIND_FIELDS)
 
     def _plain_values(self, names: Iterable[str]) -> list[str] | None:
         """The compat32 values of the fields ``names`` (all of the first name, then the
@@ -260,8 +296,14 @@ def wrap_rfc822(message: bytes) -> bytes:
     return head + mime.canonicalize_crlf(message)
 
 
-def check_tamper(message: SplitMessage, mail_from: str, recipients: Sequence[str]) -> None:
-    """The Direct tamper rule; ``TamperError`` naming the first violation."""
+def check_tamper(
+    message: SplitMessage, mail_from: str, recipients: Sequence[str], *, blind: bool = False
+) -> None:
+    """The Direct tamper rule; ``TamperError`` naming the first violation.
+
+    ``blind=False``: the recipients of the To/Cc copy, each in To or Cc. ``blind=True``:
+    the recipient of a Bcc copy, in Bcc (see the module docstring). MAIL FROM is the
+    From or Sender address in both cases."""
     authors = message.values("from") + message.values("sender")
     senders = plain_addresses(authors)
     if senders is None:
@@ -269,5 +311,15 @@ def check_tamper(message: SplitMessage, mail_from: str, recipients: Sequence[str
     if not contains_address(senders, mail_from):
         raise TamperError(f"MAIL FROM <{mail_from}> is neither the From nor the Sender address")
     for recipient in recipients:
-        if not contains_address(message.shown, recipient):
+        if blind:
+            _check_blind_recipient(message, recipient)
+        elif not contains_address(message.shown, recipient):
             raise TamperError(f"RCPT TO <{recipient}> is in neither To nor Cc")
+
+
+def _check_blind_recipient(message: SplitMessage, recipient: str) -> None:
+    if contains_address(message.blind, recipient):
+        return
+    if contains_address(message.shown, recipient):  # a caller's mistake: never a Bcc copy
+        raise TamperError(f"RCPT TO <{recipient}> is in To or Cc, not in Bcc")
+    raise TamperError(f"RCPT TO <{recipient}> is in neither To nor Cc, nor in Bcc")
