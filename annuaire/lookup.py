@@ -28,12 +28,43 @@ RFC 6531 mailboxes one (``straße`` and ``strasse``, the Kelvin sign and ``k``, 
 ``ﬁ`` ligature and ``fi``), and give one person's certificate to another. A value that
 is not a DER certificate is skipped with a warning (never fatal for the lookup).
 
+Bounds (the secure agent holds the private keys: one hostile or broken entry must not
+cost it seconds of CPU and many CRL/OCSP fetches). Checked in one place, ``_add``,
+which every source (address entry, domain entry, DNS CERT) goes through:
+- ``MAX_CANDIDATES`` (16): the distinct certificate values one lookup examines, all
+  sources together, counted *before* any is parsed (a malformed or oversized value
+  counts too, so the skipped reasons and warnings are bounded as well). An IGC-Santé
+  entry holds 1 to 4 (signature and encryption, the renewed pair while both are
+  valid); 16 is four such sets (the address entry, the domain entry and two DNS
+  answers each holding a full set of unusable ones before a usable one is met), and
+  bounds one lookup to 16 path validations. A small fixed limit in Postfix's manner
+  (``smtp_mx_address_limit``), but unlike Postfix the extra values are not ignored:
+  the newest, or the only, valid certificate may be among them, and a lookup that
+  examined part of the answer cannot say "no certificate", which sends the message
+  to the route's fallback (a postal letter, a partner network, a bounce). Decision
+  (fail closed, as ``ldap_backend`` treats a server-side size limit): beyond the
+  limit the lookup raises ``TooManyCertificates``, a ``DirectoryUnavailable``; nothing
+  of that source is parsed or validated, nothing is cached, the message waits and is
+  retried (each retry costs one directory read, no validation) until an operator
+  fixes the entry or the message expires with a DSN saying why. The warning
+  ``annuaire.lookup.too_many_certificates`` and the error text (which the agent
+  audits as the deferral's reason) carry the counts and the limit, never a
+  certificate.
+- ``MAX_CERTIFICATE_BYTES`` (32 KiB): a longer value is not parsed; it is skipped like
+  a malformed one (``skipped``, warning ``annuaire.certificate.oversized`` with its
+  size). A real IGC-Santé certificate is 1.5-2 KiB (RSA 2048); 32 KiB leaves room for
+  RSA 4096, long policy and distribution point lists, even a small embedded logotype
+  (RFC 3709); it is half of what one DNS CERT record can carry (RDLENGTH, 16 bits).
+  Such a value is a bad value of the entry, not a certificate the lookup failed to
+  see, hence "skipped", not "unavailable".
+
 Result: every candidate with its validation; ``certificates`` are the valid ones,
 newest first (latest notBefore, then latest notAfter). No valid certificate is a
 negative answer (``found`` False): the caller applies the route's fallback.
 
-Failures: ``DirectoryUnavailable`` (directory or DNS down) passes through and is never
-cached, never turned into "no certificate" (the message waits and retries).
+Failures: ``DirectoryUnavailable`` (directory or DNS down, or ``TooManyCertificates``)
+passes through and is never cached, never turned into "no certificate" (the message
+waits and retries).
 
 Cache: results per address (``mailbox_key``, tag kept) for ``cache_ttl`` when a valid
 certificate was found (capped by the earliest notAfter among them) and for
@@ -54,7 +85,7 @@ from cryptography import x509
 
 from annuaire.backend import Directory
 from annuaire.dnscert import DnsCertFinder, address_names, domain_name
-from annuaire.errors import EntryError
+from annuaire.errors import DirectoryUnavailable, EntryError
 from annuaire.model import Entry, address_domain, address_key, normalise_address, strip_tag
 from gateway.log import get_logger
 from gateway.smime.certnames import certificate_addresses, certificate_dns_names
@@ -66,6 +97,24 @@ if TYPE_CHECKING:
 log = get_logger("annuaire")
 
 DEFAULT_MAX_ENTRIES = 100_000
+MAX_CANDIDATES = 16  # distinct certificate values examined by one lookup (docstring)
+MAX_CERTIFICATE_BYTES = 32 * 1024  # one value longer than this is not parsed (docstring)
+
+
+class TooManyCertificates(DirectoryUnavailable):
+    """One lookup met more certificate values than it may examine: the answer was not
+    examined in full, so it is neither a certificate nor "no certificate" (module
+    docstring, Bounds). The text carries counts only."""
+
+    def __init__(self, address: str, source: str, count: int, limit: int) -> None:
+        self.address = address
+        self.source = source
+        self.count = count
+        self.limit = limit
+        super().__init__(
+            f"annuaire: {count} certificate values for {address} (at {source}) exceed "
+            f"the limit of {limit} per lookup; the lookup stopped, no certificate used"
+        )
 
 
 @dataclass(frozen=True)
@@ -153,15 +202,21 @@ class CertificateLookup:
         negative_cache_ttl: timedelta = timedelta(minutes=1),
         dns: DnsCertFinder | None = None,
         max_entries: int = DEFAULT_MAX_ENTRIES,
+        max_candidates: int = MAX_CANDIDATES,
+        max_certificate_bytes: int = MAX_CERTIFICATE_BYTES,
         clock: Callable[[], float] = time.monotonic,
         utc_now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        if max_candidates < 1 or max_certificate_bytes < 1:
+            raise ValueError("max_candidates and max_certificate_bytes must be at least 1")
         self.directory = directory
         self.validator = validator
         self.dns = dns
         self._positive_ttl = cache_ttl.total_seconds()
         self._negative_ttl = negative_cache_ttl.total_seconds()
         self._max_entries = max_entries
+        self._max_candidates = max_candidates
+        self._max_certificate_bytes = max_certificate_bytes
         self._clock = clock
         self._utc_now = utc_now
         self._cache: dict[str, tuple[float, LookupResult]] = {}
@@ -177,6 +232,8 @@ class CertificateLookup:
             negative_cache_ttl=timedelta(seconds=self._negative_ttl),
             dns=self.dns,
             max_entries=self._max_entries,
+            max_candidates=self._max_candidates,
+            max_certificate_bytes=self._max_certificate_bytes,
             clock=self._clock,
             utc_now=self._utc_now,
         )
@@ -249,7 +306,7 @@ class CertificateLookup:
             address = normalise_address(address)
         except EntryError as error:
             return LookupResult(address, None, (), (str(error),))
-        collected = _Collected()
+        collected = _Collected(address)
         entry = await self._from_mailbox(address, collected)
         if not collected.found:
             domain = address_domain(address)
@@ -303,20 +360,65 @@ class CertificateLookup:
     async def _add(
         self, ders: Sequence[bytes], source: str, bound_to: str, collected: _Collected, where: str
     ) -> None:
+        """Parse and validate the values of one source: the one place every source
+        goes through, so the bounds of the module docstring are checked here."""
+        values = list(dict.fromkeys(ders))  # without duplicates, in order
+        self._check_count(len(values), source, where, collected)
+        collected.examined += len(values)
         certificates: list[x509.Certificate] = []
-        for der in dict.fromkeys(ders):  # without duplicates, in order
-            try:
-                certificates.append(x509.load_der_x509_certificate(der))
-            except ValueError as error:
-                reason = f"{source} {where}: not a certificate ({error})"
-                collected.skipped.append(reason)
-                log.warning("annuaire.certificate.malformed", source=source, entry=where)
+        for der in values:
+            certificate = self._parse(der, source, where, collected)
+            if certificate is not None:
+                certificates.append(certificate)
         if certificates:
             results = await asyncio.to_thread(self._validate_all, certificates, bound_to)
             collected.candidates.extend(
                 Candidate(certificate, source, bound_to, result)
                 for certificate, result in zip(certificates, results, strict=True)
             )
+
+    def _check_count(self, count: int, source: str, where: str, collected: _Collected) -> None:
+        """``TooManyCertificates`` when ``count`` more values would take the lookup
+        beyond ``max_candidates``; logged with the counts (never a value)."""
+        total = collected.examined + count
+        if total <= self._max_candidates:
+            return
+        log.warning(
+            "annuaire.lookup.too_many_certificates",
+            address=collected.address,
+            source=source,
+            entry=where,
+            values=count,
+            total=total,
+            limit=self._max_candidates,
+        )
+        raise TooManyCertificates(collected.address, source, total, self._max_candidates)
+
+    def _parse(
+        self, der: bytes, source: str, where: str, collected: _Collected
+    ) -> x509.Certificate | None:
+        """The certificate in ``der``, or None with the reason in ``collected.skipped``
+        (too long to be parsed, or not DER)."""
+        if len(der) > self._max_certificate_bytes:
+            limit = self._max_certificate_bytes
+            collected.skipped.append(
+                f"{source} {where}: {len(der)} bytes, longer than the {limit} a certificate"
+                " may have (not parsed)"
+            )
+            log.warning(
+                "annuaire.certificate.oversized",
+                source=source,
+                entry=where,
+                size=len(der),
+                limit=limit,
+            )
+            return None
+        try:
+            return x509.load_der_x509_certificate(der)
+        except ValueError as error:
+            collected.skipped.append(f"{source} {where}: not a certificate ({error})")
+            log.warning("annuaire.certificate.malformed", source=source, entry=where)
+            return None
 
     def _validate_all(
         self, certificates: Sequence[x509.Certificate], bound_to: str
@@ -334,11 +436,14 @@ class CertificateLookup:
 
 
 class _Collected:
-    """Candidates and skipped values gathered during one resolution."""
+    """Candidates and skipped values gathered during one resolution of ``address``;
+    ``examined`` counts the distinct values taken so far, for ``max_candidates``."""
 
-    def __init__(self) -> None:
+    def __init__(self, address: str) -> None:
+        self.address = address
         self.candidates: list[Candidate] = []
         self.skipped: list[str] = []
+        self.examined = 0
 
     @property
     def found(self) -> bool:
