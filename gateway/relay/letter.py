@@ -22,6 +22,25 @@ What the letter holds (A4, folded in three for a French DL window envelope):
 - every readable, unencrypted PDF attachment appended after the letter (pypdf); every
   other attachment (and a PDF that cannot be appended) is listed by file name only.
 
+Text read with another charset than the one declared, or with characters that could
+not be read (``LetterContent.decodings`` and ``subject_replaced``, decided in
+``gateway.relay.letter_content``): a bold warning above the body says which charset was
+declared, how the text was read and how many characters are shown as U+FFFD, and asks
+the reader to check with the sender; ``Letter.manifest["text_decoding"]`` (one object
+per warning: ``declared``, ``read_as``, ``replaced``) and
+``manifest["subject_replaced"]`` (a count) say the same to the operator. The letter
+never carries altered medical text without that mark.
+
+One rendering per recipient (decision of session 6, H5-2): the letters of the postal
+recipients of one message differ only in the address block (and in what the manifest
+says of the recipient: key, name, address lines, the PDF's hash), yet each is drawn
+whole. Drawing once and stamping each address was measured not worth it: a letter
+costs about 0.1 s of CPU here (font parsing, line breaking, font subsetting, about a
+third each), while stamping means a PDF merge that rewrites the whole document, the
+appended stranger's PDFs included (so it must run in the sandbox child too), and a
+font subset for the address glyphs anyway. The cost per extra recipient is the
+sandbox child (``gateway.relay.letter_sandbox``: about 0.5 s of CPU to spawn).
+
 The address block is printed in the ``ADDRESS_AREA`` frame (geometry and address rules:
 ``gateway.relay.postal_address`` and docs/postal.md). A line longer than 38 characters
 is printed in a smaller font (down to 7 pt) and noted in
@@ -54,7 +73,7 @@ from fpdf.fonts import TTFFont
 
 from annuaire.model import Entry
 from gateway.relay.enclosures import MAX_APPENDED_PAGES, Enclosure, append_pdfs, plan_enclosures
-from gateway.relay.letter_content import LetterContent, clean_label, read_message
+from gateway.relay.letter_content import LetterContent, TextDecoding, clean_label, read_message
 from gateway.relay.postal_address import (
     ADDRESS_AREA,
     FOLD_HEIGHT,
@@ -106,6 +125,20 @@ _TEXTS: Final[dict[str, dict[str, str]]] = {
         "encrypted": "PDF protégé par mot de passe : non joint, à demander à l'expéditeur",
         "too-long": "PDF trop long ({limit} pages au plus) : non joint",
         "page": "Page {number}",
+        "warning": "Attention : ",
+        "declared": (
+            "une partie du texte ci-dessous déclarait le jeu de caractères « {declared} », "
+            "inconnu ou inexact : elle a été lue en {read_as}. "
+        ),
+        "undeclared": (
+            "une partie du texte ci-dessous ne déclarait pas son jeu de caractères : "
+            "elle a été lue en {read_as}. "
+        ),
+        "replaced": "{count} caractère(s) illisible(s) y sont remplacés par « \ufffd ». ",
+        "subject_replaced": (
+            "l'objet contient {count} caractère(s) illisible(s), remplacés par « \ufffd ». "
+        ),
+        "check": "En cas de doute, vérifiez auprès de l'expéditeur.",
     },
     "en": {
         "gateway": "Missive — secure health mail gateway",
@@ -125,6 +158,19 @@ _TEXTS: Final[dict[str, dict[str, str]]] = {
         "encrypted": "password-protected PDF: not enclosed, ask the sender",
         "too-long": "PDF too long (at most {limit} pages): not enclosed",
         "page": "Page {number}",
+        "warning": "Warning: ",
+        "declared": (
+            "part of the text below declared the character set “{declared}”, unknown "
+            "or wrong: it was read as {read_as}. "
+        ),
+        "undeclared": (
+            "part of the text below declared no character set: it was read as {read_as}. "
+        ),
+        "replaced": "{count} unreadable character(s) in it are shown as “\ufffd”. ",
+        "subject_replaced": (
+            "the subject holds {count} unreadable character(s), shown as “\ufffd”. "
+        ),
+        "check": "If in doubt, check with the sender.",
     },
 }
 
@@ -141,6 +187,26 @@ def _enclosure_line(enclosure: Enclosure, texts: dict[str, str]) -> str:
         pages=enclosure.pages, type=attachment.content_type, limit=MAX_APPENDED_PAGES
     )
     return f"• {name} — {note}"
+
+
+def _decoding_warning(decoding: TextDecoding, texts: dict[str, str]) -> str:
+    """One warning of the letter (module docstring): how a part was read."""
+    said = ""
+    if decoding.read_as != decoding.declared:
+        key = "declared" if decoding.declared else "undeclared"
+        said = texts[key].format(declared=decoding.declared, read_as=decoding.read_as)
+    if decoding.replaced:
+        said += texts["replaced"].format(count=decoding.replaced)
+    return said
+
+
+def decoding_warnings(content: LetterContent, language: Language) -> tuple[str, ...]:
+    """The warnings the letter prints above the body (none when all was read as declared)."""
+    texts = _TEXTS[language]
+    said = [_decoding_warning(decoding, texts) for decoding in content.decodings]
+    if content.subject_replaced:
+        said.append(texts["subject_replaced"].format(count=content.subject_replaced))
+    return tuple(texts["warning"] + line + texts["check"] for line in said if line)
 
 
 # --- drawing ----------------------------------------------------------------------------
@@ -236,7 +302,19 @@ def _draw_head(
     pdf.cell(0, 5, date, align="R", new_x="LMARGIN", new_y="NEXT")
 
 
-def _draw_text(pdf: _LetterPdf, content: LetterContent, texts: dict[str, str]) -> None:
+def _draw_warnings(pdf: _LetterPdf, warnings: tuple[str, ...]) -> None:
+    if not warnings:
+        return
+    pdf.set_font(_FAMILY, "B", 9)
+    for warning in warnings:
+        pdf.multi_cell(0, 4.5, pdf.printable(warning), new_x="LMARGIN", new_y="NEXT")
+        pdf.ln(2)
+    pdf.ln(2)
+
+
+def _draw_text(
+    pdf: _LetterPdf, content: LetterContent, texts: dict[str, str], warnings: tuple[str, ...]
+) -> None:
     pdf.ln(4)
     pdf.set_font(_FAMILY, "B", 10)
     pdf.multi_cell(
@@ -248,6 +326,7 @@ def _draw_text(pdf: _LetterPdf, content: LetterContent, texts: dict[str, str]) -
     pdf.multi_cell(0, 4, texts["notice"], new_x="LMARGIN", new_y="NEXT")
     pdf.set_text_color(0)
     pdf.ln(5)
+    _draw_warnings(pdf, warnings)
     pdf.set_font(_FAMILY, size=10)
     if content.body:
         pdf.multi_cell(0, 5, pdf.printable(content.body), new_x="LMARGIN", new_y="NEXT")
@@ -288,7 +367,7 @@ def _draw_letter(
     pdf.add_page()
     try:
         _draw_head(pdf, sender, address, texts, _date_text(now, language))
-        _draw_text(pdf, content, texts)
+        _draw_text(pdf, content, texts, decoding_warnings(content, language))
         _draw_enclosures(pdf, enclosures, texts)
         return bytes(pdf.output()), pdf.page_no()
     finally:
@@ -359,6 +438,11 @@ def render_letter(
             "appended": sum(1 for e in enclosures if e.reader is not None),
             "listed_only": sum(1 for e in enclosures if e.reader is None),
         },
+        "text_decoding": [
+            {"declared": d.declared, "read_as": d.read_as, "replaced": d.replaced}
+            for d in content.decodings
+        ],
+        "subject_replaced": content.subject_replaced,
         "pdf_sha256": hashlib.sha256(pdf).hexdigest(),
     }
     return Letter(pdf=pdf, manifest=manifest)

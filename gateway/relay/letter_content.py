@@ -21,8 +21,33 @@ keep ordinary text (two accents on one letter in NFD Vietnamese, Hebrew points, 
 joiners) as it is. A multipart message whose boundaries are broken or missing raises
 ``UnreadableMessage``, and so does any error of the parser on malformed MIME.
 
-Libraries: the stdlib ``email`` package parses MIME. Written by hand: the HTML to text
-reduction (stdlib ``html.parser``, a dozen lines; no dependency needed).
+Character sets (decision of session 6, item H5-1): a doctor expects the letter to carry
+the message, and to be told where the gateway had to guess; a failure DSN for a charset
+label the sender's client got wrong, or silently replaced characters in medical text,
+are both worse. ``decode_text`` reads each text part (RFC 2045 §5.2: no ``charset``
+means US-ASCII; RFC 2046 §4.1.2):
+- with its declared charset when Python knows it and every byte decodes (the labels of
+  ISO-8859-1 are read as windows-1252, as the WHATWG Encoding Standard does: it only
+  differs on 0x80-0x9F, C1 controls in Latin-1 that the letter would drop, and the
+  € œ ’ “ ” … of the French mail that carries that label);
+- with an unknown label (``unknown-8bit``, ``x-unknown``, ``utf8x``, a Python codec
+  that is no charset: ``base64``, ``unicode_escape``, ``idna``...), or US-ASCII / no
+  label over 8-bit bytes: as UTF-8 when the bytes
+  are valid UTF-8, else as windows-1252 (not Latin-1, for the reason above), its five
+  undefined bytes becoming U+FFFD;
+- with a known label whose bytes do not decode: that charset, each bad sequence
+  becoming U+FFFD.
+Every part read in one of the last two ways adds a ``TextDecoding`` (the declared label,
+cleaned and bounded; the charset used; how many U+FFFD it put in) to
+``LetterContent.decodings``, and U+FFFD in the Subject (a header whose charset Python
+lacks, or raw 8-bit bytes) are counted in ``LetterContent.subject_replaced``: the
+letter prints a warning for each, and its manifest lists them. The text is never
+altered without that mark.
+
+Libraries: the stdlib ``email`` package parses MIME and ``codecs`` decodes. Written by
+hand: the HTML to text reduction (stdlib ``html.parser``, a dozen lines; no dependency
+needed) and the charset fallback above (a dozen lines; no library decides it the way a
+letter needs: ``charset-normalizer`` guesses, it does not say it guessed).
 
 Trust level: runs in the secure agent (sees clear text); no I/O; never logs the
 Subject, the body or attachment names.
@@ -30,6 +55,7 @@ Subject, the body or attachment names.
 
 from __future__ import annotations
 
+import codecs
 import email
 import email.errors
 import email.policy
@@ -63,10 +89,22 @@ class Attachment:
 
 
 @dataclass(frozen=True, slots=True)
+class TextDecoding:
+    """Text parts that could not be read with the charset they declared (module
+    docstring, "Character sets"): the letter and its manifest say so."""
+
+    declared: str  # the label as declared (cleaned, lower case); "" when none
+    read_as: str  # the charset used: "utf-8", "windows-1252" or the declared label
+    replaced: int  # U+FFFD put in the text for bytes that could not be read
+
+
+@dataclass(frozen=True, slots=True)
 class LetterContent:
     subject: str
     body: str
     attachments: tuple[Attachment, ...]
+    decodings: tuple[TextDecoding, ...] = ()  # one per (declared, read_as), in order
+    subject_replaced: int = 0  # U+FFFD in the Subject as the parser decoded it
 
 
 _FATAL_DEFECTS: Final = (
@@ -153,13 +191,74 @@ def _leaves(part: MIMEPart, depth: int, in_alternative: bool) -> Iterator[tuple[
         yield from _leaves(child, depth + 1, alternative)
 
 
-def _text_of(part: MIMEPart) -> str:
-    content = part.get_content()
-    if not isinstance(content, str):
-        return ""
+# --- decoding text parts (module docstring, "Character sets") ----------------------------
+
+REPLACEMENT: Final = "\ufffd"
+FALLBACK_CHARSET: Final = "windows-1252"
+MAX_CHARSET_LABEL: Final = 40  # the longest name in the IANA charset registry
+_READ_AS: Final = {"iso8859-1": "cp1252"}  # WHATWG: the Latin-1 labels mean windows-1252
+# Python text codecs that are no MIME charset: they rewrite the text (escapes, IDNA)
+_NOT_CHARSETS: Final = frozenset(
+    ("unicode-escape", "raw-unicode-escape", "idna", "punycode", "undefined")
+)
+
+
+def _codec_for(label: str) -> str | None:
+    """The Python codec that reads ``label`` ("ascii" for no label); None when Python
+    has no codec of that name, or one that is no charset (``_NOT_CHARSETS``)."""
+    try:
+        name = codecs.lookup(label or "us-ascii").name
+    except (LookupError, ValueError):
+        return None
+    return None if name in _NOT_CHARSETS else _READ_AS.get(name, name)
+
+
+def _read_without_charset(payload: bytes, label: str) -> tuple[str, TextDecoding]:
+    """UTF-8 when the bytes are valid UTF-8, else windows-1252 (undefined bytes: U+FFFD)."""
+    try:
+        return payload.decode("utf-8"), TextDecoding(label, "utf-8", 0)
+    except UnicodeDecodeError:
+        text = payload.decode("cp1252", errors="replace")
+        return text, TextDecoding(label, FALLBACK_CHARSET, text.count(REPLACEMENT))
+
+
+def decode_text(payload: bytes, declared: str | None) -> tuple[str, TextDecoding | None]:
+    """The text of a part's decoded bytes, and how it was read when not as declared."""
+    label = clean_label(declared or "", MAX_CHARSET_LABEL).lower()
+    codec = _codec_for(label)
+    if codec is None:
+        return _read_without_charset(payload, label)
+    try:
+        return payload.decode(codec), None
+    except LookupError:  # not a text codec (base64, zlib...)
+        return _read_without_charset(payload, label)
+    except UnicodeError:
+        if codec == "ascii":  # no label or US-ASCII over 8-bit bytes: a missing label
+            return _read_without_charset(payload, label)
+    try:
+        text = payload.decode(codec, errors="replace")
+    except (LookupError, UnicodeError):  # a codec without "replace"
+        return _read_without_charset(payload, label)
+    return text, TextDecoding(label, label, text.count(REPLACEMENT))
+
+
+def _text_of(part: MIMEPart) -> tuple[str, TextDecoding | None]:
+    payload = part.get_payload(decode=True)
+    if not isinstance(payload, bytes):
+        return "", None
+    text, decoding = decode_text(payload, part.get_content_charset())
     if part.get_content_subtype() == "html":
-        return html_to_text(content)
-    return content
+        return html_to_text(text), decoding
+    return text, decoding
+
+
+def _merged(decodings: list[TextDecoding]) -> tuple[TextDecoding, ...]:
+    """One ``TextDecoding`` per (declared, read_as), their ``replaced`` summed."""
+    totals: dict[tuple[str, str], int] = {}
+    for decoding in decodings:
+        key = (decoding.declared, decoding.read_as)
+        totals[key] = totals.get(key, 0) + decoding.replaced
+    return tuple(TextDecoding(d, r, n) for (d, r), n in totals.items())
 
 
 def _attachment(part: MIMEPart) -> Attachment:
@@ -196,7 +295,7 @@ def read_message(message: bytes) -> LetterContent:
 
 def _read_message(parsed: EmailMessage) -> LetterContent:
     body_part = parsed.get_body(preferencelist=("plain", "html"))
-    texts = [_text_of(body_part)] if body_part is not None else []
+    read = [_text_of(body_part)] if body_part is not None else []
     attachments: list[Attachment] = []
     for count, (leaf, in_alternative) in enumerate(_leaves(parsed, 0, False), start=1):
         if count > MAX_MIME_PARTS:
@@ -212,13 +311,19 @@ def _read_message(parsed: EmailMessage) -> LetterContent:
         )
         if is_inline_text:
             if not in_alternative:  # an alternative of the body says the same thing
-                texts.append(_text_of(leaf))
+                read.append(_text_of(leaf))
             continue
         attachments.append(_attachment(leaf))
     if any(isinstance(defect, _FATAL_DEFECTS) for defect in parsed.defects):
         raise UnreadableMessage("malformed MIME message (broken multipart boundaries)")
-    body = _clean_text("\n\n".join(text.strip("\n") for text in texts if text.strip()))
+    body = _clean_text("\n\n".join(text.strip("\n") for text, _ in read if text.strip()))
     if len(body) > MAX_BODY_CHARACTERS:
         raise LetterTooLong(f"the body is longer than {MAX_BODY_CHARACTERS} characters")
     subject = clean_label(str(parsed.get("subject", "")), MAX_SUBJECT_CHARACTERS)
-    return LetterContent(subject=subject, body=body, attachments=tuple(attachments))
+    return LetterContent(
+        subject=subject,
+        body=body,
+        attachments=tuple(attachments),
+        decodings=_merged([decoding for _, decoding in read if decoding is not None]),
+        subject_replaced=subject.count(REPLACEMENT),
+    )

@@ -27,12 +27,13 @@ The outbox is created 0700 when missing.
 
 Manifest (JSON, UTF-8): the fields of ``Letter.manifest`` (format, version, created,
 language, sender, recipient key and name, address lines and warnings, page counts,
-attachment counts, pdf_sha256) plus ``queue_id``, ``recipient_address`` and
-``pdf_file``. Never the Subject, the body or attachment names: the manifest is what an
-operator's tooling logs.
+attachment counts, ``text_decoding`` and ``subject_replaced``: how text whose
+declared charset could not be used was read, see ``gateway.relay.letter_content``,
+pdf_sha256) plus ``queue_id``, ``recipient_address`` and ``pdf_file``. Never the
+Subject, the body or attachment names: the manifest is what an operator's tooling logs.
 
-Trust level: secure agent; writes only in the outbox; logs queue id, file names and page
-counts only.
+Trust level: secure agent; writes only in the outbox; logs queue id, file names, page
+counts and the number of charset warnings only.
 """
 
 from __future__ import annotations
@@ -183,5 +184,6 @@ def write_to_outbox(
         queue_id=queue_id,
         file=pdf_name,
         pages=letter.manifest["pages"]["total"],
+        charset_warnings=len(letter.manifest["text_decoding"]),
     )
     return pdf_path, manifest_path
