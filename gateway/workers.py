@@ -45,6 +45,10 @@ file) does not spin. ``aclose`` sends SIGTERM to every worker's process group, w
 to ``stop_timeout`` and then SIGKILLs the group. Processes are addressed only by their
 own PID / process group, never by name.
 
+How a worker ended decides its log line, and a configuration error (exit 2) is logged
+once per streak with the worker's own problem lines: ``gateway.worker_exits`` (the
+decisions are written there).
+
 Several crypto workers (ARCHITECTURE "crypto can use every core"): ``[gateway]
 crypto_workers`` (``crypto_worker_count``: 0 means one per CPU core the process may run
 on) secure agents and as many inbound agents are started, the worker of index K with
@@ -67,12 +71,15 @@ import argparse
 import asyncio
 import contextlib
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 from gateway.cli_common import SubParsers, add_config_argument
 from gateway.config import Config, load_config
@@ -80,6 +87,18 @@ from gateway.errors import MissiveError, UsageError
 from gateway.log import get_logger, setup_logging
 from gateway.spool.layout import CONSUMER_SLOTS
 from gateway.spool.spooldir import consumer_slot_scope
+from gateway.worker_exits import (
+    CONFIG_ERROR_REMINDER,
+    CONFIG_ERROR_STATUS,
+    PROBLEMS_ENV,
+    RETRY_EVERY,
+    ConfigErrorStreak,
+    config_file_of,
+    exit_report,
+    next_streak,
+    read_problems,
+    report_problems,
+)
 
 log = get_logger("workers")
 
@@ -91,11 +110,12 @@ QUEUE_CONSUMERS: tuple[WorkerKind, ...] = ("agent", "relay", "inbound", "deliver
 SLOTTED: tuple[WorkerKind, ...] = (*QUEUE_CONSUMERS, "front")  # take --slot K
 DEFAULT_PROGRAM: tuple[str, ...] = (sys.executable, "-m", "gateway")
 BACKOFF_FIRST = 0.5
-BACKOFF_MAX = 30.0
+BACKOFF_MAX = RETRY_EVERY  # 30 s
 STABLE_AFTER = 60.0  # seconds of life after which a crash restarts without delay growth
 STOP_TIMEOUT = 10.0
 SUPERVISOR_ENV = "MISSIVE_SUPERVISOR_PID"  # set for each worker: see ``supervisor_pid``
 ORPHAN_CHECK_EVERY = 1.0  # seconds between a front worker's checks of its parent
+RECOVERED_AFTER = 10.0  # seconds of life that end a worker's configuration-error streak
 
 
 # -- missive worker agent|relay ----------------------------------------------------------
@@ -132,6 +152,19 @@ def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
 
 
 def run_worker(args: argparse.Namespace) -> int:
+    """``missive worker KIND``: run the stage; a ``MissiveError`` goes to the supervisor's
+    problems file when ``serve`` gave one (``PROBLEMS_ENV``), else to ``gateway.cli``
+    (one line per problem on stderr). Either way the exit status is the error's."""
+    problems_file = os.environ.pop(PROBLEMS_ENV, "")  # not for the worker's own children
+    try:
+        return _run_worker(args)
+    except MissiveError as error:
+        if not problems_file or not report_problems(Path(problems_file), error):
+            raise
+        return error.status
+
+
+def _run_worker(args: argparse.Namespace) -> int:
     kind: WorkerKind = args.kind
     slot = checked_slot(kind, args.slot)
     config = load_config(args.config, agent_keys=kind in KEY_HOLDERS)
@@ -308,10 +341,17 @@ class Worker:
     restarts: int = 0
     started_at: float = 0.0
     exits: list[int] = field(default_factory=list)
+    streak: ConfigErrorStreak | None = None  # while its restarts exit 2
+    delay: float | None = None  # before its next restart after a crash (None: the first)
 
     @property
     def pid(self) -> int | None:
         return self.process.pid if self.process is not None else None
+
+    @property
+    def kind(self) -> str:
+        """``agent`` for ``agent-2`` (``worker_commands`` names), else the name."""
+        return self.name.rpartition("-")[0] or self.name
 
 
 class WorkerGroup:
@@ -324,61 +364,140 @@ class WorkerGroup:
         backoff_first: float = BACKOFF_FIRST,
         backoff_max: float = BACKOFF_MAX,
         stop_timeout: float = STOP_TIMEOUT,
+        recovered_after: float = RECOVERED_AFTER,
+        config_error_reminder: float = CONFIG_ERROR_REMINDER,
     ) -> None:
         self.workers = [Worker(name, tuple(argv)) for name, argv in commands]
         self.backoff_first = backoff_first
         self.backoff_max = backoff_max
         self.stop_timeout = stop_timeout
+        self.recovered_after = recovered_after
+        self.config_error_reminder = config_error_reminder
         self._closing = False
         self._tasks: list[asyncio.Task[None]] = []
         self._started: dict[str, asyncio.Event] = {}
+        self._problems_dir: Path | None = None
 
     async def start(self) -> None:
         """Spawn every worker (raises ``OSError`` if one cannot be spawned at all)."""
+        self._problems_dir = _private_temporary_dir()
         for worker in self.workers:
             await self._spawn(worker)
         self._tasks = [asyncio.create_task(self._supervise(w)) for w in self.workers]
 
+    def _problems_file(self, worker: Worker) -> Path | None:
+        """Where ``worker`` writes its problem lines; None without a directory for them
+        (the worker then prints them on stderr)."""
+        return None if self._problems_dir is None else self._problems_dir / worker.name
+
     async def _spawn(self, worker: Worker) -> None:
+        environment = {**os.environ, SUPERVISOR_ENV: str(os.getpid())}
+        problems = self._problems_file(worker)
+        if problems is not None:
+            with contextlib.suppress(OSError):  # a stale file would be read as this run's
+                problems.unlink(missing_ok=True)
+            environment[PROBLEMS_ENV] = str(problems)
         worker.process = await asyncio.create_subprocess_exec(
             *worker.argv,
             start_new_session=True,
             stdin=asyncio.subprocess.DEVNULL,
-            env={**os.environ, SUPERVISOR_ENV: str(os.getpid())},
+            env=environment,
         )
         worker.started_at = time.monotonic()
         log.info("worker.spawned", worker=worker.name, pid=worker.process.pid)
         self._started.setdefault(worker.name, asyncio.Event()).set()
 
     async def _supervise(self, worker: Worker) -> None:
-        delay = self.backoff_first
         while True:
-            assert worker.process is not None
-            status = await worker.process.wait()
+            status = await self._wait_exit(worker)
             worker.exits.append(status)
             if self._closing:
                 return
-            lived = time.monotonic() - worker.started_at
-            if lived >= STABLE_AFTER:
-                delay = self.backoff_first
-            log.error(
-                "worker.exited",
-                worker=worker.name,
-                pid=worker.process.pid,
-                status=status,
-                restart_in=f"{delay:.1f}s",
-            )
+            delay = self._log_exit(worker, status, read_problems(self._problems_file(worker)))
             self._started[worker.name].clear()
             await asyncio.sleep(delay)
             if self._closing:
                 return
-            delay = min(delay * 2, self.backoff_max)
             try:
                 await self._spawn(worker)
             except OSError as error:  # try again after the next back-off
                 log.error("worker.spawn_failed", worker=worker.name, error=str(error))
                 continue
             worker.restarts += 1
+
+    async def _wait_exit(self, worker: Worker) -> int:
+        """The exit status of ``worker``'s process; logs ``worker.recovered`` once it has
+        run ``recovered_after`` seconds after a configuration-error streak."""
+        assert worker.process is not None
+        waiting = asyncio.ensure_future(worker.process.wait())
+        try:
+            if worker.streak is not None:
+                done, _ = await asyncio.wait({waiting}, timeout=self.recovered_after)
+                if not done and not self._closing:  # not a worker that serve is stopping
+                    self._recovered(worker)
+            return await waiting
+        finally:
+            waiting.cancel()  # only if this task is cancelled first
+
+    def _recovered(self, worker: Worker) -> None:
+        streak = worker.streak
+        assert streak is not None
+        worker.streak = None
+        worker.delay = None  # the back-off starts again from the first
+        log.info(
+            "worker.recovered",
+            worker=worker.name,
+            kind=worker.kind,
+            pid=worker.pid,
+            failing_for=f"{time.monotonic() - streak.since:.0f}s",
+            retries=streak.retries,
+        )
+
+    def _log_exit(self, worker: Worker, status: int, problems: tuple[str, ...]) -> float:
+        """Log how ``worker`` ended (module docstring); the delay before its restart."""
+        now = time.monotonic()
+        report = exit_report(status, retry_every=self.backoff_max)
+        fields: dict[str, Any] = {
+            "worker": worker.name,
+            "kind": worker.kind,
+            "pid": worker.pid,
+            "status": status,
+            **report.fields,
+        }
+        if problems:
+            fields["problems"] = "; ".join(problems)
+        if status == CONFIG_ERROR_STATUS:
+            return self._log_config_error(worker, problems, now, fields)
+        worker.streak = None
+        if now - worker.started_at >= STABLE_AFTER:
+            worker.delay = None
+        delay = self.backoff_first if worker.delay is None else worker.delay
+        worker.delay = min(delay * 2, self.backoff_max)
+        _LEVELS[report.level](report.event, **fields, restart_in=f"{delay:.1f}s")
+        return delay
+
+    def _log_config_error(
+        self, worker: Worker, problems: tuple[str, ...], now: float, fields: dict[str, Any]
+    ) -> float:
+        """One line per streak of exits 2 (module docstring); the longest back-off."""
+        worker.streak, first_or_news = next_streak(
+            worker.streak, problems, now, self.config_error_reminder
+        )
+        streak = worker.streak
+        if not first_or_news:
+            log.debug("worker.config_error_retry", worker=worker.name, retries=streak.retries)
+            return self.backoff_max
+        if streak.retries:
+            fields["failing_for"] = f"{now - streak.since:.0f}s"
+            fields["retries"] = streak.retries
+        fields.setdefault("problems", "(none reported)")
+        log.error(
+            "worker.config_error",
+            **fields,
+            config=config_file_of(worker.argv),
+            restart_in=f"{self.backoff_max:.1f}s",
+        )
+        return self.backoff_max
 
     async def wait_running(self, name: str) -> Worker:
         """Wait until worker ``name`` has a live process (tests, ``serve``'s ready line)."""
@@ -400,6 +519,8 @@ class WorkerGroup:
         await asyncio.gather(*self._tasks, return_exceptions=True)
         self._tasks = []
         await self._stop_live()
+        if self._problems_dir is not None:
+            shutil.rmtree(self._problems_dir, ignore_errors=True)
 
     async def _stop_live(self) -> None:
         """SIGTERM the process group of every live worker, wait up to ``stop_timeout``,
@@ -416,6 +537,19 @@ class WorkerGroup:
                     _signal_group(process.pid, signal.SIGKILL)
             if pending:
                 await asyncio.wait(pending)
+
+
+def _private_temporary_dir() -> Path | None:
+    """A new directory only this user can use (``mkdtemp``: mode 0700, a random name),
+    for the workers' problems files; None if none can be made (logged)."""
+    try:
+        return Path(tempfile.mkdtemp(prefix="missive-workers-"))
+    except OSError as error:
+        log.warning("worker.no_problems_dir", error=str(error), effect="problems on stderr")
+        return None
+
+
+_LEVELS: dict[str, Callable[..., None]] = {"warning": log.warning, "error": log.error}
 
 
 def _signal_group(pid: int, signum: signal.Signals) -> None:
