@@ -8,7 +8,16 @@
   in UTF-8 to stdout or to a new file (``--output``, created 0600, never overwritten,
   removed again if the export fails: a partial CSV would look complete). Times
   are ISO 8601 dates or date-times, UTC when no offset is given; a date alone as
-  ``--until`` includes that whole day.
+  ``--until`` includes that whole day. It verifies the chain first, in the same pass
+  and read snapshot (``gateway.audit.export.export_verified``: the whole trail, not
+  only the range), and takes ``--anchor`` as ``verify`` does. On a break it writes
+  nothing and exits 1 with ``verify``'s lines on stderr; ``--allow-broken`` writes the
+  export anyway, opened by an ``UNVERIFIED EXPORT`` line saying where the chain broke
+  (still exit 1). A sound export is byte-for-byte what it always was, and stderr stays
+  empty but for notes: a range reaching before the last prune's cutoff (those records
+  are gone), and the anchor's outcome. The export is built in a private temporary
+  buffer (memory, then an unnamed 0600 file in the temporary directory) and copied
+  out once verified, so stdout never receives records of a trail that then fails.
 - ``prune`` applies ``[audit] retention``: deletes the records older than now minus
   the retention and appends a checkpoint record (the chain still verifies). It
   refuses to prune a trail that does not verify (exit 1), and a ``--before`` in the
@@ -27,7 +36,9 @@ import codecs
 import getpass
 import io
 import os
+import shutil
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import UTC, date, datetime, timedelta
@@ -35,8 +46,16 @@ from pathlib import Path
 from typing import TextIO, cast
 
 from gateway.audit.chain import Anchor, VerifyReport
-from gateway.audit.export import EXPORT_FORMATS, ExportFormat, write_export
-from gateway.audit.record import AuditRecord, RecordFormatError
+from gateway.audit.export import (
+    EXPORT_FORMATS,
+    UNVERIFIED_MARK,
+    ExportFormat,
+    ExportOutcome,
+    TimeRange,
+    export_verified,
+    unverified_notice,
+)
+from gateway.audit.record import RecordFormatError
 from gateway.audit.store import AuditChainBroken, AuditStore, PruneResult
 from gateway.cli_common import SubParsers, add_config_argument, load_config_from_args
 from gateway.errors import UsageError
@@ -53,11 +72,7 @@ def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
 
     verify = actions.add_parser("verify", help="check the hash chain; print the head")
     _add_source_arguments(verify)
-    verify.add_argument(
-        "--anchor",
-        metavar="SEQ:HASH",
-        help="a head noted earlier: fail if that record changed or the trail ends before it",
-    )
+    _add_anchor_argument(verify)
     verify.set_defaults(handler=run_verify)
 
     export = actions.add_parser("export", help="write records as csv or jsonl")
@@ -68,6 +83,13 @@ def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
     )
     export.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="export_format")
     export.add_argument("--output", type=Path, metavar="FILE", help="new file (default: stdout)")
+    _add_anchor_argument(export)
+    export.add_argument(
+        "--allow-broken",
+        action="store_true",
+        help="export even if the chain does not verify; the file then opens with an "
+        "UNVERIFIED EXPORT line saying where it broke (exit status still 1)",
+    )
     export.set_defaults(handler=run_export)
 
     prune = actions.add_parser("prune", help="apply the retention, leaving a checkpoint")
@@ -84,6 +106,14 @@ def _add_source_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_argument(parser)
     parser.add_argument(
         "--db", type=Path, metavar="PATH", help="audit database to use instead of --config's"
+    )
+
+
+def _add_anchor_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--anchor",
+        metavar="SEQ:HASH",
+        help="a head noted earlier: fail if that record changed or the trail ends before it",
     )
 
 
@@ -129,15 +159,13 @@ def _cli_actor() -> str:
         return f"cli:uid={os.getuid()}"
 
 
-def _verified_records(records: Iterator[AuditRecord]) -> Iterator[AuditRecord]:
-    """Pass records through, turning an unreadable row into a clear negative answer."""
+def _anchor_argument(text: str | None) -> Anchor | None:
+    if text is None:
+        return None
     try:
-        yield from records
-    except RecordFormatError as error:
-        raise AuditChainBroken(
-            f"record seq {error.seq} is unreadable ({error.reason}): edited outside "
-            "Missive; run `missive audit verify`"
-        ) from None
+        return Anchor.parse(text)
+    except ValueError as error:
+        raise UsageError(f"--anchor: {error}") from None
 
 
 @contextmanager
@@ -208,12 +236,7 @@ def describe_report(report: VerifyReport) -> list[str]:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    anchor = None
-    if args.anchor is not None:
-        try:
-            anchor = Anchor.parse(args.anchor)
-        except ValueError as error:
-            raise UsageError(f"--anchor: {error}") from None
+    anchor = _anchor_argument(args.anchor)
     with AuditStore.open_reader(_database_path(args)) as store:
         report = store.verify(anchor)
     for line in describe_report(report):
@@ -224,20 +247,101 @@ def run_verify(args: argparse.Namespace) -> int:
 # -- export ----------------------------------------------------------------------------
 
 
+_REFUSED = (
+    "nothing exported: the trail does not verify (--allow-broken exports it anyway, "
+    f"opened by an {UNVERIFIED_MARK} line)"
+)
+_BUFFER_IN_MEMORY = 8 * 1024 * 1024  # characters of export kept in memory before a temp file
+
+
 def run_export(args: argparse.Namespace) -> int:
-    since = None if args.since is None else parse_time_bound(args.since, "--since")
-    until = None if args.until is None else parse_time_bound(args.until, "--until", end_of_day=True)
+    window = _export_window(args.since, args.until)
+    anchor = _anchor_argument(args.anchor)
+    export_format: ExportFormat = args.export_format
+    allow_broken: bool = args.allow_broken
+    with (
+        AuditStore.open_reader(_database_path(args)) as store,
+        _output_stream(args.output) as stream,
+        _export_buffer() as buffer,
+    ):
+        try:
+            outcome = export_verified(
+                store.iter_rows(),
+                buffer,
+                export_format,
+                window=window,
+                anchor=anchor,
+                keep_going=allow_broken,
+            )
+        except RecordFormatError as error:
+            raise AuditChainBroken([_unreadable(error), _REFUSED]) from None
+        if not outcome.verified and not allow_broken:
+            raise AuditChainBroken([*describe_report(outcome.report), _REFUSED])
+        _deliver(outcome, buffer, stream, export_format)
+    for line in export_notes(outcome, window, anchor):
+        print(line, file=sys.stderr)
+    return 0 if outcome.verified else 1
+
+
+def _export_window(since_text: str | None, until_text: str | None) -> TimeRange:
+    since = None if since_text is None else parse_time_bound(since_text, "--since")
+    until = None if until_text is None else parse_time_bound(until_text, "--until", end_of_day=True)
     if since is not None and until is not None and since >= until:
         raise UsageError("--since must be earlier than --until")
-    export_format: ExportFormat = args.export_format
-    with AuditStore.open_reader(_database_path(args)) as store:
-        records = _verified_records(store.iter_records(since=since, until=until))
-        with _output_stream(args.output) as stream:
-            try:
-                write_export(records, stream, export_format)
-            except BrokenPipeError:  # `missive audit export ... | head`: the reader left
-                _silence_stdout()
-    return 0
+    return TimeRange(since, until)
+
+
+def _unreadable(error: RecordFormatError) -> str:
+    return (
+        f"record seq {error.seq} is unreadable ({error.reason}): edited outside "
+        "Missive; run `missive audit verify`"
+    )
+
+
+@contextmanager
+def _export_buffer() -> Iterator[TextIO]:
+    """Where the export waits for the end of the walk: memory, then an unnamed 0600
+    temporary file (``O_TMPFILE`` on Linux), gone when closed."""
+    with tempfile.SpooledTemporaryFile(
+        max_size=_BUFFER_IN_MEMORY, mode="w+", encoding="utf-8", newline=""
+    ) as buffer:
+        yield cast(TextIO, buffer)
+
+
+def _deliver(
+    outcome: ExportOutcome, buffer: TextIO, stream: TextIO, export_format: ExportFormat
+) -> None:
+    """Copy the verified (or marked) export out of its buffer."""
+    buffer.seek(0)
+    try:
+        if not outcome.verified:
+            stream.write(unverified_notice(outcome, export_format))
+        shutil.copyfileobj(buffer, stream)
+        stream.flush()
+    except BrokenPipeError:  # `missive audit export ... | head`: the reader left
+        _silence_stdout()
+
+
+def export_notes(outcome: ExportOutcome, window: TimeRange, anchor: Anchor | None) -> list[str]:
+    """The lines ``export`` prints on stderr once the export is written."""
+    report = outcome.report
+    if not outcome.verified:
+        return [
+            *describe_report(report),
+            f"exported anyway (--allow-broken): {outcome.exported} records, "
+            f"opened by an {UNVERIFIED_MARK} line",
+        ]
+    notes = []
+    checkpoint = report.checkpoint
+    since = window.texts()[0]
+    if report.first_seq not in (None, 1) and checkpoint is not None and since < checkpoint.cutoff:
+        notes.append(
+            f"note: the trail was pruned: records before seq {report.first_seq} (older than "
+            f"{checkpoint.cutoff}) are no longer in it, nor in this export"
+        )
+    if anchor is not None:
+        notes.extend(describe_report(report)[1:])
+    return notes
 
 
 def _silence_stdout() -> None:
