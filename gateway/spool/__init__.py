@@ -27,7 +27,11 @@ Modules, each small and named by concern:
   child process that runs ``writer`` for it, the front's side of the link, and the
   frames between the two (why a process: ``scribe``);
 - ``queue``: ``Queue`` (add, claim, defer, complete, bounce, hold, release, retry,
-  delete, hand_off, recover, scan), the async orchestration of each operation;
+  delete, hand_off, recover, scan), the async orchestration of each operation, one
+  module per concern: ``queue_values`` (``Claimed``, ``RecoveryReport``), ``queue_core``
+  (its state, looking, shared steps), ``queue_writing`` (add, hand_off),
+  ``queue_claims`` (claim, read, defer), ``queue_operator`` (hold, release, retry), and
+  ``queue`` itself (complete, bounce, delete, recover);
 - ``stagefiles``: the blocking file operations behind it (claim by rename, locate,
   rewrite a version, recovery, the consumer lock);
 - ``tombstones``: ``handed/``, what keeps a hand-off idempotent after its child has

@@ -18,27 +18,43 @@ before it::
                                        quarantine           active/ -> corrupt/
     operator (``missive queue``): hold/release/retry/delete by id, never in ``active/``
 
-Invariants:
+``Queue`` is one class made of one part per concern, each a module with its own
+invariants::
+
+    queue_values     Claimed, RecoveryReport, check_entry_name: the values it hands out
+    queue_core       QueueCore: its state, locate/locate_path/scan, and the steps the
+                     sides share (rewrite a version, move to corrupt/, record an event)
+    queue_writing    WriterSide: add, open_writer, hand_off (idempotent hand-offs)
+    queue_claims     ConsumerSide: claim, content, read_all, defer, quarantine
+    queue_operator   OperatorSide: hold, release, retry, the checks of actions by name
+    queue (here)     Queue: how entries leave the spool (complete, bounce, delete, with
+                     the tombstone rule) and a slot's clean-up (recover, remove_debris,
+                     sweep_if_due, close)
+
+Why base classes (mixins) rather than module-level functions the class delegates to:
+each method moved unchanged (its ``self``, signature and body), so ``Queue`` keeps its
+one class and its exact API, the split adds no second signature per operation, and a
+reader finds an operation as a method in the module of its concern. The parts share
+state only through ``QueueCore.__init__`` (every attribute is set there) and do not call
+each other, except ``Queue`` here, which uses the operator's checks for ``delete``.
+Every name that callers import from this module (``Queue``, ``Claimed``,
+``RecoveryReport``, ``check_entry_name``, ``READ_AHEAD``, ``ContentSource``) still is.
+Removals and recovery stay here, as one concern (entries leaving the spool, with the
+tombstone rule, and what a crash left behind), and because tests patch ``remove_children_of``,
+``remove_stale_temps`` and ``DEBRIS_SWEEP_INTERVAL`` on this module: the code that uses
+them must live in it.
+
+Invariants (the whole queue; each part's own are in its module):
 
 - **Nothing acknowledged is lost.** An entry exists as exactly one complete file in one
   state directory; every move is one ``rename``; files are never modified in place (a
   new version replaces the old one atomically, ``gateway.spool.record``). What is
   fsynced when is in ``gateway.spool.commit``.
-- **At most a duplicate.** A hand-off writes the child entry (id derived from the
-  parent's id and the hand-off key, ``ids.child_queue_id``) durably *before* the parent
-  is completed; after a crash between the two, the parent is processed again and the
-  hand-off finds its child already there and writes nothing. If the next stage removed
-  the child meanwhile, it first left a tombstone (``handed/``, written only while the
-  parent is still in the spool; ``gateway.spool.tombstones``), which the hand-off finds
-  instead. Only a crash after the next hop's ``250`` and before ``complete`` delivers
-  twice (ARCHITECTURE).
-- **Unreadable entries are kept.** A file that fails validation (or whose name is not
-  the queue id inside it) is moved to ``corrupt/`` with a ``spool.corrupt`` event; the
-  gateway never deletes it (an operator may, with ``missive queue delete``).
-- **Safe while running.** Operator actions are renames that happen entirely or not at
-  all; an entry in ``active/`` belongs to its consumer and is refused with a clear
-  ``EntryStateError``; a rename that loses a race to a claimer (``ENOENT``) is
-  reported the same way, never retried blindly.
+- **At most a duplicate.** A hand-off writes its child durably before the parent is
+  completed (``gateway.spool.queue_writing``). A removal here of a child whose parent is
+  still in the spool first leaves a tombstone (``handed/``; ``gateway.spool.tombstones``)
+  that a repeated hand-off finds. Only a crash after the next hop's ``250`` and before
+  ``complete`` delivers twice (ARCHITECTURE).
 - **One consumer per slot at a time; several slots per stage.** Slot K claims into its
   own active directory (``active/`` for slot 0, ``active/<K>/`` otherwise) and
   ``recover()`` takes slot K's lock (``consumer.lock``, ``consumer-<K>.lock``; ``flock``,
@@ -50,21 +66,22 @@ Invariants:
   and is not running): it takes that lock for the move, so a consumer of that slot
   starting at the same moment waits as a standby and then finds its directory empty.
   An entry is processed by at most one live consumer because a claim is one rename out
-  of ``incoming/``/``deferred/``, and an entry goes back there only from a dead
-  consumer's directory. The slot of a ``Queue`` comes from its ``Spool``
-  (``gateway.spool.spooldir``); a single consumer is slot 0, the layout of old.
-- **Few thread hops per entry** (issues #6/#7: every consumer pays this path). A
-  claim is one I/O job, which can also read a small entry whole
-  (``claim(read_ahead=...)``, its SHA-256 checked; ``read_all`` then returns those
-  bytes); a hand-off's "already there?" (child, then tombstone, in that order) is one
-  job; a removal's look for the parent (the tombstone rule) is made in the
-  group-committed job that unlinks the entry (when the parent is still there, nothing
-  is unlinked: the tombstone is written first), and so is the look for tombstones of
-  the entry's own children: a clean-up job follows only if it saw some (or wrote a
-  tombstone).
-- **Audit.** Removals (complete, bounce, delete) are recorded before they happen, and
-  an operator's move is undone if its event cannot be recorded; the audit error is
-  raised in every case except the clean-up of a write that is already failing.
+  of ``incoming/``/``deferred/`` (``gateway.spool.queue_claims``), and an entry goes
+  back there only from a dead consumer's directory. The slot of a ``Queue`` comes from
+  its ``Spool`` (``gateway.spool.spooldir``); a single consumer is slot 0, the layout of
+  old.
+- **Few thread hops per entry** (issues #6/#7). A removal's look for the parent (the
+  tombstone rule) is made in the group-committed job that unlinks the entry (when the
+  parent is still there, nothing is unlinked: the tombstone is written first), and so
+  is the look for tombstones of the entry's own children: a clean-up job follows only
+  if it saw some (or wrote a tombstone).
+- **Audit.** Removals (complete, bounce, delete) are recorded before they happen; a
+  deletion is undone if its event cannot be recorded (so is an operator's move,
+  ``gateway.spool.queue_operator``); the audit error is raised in every case except the
+  clean-up of a write that is already failing.
+- **Debris is never an entry.** ``tmp/`` holds writes no ``250`` was sent for, second
+  names a crash left and deletions a crash cut short; ``recover`` and, while the
+  consumer runs, ``sweep_if_due`` remove what is older than ``STALE_TEMP_AGE``.
 
 Trust level: any gateway process that owns a stage; sees content only through the
 reader it hands to the consumer.
@@ -73,328 +90,58 @@ reader it hands to the consumer.
 from __future__ import annotations
 
 import time
-from collections import deque
-from collections.abc import AsyncIterable, AsyncIterator, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 
 from gateway.audit.errors import AuditWriteError
 from gateway.log import get_logger
-from gateway.spool.atomic import DELETING_SUFFIX, as_spool_error, move, remove, temp_name
-from gateway.spool.commit import Change
-from gateway.spool.entry import CHUNK_SIZE, EntryReader
-from gateway.spool.errors import CorruptEntry, EntryNotFound, EntryStateError, SpoolError
-from gateway.spool.events import entry_event, outcome_of
-from gateway.spool.ids import QueueId, child_queue_id, is_queue_id, new_queue_id
-from gateway.spool.layout import StageDirs, State
-from gateway.spool.model import (
-    Envelope,
-    Origin,
-    QueueRecord,
-    RecipientState,
-    RecipientStatus,
-)
-from gateway.spool.runtime import SpoolRuntime
+from gateway.spool.atomic import DELETING_SUFFIX, move, remove, temp_name
+from gateway.spool.errors import SpoolError
+from gateway.spool.events import outcome_of
+from gateway.spool.ids import QueueId
+from gateway.spool.layout import State
+from gateway.spool.model import QueueRecord, RecipientState, RecipientStatus
+from gateway.spool.queue_claims import READ_AHEAD, ConsumerSide
+from gateway.spool.queue_operator import OperatorSide
+from gateway.spool.queue_values import Claimed, RecoveryReport, check_entry_name
+from gateway.spool.queue_writing import ContentSource, WriterSide
 from gateway.spool.stagefiles import (
-    ConsumerLock,
-    EntryInfo,
-    Taken,
-    find_entry,
-    list_candidates,
-    locate,
-    move_back,
-    move_deferred,
-    move_to_free_name,
     read_quietly,
     remove_stale_temps,
     requeue_active,
     requeue_orphaned_slots,
-    scan,
-    take,
-    write_version,
 )
 from gateway.spool.tombstones import (
-    HandedListings,
     has_children,
-    has_tombstone,
     parent_alive,
     remove_children_of,
     remove_orphans,
     remove_tombstone,
     write_tombstone,
 )
-from gateway.spool.writer import EntryWriter
 
-ContentSource = bytes | AsyncIterable[bytes]
+__all__ = [
+    "DEBRIS_SWEEP_INTERVAL",
+    "READ_AHEAD",
+    "STALE_TEMP_AGE",
+    "Claimed",
+    "ContentSource",
+    "Queue",
+    "RecoveryReport",
+    "check_entry_name",
+]
 
 STALE_TEMP_AGE = timedelta(hours=1)
 DEBRIS_SWEEP_INTERVAL = 15 * 60.0  # seconds between two sweeps of tmp/ by a running consumer
-READ_AHEAD = 1024 * 1024  # bytes: what a stage that reads every entry whole reads at claim
-_MAX_NAME = 255
 
 _log = get_logger("spool")
 
 
-@dataclass(frozen=True, slots=True)
-class Claimed:
-    """An entry a consumer holds in ``active/``: its record, and its content on demand.
+class Queue(WriterSide, ConsumerSide, OperatorSide):
+    """The entries of one stage. Built by ``Spool.queue``. Its parts: module docstring."""
 
-    ``preloaded`` is the whole content when the claim read it (``Queue.read_all`` returns
-    it), or its damage (``CorruptEntry``: the SHA-256 did not match); None if not read."""
-
-    stage: str
-    queue_id: QueueId
-    path: Path
-    record: QueueRecord
-    claimed_from: State
-    preloaded: bytes | CorruptEntry | None = field(default=None, repr=False, compare=False)
-
-    def open(self) -> EntryReader:
-        """A blocking reader of the content (for worker code outside the event loop)."""
-        return EntryReader(self.path)
-
-
-@dataclass(frozen=True, slots=True)
-class RecoveryReport:
-    """What ``recover`` did: entries moved back, debris removed from ``tmp/``, tombstones
-    of ``handed/`` removed because their parent has left the spool."""
-
-    requeued: tuple[str, ...]
-    removed_temps: tuple[str, ...]
-    removed_tombstones: tuple[str, ...] = ()
-
-
-def check_entry_name(name: str) -> str:
-    """``name`` if it can name a file in a state directory; ``UsageError`` if not."""
-    if not name or len(name) > _MAX_NAME or "/" in name or "\x00" in name or name.startswith("."):
-        raise EntryNotFound(f"not a queue id or entry name: {name!r}")
-    return name
-
-
-async def _chunks(content: ContentSource) -> AsyncIterator[bytes]:
-    if isinstance(content, bytes | bytearray | memoryview):
-        yield bytes(content)
-        return
-    async for chunk in content:
-        yield chunk
-
-
-class Queue:
-    """The entries of one stage. Built by ``Spool.queue``."""
-
-    def __init__(self, runtime: SpoolRuntime, dirs: StageDirs, slot: int = 0) -> None:
-        self._runtime = runtime
-        self.dirs = dirs
-        self.slot = slot
-        self._candidates: deque[tuple[State, str]] = deque()
-        self._lock = ConsumerLock(dirs, slot)
-        self._active_ready = slot == 0  # slot 0's active/ is made with the stage
-        self._handed = HandedListings()
-        self._next_sweep: float | None = None  # monotonic time of the next debris sweep
-
-    @property
-    def name(self) -> str:
-        return self.dirs.name
-
-    # -- writing new entries -----------------------------------------------------------
-
-    async def open_writer(
-        self,
-        envelope: Envelope,
-        origin: Origin,
-        *,
-        queue_id: QueueId | None = None,
-        received: datetime | None = None,
-    ) -> EntryWriter:
-        """Start a new entry (the SMTP DATA path); see ``EntryWriter``. ``queue_id`` and
-        ``received`` are the ones an SMTP front chose before handing the entry to its
-        scribe (``gateway.spool.scribe``); by default a new id, and now."""
-        now = self._runtime.clock() if received is None else received
-        return self._writer(
-            new_queue_id(now.timestamp()) if queue_id is None else queue_id,
-            envelope,
-            origin,
-            received=now,
-            limit=self._runtime.max_message_size,
-        )
-
-    async def add(self, envelope: Envelope, origin: Origin, content: ContentSource) -> QueueId:
-        """Write a whole entry from ``content`` (bytes or an async byte source)."""
-        writer = await self.open_writer(envelope, origin)
-        async with writer:
-            async for chunk in _chunks(content):
-                await writer.write(chunk)
-            return await writer.commit()
-
-    def _writer(
-        self,
-        queue_id: QueueId,
-        envelope: Envelope,
-        origin: Origin,
-        *,
-        received: datetime,
-        limit: int | None,
-        parent: QueueId | None = None,
-        parent_stage: str | None = None,
-        key: str | None = None,
-    ) -> EntryWriter:
-        return EntryWriter(
-            self._runtime,
-            self.dirs,
-            queue_id=queue_id,
-            envelope=envelope,
-            origin=origin,
-            received=received,
-            parent=parent,
-            parent_stage=parent_stage,
-            key=key,
-            limit=limit,
-        )
-
-    async def hand_off(
-        self,
-        entry: Claimed,
-        to: Queue,
-        key: str,
-        envelope: Envelope,
-        content: ContentSource,
-        origin: Origin | None = None,
-        *,
-        new_message: bool = False,
-    ) -> QueueId:
-        """Write the child ``key`` of ``entry`` into stage ``to``; idempotent.
-
-        The child id is derived from ``entry``'s id and ``key``: if the child already
-        exists in ``to``, or was there and has been removed since (its tombstone is in
-        ``to``'s ``handed/``), nothing is written and its id is returned - a hand-off
-        repeated after a crash. The child keeps the parent's ``received`` time (its
-        expiry counts from the first acceptance) unless ``new_message`` (a DSN, an
-        MDN: a message of its own, received now); it keeps the parent's origin unless
-        ``origin`` is given. Complete ``entry`` only after every hand-off returned. No
-        size limit: a stage's output is bounded by its input.
-        """
-        child = child_queue_id(entry.queue_id, key)
-        if await self._handed_already(entry.queue_id, to, child):
-            _log.info("spool.handoff_exists", queue_id=child, parent=entry.queue_id, key=key)
-            return child
-        writer = to._writer(
-            child,
-            envelope,
-            origin or entry.record.origin,
-            received=self._runtime.clock() if new_message else entry.record.received,
-            limit=None,
-            parent=entry.queue_id,
-            parent_stage=entry.stage,
-            key=key,
-        )
-        async with writer:
-            async for chunk in _chunks(content):
-                await writer.write(chunk)
-            return await writer.commit()
-
-    async def _handed_already(self, parent: QueueId, to: Queue, child: QueueId) -> bool:
-        """The child is in ``to``, or was (its tombstone); one I/O job. In this order: a
-        child is removed only after its tombstone is durable, so one that the first look
-        misses has a tombstone by the second (``gateway.spool.tombstones``)."""
-        dirs = to.dirs
-        return await self._runtime.run(
-            lambda: locate(dirs, child) is not None or has_tombstone(dirs, parent, child)
-        )
-
-    # -- consumer side -----------------------------------------------------------------
-
-    async def claim(self, *, read_ahead: int = 0) -> Claimed | None:
-        """Take the oldest entry of ``incoming/``, else the most overdue of ``deferred/``.
-
-        Returns None when there is nothing to do. Files that do not validate are moved
-        to ``corrupt/`` on the way. An entry of at most ``read_ahead`` bytes of content
-        is read whole in the same I/O job, through the descriptor its record was read
-        from (``Claimed.preloaded``: what ``read_all`` returns, the bytes as checked
-        then; a stage that reads every entry at once passes ``READ_AHEAD``).
-        """
-        await self._ensure_active()
-        for refill in (False, True):
-            if refill:
-                await self._refill()
-            while self._candidates:
-                state, name = self._candidates.popleft()
-                claimed = await self._try_claim(state, name, read_ahead)
-                if claimed is not None:
-                    return claimed
-        return None
-
-    async def _refill(self) -> None:
-        now = self._runtime.clock().timestamp()
-        self._candidates.extend(await self._runtime.run(lambda: list_candidates(self.dirs, now)))
-
-    async def _ensure_active(self) -> None:
-        if not self._active_ready:
-            await self._runtime.run(lambda: self.dirs.create_active(self.slot))
-            self._active_ready = True
-
-    async def _try_claim(self, state: State, name: str, read_ahead: int) -> Claimed | None:
-        slot, dirs = self.slot, self.dirs
-        active = dirs.active(slot) / name
-        checkpoint = self._runtime.checkpoint
-
-        def take_it() -> Taken | CorruptEntry | None:
-            return take(dirs, state, name, checkpoint, slot, read_ahead)
-
-        taken = await self._runtime.run(take_it)
-        if isinstance(taken, CorruptEntry):
-            await self._to_corrupt(active, name, taken.reason)
-            return None
-        if taken is None:
-            return None
-        record = taken.record
-        return Claimed(self.name, record.queue_id, active, record, state, taken.content)
-
-    async def content(self, entry: Claimed, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
-        """The content of a claimed entry, chunk by chunk, read in the I/O threads.
-
-        The last chunk comes only after the SHA-256 matched (``CorruptEntry`` if not:
-        call ``quarantine``).
-        """
-        reader = await self._runtime.run(entry.open)
-        try:
-            while chunk := await self._runtime.run_to_end(lambda: reader.read(chunk_size)):
-                yield chunk
-        finally:
-            reader.close()
-
-    async def read_all(self, entry: Claimed) -> bytes:
-        """The whole content of a claimed entry, its SHA-256 checked (``CorruptEntry`` if
-        not: call ``quarantine``): what the claim read, else one I/O job. For entries a
-        stage holds in memory anyway; ``content`` streams larger ones."""
-        preloaded = entry.preloaded
-        if isinstance(preloaded, CorruptEntry):
-            raise CorruptEntry(preloaded.reason)
-        if preloaded is not None:
-            return preloaded
-        return await self._runtime.run(lambda: _read_whole(entry))
-
-    async def defer(
-        self,
-        entry: Claimed,
-        until: datetime,
-        recipients: Sequence[RecipientState] | None = None,
-        *,
-        note: str | None = None,
-    ) -> None:
-        """Write the new state, move to ``deferred/`` (its mtime = ``until``); the entry
-        is no longer the caller's."""
-        runtime = self._runtime
-        record = entry.record.with_state(runtime.clock(), recipients, next_attempt=until, note=note)
-        await self._rewrite(entry, record)
-        runtime.checkpoint("defer.rewritten")
-        target = self.dirs.entry("deferred", entry.queue_id)
-        due = until.timestamp()
-        await runtime.committer.sync(target.parent, lambda: move_deferred(entry.path, target, due))
-        runtime.checkpoint("defer.moved")
-        await self._record(
-            "deferred", entry.queue_id, record, details={"next_attempt": _show_time(until)}
-        )
+    # -- removals: complete, bounce (the consumer), delete (an operator) ---------------
 
     async def complete(
         self, entry: Claimed, recipients: Sequence[RecipientState] | None = None
@@ -430,6 +177,34 @@ class Queue:
         record = entry.record.with_state(self._runtime.clock(), failed, note=reason)
         outcome, counts = outcome_of(record)
         await self._remove_owned(entry, "bounced", record, outcome, {**counts, "reason": reason})
+
+    async def delete(
+        self,
+        name: str,
+        reason: str,
+        *,
+        only_from: tuple[State, ...] = ("incoming", "deferred", "hold", "corrupt"),
+    ) -> None:
+        """Remove an entry that is not being processed (an operator); recorded first.
+
+        ``only_from`` narrows the states an entry may be deleted from: the quarantine
+        purge passes ``("hold",)`` so an entry an operator released meanwhile is refused
+        (``EntryStateError``), never deleted from ``incoming/``."""
+        runtime = self._runtime
+        state = await self._state_for_action(name, "delete", only_from)
+        source = self.dirs.entry(state, name)
+        parked = self.dirs.tmp / temp_name(name, DELETING_SUFFIX)
+        # the tombstone goes before the park: a parked child is invisible to hand_off
+        left = await self._leave_tombstone(await runtime.run(lambda: read_quietly(source)))
+        await self._move_or_explain(name, source.parent, lambda: move(source, parked))
+        record = await runtime.run(lambda: read_quietly(parked))
+        try:
+            await self._record("deleted", name, record, details={"reason": reason, "from": state})
+        except BaseException:
+            await runtime.committer.sync(source.parent, lambda: move(parked, source))
+            raise
+        await runtime.run(lambda: remove(parked))
+        await self._after_removal(name, record, left)
 
     async def _remove_owned(
         self,
@@ -533,60 +308,7 @@ class Queue:
         if removed:
             _log.info("spool.tombstones_removed", parent=queue_id, count=len(removed))
 
-    async def quarantine(self, entry: Claimed, reason: str) -> None:
-        """Move a claimed entry whose content failed its check to ``corrupt/``."""
-        await self._to_corrupt(entry.path, entry.path.name, reason)
-
-    async def hold(self, target: Claimed | str, reason: str) -> None:
-        """Stop an entry until ``release``: a claimed one (its owner, with ``reason`` as the
-        record's note), or one in ``incoming/`` or ``deferred/`` by id (an operator)."""
-        if isinstance(target, str):
-            await self._move_by_id(target, ("incoming", "deferred"), "hold", "held", reason)
-            return
-        runtime = self._runtime
-        record = target.record.with_state(runtime.clock(), note=reason)
-        await self._rewrite(target, record)
-        destination = self.dirs.entry("hold", target.queue_id)
-        await runtime.committer.sync(destination.parent, lambda: move(target.path, destination))
-        await self._record("held", target.queue_id, record, details={"reason": reason})
-
-    async def release(self, queue_id: str) -> None:
-        """``hold/`` -> ``incoming/`` (an operator)."""
-        await self._move_by_id(queue_id, ("hold",), "incoming", "released", None)
-
-    async def retry(self, queue_id: str) -> None:
-        """``deferred/`` -> ``incoming/``: try now (an operator)."""
-        await self._move_by_id(queue_id, ("deferred",), "incoming", "retried", None)
-
-    async def delete(
-        self,
-        name: str,
-        reason: str,
-        *,
-        only_from: tuple[State, ...] = ("incoming", "deferred", "hold", "corrupt"),
-    ) -> None:
-        """Remove an entry that is not being processed (an operator); recorded first.
-
-        ``only_from`` narrows the states an entry may be deleted from: the quarantine
-        purge passes ``("hold",)`` so an entry an operator released meanwhile is refused
-        (``EntryStateError``), never deleted from ``incoming/``."""
-        runtime = self._runtime
-        state = await self._state_for_action(name, "delete", only_from)
-        source = self.dirs.entry(state, name)
-        parked = self.dirs.tmp / temp_name(name, DELETING_SUFFIX)
-        # the tombstone goes before the park: a parked child is invisible to hand_off
-        left = await self._leave_tombstone(await runtime.run(lambda: read_quietly(source)))
-        await self._move_or_explain(name, source.parent, lambda: move(source, parked))
-        record = await runtime.run(lambda: read_quietly(parked))
-        try:
-            await self._record("deleted", name, record, details={"reason": reason, "from": state})
-        except BaseException:
-            await runtime.committer.sync(source.parent, lambda: move(parked, source))
-            raise
-        await runtime.run(lambda: remove(parked))
-        await self._after_removal(name, record, left)
-
-    # -- recovery ----------------------------------------------------------------------
+    # -- a consumer slot's clean-up ----------------------------------------------------
 
     async def recover(self, stale_after: timedelta = STALE_TEMP_AGE) -> RecoveryReport:
         """At a consumer's start: take the lock of this queue's slot, move the slot's
@@ -666,131 +388,6 @@ class Queue:
         """Release the consumer lock of this queue's slot, if it holds it."""
         self._lock.release()
 
-    # -- looking -----------------------------------------------------------------------
-
-    async def locate(self, name: str) -> State | None:
-        """The state directory holding entry ``name`` (any slot's, for ``active``), or None."""
-        return await self._runtime.run(lambda: locate(self.dirs, name))
-
-    async def locate_path(self, name: str) -> tuple[State, Path] | None:
-        """The state holding entry ``name`` and its file (in ``active/``, the slot's)."""
-        return await self._runtime.run(lambda: find_entry(self.dirs, name))
-
-    async def scan(self, state: State) -> list[EntryInfo]:
-        """Every file of one state directory with its record or its error, by name."""
-        return await self._runtime.run(lambda: scan(self.dirs, state))
-
-    # -- internals ---------------------------------------------------------------------
-
-    async def _rewrite(self, entry: Claimed, record: QueueRecord) -> None:
-        """Replace the owned file ``entry.path`` with the same content and ``record``."""
-        try:
-            await self._runtime.run(lambda: write_version(self.dirs, entry.path, record))
-        except OSError as error:
-            raise as_spool_error(error, "rewriting a queue file") from error
-
-    async def _to_corrupt(self, path: Path, name: str, reason: str) -> None:
-        runtime = self._runtime
-        corrupt = self.dirs.state("corrupt")
-        kept: list[Path] = []
-        await runtime.committer.sync(
-            corrupt, lambda: kept.append(move_to_free_name(path, corrupt, name))
-        )
-        (target,) = kept
-        _log.warning("spool.corrupt", stage=self.name, name=name, reason=reason, kept=target.name)
-        queue_id = name if is_queue_id(name) else None
-        await self._record(
-            "corrupt", queue_id, None, details={"reason": reason, "file": target.name}
-        )
-
-    async def _state_for_action(
-        self, name: str, action: str, allowed: tuple[State, ...], to: State | None = None
-    ) -> State:
-        check_entry_name(name)
-        state = await self.locate(name)
-        if state is None:
-            raise EntryNotFound(f"no entry {name} in stage {self.name}")
-        if state == "active":
-            raise _busy(self.name, name)
-        if state == to:
-            raise EntryStateError(f"{name} is already in {self.name}/{to}/")
-        if state not in allowed:
-            raise EntryStateError(
-                f"cannot {action} {name}: it is in {self.name}/{state}/ "
-                f"(only from {', '.join(f'{s}/' for s in allowed)})"
-            )
-        return state
-
-    async def _move_or_explain(self, name: str, directory: Path, change: Change) -> None:
-        """Make ``change`` (a rename of ``name``) and fsync ``directory``; or explain why
-        not: a claimer took the entry meanwhile (``EntryStateError``)."""
-        try:
-            await self._runtime.committer.sync(directory, change)
-        except FileNotFoundError:
-            now = await self.locate(name)
-            if now == "active":
-                raise _busy(self.name, name) from None
-            raise EntryStateError(
-                f"{name} moved while acting on it (now in {now or 'no'} state); try again"
-            ) from None
-
-    async def _move_by_id(
-        self,
-        name: str,
-        allowed: tuple[State, ...],
-        to: State,
-        kind: str,
-        reason: str | None,
-    ) -> None:
-        runtime = self._runtime
-        action = {"held": "hold", "released": "release", "retried": "retry"}[kind]
-        state = await self._state_for_action(name, action, allowed, to)
-        source = self.dirs.entry(state, name)
-        target = self.dirs.entry(to, name)
-        record = await runtime.run(lambda: read_quietly(source))
-        await self._move_or_explain(name, target.parent, lambda: move(source, target))
-        details = {"from": state, **({"reason": reason} if reason else {})}
-        try:
-            await self._record(kind, name, record, details=details)
-        except BaseException:
-            await runtime.committer.sync(source.parent, lambda: move_back(target, source))
-            raise
-
-    async def _record(
-        self,
-        kind: str,
-        queue_id: str | None,
-        record: QueueRecord | None,
-        *,
-        outcome: str | None = None,
-        details: dict[str, str] | None = None,
-    ) -> None:
-        event = entry_event(
-            kind,
-            stage=self.name,
-            actor=self._runtime.actor,
-            queue_id=queue_id,
-            record=record,
-            outcome=outcome or kind,
-            details=details,
-        )
-        await self._runtime.audit.record(event)
-
 
 class _ParentQueued(Exception):
     """A removal that must wait for a tombstone (``Queue._unlink_owned``)."""
-
-
-def _busy(stage: str, name: str) -> EntryStateError:
-    return EntryStateError(
-        f"{name} is being processed (in {stage}/active/); try again once it has left active/"
-    )
-
-
-def _show_time(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _read_whole(entry: Claimed) -> bytes:
-    with entry.open() as reader:
-        return b"".join(reader.chunks(max(1, reader.record.content_length)))
