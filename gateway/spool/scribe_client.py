@@ -17,8 +17,19 @@ Invariants (the front's ``250`` rests on them):
   ``COMMIT`` whose ``DONE`` was lost may have been written: a duplicate, never a loss (the
   spool's own contract). The next ``open_writer`` starts a new scribe, at most one start
   per ``restart_interval`` seconds; in between, ``open_writer`` raises ``SpoolWriteError``.
+- A scribe that stops answering (stopped by SIGSTOP, blocked on a dead disk) is killed
+  (decision, session 6): an answer not come ``ANSWER_TIMEOUT`` (60 s) after its
+  ``COMMIT``/``ABORT``, or a ``drain`` that waits as long, ends the link as a crash does
+  (``451`` for what is in flight, a new scribe on the next ``open_writer``). 60 s is far
+  above a commit's fsyncs on a working disk and below the session's own command
+  timeout (5 min), so a stuck scribe never holds every session of its front until its
+  clients give up.
 - ``commit`` is shielded from cancellation like ``EntryWriter.commit``: a client that
-  goes away during the commit does not stop it.
+  goes away during the commit does not stop it (and its answer, which nobody reads
+  then, is marked read so that asyncio does not report it).
+- ``aclose`` shuts the front's half of the link and reads the answers until the scribe
+  closes its own (at most ``STOP_TIMEOUT``): a commit under way at a graceful stop gets
+  its ``DONE``.
 - The size limit is checked here too, as the chunks are sent: past it the entry is
   aborted and ``MessageTooLarge`` raised at once, as ``EntryWriter.write`` does.
 
@@ -59,6 +70,7 @@ from gateway.spool.scribe_protocol import (
 START_TIMEOUT = 60.0  # seconds for a new scribe to open the spool and the trail
 STOP_TIMEOUT = 30.0  # seconds for the scribe to finish and exit at ``aclose``
 RESTART_INTERVAL = 1.0  # seconds between two starts of a scribe
+ANSWER_TIMEOUT = 60.0  # seconds for an answer or a drain before the scribe is killed
 SEND_SIZE = 64 * 1024  # content bytes a writer gathers before it sends them
 SCRIBE_IO_THREADS = 4  # the scribe's spool I/O threads (``gateway.spool.scribe``)
 
@@ -73,12 +85,16 @@ class _Link:
         process: asyncio.subprocess.Process,
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
+        answer_timeout: float = ANSWER_TIMEOUT,
     ) -> None:
         self.process = process
         self._reader = reader
         self._writer = writer
+        self._answer_timeout = answer_timeout
         self._waiting: dict[int, asyncio.Future[str]] = {}
         self._handles = iter(range(1, 1 << 32))
+        self._reading: asyncio.Task[None] | None = None
+        self._ended = False
         self.alive = True
 
     async def wait_ready(self, timeout: float) -> None:
@@ -92,8 +108,7 @@ class _Link:
             raise SpoolWriteError(f"the spool scribe did not start (exit status {status})")
 
     def start_reading(self) -> None:
-        task = asyncio.get_running_loop().create_task(self._read_answers())
-        task.add_done_callback(lambda _: None)
+        self._reading = asyncio.get_running_loop().create_task(self._read_answers())
 
     def new_handle(self) -> int:
         return next(self._handles)
@@ -105,16 +120,35 @@ class _Link:
 
     async def drain(self) -> None:
         try:
-            await self._writer.drain()
+            await asyncio.wait_for(self._writer.drain(), self._answer_timeout)
+        except TimeoutError:
+            self._give_up(f"the spool scribe read nothing for {self._answer_timeout} s")
+            raise SpoolWriteError("the spool scribe stopped") from None
         except ConnectionError as error:
             raise SpoolWriteError("the spool scribe stopped") from error
 
     def request(self, data: bytes, handle: int) -> asyncio.Future[str]:
-        """Send ``data`` (a ``COMMIT`` or an ``ABORT``) and the future of its answer."""
+        """Send ``data`` (a ``COMMIT`` or an ``ABORT``) and the future of its answer; past
+        ``answer_timeout`` without it, the scribe is killed (module docstring)."""
         self.send(data)
-        answer: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        answer: asyncio.Future[str] = loop.create_future()
         self._waiting[handle] = answer
+        timer = loop.call_later(self._answer_timeout, self._overdue, answer)
+        answer.add_done_callback(lambda _: _settled(answer, timer))
         return answer
+
+    def _overdue(self, answer: asyncio.Future[str]) -> None:
+        if not answer.done():
+            self._give_up(f"no answer from the spool scribe in {self._answer_timeout} s")
+
+    def _give_up(self, reason: str) -> None:
+        """The scribe is stuck (stopped, or blocked on a dead disk): kill it, fail what
+        is in flight; the next ``open_writer`` starts another."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.kill()
+        self._writer.transport.abort()  # what it did not read is dropped, not flushed
+        self._end(reason)
 
     async def _read_answers(self) -> None:
         reason = "end of link"
@@ -135,6 +169,9 @@ class _Link:
             self._end(reason)
 
     def _end(self, reason: str) -> None:
+        if self._ended:
+            return
+        self._ended = True
         self.alive = False
         self._writer.close()
         for waiting in self._waiting.values():
@@ -144,7 +181,14 @@ class _Link:
         _log.info("scribe.link_ended", pid=self.process.pid, reason=reason)
 
     async def close(self, timeout: float) -> int | None:
-        """End the link and wait for the process (killed after ``timeout``)."""
+        """End the link and wait for the process (killed after ``timeout``): the front's
+        half is shut first and the answers read until the scribe closes its own, so a
+        commit it completes is answered ``DONE``, not lost to a needless ``451``."""
+        self.alive = False  # nothing more is sent
+        if self._reading is not None and not self._writer.is_closing():
+            with contextlib.suppress(OSError, RuntimeError):
+                self._writer.write_eof()
+            await asyncio.wait({self._reading}, timeout=timeout)
         self._writer.close()
         try:
             return await asyncio.wait_for(self.process.wait(), timeout)
@@ -262,7 +306,15 @@ class ScribeQueue:
                 await self._start()
 
     async def _start(self) -> None:
-        self._last_start = time.monotonic()
+        """One attempt; the restart throttle counts from its end (a start that takes
+        longer than ``restart_interval`` to fail must not be retried by every session
+        queued behind it)."""
+        try:
+            await self._launch()
+        finally:
+            self._last_start = time.monotonic()
+
+    async def _launch(self) -> None:
         if self._link is not None:
             await self._link.close(STOP_TIMEOUT)  # reap the one that ended
             self._link = None
@@ -278,7 +330,7 @@ class ScribeQueue:
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours)
-        link = _Link(process, reader, writer)
+        link = _Link(process, reader, writer, ANSWER_TIMEOUT)
         try:
             await link.wait_ready(START_TIMEOUT)
         except BaseException:
@@ -318,6 +370,14 @@ class ScribeQueue:
         if link is not None:
             status = await link.close(STOP_TIMEOUT)
             _log.info("scribe.stopped", pid=link.process.pid, status=status)
+
+
+def _settled(answer: asyncio.Future[str], timer: asyncio.TimerHandle) -> None:
+    """The answer came: no deadline any more; its error counts as read even when its
+    commit was cancelled (the session went away), so asyncio does not report it."""
+    timer.cancel()
+    if not answer.cancelled():
+        answer.exception()
 
 
 async def _exit_status(process: asyncio.subprocess.Process) -> int | None:
