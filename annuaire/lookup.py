@@ -363,8 +363,10 @@ class CertificateLookup:
         """Parse and validate the values of one source: the one place every source
         goes through, so the bounds of the module docstring are checked here."""
         values = list(dict.fromkeys(ders))  # without duplicates, in order
-        self._check_count(len(values), source, where, collected)
-        collected.examined += len(values)
+        new = [der for der in values if der not in collected.seen]
+        self._check_count(len(new), source, where, collected)
+        collected.examined += len(new)
+        collected.seen.update(new)
         certificates: list[x509.Certificate] = []
         for der in values:
             certificate = self._parse(der, source, where, collected)
@@ -444,6 +446,7 @@ class _Collected:
         self.candidates: list[Candidate] = []
         self.skipped: list[str] = []
         self.examined = 0
+        self.seen: set[bytes] = set()
 
     @property
     def found(self) -> bool:

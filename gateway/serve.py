@@ -21,16 +21,17 @@ listeners open and stopped after they close).
 Several SMTP front processes (``[gateway] front_workers`` N > 1): this process is front
 slot 0 and opens its listeners with ``SO_REUSEPORT``; it then starts N-1 ``missive
 worker front --slot K`` processes (``run_front_worker``) through the same supervisor,
-each opening the same listeners, and the kernel spreads new connections over them.
-Each process enforces its share of the listener limits (``gateway.smtp.listener``).
-A front worker builds what the front needs and nothing more: the certificate
-validator, the users, the liste blanche, its own audit sink on the same trail and the
-writer side of the spool (actor ``smtp-front-K`` in the trail, so each process's
-messages can be told apart); it applies no audit retention (``serve`` did at start) and
-records no ``gateway.start``/``gateway.stop`` (no worker does: their life is in the log,
-``worker.start``/``worker.stopped``). On SIGTERM it closes its listening sockets (the
-others keep accepting), then closes its sessions: a message whose DATA was not answered
-gets no ``250``, so the client keeps it and retries; one answered was fsynced first.
+each opening the same listeners, and the kernel spreads new connections over them. Each
+process enforces its share of the listener limits (``gateway.smtp.listener``). A front
+worker builds what the front needs and nothing more: the certificate validator, the
+users, the liste blanche, its own audit sink on the same trail and its own spool scribe,
+which writes ``received/`` for it (actor ``smtp-front-K`` in the trail, so each
+process's messages can be told apart); it applies no audit retention (``serve`` did at
+start) and records no ``gateway.start``/``gateway.stop`` (no worker does: their life is
+in the log, ``worker.start``/``worker.stopped``). On SIGTERM it closes its listening
+sockets (the others keep accepting), then closes its sessions: a message whose DATA was
+not answered gets no ``250``, so the client keeps it and retries; one answered was
+fsynced first.
 
 Least privilege: this process is the SMTP front; it loads the TLS key of its listeners
 but never an S/MIME private key (the configuration is loaded with ``agent_keys=False``);
@@ -67,13 +68,22 @@ from gateway.app import (
 )
 from gateway.cli_common import SubParsers, add_config_argument
 from gateway.config import Config, load_config
-from gateway.errors import UsageError
+from gateway.errors import MissiveError, UsageError
 from gateway.log import get_logger, setup_logging
 from gateway.pki.files import ensure_private_dir
 from gateway.smtp.listener import ListenerGroup, start_listeners
+from gateway.spool import SpoolWriteError
 from gateway.workers import crypto_worker_count, start_workers, stop_on_signals
 
 _log = get_logger("serve")
+
+
+class ScribeNotStarted(MissiveError):
+    """The front's spool scribe could not start (an unwritable spool or audit trail, a
+    broken install): one line and exit 1, not a traceback; not a configuration error
+    (exit 2), which ``serve``'s supervisor would report as one."""
+
+    status = 1
 
 
 def register(subparsers: SubParsers[argparse.ArgumentParser]) -> None:
@@ -167,7 +177,11 @@ async def _front(gateway: Gateway, slot: int = 0) -> AsyncIterator[ListenerGroup
     of their own (``gateway.spool.scribe``), started first and stopped last: the
     listeners are closed, so their sessions are over, before the scribe's link ends."""
     scribe = front_queue(gateway)
-    await scribe.start()
+    try:
+        await scribe.start()
+    except SpoolWriteError as error:
+        await scribe.aclose()
+        raise ScribeNotStarted(f"{error} (its own lines, if any, are on stderr above)") from None
     try:
         listeners = await start_listeners(
             gateway.config,

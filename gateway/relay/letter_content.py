@@ -239,7 +239,9 @@ def decode_text(payload: bytes, declared: str | None) -> tuple[str, TextDecoding
         text = payload.decode(codec, errors="replace")
     except (LookupError, UnicodeError):  # a codec without "replace"
         return _read_without_charset(payload, label)
-    return text, TextDecoding(label, label, text.count(REPLACEMENT))
+    substituted = codecs.lookup(label or "us-ascii").name in _READ_AS
+    read_as = FALLBACK_CHARSET if substituted else label
+    return text, TextDecoding(label, read_as, text.count(REPLACEMENT))
 
 
 def _text_of(part: MIMEPart) -> tuple[str, TextDecoding | None]:

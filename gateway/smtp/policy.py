@@ -32,21 +32,21 @@ Rules (issue 5, item 1):
   on submission, a named local address must be the login's. Named addresses of other
   domains are not judged (a display name may quote the sender's other address).
 - ``Sender:``, ``Resent-From:``, ``Resent-Sender:`` (RFC 5322 §3.6.2, §3.6.6) are bound
-  like ``From:``: mail readers show "Sender on behalf of From", and DSNs, MDNs and the
-  inbound signer binding may read them. Their mailboxes and named addresses go through
-  the same checks with the same replies (``FROM_NOT_OWNED`` on submission,
-  ``LOCAL_SENDER_FROM_OUTSIDE`` from outside, ``OUTBOUND_FROM_NOT_LOCAL`` for a relay
-  client sending out); the refusal detail names the field. Only From: domains go to
-  the trust-space check (the liste blanche names the author's domain). Decisions (each
-  a 550 5.6.0, as for From:): at most one ``Sender:`` field (RFC 5322 §3.6: 0 or 1),
-  while ``Resent-*`` fields may repeat, one set per resending, each judged; a
-  ``Sender:`` or ``Resent-Sender:`` holds exactly one mailbox (RFC 5322 grammar
-  ``mailbox``); an empty field, or one with an address without a domain or with a
-  control character, is refused (it cannot be judged, and a reader may still show
-  something). Group syntax (allowed in none of these fields, nor in From:) is read as
-  the stdlib reads it in From: - its members are judged as mailboxes, its display name
-  is searched for named addresses, and a group without a member is a field without an
-  address.
+  like ``From:``: mail readers show "Sender on behalf of From", and the Direct tamper
+  rule (``gateway.relay.protect.check_tamper``) accepts a MAIL FROM equal to Sender.
+  Their mailboxes and named addresses go through the same checks with the same replies
+  (``FROM_NOT_OWNED`` on submission, ``LOCAL_SENDER_FROM_OUTSIDE`` from outside,
+  ``OUTBOUND_FROM_NOT_LOCAL`` for a relay client sending out); the refusal detail names
+  the field. Only From: domains go to the trust-space check (the liste blanche names the
+  author's domain). Decisions (each a 550 5.6.0, as for From:): at most one ``Sender:``
+  field (RFC 5322 §3.6: 0 or 1), while ``Resent-*`` fields may repeat, one set per
+  resending, each judged; a ``Sender:`` or ``Resent-Sender:`` holds exactly one mailbox
+  (RFC 5322 grammar ``mailbox``); an empty field, or one with an address without a
+  domain or with a control character, is refused (it cannot be judged, and a reader may
+  still show something). Group syntax (allowed in none of these fields, nor in From:) is
+  read as the stdlib reads it in From: - its members are judged as mailboxes, its
+  display name is searched for named addresses, and a group without a member is a field
+  without an address.
 
 Domains compare exactly (lower-case); a subdomain of a local domain is not local. One
 exception, on the refusing side only: a sender (MAIL FROM, ``From:`` or a sender field)

@@ -49,7 +49,8 @@ Command line (started by the client, not by people)::
                                    [--io-threads N]
 
 Trust level: holds no key at all (not even the front's TLS key: it is started with a
-fresh interpreter, not forked); sees the content of what it writes, logs only sizes and
+fresh interpreter, not forked, and with ``-P``, so the directory ``serve`` was started
+from is not on its module path); sees the content of what it writes, logs only sizes and
 ids, like the in-process writer.
 """
 

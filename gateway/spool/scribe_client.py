@@ -95,6 +95,7 @@ class _Link:
         self._handles = iter(range(1, 1 << 32))
         self._reading: asyncio.Task[None] | None = None
         self._ended = False
+        self._closing = False
         self.alive = True
 
     async def wait_ready(self, timeout: float) -> None:
@@ -177,14 +178,19 @@ class _Link:
         for waiting in self._waiting.values():
             if not waiting.done():
                 waiting.set_exception(SpoolWriteError("the spool scribe stopped"))
+        in_flight = len(self._waiting)
         self._waiting.clear()
-        _log.info("scribe.link_ended", pid=self.process.pid, reason=reason)
+        if self._closing:
+            _log.info("scribe.link_ended", pid=self.process.pid, reason=reason)
+        else:
+            _log.error("scribe.died", pid=self.process.pid, reason=reason, in_flight=in_flight)
 
     async def close(self, timeout: float) -> int | None:
         """End the link and wait for the process (killed after ``timeout``): the front's
         half is shut first and the answers read until the scribe closes its own, so a
         commit it completes is answered ``DONE``, not lost to a needless ``451``."""
         self.alive = False  # nothing more is sent
+        self._closing = True
         if self._reading is not None and not self._writer.is_closing():
             with contextlib.suppress(OSError, RuntimeError):
                 self._writer.write_eof()
@@ -282,7 +288,7 @@ class ScribeQueue:
         io_threads: int = SCRIBE_IO_THREADS,
     ) -> None:
         self._command = [
-            sys.executable, "-m", "gateway.spool.scribe",
+            sys.executable, "-P", "-m", "gateway.spool.scribe",
             "--spool", str(spool_dir), "--audit", str(audit_path), "--actor", actor,
             "--max-message-size", str(max_message_size), "--log-level", log_level,
             "--io-threads", str(io_threads),

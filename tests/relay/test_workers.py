@@ -97,6 +97,7 @@ def test_worker_commands_name_the_config_file(dev_pki: DevPki, tmp_path: Path) -
     assert [name for name, _ in commands] == ["agent-1", "agent-2", "relay-1"]
     assert commands[0][1] == (
         sys.executable,
+        "-P",  # the directory serve runs in is not on the worker's module path
         "-m",
         "gateway",
         "worker",

@@ -1,0 +1,1 @@
+"""Regression tests pinned by reviews, one file per review."""
