@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import socket
 import sys
 import time
@@ -92,7 +93,7 @@ class _Link:
         self._writer = writer
         self._answer_timeout = answer_timeout
         self._waiting: dict[int, asyncio.Future[str]] = {}
-        self._handles = iter(range(1, 1 << 32))
+        self._handles = itertools.cycle(range(1, 1 << 32))  # in flight: far fewer
         self._reading: asyncio.Task[None] | None = None
         self._ended = False
         self._closing = False
