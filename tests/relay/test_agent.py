@@ -6,7 +6,7 @@ signature verified with ``openssl cms -verify``."""
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -101,10 +101,10 @@ def key_file(path: Path, key: Path, *certificates: Path) -> None:
     path.chmod(0o600)
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
-    root = tmp_path_factory.mktemp("agent")
-    pki = init_dev_pki(root / "pki", users=(ALICE, *GOOD), servers=("mx.chu-a.test",))
+def site_with_users(root: Path, users: Sequence[str]) -> Site:
+    """A dev PKI with ``ALICE`` and ``users``, Alice's key files, the organisation key,
+    and an annuaire entry with the encryption certificate of each of them."""
+    pki = init_dev_pki(root / "pki", users=(ALICE, *users), servers=("mx.chu-a.test",))
     bundle = root / "ca-bundle.pem"
     bundle.write_bytes(pki.root_cert.read_bytes() + pki.intermediates.read_bytes())
     keys = root / "keys"
@@ -119,6 +119,15 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     org_cert = pki.issue_user(SECRETARIAT, "sign", path=root / "org.crt")
     organisation = root / "organisation.pem"
     key_file(organisation, org_cert.with_suffix(".key"), org_cert, pki.intermediates)
+    entries = tuple(person(a, der_of(pki.user_cert(a, "enc"))) for a in (ALICE, *users))
+    return Site(pki, root, bundle, keys, organisation, entries, {})
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
+    root = tmp_path_factory.mktemp("agent")
+    base = site_with_users(root, GOOD)
+    pki = base.pki
     bad = {name: f"{name}@clinique-b.test" for name in BAD}
     expired = pki.issue_user(
         bad["expired"],
@@ -134,7 +143,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
     )
     other = init_dev_pki(root / "other", users=(bad["untrusted"],), servers=())
     weak = pki.issue_user(bad["weak"], "enc", rsa_bits=1024, path=root / "weak.crt")
-    entries = [person(a, der_of(pki.user_cert(a, "enc"))) for a in (ALICE, *GOOD)]
+    entries = list(base.entries)
     entries += [
         person(bad["expired"], der_of(expired)),
         person(bad["revoked"], der_of(revoked)),
@@ -142,7 +151,7 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Site:
         person(bad["untrusted"], der_of(other.user_cert(bad["untrusted"], "enc"))),
         person(bad["weak"], der_of(weak)),
     ]
-    return Site(pki, root, bundle, keys, organisation, tuple(entries), bad)
+    return replace(base, entries=tuple(entries), bad=bad)
 
 
 def pki_now(days: int) -> datetime:

@@ -24,29 +24,25 @@ from pathlib import Path
 
 import pytest
 
-from gateway.pki.dev import init_dev_pki
 from gateway.relay import protect
 from gateway.relay.agent import AgentResult, OutgoingMessage
 from gateway.smime import mime
-from tests.annuaire.conftest import der_of
 from tests.peers.cms_tools import OpenSSLCms, PeerToolError
 from tests.relay.test_agent import (
     ALICE,
     BODY,
-    SECRETARIAT,
     SUBJECT,
     SUBMISSION,
     Site,
     assert_no_clear_text,
     cms_der,
     envelope,
-    key_file,
     make_agent,
     open_as,
-    person,
     recipient_serials,
     serial_of,
     signer_serials,
+    site_with_users,
 )
 
 DOC = "doc@direct.test"
@@ -60,24 +56,7 @@ HIDDEN_ADDRESSES = (BLIND, BLIND_TWO, "blind")  # "blind" catches blind.two too
 
 @pytest.fixture(scope="module")
 def wrap_site(tmp_path_factory: pytest.TempPathFactory) -> Site:
-    root = tmp_path_factory.mktemp("wrap-bcc")
-    pki = init_dev_pki(root / "pki", users=(ALICE, *DIRECT_USERS), servers=("mx.chu-a.test",))
-    bundle = root / "ca-bundle.pem"
-    bundle.write_bytes(pki.root_cert.read_bytes() + pki.intermediates.read_bytes())
-    keys = root / "keys"
-    keys.mkdir(mode=0o700)
-    for purpose in ("sign", "enc"):
-        key_file(
-            keys / f"{ALICE}.{purpose}.pem",
-            pki.user_key(ALICE, purpose),
-            pki.user_cert(ALICE, purpose),
-            pki.intermediates,
-        )
-    org_cert = pki.issue_user(SECRETARIAT, "sign", path=root / "org.crt")
-    organisation = root / "organisation.pem"
-    key_file(organisation, org_cert.with_suffix(".key"), org_cert, pki.intermediates)
-    entries = tuple(person(a, der_of(pki.user_cert(a, "enc"))) for a in (ALICE, *DIRECT_USERS))
-    return Site(pki, root, bundle, keys, organisation, entries, {})
+    return site_with_users(tmp_path_factory.mktemp("wrap-bcc"), DIRECT_USERS)
 
 
 def direct_message(
