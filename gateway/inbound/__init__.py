@@ -16,7 +16,8 @@ records every decision in the audit trail. ``delivery.LocalDelivery`` delivers `
 per ``[inbound] deliver_to`` with the outbound retry rules (and queues the dispatched MDN
 a message asks for): over LMTP or SMTP through ``store_client.StorePool`` (RFC 2033,
 RFC 5321, STARTTLS per RFC 3207), or into ``maildir.deliver_to_maildir``.
-``imap_fetch`` pulls remote mailboxes into ``inbound/``.
+``imap_fetch`` pulls remote mailboxes into ``inbound/`` (``imap_connection``: the IMAP
+session).
 
 Trust level: runs in the secure agent's worker processes, which alone hold private keys
 and never listen on a socket (STYLE §9).

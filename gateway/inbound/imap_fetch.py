@@ -5,7 +5,10 @@ Role: for each ``[[inbound.imap_fetch]]`` (a mailbox a partner network keeps for
 loopback, as the config rules allow), logs in (RFC 9051 §6.2.3 LOGIN, the password read
 from ``password_file``), SELECTs the mailbox and hands every new message to the INBOUND
 queue, where the inbound agent processes it like mail received over SMTP. Then it waits
-for more with IDLE (RFC 2177) when the server offers it, else it polls.
+for more with IDLE (RFC 2177) when the server offers it, else it polls. This module
+decides what to fetch, in what order, and what the state file says; talking to the
+server (TLS, LOGIN, command timeouts, a lost connection, the FETCH byte budget, LOGOUT)
+is its base class ``gateway.inbound.imap_connection.ImapConnection``.
 
 Each session, after SELECT, first writes the state file again as it is, so a state that
 cannot be written is found before anything is fetched (or removes it when UIDNEXT
@@ -26,7 +29,9 @@ contradicts it, below). Protocol steps for each new message (RFC 9051 §6.4.9 UI
 
 State: ``<state_dir>/imap-<hash>.json`` (one per user/host/port/mailbox; 0600, written
 atomically with fsync by ``gateway.pki.files.replace_file``) holds the mailbox's
-UIDVALIDITY and the last UID handled (``gateway.inbound.imap_state``).
+UIDVALIDITY and the last UID handled (``gateway.inbound.imap_state``). The state-file
+methods stay in this module: tests replace ``gateway.inbound.imap_fetch.replace_file``
+to make the state unwritable, so ``_save_state`` must look that name up here.
 
 Decisions (never lose, at most duplicate; ARCHITECTURE quality bar):
 
@@ -45,10 +50,9 @@ Decisions (never lose, at most duplicate; ARCHITECTURE quality bar):
 - A message larger than ``[delivery] max_message_size`` (``MessageTooLarge``) can never
   be queued: it is logged as an error, left unseen on the server for the operator, and
   passed over, so it does not block the mailbox. Memory is bounded whatever the server
-  says: while a ``UID FETCH`` runs, the bytes received past ``max_message_size`` plus
-  ``FETCH_SLACK`` close the connection (a count in the protocol's ``data_received``,
-  which aioimaplib would otherwise let grow to what the server announced); the message
-  is then recorded as passed over the same way before the session ends. Every other
+  says: a ``UID FETCH`` that receives more than ``max_message_size`` plus
+  ``FETCH_SLACK`` bytes loses its connection (``imap_connection``); the message is then
+  recorded as passed over the same way before the session ends. Every other
   spool error is temporary: the session ends, nothing is marked, and the fetcher
   reconnects after a back-off.
 - A ``UID FETCH`` answer that holds another UID's body, or names ours without a body, is
@@ -65,35 +69,18 @@ Decisions (never lose, at most duplicate; ARCHITECTURE quality bar):
   run there is no state to write again, so an unwritable state directory is found only
   when the first message queued is recorded: that message is queued again once per
   longest back-off until the directory is writable (a duplicate every 5 min, no loss).
-- Command timeout: ``timeout`` (default 300 s), not aioimaplib's 10 s default, which a
-  large FETCH on a slow link passes. For FETCH it is an inactivity timer (aioimaplib
-  restarts it on every chunk received), so a big message that keeps arriving is not cut.
-- A closed connection is noticed at once: aioimaplib's ``connection_lost`` does not fail
-  the pending commands (each would wait for its timeout, up to the IDLE renewal in
-  IDLE), so the fetcher sets ``protocol.conn_lost_cb`` itself (``IMAP4_SSL`` does not
-  pass it through) and races every command, and the IDLE wait, against it. LOGOUT is
-  skipped on a closing connection or behind an unanswered command.
+- Command timeout, a closed connection noticed at once, LOGOUT, the IDLE ``+`` within
+  the timeout, LOGIN's astring: ``imap_connection``.
 - IDLE is renewed every ``idle_renew`` (25 min, below the 29 min of RFC 2177 §3); any
-  server push ends the IDLE and the new UIDs are fetched at once. The server's ``+``
-  must come within ``timeout`` (aioimaplib waits for it without limit), and ``stop``
-  ends the wait for it too.
-- LOGIN sends the user as an astring (quoted unless an atom, RFC 9051 §6.2.3, §4.3);
-  aioimaplib quotes only the password.
+  server push ends the IDLE and the new UIDs are fetched at once; ``stop`` ends it too.
 
-Library: aioimaplib (GPL-3.0-only, a licensing point for whoever ships Missive) does the
-protocol; it returns raw response lines, so the small parsers (UIDVALIDITY, UIDNEXT,
-SEARCH, the FETCH literal, Return-Path) are hand-written, sans-IO functions, in
-``gateway.inbound.imap_parse``. It holds each FETCH
-literal whole in memory, so memory per fetcher is bounded by the largest message in the
-mailbox, not by our spool limit.
+Library: aioimaplib (``imap_connection``) returns raw response lines, so the small
+parsers (UIDVALIDITY, UIDNEXT, SEARCH, the FETCH literal, Return-Path) are
+hand-written, sans-IO functions, in ``gateway.inbound.imap_parse``.
 
-Security: the server certificate is verified against the configured trust anchors and
-the host name of the URL (``tls_context``: the relay's ``client_context`` with
-CERT_REQUIRED, plus OpenSSL's host name check; like the relay, it presents the ``[tls]``
-certificate as client certificate when one is configured); the password is read at
-each login, never logged (aioimaplib scrubs it from its debug log; a refusal text that
-echoes it is cleaned before it reaches ``ImapLoginError``). Trust level: holds
-no private key; writes only to the INBOUND stage and its state directory.
+Security: certificate and host name checks, and the password's handling, are
+``imap_connection``'s (its docstring). Trust level: holds no private key; writes only
+to the INBOUND stage and its state directory.
 """
 
 from __future__ import annotations
@@ -101,16 +88,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import Awaitable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, TypeVar
+from typing import NamedTuple, Protocol
 
 import aioimaplib
 
 from gateway.config import Config
-from gateway.config.model import ImapFetch, TlsSection, TrustSection
+from gateway.config.model import ImapFetch
+from gateway.inbound.imap_connection import (
+    FETCH_SLACK,
+    ImapConnection,
+    _check,
+    tls_context,
+)
 from gateway.inbound.imap_parse import (
-    ImapFetchError,
     ImapLoginError,
     MailboxUrl,
     origin_listener,
@@ -121,7 +112,6 @@ from gateway.inbound.imap_parse import (
     quote_astring,
     return_path,
 )
-from gateway.inbound.imap_protocol import read_responses_in_a_loop
 from gateway.inbound.imap_state import FetchState, ImapStateError, state_file_name
 from gateway.log import get_logger
 from gateway.pki.files import PRIVATE_FILE_MODE, ensure_private_dir, replace_file
@@ -135,20 +125,31 @@ from gateway.spool import (
     Spool,
 )
 
+__all__ = [
+    "ACTOR",
+    "BACKOFF_FIRST",
+    "BACKOFF_MAX",
+    "DEFAULT_POLL_INTERVAL",
+    "DEFAULT_TIMEOUT",
+    "FETCH_SLACK",
+    "IDLE_RENEW",
+    "STATE_SUBDIR",
+    "ImapFetcher",
+    "InboundSink",
+    "MailboxStatus",
+    "run_imap_worker",
+    "tls_context",
+]
+
 DEFAULT_TIMEOUT = 300.0
 DEFAULT_POLL_INTERVAL = 60.0
 IDLE_RENEW = 25 * 60.0  # RFC 2177 §3: re-issue IDLE at least every 29 minutes
 BACKOFF_FIRST = 1.0
 BACKOFF_MAX = 300.0
-LOGOUT_TIMEOUT = 5.0
 STATE_SUBDIR = "imap"
 ACTOR = "imap"
 
 _log = get_logger("imap")
-_T = TypeVar("_T")
-
-
-FETCH_SLACK = 64 * 1024  # a FETCH answer's own lines around the message's literal
 
 
 class MailboxStatus(NamedTuple):
@@ -164,17 +165,7 @@ class InboundSink(Protocol):
     async def add(self, envelope: Envelope, origin: Origin, content: bytes) -> QueueId: ...
 
 
-def tls_context(tls: TlsSection, trust: TrustSection) -> ssl.SSLContext:
-    """IMAPS client context: chain checked against ``[trust]`` anchors (+ intermediates)
-    and the host name checked (RFC 6125 via OpenSSL), TLS >= ``[tls] min_version``."""
-    from gateway.relay.tlsclient import client_context  # the one place contexts are built
-
-    context = client_context(tls, trust, verify=True)
-    context.check_hostname = True
-    return context
-
-
-class ImapFetcher:
+class ImapFetcher(ImapConnection):
     """One ``[[inbound.imap_fetch]]`` mailbox fetched into the INBOUND queue (module doc)."""
 
     def __init__(
@@ -270,65 +261,6 @@ class ImapFetcher:
         finally:
             await self._close(client)
 
-    async def _connect(self) -> aioimaplib.IMAP4:
-        url = self.url
-        if url.tls:
-            client = aioimaplib.IMAP4_SSL(
-                url.host, url.port, timeout=self.timeout, ssl_context=self.ca
-            )
-        else:
-            client = aioimaplib.IMAP4(url.host, url.port, timeout=self.timeout)
-        self._lost = asyncio.get_running_loop().create_future()
-        client.protocol.conn_lost_cb = self._connection_lost  # IMAP4_SSL drops the argument
-        self._count_received(client.protocol)
-        read_responses_in_a_loop(client.protocol)  # aioimaplib recurses once per line
-        try:
-            await self._command(client.wait_hello_from_server(), "greeting")
-        except BaseException:
-            await self._close(client)
-            raise
-        return client
-
-    def _count_received(self, protocol: Any) -> None:
-        """Bound what a FETCH may receive (module docstring): the transport calls the
-        protocol's ``data_received`` through the attribute, so a wrapper on this one
-        protocol object counts every byte before aioimaplib buffers it."""
-        received = protocol.data_received
-
-        def counted(data: bytes) -> None:
-            if self._fetch_budget is not None:
-                self._fetch_budget -= len(data)
-                if self._fetch_budget < 0:
-                    self._fetch_budget, self._cut_short = None, True
-                    protocol.transport.close()  # the FETCH fails: connection lost
-                    return
-            received(data)
-
-        protocol.data_received = counted
-
-    def _connection_lost(self, error: Exception | None) -> None:
-        if self._lost is not None and not self._lost.done():
-            self._lost.set_result(None)
-
-    async def _login(self, client: aioimaplib.IMAP4) -> None:
-        password = await asyncio.to_thread(self._read_password)
-        user = quote_astring(self.fetch.user)  # aioimaplib quotes only the password
-        response = await self._command(client.login(user, password), "LOGIN")
-        if response.result != "OK":
-            raise ImapLoginError(
-                f"{self.fetch.user} at {self.url.host}:{self.url.port}: login refused "
-                f"({_text(response.lines, hide=password)})"
-            )
-        await self._command(client.protocol.capability(), "CAPABILITY")  # post-login
-        _log.info("imap.logged_in", user=self.fetch.user, host=self.url.host)
-
-    def _read_password(self) -> str:
-        try:
-            text = self.fetch.password_file.read_text(encoding="utf-8")
-        except (OSError, UnicodeError) as error:
-            raise ImapFetchError(f"{self.fetch.password_file}: cannot read: {error}") from None
-        return text.rstrip("\r\n")
-
     async def _select(self, client: aioimaplib.IMAP4) -> MailboxStatus:
         response = await self._command(client.select(quote_astring(self.url.mailbox)), "SELECT")
         _check(response, f"SELECT {self.url.mailbox}")
@@ -417,63 +349,6 @@ class ImapFetcher:
         response = await self._command(idle, "IDLE")
         _check(response, "IDLE")
 
-    async def _until_stopped(
-        self, awaitable: Awaitable[_T], stop: asyncio.Event, what: str, *, own_timer: bool = False
-    ) -> _T | None:
-        """``_command`` that also ends, with None, when ``stop`` is set."""
-        stopping = asyncio.ensure_future(stop.wait())
-        command = asyncio.ensure_future(self._command(awaitable, what, own_timer=own_timer))
-        try:
-            await asyncio.wait({command, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (command, stopping):
-                task.cancel()
-            await asyncio.gather(command, stopping, return_exceptions=True)
-        return command.result() if command.done() and not command.cancelled() else None
-
-    async def _command(self, awaitable: Awaitable[_T], what: str, *, own_timer: bool = False) -> _T:
-        """Await one IMAP command within the command timeout (aioimaplib leaves some
-        commands, STORE and CAPABILITY among them, without one; ``own_timer`` for those
-        that have a better one: FETCH's inactivity timer, the IDLE push wait), and fail
-        at once when the connection closes (aioimaplib would wait for the timeout)."""
-        assert self._lost is not None, "_connect() comes first"
-        command = asyncio.ensure_future(awaitable)
-        racing: set[asyncio.Future[Any]] = {command, self._lost}
-        try:
-            await asyncio.wait(
-                racing,
-                timeout=None if own_timer else self.timeout,
-                return_when=asyncio.FIRST_COMPLETED,
-            )
-        finally:
-            if not command.done():
-                command.cancel()
-                await asyncio.gather(command, return_exceptions=True)
-        if not command.cancelled():
-            return command.result()
-        if self._lost.done():
-            raise ConnectionResetError(f"{what}: the server closed the connection")
-        raise TimeoutError(f"{what}: no answer within {self.timeout:.0f}s")
-
-    async def _close(self, client: aioimaplib.IMAP4) -> None:
-        """LOGOUT politely if logged in, the connection open and no command unanswered
-        (LOGOUT would wait behind it), then drop the connection whatever its state."""
-        protocol = client.protocol
-        transport = protocol.transport
-        waiting = protocol.pending_async_commands.values()
-        answered = protocol.pending_sync_command is None and not any(waiting)
-        lost = self._lost is None or self._lost.done()
-        alive = transport is not None and not transport.is_closing() and not lost
-        if protocol.state in (aioimaplib.AUTH, aioimaplib.SELECTED) and answered and alive:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(protocol.logout(), LOGOUT_TIMEOUT)
-        if transport is not None:
-            transport.close()
-        pending = [client._client_task, *client.tasks, *protocol.tasks]
-        for task in pending:
-            task.cancel()
-        await asyncio.gather(*pending, return_exceptions=True)
-
     # -- state file -------------------------------------------------------------------------
 
     def _load_state(self) -> FetchState | None:
@@ -523,24 +398,6 @@ class ImapFetcher:
             raise ImapStateError(
                 error.errno, f"{self.state_path}: cannot remove the fetch state: {error.strerror}"
             ) from error
-
-
-def _check(response: Any, what: str) -> None:
-    if response.result != "OK":
-        raise ImapFetchError(f"{what}: {response.result} {_text(response.lines)}")
-
-
-def _text(lines: Sequence[Any], *, hide: str = "") -> str:
-    """The server's last text line, for an error message (bounded, printable), without
-    ``hide`` (the password, as sent or as a quoted string, should the server echo it)."""
-    for line in reversed(lines):
-        if isinstance(line, bytes) and line:
-            text = line.decode("utf-8", "replace")
-            if hide:  # as aioimaplib sent it (a quoted string), then as it is
-                for form in (aioimaplib.quoted(hide)[1:-1], hide):
-                    text = text.replace(form, "***")
-            return "".join(ch if ch.isprintable() else "?" for ch in text)[:200]
-    return "no text"
 
 
 def _describe(error: BaseException) -> str:

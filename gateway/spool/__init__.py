@@ -32,8 +32,9 @@ Modules, each small and named by concern:
   (its state, looking, shared steps), ``queue_writing`` (add, hand_off),
   ``queue_claims`` (claim, read, defer), ``queue_operator`` (hold, release, retry), and
   ``queue`` itself (complete, bounce, delete, recover);
-- ``stagefiles``: the blocking file operations behind it (claim by rename, locate,
-  rewrite a version, recovery, the consumer lock);
+- ``stagefiles``: the blocking file operations behind it (claim by rename, rewrite a
+  version, moves), with ``stage_lookup`` (locate, inspect, scan), ``stage_recovery``
+  (requeue ``active/``, ``tmp/`` debris) and ``consumer_lock`` (the consumer lock);
 - ``tombstones``: ``handed/``, what keeps a hand-off idempotent after its child has
   left the next stage while the parent may still be re-run;
 - ``spooldir``: ``Spool``, which owns the I/O threads and builds the queues;
