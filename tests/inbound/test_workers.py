@@ -21,7 +21,7 @@ from tests.inbound.site import (
     write_config,
 )
 
-PROGRAM = (sys.executable, "-m", "gateway")
+PROGRAM = (sys.executable, "-P", "-m", "gateway")
 
 
 def test_worker_commands_include_inbound_and_delivery(dev_pki: DevPki, tmp_path: Path) -> None:
