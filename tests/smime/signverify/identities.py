@@ -103,17 +103,29 @@ def _make(directory: Path, ec: bool) -> SignPki:
     return made
 
 
+def _twin_certificate(made: SignPki, path: Path) -> x509.Certificate:
+    """Alice's key under another certificate of the same DER length as hers: the swap
+    test replaces her certificate's bytes in place, and a random serial one byte
+    shorter (about 1 draw in 128) would break the DER instead of the signature check."""
+    length = len(made[ALICE].cert.public_bytes(serialization.Encoding.DER))
+    for _ in range(512):  # Alice's own may be the rare short one: then so must this be
+        made.pki.issue_user(
+            ALICE, "sign", path=path, not_after=datetime.now(UTC) + timedelta(days=40)
+        )
+        twin = load_first_certificate(path)
+        if len(twin.public_bytes(serialization.Encoding.DER)) == length:
+            return twin
+    raise AssertionError("no certificate of the same length in 512 draws")
+
+
 def make_rsa_pki(directory: Path) -> SignPki:
     made = _make(directory, ec=False)
     made.people[EDDIE] = _ed25519_identity(made.pki, directory)
     twin_path = directory / "alice-twin.crt"
     shutil.copy(made[ALICE].key_path, twin_path.with_suffix(".key"))
-    made.pki.issue_user(
-        ALICE, "sign", path=twin_path, not_after=datetime.now(UTC) + timedelta(days=40)
-    )
     made.people["alice-twin"] = Identity(
         ALICE,
-        load_first_certificate(twin_path),
+        _twin_certificate(made, twin_path),
         made[ALICE].key,
         twin_path,
         twin_path.with_suffix(".key"),
