@@ -1,11 +1,15 @@
 """Streaming one new entry into a stage: bounded memory, size limit, durable before return.
 
-The SMTP front opens a writer when DATA starts, feeds it the dot-unstuffed chunks as
-they arrive and commits it when it has decided to accept (or aborts it, say when the
-From: header is not one the login may use). Memory is bounded by ``FLUSH_SIZE`` plus
-one chunk, whatever the message size (twice that for a moment at ``commit``, when a
-message that never left memory is joined into one ``write``): chunks are written to
-``<stage>/tmp/`` in the I/O threads, hashed (SHA-256) on the way, and never kept.
+The asyncio driver of ``gateway.spool.entry_file.EntryFile`` (whose blocking steps it
+runs in the spool's I/O threads): the stages' hand-offs and ``Queue.add`` write with it,
+and an SMTP front could too (in ``missive serve`` the front's spool scribe writes its
+entries, driving the same steps itself: ``gateway.spool.scribe``). A caller opens a
+writer, feeds it the content's chunks and commits it once it has decided to accept (or
+aborts it, say when the From: header is not one the login may use). Memory is bounded
+by ``FLUSH_SIZE`` plus one chunk, whatever the message size (twice that for a moment
+at ``commit``, when a message that never left memory is joined into one ``write``):
+chunks are written to ``<stage>/tmp/`` in the I/O threads, hashed (SHA-256) on the
+way, and never kept.
 
 ``commit()`` (the order is the durability and audit contract):
 
@@ -50,26 +54,28 @@ Trust level: runs in the SMTP front; sees the content, logs only its size and di
 from __future__ import annotations
 
 import asyncio
-import functools
-import hashlib
-import os
 import threading
 from collections.abc import Callable
 from datetime import datetime
-from pathlib import Path
 from types import TracebackType
 
 from gateway.log import get_logger
-from gateway.spool.atomic import TempFile, UnnamedTempFile, as_spool_error
-from gateway.spool.errors import MessageTooLarge, SpoolError, SpoolWriteError
-from gateway.spool.events import added_details, entry_event
+from gateway.spool.atomic import as_spool_error
+from gateway.spool.entry_file import (
+    FLUSH_SIZE,
+    EntryFile,
+    LinkFailed,
+    publish_error,
+    publish_failure,
+    spool_error,
+)
+from gateway.spool.errors import MessageTooLarge, SpoolError
 from gateway.spool.ids import QueueId
 from gateway.spool.layout import StageDirs
-from gateway.spool.model import Envelope, Origin, QueueRecord, RecordError, initial_state
-from gateway.spool.record import PREAMBLE_SIZE, Preamble, encode_record, encode_trailer
+from gateway.spool.model import Envelope, Origin, QueueRecord, RecordError
 from gateway.spool.runtime import SpoolRuntime
 
-FLUSH_SIZE = 256 * 1024
+__all__ = ["FLUSH_SIZE", "EntryWriter"]
 
 _log = get_logger("spool")
 
@@ -92,26 +98,24 @@ class EntryWriter:
         limit: int | None,
     ) -> None:
         self._runtime = runtime
-        self._dirs = dirs
-        self._temp: TempFile | None = None
+        self._entry = EntryFile(
+            dirs,
+            queue_id=queue_id,
+            envelope=envelope,
+            origin=origin,
+            received=received,
+            parent=parent,
+            key=key,
+            parent_stage=parent_stage,
+            limit=limit,
+        )
         self.queue_id = queue_id
-        self._envelope = envelope
-        self._origin = origin
-        self._received = received
-        self._parent = parent
-        self._key = key
-        self._parent_stage = parent_stage
-        self._limit = limit
-        self._pending: list[bytes] = []
-        self._pending_size = 0
-        self._size = 0
-        self._digest = hashlib.sha256()
         self._open = True
 
     @property
     def size(self) -> int:
         """Content bytes received so far."""
-        return self._size
+        return self._entry.size
 
     # -- streaming ---------------------------------------------------------------------
 
@@ -120,37 +124,19 @@ class EntryWriter:
         self._check_open()
         if not chunk:
             return
-        self._size += len(chunk)
-        if self._limit is not None and self._size > self._limit:
-            await self._close_without_entry("refused", f"message larger than {self._limit} bytes")
-            raise MessageTooLarge(self._limit)
-        self._pending.append(bytes(chunk))
-        self._pending_size += len(chunk)
-        if self._pending_size >= FLUSH_SIZE:
-            data = self._take_pending()
+        entry = self._entry
+        try:
+            data = entry.add(chunk)
+        except MessageTooLarge as error:
+            await self._close_without_entry("refused", f"message larger than {error.limit} bytes")
+            raise
+        if data is not None:
             try:
-                await self._runtime.run_to_end(lambda: self._write_content(data))
+                await self._runtime.run_to_end(lambda: entry.write_content(data))
             except OSError as error:
                 failure = as_spool_error(error, "writing a queue file")
                 await self._close_without_entry("refused", str(failure))
                 raise failure from error
-
-    def _take_pending(self) -> bytes:
-        data = b"".join(self._pending)
-        self._pending.clear()
-        self._pending_size = 0
-        return data
-
-    def _file(self) -> TempFile:
-        """In an I/O thread: the temp file, created on first use."""
-        if self._temp is None:
-            self._temp = create_entry_file(self._dirs.tmp, self.queue_id)
-        return self._temp
-
-    def _write_content(self, data: bytes) -> None:
-        """In an I/O thread: hash and append content bytes."""
-        self._digest.update(data)
-        self._file().write(data)
 
     def _check_open(self) -> None:
         if not self._open:
@@ -173,7 +159,7 @@ class EntryWriter:
 
     async def _commit(self) -> QueueId:
         runtime = self._runtime
-        data = self._take_pending()
+        data = self._entry.take_pending()
         loop = asyncio.get_running_loop()
         written: asyncio.Future[QueueRecord] = loop.create_future()
 
@@ -186,7 +172,7 @@ class EntryWriter:
             record = await written
         except (OSError, SpoolError, RecordError) as error:
             await sync.settled()
-            failure = _spool_error(error)
+            failure = spool_error(error)
             await self._close_without_entry("refused", str(failure))
             raise failure from error
         except BaseException:
@@ -199,9 +185,9 @@ class EntryWriter:
         _log.info(
             "spool.added",
             queue_id=self.queue_id,
-            stage=self._dirs.name,
+            stage=self._entry.dirs.name,
             size=record.content_length,
-            parent=self._parent,
+            parent=record.parent,
         )
         return self.queue_id
 
@@ -209,8 +195,8 @@ class EntryWriter:
         self, data: bytes, report: Callable[[QueueRecord | BaseException], None], end: _JobEnd
     ) -> None:
         """In an I/O thread, one job: write the end (``report`` the record, or the error,
-        to the loop as soon as it is written), then ``fsync`` and close the file; its
-        outcome goes to ``end`` whatever happens (the loop may be waiting for it)."""
+        to the loop as soon as it is written), then ``fsync`` the file; its outcome goes
+        to ``end`` whatever happens (the loop may be waiting for it)."""
         error: BaseException | None = None
         try:
             self._write_end_and_sync_steps(data, report)
@@ -223,42 +209,13 @@ class EntryWriter:
         self, data: bytes, report: Callable[[QueueRecord | BaseException], None]
     ) -> None:
         try:
-            record = self._write_end(data)
+            record = self._entry.write_end(data, self._runtime.clock())
             self._runtime.checkpoint("add.written")
         except BaseException as error:
             report(error)
             raise
         report(record)
-        self._file().finish()
-
-    def _write_end(self, data: bytes) -> QueueRecord:
-        """In an I/O thread: last content bytes, the record, then the preamble (a message
-        that never left memory is written with one ``write``, preamble first)."""
-        self._digest.update(data)
-        now = self._runtime.clock()
-        record = QueueRecord(
-            queue_id=self.queue_id,
-            parent=self._parent,
-            received=self._received,
-            created=now,
-            content_length=self._size,
-            content_sha256=self._digest.hexdigest(),
-            envelope=self._envelope,
-            origin=self._origin,
-            state=initial_state(self._envelope, now),
-            parent_stage=self._parent_stage,
-        )
-        payload = encode_record(record)
-        preamble = Preamble(self._size, len(payload))
-        trailer = encode_trailer(preamble, payload)
-        if self._temp is None:
-            self._temp = UnnamedTempFile.create(_tmp(self._dirs), self.queue_id)
-            self._temp.write(b"".join((preamble.encode(), data, trailer)))
-            return record
-        self._temp.write(data)
-        self._temp.write(trailer)
-        self._temp.write_at(preamble.encode(), 0)
-        return record
+        self._entry.sync()
 
     async def _publish(self, record: QueueRecord) -> None:
         """Link into ``incoming/`` and fsync it, in one group-committed batch.
@@ -268,7 +225,7 @@ class EntryWriter:
         batch), never by looking at ``incoming/`` afterwards: a name already there may
         be another entry's (an id collision, another writer of the same id). So:
 
-        - the link failed (``_LinkFailed``, not ``linked``): our file never got its
+        - the link failed (``LinkFailed``, not ``linked``): our file never got its
           name; it is discarded and ``spool.discarded`` recorded; the entry that holds
           the name, if any, is not ours and is left untouched;
         - the link succeeded but removing the temp name failed (``linked``): the entry
@@ -276,49 +233,36 @@ class EntryWriter:
         - the change succeeded and the directory fsync failed (any other ``OSError``):
           visible, not known durable.
         """
-        runtime, temp = self._runtime, self._file()
-        incoming = _incoming(self._dirs)
-        target = incoming / self.queue_id
+        runtime, entry = self._runtime, self._entry
 
         def link() -> None:
-            try:
-                temp.publish(target)
-            except OSError as error:
-                raise _LinkFailed(error, linked=_is_named(temp, target)) from error
+            entry.publish()
             runtime.checkpoint("add.linked")
 
         try:
-            await runtime.committer.sync(incoming, link)
-        except _LinkFailed as failed:
+            await runtime.committer.sync(entry.incoming, link)
+        except LinkFailed as failed:
             if failed.linked:
                 doing = "removing the temp name of a published queue file"
                 raise as_spool_error(failed.error, doing) from failed.error
-            await self._discard(record, _publish_failure(failed.error))
-            raise _publish_error(failed.error, self.queue_id, incoming) from failed.error
+            await self._discard(record, publish_failure(failed.error))
+            raise publish_error(failed.error, self.queue_id, entry.incoming) from failed.error
         except OSError as error:
             # linked, but the directory fsync failed: visible, not known durable. The
             # descriptor is released all the same (``discard`` never touches a name the
             # file was published under: only its own temp name, gone once linked)
-            await runtime.run(self._discard_file)
+            await runtime.run(entry.discard)
             raise as_spool_error(error, "syncing the incoming directory") from error
 
     async def _sync_and_record(self, record: QueueRecord, sync: _JobEnd) -> None:
         """Commit ``spool.added`` while ``sync`` fsyncs the file; both or neither."""
         runtime = self._runtime
-        event = entry_event(
-            "added",
-            stage=self._dirs.name,
-            actor=runtime.actor,
-            queue_id=self.queue_id,
-            record=record,
-            outcome="queued",
-            details=added_details(record, self._key),
-        )
+        event = self._entry.added_event(record, runtime.actor)
         try:
             await runtime.audit.record(event)
         except BaseException:
             await sync.settled()
-            await runtime.run(self._discard_file)
+            await runtime.run(self._entry.discard)
             raise
         try:
             await sync.wait()
@@ -328,35 +272,20 @@ class EntryWriter:
 
     async def _discard(self, record: QueueRecord | None, reason: str) -> None:
         """Remove the temp file; record ``spool.discarded`` if ``added`` was recorded."""
-        await self._runtime.run(self._discard_file)
+        await self._runtime.run(self._entry.discard)
         if record is not None:
             await self._record_quietly("discarded", reason, record)
 
-    def _discard_file(self) -> None:
-        if self._temp is not None:
-            self._temp.discard()
-
     async def _close_without_entry(self, kind: str, reason: str) -> None:
         self._open = False
-        self._pending.clear()
-        await self._runtime.run(self._discard_file)
+        await self._runtime.run(self._entry.discard)
         await self._record_quietly(kind, reason, None)
 
     async def _record_quietly(self, kind: str, reason: str, record: QueueRecord | None) -> None:
         """Record a refusal or discard; the caller is already failing, so a broken trail
         is logged here rather than raised over the original error."""
         runtime = self._runtime
-        event = entry_event(
-            kind,
-            stage=self._dirs.name,
-            actor=runtime.actor,
-            queue_id=self.queue_id,
-            record=record,
-            envelope=self._envelope,
-            origin=self._origin,
-            outcome=kind,
-            details={"reason": reason, "size": str(self._size), "listener": self._origin.listener},
-        )
+        event = self._entry.closing_event(kind, reason, runtime.actor, record)
         try:
             await runtime.audit.record(event)
         except Exception as error:  # noqa: BLE001 - see docstring
@@ -366,7 +295,9 @@ class EntryWriter:
                 queue_id=self.queue_id,
                 error=type(error).__name__,
             )
-        _log.info(f"spool.{kind}", queue_id=self.queue_id, stage=self._dirs.name, reason=reason)
+        _log.info(
+            f"spool.{kind}", queue_id=self.queue_id, stage=self._entry.dirs.name, reason=reason
+        )
 
     # -- context manager: abort on error -----------------------------------------------
 
@@ -382,78 +313,6 @@ class EntryWriter:
         if self._open:
             reason = "not committed" if exc_type is None else f"aborted ({exc_type.__name__})"
             await self.abort(reason)
-
-
-@functools.lru_cache(maxsize=256)
-def _incoming(dirs: StageDirs) -> Path:
-    """The stage's ``incoming/``, one ``Path`` object per stage: built once, and its hash
-    (the group committer's key) computed once, not for every message."""
-    return dirs.state("incoming")
-
-
-@functools.lru_cache(maxsize=256)
-def _tmp(dirs: StageDirs) -> Path:
-    return dirs.tmp
-
-
-def create_entry_file(tmp: Path, queue_id: str) -> TempFile:
-    """Blocking: a temp file with room for the preamble (written last, ``pwrite``)."""
-    temp = TempFile.create(tmp, queue_id)
-    try:
-        temp.write(bytes(PREAMBLE_SIZE))
-    except BaseException:
-        temp.discard()
-        raise
-    return temp
-
-
-class _LinkFailed(Exception):
-    """``publish`` raised ``error`` inside the group-committed change of ``_publish``;
-    ``linked``: our file had got its entry name all the same (only the removal of its
-    temp name failed). Not an ``OSError``, so that ``_publish`` cannot take it for the
-    directory fsync's error."""
-
-    def __init__(self, error: OSError, *, linked: bool) -> None:
-        super().__init__(str(error))
-        self.error = error
-        self.linked = linked
-
-
-def _is_named(temp: TempFile, target: Path) -> bool:
-    """In an I/O thread: whether ``target`` is ``temp``'s file (same inode), after a
-    failed ``publish``. ``TempFile.publish`` links, then unlinks the temp name: if only
-    the unlink failed, both names are the same file. An ``UnnamedTempFile``'s ``path``
-    is its directory, never ``target``: its ``publish`` can fail only at the link."""
-    try:
-        return os.path.samestat(os.lstat(temp.path), os.lstat(target))
-    except OSError:
-        return False
-
-
-def _publish_failure(error: OSError) -> str:
-    """The ``spool.discarded`` reason of a link that failed."""
-    if isinstance(error, FileExistsError):
-        return "publish failed: another entry already has this queue id"
-    return f"publish failed: {error.strerror or error}"
-
-
-def _publish_error(error: OSError, queue_id: str, incoming: Path) -> SpoolWriteError:
-    """The error of a link that failed; for a taken name, one that says the entry there
-    is another's (never "syncing": our file was never visible)."""
-    if isinstance(error, FileExistsError):
-        return SpoolWriteError(
-            f"publishing queue file {queue_id}: {incoming} already holds an entry of that "
-            "id, not this one (left untouched; this one discarded)"
-        )
-    return as_spool_error(error, f"publishing queue file {queue_id} into {incoming}")
-
-
-def _spool_error(error: BaseException) -> SpoolError:
-    if isinstance(error, SpoolError):
-        return error
-    if isinstance(error, OSError):
-        return as_spool_error(error, "writing a queue file")
-    return SpoolError(str(error))
 
 
 class _JobEnd:
