@@ -3,9 +3,10 @@
 Role: an SMTP front (``missive serve`` and each ``missive worker front``) does not write
 ``received/`` itself. It starts one scribe (``gateway.spool.scribe_client``) and streams
 each message to it over a private ``socketpair`` (``gateway.spool.scribe_protocol``);
-the scribe writes it with the spool's own ``EntryWriter`` (temp file, fsync, link into
-``incoming/``, group-committed directory fsync, ``spool.added`` in the audit trail) and
-answers ``DONE`` only when ``commit`` has returned. The front answers ``250`` on that.
+the scribe writes it with the spool's own blocking steps (``gateway.spool.entry_file``:
+temp file, fsync, ``spool.added`` in the audit trail, link into ``incoming/``, fsync of
+``incoming/``) and answers ``DONE`` only when all of them have ended. The front answers
+``250`` on that.
 
 Why a process (issue 5, measured in ``bench/README.md``, "The spool scribe"): in one
 CPython process, the spool's I/O threads and the audit writer thread take the GIL back
@@ -14,39 +15,58 @@ waits for it after each of its own (48 context switches per message, ``socket.se
 86 µs instead of 15). In a process of its own, the same writes cost the loop one
 ``write`` to a socket per chunk and one read per reply.
 
-I/O threads: 4 (``SCRIBE_IO_THREADS``, set by the client), not the spool's default 16.
-The scribe's thread hand-offs cost it CPU on the cores the front needs: measured over 6
-alternated rounds, 16 threads made 28-30 context switches per message in the scribe, 4
-made 22-24 and 2 made 18-20, and the front's accept rate was 803, 860 and 862 msg/s
-(means). Four still lets four files' fsyncs run at once, which a journalled file system
-commits together; the directory fsync is group-committed whatever the count.
+Why one thread and batches (decision, session 7): the first scribe ran the asyncio
+``EntryWriter`` with its I/O threads and the audit sink's writer thread; its CPU went
+to handing each message from thread to thread (22-30 context switches per message),
+on the two cores the front needs. This one has no event loop and no thread. It reads
+whatever the link holds, carries out every frame in it in order (``OPEN``; ``DATA``,
+kept in memory up to ``FLUSH_SIZE`` per entry, then written), and then ends the
+batch's ``COMMIT`` and ``ABORT`` frames together (group commit, STYLE 4):
 
-Invariants: the durability and audit contract is ``EntryWriter``'s, unchanged; each
-entry is served in order by a task of its own (``DATA`` chunks, then one ``COMMIT`` or
-``ABORT``), entries concurrently, so group commit still gathers them. At the end of the
-link (the front stopped or died) every entry not yet committed is aborted (its client
-got no ``250``; that abort is answered to nobody), a commit already under way completes
-and is still answered (the front's ``aclose`` shuts only its half of the link and reads
-on, so a graceful stop gives that message its ``250``; a dead front makes it a duplicate
-at most, if its client retries), then the link, the spool and the trail are closed and
-the process exits 0. A protocol error ends the link the same way. It ignores SIGINT,
-SIGHUP and SIGTERM (decision, session 6): it is in its front's process group, which
-``serve``'s ``WorkerGroup`` stops with SIGTERM (and a Ctrl-C in a terminal reaches with
-SIGINT) while the front still drains its DATA transfers into it; it lives exactly as
-long as its link (SIGKILL, e.g. the group's after ``stop_timeout``, still ends it).
+1. for each ``COMMIT``: write the end of the file (record, preamble) and ``fsync`` it;
+2. one audit transaction for the whole batch: ``spool.added`` of each file written,
+   ``spool.refused`` of each abort or failure (``AuditStore.append``, as the sink's
+   writer thread does it);
+3. ``link`` each recorded file into ``incoming/``, then one ``fsync`` of ``incoming/``;
+4. one ``send`` of every answer.
 
-Memory (decision, session 6): ``DATA`` read from the link waits in its entry's queue
-until that entry's ``EntryWriter`` takes it; at most ``BUFFER_LIMIT`` (1 MiB) bytes, over
-all entries, wait so. Past it the scribe stops reading the link until they are written,
-so the front's ``drain`` waits and a disk slower than the socket slows the front's
-readers instead of filling the scribe (measured: one 50 MB message raised the scribe's
-peak RSS by 37-44 MiB before, 2.4 MiB after; same transfer time).
+While a batch is written, the front's frames wait in the socket: the next batch holds
+what came meanwhile, so a busier front gets larger batches, not more fsyncs per
+message. The order is stricter than ``EntryWriter``'s (which commits ``spool.added``
+while the file's fsync runs): an ``added`` record always follows its file's fsync.
+
+Invariants:
+
+- ``DONE`` for a ``COMMIT`` is sent only after steps 1-3 ended well for that entry:
+  a ``250`` never precedes its fsyncs or its audit record. A failure at a step fails
+  the entries it concerns (``FAILED``: the front answers 451/452/552) and is audited:
+  a file not yet recorded is discarded with ``spool.refused``; one recorded whose link
+  failed is discarded with ``spool.discarded``; linked but not known durable (the
+  directory fsync failed) stays in ``incoming/`` and is answered ``FAILED`` (a
+  duplicate at most, if its client retries).
+- Every ``COMMIT`` and ``ABORT`` gets exactly one answer, whatever goes wrong inside
+  (an unexpected error is a ``FAILED``, logged by type).
+- At the end of the link (the front stopped or died, or sent a bad frame) the frames
+  already read are still carried out and answered (the front's ``aclose`` shuts only
+  its half of the link and reads on, so a graceful stop gives those messages their
+  ``250``), every entry still open is dropped with ``spool.refused`` ("the SMTP front
+  went away": its client got no ``250``), then the trail is closed and the process
+  exits 0.
+- It ignores SIGINT, SIGHUP and SIGTERM (decision, session 6): it is in its front's
+  process group, which ``serve``'s ``WorkerGroup`` stops with SIGTERM (and a Ctrl-C in
+  a terminal reaches with SIGINT) while the front still drains its DATA transfers into
+  it; it lives exactly as long as its link (SIGKILL, e.g. the group's after
+  ``stop_timeout``, still ends it).
+
+Memory: the scribe reads at most ``READ_SIZE`` bytes from the link at a time and writes
+them before it reads more, so a disk slower than the socket fills the socket and the
+front's ``drain`` waits: its readers slow down, nothing piles up here. Each open entry
+keeps at most ``FLUSH_SIZE`` bytes plus one frame, as with ``EntryWriter``.
 
 Command line (started by the client, not by people)::
 
     python -m gateway.spool.scribe --fd N --spool DIR --audit FILE --actor NAME
                                    --max-message-size BYTES [--log-level LEVEL]
-                                   [--io-threads N]
 
 Trust level: holds no key at all (not even the front's TLS key: it is started with a
 fresh interpreter, not forked, and with ``-P``, so the directory ``serve`` was started
@@ -57,213 +77,387 @@ ids, like the in-process writer.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import signal
 import socket
 import sys
-from collections.abc import Awaitable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 
-from gateway.audit.sink import AuditSink
+from gateway.audit.event import AuditEvent, utc_now
+from gateway.audit.store import AuditStore
 from gateway.log import get_logger, setup_logging
-from gateway.spool.errors import SpoolError
-from gateway.spool.layout import RECEIVED
-from gateway.spool.model import RecordError
-from gateway.spool.queue import Queue
-from gateway.spool.runtime import DEFAULT_IO_THREADS
+from gateway.spool.atomic import as_spool_error, sync_directory
+from gateway.spool.entry_file import (
+    EntryFile,
+    LinkFailed,
+    publish_error,
+    publish_failure,
+    spool_error,
+)
+from gateway.spool.errors import MessageTooLarge, SpoolError, SpoolWriteError
+from gateway.spool.layout import RECEIVED, Layout, StageDirs
+from gateway.spool.model import QueueRecord, RecordError
 from gateway.spool.scribe_protocol import (
     Frame,
+    FrameDecoder,
     Kind,
     ProtocolError,
     decode_open,
     encode_failure,
     frame,
-    read_frame,
 )
-from gateway.spool.spooldir import Spool
-from gateway.spool.writer import EntryWriter
 
 _log = get_logger("spool.scribe")
 
-BUFFER_LIMIT = 1 << 20  # DATA bytes read from the link and not yet written (docstring)
-_LINK_ENDED = Frame(Kind.ABORT, 0, b"the SMTP front went away")  # answered to nobody
+READ_SIZE = 256 * 1024  # bytes read from the link at a time (module docstring, Memory)
+LINK_ENDED = "the SMTP front went away"
+
+Checkpoint = Callable[[str], None]
+
+
+def no_checkpoint(name: str) -> None:
+    """The production checkpoint: nothing (the tests stop the scribe at a named step)."""
+
+
+@dataclass(eq=False)
+class _Open:
+    """An entry between its ``OPEN`` and its ``COMMIT`` or ``ABORT``. ``failure``: a
+    write failed or the limit was passed; its file is gone and ``spool.refused`` queued,
+    the rest of its ``DATA`` is dropped and its ``COMMIT`` answered with the failure."""
+
+    entry: EntryFile
+    failure: SpoolError | None = None
+
+
+@dataclass(eq=False)
+class _Ending:
+    """A ``COMMIT`` (``abort_reason`` None) or an ``ABORT`` of one entry, and its outcome."""
+
+    handle: int
+    opened: _Open
+    abort_reason: str | None
+    record: QueueRecord | None = None
+    error: BaseException | None = None
+    done: bool = False  # set only once every step ended well: the one way to a DONE
+
+    @property
+    def entry(self) -> EntryFile:
+        return self.opened.entry
 
 
 @dataclass
-class _Entry:
-    """One entry being written: its operations in order, served by ``task``."""
+class _Batch:
+    """What one batch commits to the audit trail, and the endings it answers."""
 
-    operations: asyncio.Queue[Frame] = field(default_factory=asyncio.Queue)
-    task: asyncio.Task[None] | None = None
+    endings: list[_Ending] = field(default_factory=list)
+    events: list[AuditEvent] = field(default_factory=list)
 
 
 class Scribe:
-    """Serve one link: ``OPEN``/``DATA``/``COMMIT``/``ABORT`` into ``queue``."""
+    """Serve one link into ``dirs`` (``received/``), recording to ``store``."""
 
-    def __init__(self, queue: Queue, writer: asyncio.StreamWriter) -> None:
-        self._queue = queue
-        self._writer = writer
-        self._entries: dict[int, _Entry] = {}
-        self._tasks: set[asyncio.Task[None]] = set()
-        self._buffered = 0  # DATA bytes queued in entries, not yet given to their writer
-        self._room = asyncio.Event()
-        self._room.set()
+    def __init__(
+        self,
+        link: socket.socket,
+        dirs: StageDirs,
+        store: AuditStore,
+        *,
+        actor: str,
+        max_message_size: int,
+        clock: Callable[[], datetime] = utc_now,
+        checkpoint: Checkpoint = no_checkpoint,
+    ) -> None:
+        self._link = link
+        self._dirs = dirs
+        self._store = store
+        self._actor = actor
+        self._limit = max_message_size
+        self._clock = clock
+        self._checkpoint = checkpoint
+        self._decoder = FrameDecoder()
+        self._entries: dict[int, _Open] = {}
+        self._refusals: list[AuditEvent] = []  # failures during DATA, for the next batch
+        self._link_open = True
 
-    async def serve(self, reader: asyncio.StreamReader) -> None:
-        """Until the end of the link; then abort what is unfinished and wait for it."""
-        self._writer.write(frame(Kind.READY, 0))
+    def serve(self) -> None:
+        """Until the end of the link; then drop what is unfinished (module docstring)."""
+        self._send([frame(Kind.READY, 0)])
         try:
-            while (received := await read_frame(reader)) is not None:
-                await self._dispatch(received)
+            while self._serve_batch():
+                pass
+        finally:
+            self._drop_unfinished()
+            self._link.close()  # then the front sees the end
+
+    def _serve_batch(self) -> bool:
+        """Read what the link holds, carry it out, end its commits; False at the end."""
+        batch = _Batch()
+        going_on = True
+        try:
+            going_on = self._read()
+            while (received := self._decoder.next_frame()) is not None:
+                if (ending := self._dispatch(received)) is not None:
+                    batch.endings.append(ending)
+            if not going_on and not self._decoder.between_frames:
+                raise ProtocolError("end of stream inside a frame")
         except ProtocolError as error:
             _log.error("scribe.protocol_error", error=str(error))
+            going_on = False
         except ConnectionError:
-            pass
+            going_on = False
         finally:
-            await self._abort_unfinished()  # commits under way are still answered
-            self._writer.close()  # then the front sees the end
+            self._end(batch)  # what was read is still committed and answered
+        return going_on
 
-    async def _dispatch(self, received: Frame) -> None:
+    def _read(self) -> bool:
+        """Feed what the link holds (blocking until something comes); False at its end."""
+        data = self._link.recv(READ_SIZE)
+        if not data:
+            return False
+        self._decoder.feed(data)
+        return True
+
+    # -- frames ------------------------------------------------------------------------
+
+    def _dispatch(self, received: Frame) -> _Ending | None:
         if received.kind is Kind.OPEN:
-            await self._open(received)
-            return
-        entry = self._entries.get(received.handle)
-        if entry is None or received.kind not in (Kind.DATA, Kind.COMMIT, Kind.ABORT):
+            self._open(received)
+            return None
+        opened = self._entries.get(received.handle)
+        if opened is None or received.kind not in (Kind.DATA, Kind.COMMIT, Kind.ABORT):
             raise ProtocolError(f"{received.kind.name} for no open entry {received.handle}")
-        if received.kind is not Kind.DATA:
-            del self._entries[received.handle]  # nothing may follow COMMIT or ABORT
-        entry.operations.put_nowait(received)
         if received.kind is Kind.DATA:
-            await self._hold(len(received.payload))
+            self._write(opened, received.payload)
+            return None
+        del self._entries[received.handle]  # nothing may follow COMMIT or ABORT
+        reason = None
+        if received.kind is Kind.ABORT:
+            reason = received.payload.decode("utf-8", "replace")
+        return _Ending(received.handle, opened, reason)
 
-    async def _hold(self, size: int) -> None:
-        """Count ``size`` queued bytes; past ``BUFFER_LIMIT``, stop reading the link until
-        the entries' writers have taken enough (the front's ``drain`` then waits)."""
-        self._buffered += size
-        if self._buffered > BUFFER_LIMIT:
-            self._room.clear()
-            await self._room.wait()
-
-    def _release(self, size: int) -> None:
-        self._buffered -= size
-        if self._buffered <= BUFFER_LIMIT:
-            self._room.set()
-
-    async def _open(self, received: Frame) -> None:
+    def _open(self, received: Frame) -> None:
         if received.handle in self._entries:
             raise ProtocolError(f"entry {received.handle} opened twice")
         try:
             new = decode_open(received.payload)
         except RecordError as error:
             raise ProtocolError(f"unreadable OPEN record: {error}") from error
-        writer = await self._queue.open_writer(
-            new.envelope, new.origin, queue_id=new.queue_id, received=new.received
+        entry = EntryFile(
+            self._dirs,
+            queue_id=new.queue_id,
+            envelope=new.envelope,
+            origin=new.origin,
+            received=new.received,
+            limit=self._limit,
         )
-        entry = _Entry()
-        entry.task = asyncio.create_task(self._serve_entry(received.handle, writer, entry))
-        self._tasks.add(entry.task)
-        entry.task.add_done_callback(self._tasks.discard)
-        self._entries[received.handle] = entry
+        self._entries[received.handle] = _Open(entry)
 
-    async def _serve_entry(self, handle: int, writer: EntryWriter, entry: _Entry) -> None:
-        """``DATA`` until a ``COMMIT`` or an ``ABORT``, then its one answer. Whatever goes
-        wrong, the answer is sent (an unexpected error is a ``FAILED``: the front answers
-        451 instead of waiting), and only once the ``COMMIT`` or ``ABORT`` has come."""
-        failure: BaseException | None = None
-        while (operation := await entry.operations.get()).kind is Kind.DATA:
-            if failure is None:
-                failure = await _write(writer, operation.payload)
-            self._release(len(operation.payload))
-        if operation.kind is Kind.ABORT:
-            await _quietly(writer.abort(operation.payload.decode("utf-8", "replace")), writer)
-            if operation is not _LINK_ENDED:
-                self._answer(handle, None, "")
-        elif failure is not None:
-            self._answer(handle, failure, "")
-        else:
-            try:
-                queue_id = await writer.commit()
-            except Exception as error:  # noqa: BLE001 - answered as FAILED (see above)
-                _log_unexpected(error, writer)
-                self._answer(handle, error, "")
-            else:
-                self._answer(handle, None, queue_id)
-
-    def _answer(self, handle: int, error: BaseException | None, queue_id: str) -> None:
-        if self._writer.is_closing():
+    def _write(self, opened: _Open, chunk: bytes) -> None:
+        """Keep or write ``chunk``; a failure ends the entry here (``_Open.failure``)."""
+        if opened.failure is not None or not chunk:
             return
-        if error is None:
-            self._writer.write(frame(Kind.DONE, handle, queue_id.encode("ascii")))
-        else:
-            self._writer.write(frame(Kind.FAILED, handle, encode_failure(error)))
+        entry = opened.entry
+        try:
+            data = entry.add(chunk)
+            if data is not None:
+                entry.write_content(data)
+        except MessageTooLarge as error:
+            self._fail(opened, error, f"message larger than {error.limit} bytes")
+        except OSError as error:
+            failure = as_spool_error(error, "writing a queue file")
+            self._fail(opened, failure, str(failure))
+        except Exception as error:  # noqa: BLE001 - answered as FAILED, never left waiting
+            _log_unexpected(error, entry)
+            self._fail(opened, SpoolWriteError("the spool scribe failed"), "error in the scribe")
 
-    async def _abort_unfinished(self) -> None:
+    def _fail(self, opened: _Open, failure: SpoolError, reason: str) -> None:
+        opened.failure = failure
+        opened.entry.discard()
+        self._refusals.append(self._refused(opened.entry, reason))
+
+    # -- ending a batch ----------------------------------------------------------------
+
+    def _end(self, batch: _Batch) -> None:
+        """Steps 1-4 of the module docstring for the endings read in this batch. Each
+        ending is answered, ``DONE`` only if it was marked done; an unexpected error
+        fails those not yet done (and the scribe goes on with the next batch)."""
+        batch.events, self._refusals = self._refusals, []
+        if not batch.endings and not batch.events:
+            return
+        try:
+            self._end_steps(batch)
+        except Exception as error:  # noqa: BLE001 - every COMMIT and ABORT hears back
+            _log.error("scribe.error", error=type(error).__name__, entries=len(batch.endings))
+            for ending in batch.endings:
+                if not ending.done and ending.error is None:
+                    ending.error = error
+        finally:
+            self._send([_answer(ending) for ending in batch.endings])
+
+    def _end_steps(self, batch: _Batch) -> None:
+        now = self._clock()
+        written = [e for e in batch.endings if self._write_end(e, batch, now)]
+        for ending in batch.endings:  # an abort is answered DONE once its file is gone
+            ending.done = ending.abort_reason is not None
+        if not self._record(batch.events):  # (a refusal not recorded is logged, as before)
+            for ending in written:  # not recorded: never published, never a 250
+                ending.entry.discard()
+                ending.error = SpoolWriteError("the audit record of the entry was not committed")
+            return
+        if written:
+            self._checkpoint("add.synced")
+            self._publish(written)
+
+    def _write_end(self, ending: _Ending, batch: _Batch, now: datetime) -> bool:
+        """Step 1 for a ``COMMIT`` (True if written and synced); an ``ABORT`` drops its
+        file and queues its refusal. Every other outcome is set on ``ending``."""
+        opened, entry = ending.opened, ending.entry
+        if ending.abort_reason is not None:
+            if opened.failure is None:
+                entry.discard()
+                batch.events.append(self._refused(entry, ending.abort_reason))
+            return False
+        if opened.failure is not None:
+            ending.error = opened.failure
+            return False
+        try:
+            ending.record = entry.write_end(entry.take_pending(), now)
+            self._checkpoint("add.written")
+            entry.sync()
+        except (OSError, SpoolError, RecordError) as error:
+            failure = spool_error(error)
+            entry.discard()
+            batch.events.append(self._refused(entry, str(failure)))
+            ending.error = failure
+            return False
+        except Exception as error:  # noqa: BLE001 - answered as FAILED (module docstring)
+            _log_unexpected(error, entry)
+            entry.discard()
+            batch.events.append(self._refused(entry, "error in the spool scribe"))
+            ending.error = error
+            return False
+        batch.events.append(entry.added_event(ending.record, self._actor))
+        return True
+
+    def _record(self, events: list[AuditEvent]) -> bool:
+        """Step 2: one transaction; False (logged) if it was not committed."""
+        if not events:
+            return True
+        try:
+            self._store.append(events)
+        except Exception as error:  # noqa: BLE001 - every entry must hear back
+            _log.error("spool.audit_failed", records=len(events), error=type(error).__name__)
+            return False
+        return True
+
+    def _publish(self, recorded: list[_Ending]) -> None:
+        """Step 3: link each recorded file, then one fsync of ``incoming/``."""
+        linked: list[_Ending] = []
+        discarded: list[AuditEvent] = []
+        for ending in recorded:
+            if self._link_one(ending, discarded):
+                linked.append(ending)
+        if linked:
+            try:
+                sync_directory(self._dirs.state("incoming"))
+            except OSError as error:
+                failure = as_spool_error(error, "syncing the incoming directory")
+                for ending in linked:  # visible, not known durable: no 250
+                    ending.entry.discard()
+                    ending.error = failure
+            else:
+                self._checkpoint("add.published")
+                for ending in linked:
+                    ending.done = True
+                    _log_added(ending)
+        if discarded and not self._record(discarded):
+            _log.error("spool.audit_failed", audit_event="spool.discarded")
+
+    def _link_one(self, ending: _Ending, discarded: list[AuditEvent]) -> bool:
+        entry = ending.entry
+        try:
+            entry.publish()
+            self._checkpoint("add.linked")
+        except LinkFailed as failed:
+            if failed.linked:  # visible under its name, not known durable
+                doing = "removing the temp name of a published queue file"
+                ending.error = as_spool_error(failed.error, doing)
+                return False
+            entry.discard()
+            reason = publish_failure(failed.error)
+            discarded.append(entry.closing_event("discarded", reason, self._actor, ending.record))
+            _log.info("spool.discarded", queue_id=entry.queue_id, stage=RECEIVED, reason=reason)
+            ending.error = publish_error(failed.error, entry.queue_id, entry.incoming)
+            return False
+        except Exception as error:  # noqa: BLE001 - answered as FAILED (module docstring)
+            _log_unexpected(error, entry)
+            entry.discard()
+            ending.error = error
+            return False
+        return True
+
+    def _refused(self, entry: EntryFile, reason: str) -> AuditEvent:
+        _log.info("spool.refused", queue_id=entry.queue_id, stage=RECEIVED, reason=reason)
+        return entry.closing_event("refused", reason, self._actor)
+
+    def _send(self, frames: list[bytes]) -> None:
+        """Answers in one ``send``; none once the front has gone (nobody reads them)."""
+        if not self._link_open or not frames:
+            return
+        try:
+            self._link.sendall(b"".join(frames))
+        except OSError:
+            self._link_open = False
+
+    def _drop_unfinished(self) -> None:
         """The link is gone: no ``250`` can follow; drop what was not committed."""
-        for entry in self._entries.values():
-            entry.operations.put_nowait(_LINK_ENDED)
+        for opened in self._entries.values():
+            if opened.failure is None:
+                opened.entry.discard()
+                self._refusals.append(self._refused(opened.entry, LINK_ENDED))
         self._entries.clear()
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        if self._refusals:
+            self._record(self._refusals)
+            self._refusals = []
 
 
-async def _write(writer: EntryWriter, chunk: bytes) -> BaseException | None:
-    """Append ``chunk``; the error instead of raising it (the writer is then closed and
-    the refusal recorded: the rest of the entry is read and dropped)."""
-    try:
-        await writer.write(chunk)
-    except Exception as error:  # noqa: BLE001 - becomes the entry's FAILED answer
-        _log_unexpected(error, writer)
-        await _quietly(writer.abort("error in the spool scribe"), writer)
-        return error
-    return None
+def _answer(ending: _Ending) -> bytes:
+    if not ending.done:
+        error = ending.error or SpoolWriteError("the spool scribe failed")
+        return frame(Kind.FAILED, ending.handle, encode_failure(error))
+    queue_id = "" if ending.abort_reason is not None else ending.entry.queue_id
+    return frame(Kind.DONE, ending.handle, queue_id.encode("ascii"))
 
 
-async def _quietly(step: Awaitable[None], writer: EntryWriter) -> None:
-    try:
-        await step
-    except Exception as error:  # noqa: BLE001 - logged; the entry is answered anyway
-        _log_unexpected(error, writer)
+def _log_added(ending: _Ending) -> None:
+    entry = ending.entry
+    _log.info("spool.added", queue_id=entry.queue_id, stage=RECEIVED, size=entry.size)
 
 
-def _log_unexpected(error: Exception, writer: EntryWriter) -> None:
-    """A spool error is the entry's outcome (the spool logged and audited it); anything
-    else is a bug or an unforeseen failure, logged here by type (never its text: it may
-    quote content)."""
+def _log_unexpected(error: Exception, entry: EntryFile) -> None:
+    """Anything but a spool or OS error is a bug or an unforeseen failure, logged by
+    type (never its text: it may quote content)."""
     if not isinstance(error, (SpoolError, OSError, RecordError)):
-        _log.error("scribe.error", queue_id=writer.queue_id, error=type(error).__name__)
+        _log.error("scribe.error", queue_id=entry.queue_id, error=type(error).__name__)
 
 
-async def run_scribe(
+def run_scribe(
     link: socket.socket,
     *,
     spool_dir: Path,
     audit_path: Path,
     actor: str,
     max_message_size: int,
-    io_threads: int = DEFAULT_IO_THREADS,
 ) -> None:
     """Serve ``link`` until it ends, writing into ``spool_dir``'s ``received/``."""
-    audit = AuditSink(audit_path)
-    audit.start()
-    try:
-        spool = Spool(
-            spool_dir,
-            audit=audit,
-            actor=actor,
-            max_message_size=max_message_size,
-            io_threads=io_threads,
-        )
-        try:
-            reader, writer = await asyncio.open_unix_connection(sock=link)
-            try:
-                await Scribe(spool.queue(RECEIVED), writer).serve(reader)
-            finally:
-                writer.close()
-        finally:
-            await spool.aclose()
-    finally:
-        await audit.aclose()
+    layout = Layout(spool_dir)
+    layout.create_root()
+    dirs = layout.stage(RECEIVED)
+    dirs.create()
+    with AuditStore.open_writer(audit_path) as store:
+        Scribe(link, dirs, store, actor=actor, max_message_size=max_message_size).serve()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -274,21 +468,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--actor", required=True)
     parser.add_argument("--max-message-size", type=int, required=True)
     parser.add_argument("--log-level", default="info")
-    parser.add_argument("--io-threads", type=int, default=DEFAULT_IO_THREADS)
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     for signum in (signal.SIGINT, signal.SIGHUP, signal.SIGTERM):
         signal.signal(signum, signal.SIG_IGN)  # it ends with its link (module docstring)
-    link = socket.socket(fileno=args.fd)
-    asyncio.run(
-        run_scribe(
-            link,
-            spool_dir=args.spool,
-            audit_path=args.audit,
-            actor=args.actor,
-            max_message_size=args.max_message_size,
-            io_threads=args.io_threads,
-        )
+    run_scribe(
+        socket.socket(fileno=args.fd),
+        spool_dir=args.spool,
+        audit_path=args.audit,
+        actor=args.actor,
+        max_message_size=args.max_message_size,
     )
     return 0
 

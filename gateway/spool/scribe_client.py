@@ -8,10 +8,10 @@ process: that module's docstring and ``bench/README.md``).
 
 Invariants (the front's ``250`` rests on them):
 
-- ``commit`` returns a queue id only when the scribe answered ``DONE`` for it, i.e. its
-  ``EntryWriter.commit`` returned: file and ``incoming/`` fsynced, ``spool.added``
-  committed. Anything else raises a ``SpoolError`` (the front answers ``451``/``452``, or
-  ``552`` for ``MessageTooLarge``).
+- ``commit`` returns a queue id only when the scribe answered ``DONE`` for it, i.e. it
+  ended the entry's steps: file fsynced, ``spool.added`` committed, file linked into
+  ``incoming/`` and ``incoming/`` fsynced. Anything else raises a ``SpoolError`` (the
+  front answers ``451``/``452``, or ``552`` for ``MessageTooLarge``).
 - If the link ends (the scribe crashed, was killed, or sent a bad frame), every entry in
   flight fails with ``SpoolWriteError``: its client gets no ``250`` and will retry. A
   ``COMMIT`` whose ``DONE`` was lost may have been written: a duplicate, never a loss (the
@@ -73,7 +73,6 @@ STOP_TIMEOUT = 30.0  # seconds for the scribe to finish and exit at ``aclose``
 RESTART_INTERVAL = 1.0  # seconds between two starts of a scribe
 ANSWER_TIMEOUT = 60.0  # seconds for an answer or a drain before the scribe is killed
 SEND_SIZE = 64 * 1024  # content bytes a writer gathers before it sends them
-SCRIBE_IO_THREADS = 4  # the scribe's spool I/O threads (``gateway.spool.scribe``)
 
 _log = get_logger("spool.scribe")
 
@@ -286,13 +285,11 @@ class ScribeQueue:
         max_message_size: int,
         log_level: str = "info",
         restart_interval: float = RESTART_INTERVAL,
-        io_threads: int = SCRIBE_IO_THREADS,
     ) -> None:
         self._command = [
             sys.executable, "-P", "-m", "gateway.spool.scribe",
             "--spool", str(spool_dir), "--audit", str(audit_path), "--actor", actor,
             "--max-message-size", str(max_message_size), "--log-level", log_level,
-            "--io-threads", str(io_threads),
         ]  # fmt: skip
         self._limit = max_message_size
         self._restart_interval = restart_interval

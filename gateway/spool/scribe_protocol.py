@@ -105,6 +105,44 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
     return Frame(kind, handle, payload)
 
 
+class FrameDecoder:
+    """The frames in a byte stream read by blocking calls (the scribe's side): ``feed``
+    what was read, then take ``next_frame`` until it returns None (incomplete)."""
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()
+        self._start = 0  # first byte of ``_buffer`` not yet decoded
+
+    def feed(self, data: bytes | memoryview) -> None:
+        if self._start:
+            del self._buffer[: self._start]
+            self._start = 0
+        self._buffer += data
+
+    @property
+    def between_frames(self) -> bool:
+        """Whether every byte fed so far belongs to a decoded frame (a clean end)."""
+        return self._start == len(self._buffer)
+
+    def next_frame(self) -> Frame | None:
+        """The next complete frame; ``ProtocolError`` for one no front would send."""
+        buffer, start = self._buffer, self._start
+        if len(buffer) - start < _HEAD.size:
+            return None
+        kind, handle, length = _HEAD.unpack_from(buffer, start)
+        if length > MAX_PAYLOAD:
+            raise ProtocolError(f"frame payload of {length} bytes (at most {MAX_PAYLOAD})")
+        try:
+            kind = Kind(kind)
+        except ValueError:
+            raise ProtocolError(f"unknown frame kind {kind}") from None
+        end = start + _HEAD.size + length
+        if len(buffer) < end:
+            return None
+        self._start = end
+        return Frame(kind, handle, bytes(buffer[start + _HEAD.size : end]))
+
+
 # -- OPEN: the provisional record ------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """The spool scribe: an SMTP front's messages written durably by a child process.
 
 Each test starts the real ``python -m gateway.spool.scribe`` through ``ScribeQueue`` (or
-runs ``Scribe`` in this process over a ``socketpair`` where the test must see the order
+runs ``Scribe`` in a thread of this process over a ``socketpair`` where the test must see the order
 of events) on a spool and a real audit trail in a temp dir, then reads what reached the
 disk and the trail back with the spool's and the trail's own readers.
 """
@@ -13,20 +13,25 @@ import hashlib
 import os
 import signal
 import socket
+import sqlite3
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import pytest
 
-from gateway.audit import AuditSink, AuditStore
+from gateway.audit import AuditStore
 from gateway.audit.event import utc_now
 from gateway.spool import RECEIVED, MessageTooLarge, Spool, SpoolWriteError
 from gateway.spool.ids import new_queue_id
+from gateway.spool.layout import Layout
 from gateway.spool.scribe import Scribe
 from gateway.spool.scribe_client import SEND_SIZE, ScribeQueue
 from gateway.spool.scribe_protocol import (
+    MAX_PAYLOAD,
+    FrameDecoder,
     Kind,
     NewEntry,
+    ProtocolError,
     decode_failure,
     encode_failure,
     encode_open,
@@ -225,18 +230,22 @@ class _Front:
 async def _scribe_on_socketpair(
     tmp_path: Path, checkpoint: Callable[[str], None] | None = None
 ) -> tuple[_Front, Callable[[], Awaitable[None]]]:
+    """``Scribe.serve`` in a thread of this process, its link a ``socketpair``."""
     ours, theirs = socket.socketpair()
-    audit = AuditSink(tmp_path / "audit.sqlite")
-    audit.start()
-    spool = Spool(
-        tmp_path / "spool",
-        audit=audit,
+    layout = Layout(tmp_path / "spool")
+    layout.create_root()
+    dirs = layout.stage(RECEIVED)
+    dirs.create()
+    store = AuditStore.open_writer(tmp_path / "audit.sqlite")
+    scribe = Scribe(
+        theirs,
+        dirs,
+        store,
         actor="smtp",
         max_message_size=LIMIT,
         checkpoint=checkpoint or (lambda name: None),
     )
-    scribe_reader, scribe_writer = await asyncio.open_unix_connection(sock=theirs)
-    task = asyncio.create_task(Scribe(spool.queue(RECEIVED), scribe_writer).serve(scribe_reader))
+    task = asyncio.create_task(asyncio.to_thread(scribe.serve))
     front = _Front(*await asyncio.open_unix_connection(sock=ours))
     ready = await read_frame(front.reader)
     assert ready is not None and ready.kind is Kind.READY
@@ -244,9 +253,8 @@ async def _scribe_on_socketpair(
     async def stop() -> None:
         front.writer.close()
         await task
-        scribe_writer.close()
-        await spool.aclose()
-        await audit.aclose()
+        theirs.close()
+        store.close()
 
     return front, stop
 
@@ -348,3 +356,88 @@ def test_errors_cross_as_spool_errors_without_internal_text() -> None:
     assert type(other) is SpoolWriteError and "secret" not in str(other)
     assert type(decode_failure(b"not json")) is SpoolWriteError
     assert type(decode_failure(b'{"error": "os.system", "message": "x"}')) is SpoolWriteError
+
+
+async def test_commits_that_arrive_together_share_one_directory_fsync(tmp_path: Path) -> None:
+    """Group commit: the commits read in one batch are published with one fsync of
+    ``incoming/`` (``add.published`` once), each answered with its own queue id."""
+    steps: list[str] = []
+    front, stop = await _scribe_on_socketpair(tmp_path, steps.append)
+    try:
+        frames: list[bytes] = []
+        queue_ids = []
+        for handle in range(1, 6):
+            entry = NewEntry(new_queue_id(), utc_now(), envelope(), origin())
+            queue_ids.append(entry.queue_id)
+            frames += [
+                frame(Kind.OPEN, handle, encode_open(entry)),
+                frame(Kind.DATA, handle, message(handle)),
+                frame(Kind.COMMIT, handle),
+            ]
+        front.writer.write(b"".join(frames))  # one write: the scribe reads one batch
+        answers = [await read_frame(front.reader) for _ in range(5)]
+    finally:
+        await stop()
+    assert [(a.kind, a.handle, a.payload.decode()) for a in answers if a] == [
+        (Kind.DONE, handle, queue_id) for handle, queue_id in enumerate(queue_ids, 1)
+    ]
+    assert steps.count("add.written") == 5
+    assert steps.count("add.published") == 1
+    assert sorted(await incoming(tmp_path)) == sorted(queue_ids)
+
+
+async def test_an_audit_trail_that_refuses_the_batch_publishes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No ``spool.added`` committed, no entry: the file is discarded, the commit is
+    answered ``FAILED`` (451), and the next batch, with the trail back, is written."""
+    front, stop = await _scribe_on_socketpair(tmp_path)
+    real_append = AuditStore.append
+
+    def broken(self: AuditStore, events: object) -> object:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    try:
+        monkeypatch.setattr(AuditStore, "append", broken)
+        front.open(1, message(3))
+        front.writer.write(frame(Kind.COMMIT, 1))
+        failed = await read_frame(front.reader)
+        monkeypatch.setattr(AuditStore, "append", real_append)
+        kept = front.open(2, message(4))
+        front.writer.write(frame(Kind.COMMIT, 2))
+        done = await read_frame(front.reader)
+    finally:
+        await stop()
+    assert failed is not None and (failed.kind, failed.handle) == (Kind.FAILED, 1)
+    assert "audit record" in str(decode_failure(failed.payload))
+    assert done is not None and (done.kind, done.payload.decode()) == (Kind.DONE, kept)
+    assert list(await incoming(tmp_path)) == [kept]
+    assert os.listdir(tmp_path / "spool" / "received" / "tmp") == []
+
+
+def test_the_frame_decoder_takes_frames_split_anywhere_and_refuses_bad_ones() -> None:
+    stream = frame(Kind.OPEN, 7, b"abc") + frame(Kind.DATA, 7, b"x" * 1000) + frame(Kind.COMMIT, 7)
+    for cut in (1, 5, 9, 11, 13, 500, len(stream) - 1):  # never between two frames
+        decoder = FrameDecoder()
+        decoder.feed(stream[:cut])
+        got = []
+        while (one := decoder.next_frame()) is not None:
+            got.append(one)
+        assert not decoder.between_frames  # a stream cut here ends inside a frame
+        decoder.feed(stream[cut:])
+        while (one := decoder.next_frame()) is not None:
+            got.append(one)
+        assert decoder.between_frames
+        assert [(f.kind, f.handle, len(f.payload)) for f in got] == [
+            (Kind.OPEN, 7, 3),
+            (Kind.DATA, 7, 1000),
+            (Kind.COMMIT, 7, 0),
+        ]
+    unknown = FrameDecoder()
+    unknown.feed(b"\x63" + bytes(8))
+    with pytest.raises(ProtocolError, match="unknown frame kind"):
+        unknown.next_frame()
+    huge = FrameDecoder()
+    huge.feed(bytes([Kind.DATA]) + bytes(4) + (MAX_PAYLOAD + 1).to_bytes(4, "big"))
+    with pytest.raises(ProtocolError, match="at most"):
+        huge.next_frame()

@@ -81,17 +81,17 @@ async def _gone(pid: int) -> None:
 
 _SLOW_DISK = """
 import time
-from gateway.spool import writer
+from gateway.spool import entry_file
 
-_write_content = writer.EntryWriter._write_content
+_write_content = entry_file.EntryFile.write_content
 
 
-def _slowly(self, data):  # in an I/O thread: a disk of about 10 MB/s
+def _slowly(self, data):  # a disk of about 10 MB/s
     time.sleep(0.025)
     _write_content(self, data)
 
 
-writer.EntryWriter._write_content = _slowly
+entry_file.EntryFile.write_content = _slowly
 """
 
 
@@ -99,11 +99,12 @@ async def test_a_large_message_on_a_slow_disk_keeps_the_scribes_memory_bounded(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The client bounds the front's memory (SEND_SIZE, drain); the scribe must too:
-    DATA it has read from the link but not handed to its EntryWriter must not pile up
-    when the disk is slower than the socket. The scribe's disk is slowed (a
-    ``sitecustomize`` on its PYTHONPATH) so that this does not depend on the load of the
-    machine. Measured by hand with a fast disk and 50 MB: +37-44 MiB of peak RSS in the
-    scribe before the fix, +2.4 MiB after; the front's stayed flat (+0.03 MiB)."""
+    DATA it has read from the link but not yet written must not pile up when the disk
+    is slower than the socket (since session 7 it reads only what it has written). The
+    scribe's disk is slowed (a ``sitecustomize`` on its PYTHONPATH) so that this does
+    not depend on the load of the machine. Measured by hand with a fast disk and 50 MB:
+    +37-44 MiB of peak RSS in the scribe before the fix, +2.4 MiB after; the front's
+    stayed flat (+0.03 MiB)."""
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(_SLOW_DISK)
