@@ -25,7 +25,8 @@ recipient is delivered and the message asks for it with
 (``wants_final_delivery_mdn``), a *dispatched* MDN is queued into ``received`` by
 ``gateway.inbound.stage.queue_mdn`` (clear, signed and encrypted by the secure agent;
 hand-off key per recipient, so a repeated pass queues it once; never for an MDN, a DSN
-or a null sender).
+or a null sender; only to Disposition-Notification-To addresses equal to MAIL FROM, the
+others dropped and audited: ``queue_mdn``).
 
 Throughput (issue 7 Speed): ``concurrency`` entries (default 16) are in flight at once,
 so their spool fsyncs and audit commits share group commits; those beyond the pool's
@@ -307,6 +308,8 @@ class LocalDelivery:
             recipient,
             Disposition.DISPATCHED,
             self.clock(),
+            audit=self.audit,
+            actor="local-delivery",
         )
 
     async def _queue_dsn(

@@ -21,10 +21,17 @@ with their own key and never one opened with the other's.
   processed again for its held recipients only; the DSN's hand-off key is the same, so
   it is not sent twice while the entry stays in the spool);
 - MDNs (issue 7 item 5, RFC 8098): after a ``DELIVER`` / ``PASS_MARKED`` hand-off, when
-  the delivered copy asks for one (``should_send_mdn`` with the envelope's MAIL FROM:
+  the delivered copy asks for one (``mdn_asked`` with the envelope's MAIL FROM:
   never for an MDN, a DSN or a null sender) a *processed* MDN is queued into
   ``received`` (``queue_mdn``; MAIL FROM:<>, ``Origin("internal")``, hand-off key
   ``handoff_key("mdn-processed", None, [address])`` so a repeated pass queues it once).
+  Decision (RFC 8098 §2.1, no user to ask): it goes only to the
+  Disposition-Notification-To addresses equal to that MAIL FROM
+  (``gateway.relay.mdn.mdn_destinations``: domain case-insensitive, local part exact),
+  never to a third party an outsider names. Each other address is dropped, logged
+  (``inbound.mdn_recipient_dropped``) and recorded in one
+  ``inbound.mdn_recipients_dropped`` audit event per MDN: outcome ``queued`` (the MDN
+  went to the others, ``details.mdn`` its id) or ``withheld`` (none left: no MDN).
   ``gateway.inbound.delivery`` queues the *dispatched* MDN the same way on final
   delivery when ``X-DIRECT-FINAL-DESTINATION-DELIVERY`` is asked. Design decision: the
   MDN is queued *in clear* and the secure agent protects it like any outbound message
@@ -89,7 +96,15 @@ from gateway.relay import notices
 from gateway.relay.agent_stage import handoff_key
 from gateway.relay.dsn import should_send_dsn
 from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
-from gateway.relay.mdn import Disposition, MdnRefused, build_mdn, mdn_envelope, should_send_mdn
+from gateway.relay.mdn import (
+    NO_DESTINATION,
+    Disposition,
+    MdnRefused,
+    build_mdn,
+    mdn_asked,
+    mdn_destinations,
+    mdn_envelope,
+)
 from gateway.relay.report import NotificationRefused
 from gateway.smime.keystore import KeyStore
 from gateway.smime.types import ChainValidator
@@ -117,6 +132,8 @@ DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their f
 STATUS_CRYPTO_FAILURE = "5.7.5"  # RFC 3463: cryptographic failure
 HELD_REASON = "held in quarantine: the message could not be decrypted or verified"
 MDN_WITHHELD = "content not integrity-protected (CBC) and not validly signed"
+MDN_NOT_SENDER = "Disposition-Notification-To address is not the envelope sender"
+MAX_DROPPED_SHOWN = 1000  # characters of dropped addresses in one audit value (max 4 KiB)
 
 
 @dataclass(frozen=True)
@@ -249,6 +266,8 @@ class InboundStage:
                 recipient,
                 Disposition.PROCESSED,
                 self.clock(),
+                audit=self.audit,
+                actor="inbound-agent",
             )
             if mdn is not None:
                 mdns.append(mdn)
@@ -318,6 +337,9 @@ async def queue_mdn(
     recipient: Recipient,
     disposition: Disposition,
     now: datetime,
+    *,
+    audit: AuditTrail,
+    actor: str,
 ) -> str | None:
     """Queue the MDN ``message`` asks for into ``received`` as a child of ``entry``
     (claimed from ``source``); clear: the secure agent signs and encrypts it (see the
@@ -325,15 +347,26 @@ async def queue_mdn(
 
     ``message``: the copy delivered to ``recipient`` (only its header block is read, and
     only its addressing fields and Message-ID go into the MDN). None when no MDN is due
-    (not asked, a notification, a null sender, a bad address). The hand-off key depends
-    on the disposition and the recipient only: a repeated pass writes nothing twice.
+    (not asked, a notification, a null sender, no Disposition-Notification-To address
+    equal to the envelope sender, a bad address). Each dropped address is logged
+    (``inbound.mdn_recipient_dropped``) and the drops are recorded in ``audit`` as one
+    ``inbound.mdn_recipients_dropped`` event by ``actor`` (outcome ``withheld`` or
+    ``queued``). The hand-off key depends on the disposition and the recipient only: a
+    repeated pass writes nothing twice.
     """
     header_block = message.partition(b"\r\n\r\n")[0] + b"\r\n"
     mail_from = entry.record.envelope.mail_from
-    if not should_send_mdn(header_block, mail_from):
+    if not mdn_asked(header_block, mail_from):
         return None
     if not headers.notifications_allowed(header_block):  # EFAIL, padding oracle
         log.info("inbound.mdn_withheld", queue_id=entry.queue_id, reason=MDN_WITHHELD)
+        return None
+    destinations = mdn_destinations(header_block, mail_from)
+    _log_dropped(entry, disposition, destinations.dropped)
+    drops = _MdnDrops(entry, recipient, disposition, destinations.dropped, actor)
+    if not destinations.kept:
+        log.info("inbound.mdn_withheld", queue_id=entry.queue_id, reason=NO_DESTINATION)
+        await audit.record(drops.event(child=None))
         return None
     try:
         mdn = build_mdn(
@@ -346,7 +379,7 @@ async def queue_mdn(
             original_recipient=recipient.orcpt,
             return_path=mail_from,
         )
-        envelope = mdn_envelope(header_block)
+        envelope = mdn_envelope(header_block, mail_from)
     except (MdnRefused, NotificationRefused) as error:
         log.warning("inbound.mdn_refused", queue_id=entry.queue_id, error=str(error))
         return None
@@ -354,10 +387,72 @@ async def queue_mdn(
     child = await source.hand_off(
         entry, received, key, envelope, mdn, origin=notices.INTERNAL_ORIGIN, new_message=True
     )
+    if destinations.dropped:
+        await audit.record(drops.event(child=child))
     log.info(
         "inbound.mdn_queued", queue_id=entry.queue_id, child=child, disposition=disposition.value
     )
     return child
+
+
+def _log_dropped(entry: Claimed, disposition: Disposition, dropped: Sequence[str]) -> None:
+    """One line per Disposition-Notification-To address that gets no MDN (the address
+    is an envelope-level fact: ``gateway.log`` quotes and escapes it)."""
+    for address in dropped:
+        log.info(
+            "inbound.mdn_recipient_dropped",
+            queue_id=entry.queue_id,
+            disposition=disposition.value,
+            address=address,
+            reason=MDN_NOT_SENDER,
+        )
+
+
+@dataclass(frozen=True)
+class _MdnDrops:
+    """The facts of the ``inbound.mdn_recipients_dropped`` audit event of one MDN."""
+
+    entry: Claimed
+    recipient: Recipient
+    disposition: Disposition
+    dropped: tuple[str, ...]
+    actor: str
+
+    def event(self, *, child: str | None) -> AuditEvent:
+        """``withheld`` (no MDN: ``child`` None) or ``queued`` (the MDN ``child`` went
+        to the addresses that were kept); the dropped addresses in ``details``."""
+        details = {
+            "disposition": self.disposition.value,
+            "reason": NO_DESTINATION if child is None else MDN_NOT_SENDER,
+            "dropped": _bounded_list(self.dropped),
+            "dropped_count": str(len(self.dropped)),
+        }
+        if child is not None:
+            details["mdn"] = child
+        return AuditEvent(
+            type="inbound.mdn_recipients_dropped",
+            queue_id=self.entry.queue_id,
+            mail_from=self.entry.record.envelope.mail_from,
+            rcpt_to=(self.recipient.address,),
+            actor=self.actor,
+            outcome="withheld" if child is None else "queued",
+            details=details,
+        )
+
+
+def _bounded_list(addresses: Sequence[str], limit: int = MAX_DROPPED_SHOWN) -> str:
+    """``a, b, c`` within ``limit`` characters (an audit value is bounded), then
+    ``(+N more)`` for those left out."""
+    shown: list[str] = []
+    size = 0
+    for address in addresses:
+        size += len(address) + 2
+        if size > limit:
+            break
+        shown.append(address)
+    left_out = len(addresses) - len(shown)
+    more = f"(+{left_out} more)" if left_out else ""
+    return " ".join(part for part in (", ".join(shown), more) if part)
 
 
 def _processed_event(entry: Claimed, result: InboundResult) -> AuditEvent:

@@ -27,11 +27,29 @@ When (``should_send_mdn``): Disposition-Notification-To present with at least on
 address (§2.1); never for an MDN or a DSN (§3: "MDNs MUST NOT be generated in response
 to MDNs"; a ``multipart/report`` of type ``disposition-notification`` or
 ``delivery-status`` is an automatic report, and answering one can loop); never when the
-return path is null (RFC 3461/5321 loop rule: the original was itself a notification).
-RFC 8098 §2.1 asks a user agent to confirm with its user when the Return-Path differs
-from Disposition-Notification-To; the gateway has no user to ask and sends only
-*processed/dispatched* (never *displayed*), the dispositions the Direct and MSSanté
-profiles want sent automatically, so it does not make that check.
+return path is null (RFC 3461/5321 loop rule: the original was itself a notification);
+and only to a Disposition-Notification-To address equal to the original's reverse-path.
+
+To whom (``mdn_destinations``), decision: RFC 8098 §2.1 says an MDN should not be
+sent automatically when Disposition-Notification-To differs from the Return-Path: the
+user should be asked, and where that is not possible (no interactive client) no MDN
+should be sent. The gateway has no user to ask, and an MDN it sends says, signed, that
+a message reached a named doctor: anyone outside could otherwise write
+``Disposition-Notification-To: third.party@elsewhere`` and have that confirmation
+(backscatter) sent to an address of their choice. So an MDN goes only to the
+Disposition-Notification-To addresses equal to the original's envelope reverse-path
+(MAIL FROM; the ``Return-Path`` field only when no envelope is given), every other
+address is dropped (the caller logs and audits each drop), and when none is equal no
+MDN is sent. Addresses compare as the rest of the code base binds senders
+(``gateway.config.domains.parse_email``, ``gateway.smtp.user_table``): the domain
+case-insensitively, the local part exactly (RFC 5321 §2.4: only the receiving host may
+fold it). No IDNA mapping: the code base maps IDNA forms only on the refusing side
+(``gateway.smtp.policy``), and this is an allowing rule, so a U-label address never
+matches an A-label reverse-path (fail closed: no MDN, never one to a look-alike). An
+unknown reverse-path (no envelope, no Return-Path field) matches nothing. The MDN's
+``To:`` lists the kept addresses only (a dropped one is not even named). The gateway
+sends only *processed/dispatched* (never *displayed*), the dispositions the Direct and
+MSSanté profiles want sent automatically.
 
 Trust level: pure data; no I/O, no keys, no logging.
 """
@@ -41,6 +59,7 @@ from __future__ import annotations
 import email.utils
 import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 
@@ -67,6 +86,7 @@ _REPORT_RE = re.compile(
     re.IGNORECASE | re.DOTALL,
 )
 _ADDR_OK_RE = re.compile(r"[^\s<>\"@]+@[^\s<>\"@]+")
+NO_DESTINATION = "no Disposition-Notification-To address equals the envelope sender"
 
 
 class MdnRefused(NotificationRefused):
@@ -98,17 +118,74 @@ def is_report(original_headers: bytes) -> bool:
     return content_type is not None and _REPORT_RE.match(content_type) is not None
 
 
+@dataclass(frozen=True)
+class MdnDestinations:
+    """The Disposition-Notification-To addresses split by the reverse-path rule (module
+    notes): ``kept`` get the MDN (duplicates removed), ``dropped`` do not."""
+
+    kept: tuple[str, ...]
+    dropped: tuple[str, ...]
+
+
+def same_mailbox(first: str, second: str) -> bool:
+    """Whether two ``local@domain`` addresses name one mailbox: domain case-insensitive,
+    local part exact (RFC 5321 §2.4), no IDNA mapping (module notes)."""
+    first_local, at_1, first_domain = first.rpartition("@")
+    second_local, at_2, second_domain = second.rpartition("@")
+    if not (at_1 and at_2 and first_local and first_domain):
+        return False
+    return first_local == second_local and first_domain.lower() == second_domain.lower()
+
+
+def reverse_path(original_headers: bytes, return_path: str | None = None) -> str | None:
+    """The original's reverse-path: ``return_path`` (the envelope's MAIL FROM) when
+    given, else the ``Return-Path`` field without its angle brackets; ``""`` is the null
+    reverse-path, None an unknown one."""
+    if return_path is None:
+        return_path = header_value(original_headers, "Return-Path")
+        if return_path is None:
+            return None
+    path = return_path.strip()
+    if path.startswith("<") and path.endswith(">"):
+        path = path[1:-1].strip()
+    return path
+
+
+def mdn_destinations(original_headers: bytes, return_path: str | None = None) -> MdnDestinations:
+    """Disposition-Notification-To split into the addresses equal to the reverse-path
+    (``reverse_path``) and the others; with a null or unknown reverse-path all are
+    dropped (fail closed)."""
+    path = reverse_path(original_headers, return_path)
+    kept: list[str] = []
+    dropped: list[str] = []
+    for address in mdn_recipients(original_headers):
+        if not path or not same_mailbox(address, path):
+            dropped.append(address)
+        elif not any(same_mailbox(address, other) for other in kept):
+            kept.append(address)
+    return MdnDestinations(tuple(kept), tuple(dropped))
+
+
+def mdn_asked(original_headers: bytes, return_path: str | None = None) -> bool:
+    """Whether the original asks for an MDN that may be answered at all: a
+    Disposition-Notification-To address, not a report, a reverse-path that is not null
+    (an unknown one passes here; ``mdn_destinations`` then drops every address)."""
+    if not mdn_recipients(original_headers) or is_report(original_headers):
+        return False
+    return reverse_path(original_headers, return_path) != ""
+
+
 def should_send_mdn(original_headers: bytes, return_path: str | None = None) -> bool:
-    """Whether the original asks for an MDN the gateway may send (see the module notes).
+    """Whether the original asks for an MDN the gateway may send (see the module notes):
+    ``mdn_asked`` and at least one Disposition-Notification-To address equal to the
+    reverse-path.
 
     ``return_path`` is the original's MAIL FROM when the caller has the envelope (``""``
     for the null reverse-path); else the ``Return-Path`` field of the headers is read.
     """
-    if not mdn_recipients(original_headers) or is_report(original_headers):
+    if not mdn_asked(original_headers, return_path):
         return False
-    if return_path is None:
-        return_path = header_value(original_headers, "Return-Path")
-    return return_path is None or return_path.strip() not in ("", "<>")
+    return bool(mdn_destinations(original_headers, return_path).kept)
 
 
 def wants_final_delivery_mdn(original_headers: bytes) -> bool:
@@ -125,11 +202,14 @@ def wants_final_delivery_mdn(original_headers: bytes) -> bool:
     return False
 
 
-def mdn_envelope(original_headers: bytes) -> Envelope:
-    """MAIL FROM:<> (RFC 8098 §3) and RCPT TO each Disposition-Notification-To address."""
-    addresses = mdn_recipients(original_headers)
-    if not addresses:
+def mdn_envelope(original_headers: bytes, return_path: str | None = None) -> Envelope:
+    """MAIL FROM:<> (RFC 8098 §3) and RCPT TO each Disposition-Notification-To address
+    equal to the reverse-path (``mdn_destinations``); ``MdnRefused`` when there is none."""
+    if not mdn_recipients(original_headers):
         raise MdnRefused("no Disposition-Notification-To address")
+    addresses = mdn_destinations(original_headers, return_path).kept
+    if not addresses:
+        raise MdnRefused(NO_DESTINATION)
     return Envelope(mail_from="", recipients=tuple(Recipient(a) for a in addresses))
 
 
@@ -189,14 +269,19 @@ def build_mdn(
     Return-Path, Original-Recipient). ``final_recipient``: the local address it went to;
     ``original_recipient``: the ORCPT (``rfc822;addr``) when the envelope has one, else
     the Original-Recipient field is used. ``reporting_ua``: ``gateway.hostname``.
+    ``To:`` names only the Disposition-Notification-To addresses equal to the reverse-path
+    (``return_path``, else the Return-Path field: ``mdn_destinations``).
     Raises ``MdnRefused`` when ``should_send_mdn`` says no, ``DsnRefused`` on a bad value.
     """
     disposition = Disposition(disposition)
     if not should_send_mdn(original_headers, return_path):
-        raise MdnRefused("no MDN for this message (not asked, a notification, or null sender)")
+        raise MdnRefused(
+            "no MDN for this message (not asked, a notification, a null sender,"
+            " or no Disposition-Notification-To address equal to the reverse-path)"
+        )
     if now.tzinfo is None:
         raise NotificationRefused("now must be timezone-aware")
-    to = mdn_recipients(original_headers)
+    to = mdn_destinations(original_headers, return_path).kept
     original_id = header_value(original_headers, "Message-ID")
     check_address("final recipient", final_recipient)
     boundary = new_boundary()

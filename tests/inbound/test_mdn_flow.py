@@ -132,6 +132,8 @@ async def test_a_repeated_pass_queues_the_mdn_once(dev_pki: DevPki, tmp_path: Pa
                 alice,
                 Disposition.PROCESSED,
                 site.clock(),
+                audit=site.trail,
+                actor="inbound-agent",
             )
             for _ in range(2)
         }

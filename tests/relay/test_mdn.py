@@ -160,7 +160,8 @@ DNT = b"Disposition-Notification-To: <a@x.test>\r\n"
 @pytest.mark.parametrize(
     ("headers", "return_path", "expected"),
     [
-        (DNT, None, True),
+        (DNT, None, False),  # no reverse-path known: nobody to compare DNT with
+        (b"Return-Path: <a@x.test>\r\n" + DNT, None, True),  # the field stands in
         (DNT, "a@x.test", True),
         (b"From: a@x.test\r\n", None, False),  # nobody asked
         (DNT + MDN_CT, None, False),  # never an MDN for an MDN
