@@ -9,8 +9,10 @@ yet, and write what it decided:
 - each ``OutgoingMessage`` of an SMTP route -> a hand-off to ``relay/<route>``; of the
   implicit local route -> a hand-off to ``inbound`` with the content unchanged;
 - a recipient of a ``transport = "postal"`` route, or whose fallback resolves to
-  ``postal`` -> ``render_letter`` in a limited child process (``letter_sandbox``;
-  with the recipient's annuaire entry) and
+  ``postal`` -> its annuaire entry looked up, then the letters of all such recipients
+  of the pass rendered together in one limited child process
+  (``letter_sandbox.render_letters_isolated``: one child per message, not per
+  recipient; each recipient still has its own outcome), each letter
   ``write_to_outbox``, then a ``relayed`` DSN (``postal=True``);
 - a fallback ``route:<name>``: the chain of fallbacks is followed here
   (``resolve_fallback``) until it ends in ``postal`` or ``bounce``, a loop ending as
@@ -84,6 +86,7 @@ from datetime import UTC, datetime
 from annuaire.backend import open_directory
 from annuaire.errors import DirectoryUnavailable
 from annuaire.lookup import CertificateLookup
+from annuaire.model import Entry
 from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
 from gateway.log import get_logger
@@ -105,7 +108,8 @@ from gateway.relay.agent_pass import (
 )
 from gateway.relay.dsn import should_send_dsn
 from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
-from gateway.relay.letter_sandbox import render_letter_isolated
+from gateway.relay.letter import Letter
+from gateway.relay.letter_sandbox import render_letters_isolated
 from gateway.relay.postal import PostalError, write_to_outbox
 from gateway.smime.validate import CertificateValidator
 from gateway.spool import (
@@ -243,8 +247,8 @@ class AgentStage:
             list(record.state.recipients),
             {record.envelope.recipients[i].address: i for i in reversed(pending)},
         )
-        handoffs = await self._hand_off_messages(entry, result, content, work)
-        await self._fallbacks(entry, result, content, work)
+        handoffs = await self._hand_off_messages(entry, result, work)
+        await self._post_all(entry, content, self._postal_recipients(result, work), work)
         for outcome in result.failed:
             self._fail(work, outcome.address, outcome.reason, *failure_code(outcome))
         self._defer_all(entry, result.deferred, work)
@@ -268,14 +272,12 @@ class AgentStage:
         return queue
 
     async def _hand_off_messages(
-        self, entry: Claimed, result: AgentResult, content: bytes, work: Pass
+        self, entry: Claimed, result: AgentResult, work: Pass
     ) -> list[str]:
         children: list[str] = []
         for outgoing in result.messages:
             addresses = [r.address for r in outgoing.recipients]
-            if outgoing.protection == "postal":  # a transport = "postal" route
-                for address in addresses:
-                    await self._post(entry, content, address, work)
+            if outgoing.protection == "postal":  # a transport = "postal" route: _post_all
                 continue
             if outgoing.protection == "local":
                 target, key = self._target(INBOUND), handoff_key("local", None, addresses)
@@ -301,13 +303,18 @@ class AgentStage:
             )
         return children
 
-    async def _fallbacks(
-        self, entry: Claimed, result: AgentResult, content: bytes, work: Pass
-    ) -> None:
+    def _postal_recipients(self, result: AgentResult, work: Pass) -> list[str]:
+        """Who gets a letter: the recipients of a ``transport = "postal"`` route and
+        those whose fallback ends in ``postal``; a fallback ending in ``bounce`` fails."""
+        addresses = [
+            recipient.address
+            for outgoing in result.messages
+            if outgoing.protection == "postal"
+            for recipient in outgoing.recipients
+        ]
         for outcome in result.fallback:
-            kind = self._final_fallback(outcome)
-            if kind == "postal":
-                await self._post(entry, content, outcome.address, work)
+            if self._final_fallback(outcome) == "postal":
+                addresses.append(outcome.address)
             else:
                 self._fail(
                     work,
@@ -316,6 +323,7 @@ class AgentStage:
                     STATUS_NO_CERTIFICATE,
                     Reason.NO_VALID_CERTIFICATE,
                 )
+        return addresses
 
     def _final_fallback(self, outcome: RecipientOutcome) -> str:
         """``postal`` or ``bounce``: ``route:<name>`` links followed (module docstring)."""
@@ -329,38 +337,63 @@ class AgentStage:
             route = target.route
         return "bounce"
 
-    async def _post(self, entry: Claimed, content: bytes, address: str, work: Pass) -> None:
-        """The postal fallback of one recipient: letter, outbox, ``relayed`` report."""
-        sender = entry.record.envelope.mail_from
-        try:
-            found = await self.lookup.lookup(address)
-            if found.entry is None:
-                raise PostalError("no entry in the annuaire, hence no postal address")
-            letter = await render_letter_isolated(  # hostile PDFs: away from the keys
-                content,
-                found.entry,
-                sender or self.config.gateway.hostname,
-                now=self.clock(),
-                language=self.config.gateway.language,
-            )
-            await asyncio.to_thread(
-                write_to_outbox, self.config.postal.outbox, entry.queue_id, address, letter
-            )
-        except DirectoryUnavailable as error:
-            self._defer(entry, work, address, str(error))
+    async def _post_all(
+        self, entry: Claimed, content: bytes, addresses: Sequence[str], work: Pass
+    ) -> None:
+        """The postal fallback of ``addresses``: their entries looked up, their letters
+        rendered in one sandboxed child (``render_letters_isolated``), each written to
+        the outbox with its ``relayed`` report, or its own failure or deferral."""
+        found: list[tuple[str, Entry]] = []
+        for address in addresses:
+            try:
+                looked_up = await self.lookup.lookup(address)
+            except DirectoryUnavailable as error:
+                self._defer(entry, work, address, str(error))
+                continue
+            if looked_up.entry is None:
+                missing = PostalError("no entry in the annuaire, hence no postal address")
+                self._postal_failed(entry, work, address, missing)
+            else:
+                found.append((address, looked_up.entry))
+        if not found:
             return
-        except PostalError as error:
-            if not error.permanent:
-                self._defer(entry, work, address, error.reason)
-                return
-            reason = Reason.NO_POSTAL_ADDRESS if "postal address" in error.reason else Reason.OTHER
-            self._fail(work, address, f"postal: {error.reason}", STATUS_POSTAL_FAILED, reason)
+        outcomes = await render_letters_isolated(  # hostile PDFs: away from the keys
+            content,
+            [recipient for _, recipient in found],
+            entry.record.envelope.mail_from or self.config.gateway.hostname,
+            now=self.clock(),
+            language=self.config.gateway.language,
+        )
+        for (address, _), outcome in zip(found, outcomes, strict=True):
+            await self._deliver_letter(entry, address, outcome, work)
+
+    async def _deliver_letter(
+        self, entry: Claimed, address: str, outcome: Letter | PostalError, work: Pass
+    ) -> None:
+        """One recipient's letter to the outbox, then its ``relayed`` report and audit."""
+        if isinstance(outcome, PostalError):
+            self._postal_failed(entry, work, address, outcome)
+            return
+        try:
+            await asyncio.to_thread(
+                write_to_outbox, self.config.postal.outbox, entry.queue_id, address, outcome
+            )
+        except PostalError as error:  # OutboxError: temporary
+            self._postal_failed(entry, work, address, error)
             return
         work.set(address, RecipientStatus.DELIVERED, "sent by post")
         work.posted.append(
             self._report(work, address, Action.RELAYED, STATUS_POSTED, Reason.POSTAL)
         )
         await self.audit.record(postal_event(entry, address))
+
+    def _postal_failed(self, entry: Claimed, work: Pass, address: str, error: PostalError) -> None:
+        """A temporary postal error defers the recipient; a permanent one fails it."""
+        if not error.permanent:
+            self._defer(entry, work, address, error.reason)
+            return
+        reason = Reason.NO_POSTAL_ADDRESS if "postal address" in error.reason else Reason.OTHER
+        self._fail(work, address, f"postal: {error.reason}", STATUS_POSTAL_FAILED, reason)
 
     # -- per-recipient decisions -------------------------------------------------------
 

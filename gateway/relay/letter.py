@@ -2,11 +2,12 @@
 
 Role: the pure half of the postal fallback (issue 6, item 5). When a route says
 ``fallback = "postal"`` and a recipient has no valid encryption certificate, the secure
-agent hands the CLEAR message (before S/MIME) and the recipient's annuaire ``Entry`` to
-``render_letter``, which returns the PDF bytes and a manifest. ``gateway.relay.postal``
-writes both to ``[postal] outbox``. No I/O here except reading the font files.
-This module draws the letter and is the entry point; what it puts together comes from
-modules by concern, none of which imports this one: ``gateway.relay.postal_address``
+agent hands the CLEAR message (before S/MIME) and the annuaire ``Entry`` of each postal
+recipient to ``render_letters``, which returns for each the PDF bytes and a manifest.
+``gateway.relay.postal`` writes both to ``[postal] outbox``. No I/O here except reading
+the font files. This module draws the letter and is the entry point; what it puts
+together comes from modules by concern, none of which imports this one:
+``gateway.relay.postal_address``
 (envelope geometry, the NF Z10-011 address lines), ``gateway.relay.letter_content``
 (the message read into Subject, body and attachments), ``gateway.relay.enclosures``
 (which PDFs are appended, and appending them) and ``gateway.relay.postal_errors`` (the
@@ -38,8 +39,15 @@ whole. Drawing once and stamping each address was measured not worth it: a lette
 costs about 0.1 s of CPU here (font parsing, line breaking, font subsetting, about a
 third each), while stamping means a PDF merge that rewrites the whole document, the
 appended stranger's PDFs included (so it must run in the sandbox child too), and a
-font subset for the address glyphs anyway. The cost per extra recipient is the
-sandbox child (``gateway.relay.letter_sandbox``: about 0.5 s of CPU to spawn).
+font subset for the address glyphs anyway. What the letters of one message share is
+done once (decision of session 7, H2): ``render_letters`` reads the message, plans the
+enclosures (the stranger's PDFs parsed and copied by pypdf) and finds the fonts once,
+then draws and appends per recipient, each with its own outcome (its ``Letter`` or its
+``PostalError``); ``render_letter`` is its one-recipient case. The appended copies are
+pypdf readers that each letter's writer only reads (a batch's letters are byte for
+byte those ``render_letter`` makes one by one: tests/relay/test_postal_batch.py). The
+sandbox child (``gateway.relay.letter_sandbox``, about 0.5 s of CPU to spawn) is paid
+once per message, not per recipient.
 
 The address block is printed in the ``ADDRESS_AREA`` frame (geometry and address rules:
 ``gateway.relay.postal_address`` and docs/postal.md). A line longer than 38 characters
@@ -63,6 +71,7 @@ body or attachment names.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -82,7 +91,12 @@ from gateway.relay.postal_address import (
     Rect,
     format_postal_address,
 )
-from gateway.relay.postal_errors import LetterTooLong, NoPostalAddress, PostalUnavailable
+from gateway.relay.postal_errors import (
+    LetterTooLong,
+    NoPostalAddress,
+    PostalError,
+    PostalUnavailable,
+)
 
 Language = Literal["fr", "en"]
 
@@ -393,6 +407,18 @@ class Letter:
     address_area: Rect = ADDRESS_AREA
 
 
+@dataclass(frozen=True, slots=True)
+class _Message:
+    """What every letter of one message shares: read, planned and checked once."""
+
+    content: LetterContent
+    enclosures: tuple[Enclosure, ...]
+    sender: str
+    now: datetime
+    language: Language
+    fonts: FontFiles
+
+
 def render_letter(
     message: bytes,
     recipient: Entry,
@@ -407,19 +433,84 @@ def render_letter(
     Raises ``NoPostalAddress``, ``UnreadableMessage``, ``LetterTooLong`` (permanent) or
     ``PostalUnavailable`` (temporary), all ``PostalError``.
     """
+    (outcome,) = render_letters(
+        message, (recipient,), sender, now=now, language=language, font_directory=font_directory
+    )
+    if isinstance(outcome, PostalError):
+        raise outcome
+    return outcome
+
+
+def render_letters(
+    message: bytes,
+    recipients: Sequence[Entry],
+    sender: str,
+    *,
+    now: datetime,
+    language: Language = "fr",
+    font_directory: Path = FONT_DIRECTORY,
+) -> list[Letter | PostalError]:
+    """The letter of each of ``recipients``, in order; the message read once.
+
+    Each recipient has its own outcome: its ``Letter`` or the ``PostalError`` that
+    stopped it. A recipient's own address (``NoPostalAddress``, checked first, as
+    ``render_letter`` always did) or letter (too long, an address line too wide) is
+    that recipient's error; what stops every letter of the message (``UnreadableMessage``,
+    a body past its bound, ``PostalUnavailable``) is the same error for each recipient
+    whose address is usable. Any other exception (a bug) propagates.
+    """
     if language not in _TEXTS:
         raise ValueError(f"language must be one of {', '.join(_TEXTS)}")
-    address = format_postal_address(recipient)
-    content = read_message(message)
-    enclosures = plan_enclosures(content.attachments)
+    addresses = [_address_or_error(recipient) for recipient in recipients]
+    if all(isinstance(address, PostalError) for address in addresses):  # nothing to read for
+        return [address for address in addresses if isinstance(address, PostalError)]
+    try:
+        content = read_message(message)
+        fonts = default_fonts(font_directory)
+    except PostalError as error:
+        return [address if isinstance(address, PostalError) else error for address in addresses]
+    shared = _Message(
+        content,
+        plan_enclosures(content.attachments),  # the stranger's PDFs parsed once
+        sender,
+        now,
+        language,
+        fonts,
+    )
+    return [
+        address
+        if isinstance(address, PostalError)
+        else _letter_or_error(shared, recipient, address)
+        for recipient, address in zip(recipients, addresses, strict=True)
+    ]
+
+
+def _address_or_error(recipient: Entry) -> AddressBlock | PostalError:
+    try:
+        return format_postal_address(recipient)
+    except PostalError as error:
+        return error
+
+
+def _letter_or_error(
+    shared: _Message, recipient: Entry, address: AddressBlock
+) -> Letter | PostalError:
+    try:
+        return _letter(shared, recipient, address)
+    except PostalError as error:
+        return error
+
+
+def _letter(shared: _Message, recipient: Entry, address: AddressBlock) -> Letter:
+    content, enclosures, now = shared.content, shared.enclosures, shared.now
     letter, letter_pages = _draw_letter(
         content,
         address,
         enclosures,
-        clean_label(sender, 254),
+        clean_label(shared.sender, 254),
         now,
-        language,
-        default_fonts(font_directory),
+        shared.language,
+        shared.fonts,
     )
     pdf = append_pdfs(letter, enclosures)
     appended = sum(e.pages for e in enclosures)
@@ -427,8 +518,8 @@ def render_letter(
         "format": MANIFEST_FORMAT,
         "version": MANIFEST_VERSION,
         "created": now.isoformat(),
-        "language": language,
-        "sender": sender,
+        "language": shared.language,
+        "sender": shared.sender,
         "recipient": {"key": recipient.key, "name": recipient.display_name},
         "address_lines": list(address.lines),
         "address_warnings": list(address.warnings),

@@ -32,7 +32,7 @@ from gateway.pki.dev import DevPki
 from gateway.relay.enclosures import plan_enclosures
 from gateway.relay.letter import FONT_DIRECTORY
 from gateway.relay.letter_content import MAX_NAME_CHARACTERS, Attachment, read_message
-from gateway.relay.letter_sandbox import render_letter_isolated
+from gateway.relay.letter_sandbox import render_letters_isolated
 from gateway.relay.postal import (
     NoPostalAddress,
     OutboxError,
@@ -184,30 +184,37 @@ def test_a_whitespace_bomb_costs_the_secure_agent_nothing_and_is_refused() -> No
     hundreds, and the per-stream limit does not bound their sum. No page budget can
     bound that, so the secure agent renders letters in a child process without keys,
     limited in CPU and memory (``gateway.relay.letter_sandbox``): here a message of
-    such attachments meets a 3 s CPU limit (the child is killed) and ends as a permanent
-    ``PostalError`` (the sender's failure DSN); the agent's own memory does not move."""
+    such attachments to three postal recipients meets a 3 s CPU limit (their one child
+    is killed) and ends as a permanent ``PostalError`` for each of them (the sender's
+    failure DSN); the agent's own memory does not move."""
     bomb = object_stream_pdf(70_000_000)
     attachments = [(f"bombe{n}.pdf", "application", "pdf", bomb) for n in range(4)]
     raw = message(attachments=attachments)
+    recipients = [entry(key=f"8100000000{n:02d}") for n in range(3)]
     tracemalloc.start()
     try:
-        with pytest.raises(PostalError, match="within its limits") as refused:
-            asyncio.run(
-                render_letter_isolated(
-                    raw, entry(), "alice.martin@chu-a.test", now=NOW, cpu_seconds=3
-                )
+        outcomes = asyncio.run(
+            render_letters_isolated(
+                raw, recipients, "alice.martin@chu-a.test", now=NOW, cpu_seconds=3
             )
+        )
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
-    assert refused.value.permanent
+    assert len(outcomes) == 3
+    for refused in outcomes:
+        assert isinstance(refused, PostalError) and refused.permanent
+        assert "within its limits" in refused.reason
     assert peak < 16_000_000, f"{peak / 1e6:.0f} MB in the agent's own process"
 
 
 def test_an_ordinary_letter_is_the_same_from_the_child_process() -> None:
     raw = message(attachments=[("compte-rendu.pdf", "application", "pdf", one_page_pdf())])
     here = render(raw)
-    isolated = asyncio.run(render_letter_isolated(raw, entry(), "alice.martin@chu-a.test", now=NOW))
+    (isolated,) = asyncio.run(
+        render_letters_isolated(raw, [entry()], "alice.martin@chu-a.test", now=NOW)
+    )
+    assert not isinstance(isolated, PostalError)
     assert isolated.manifest == here.manifest
     assert len(PdfReader(io.BytesIO(isolated.pdf)).pages) == here.manifest["pages"]["total"]
 
