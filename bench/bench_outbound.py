@@ -186,10 +186,20 @@ def _family(pid: int) -> Iterator[tuple[str, Path, dict[str, str]]]:
         if int(entry.name) != pid and int(fields["PPid"]) != pid:
             continue
         words = [word.decode(errors="replace") for word in command if word]
-        name = "serve" if int(entry.name) == pid else " ".join(words[3:5]) or entry.name
+        name = "serve" if int(entry.name) == pid else _worker_name(words) or entry.name
         if "gateway.spool.scribe" in words:
             name = "spool scribe (serve's)"
         yield name, entry, fields
+
+
+def _worker_name(words: list[str]) -> str:
+    """``worker agent`` for ``python -P -m gateway worker agent --slot 0 ...`` (the
+    words after ``worker``, not fixed positions: ``-P`` shifted them in the sixth
+    session, and every worker then got one name, the last one read winning)."""
+    if "worker" not in words:
+        return ""
+    at = words.index("worker")
+    return " ".join(words[at : at + 2])
 
 
 def peak_rss_kib(pid: int) -> dict[str, int]:
