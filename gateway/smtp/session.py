@@ -124,6 +124,7 @@ class MissiveSMTP(DataStage):
         self._client_facts = ClientFacts(ip="")
         self._admitted_ip: str | None = None
         self._in_data = False
+        self._transaction_ends = False  # DATA went ahead: reset once answered (smtp_DATA)
         self._last_activity = 0.0
         self._background: set[asyncio.Task[None]] = set()
 
@@ -374,7 +375,15 @@ class MissiveSMTP(DataStage):
         await self._answer("rcpt", lambda: self._rcpt_command(arg))
 
     async def smtp_DATA(self, arg: str | None) -> None:
-        await self._answer("data", lambda: self._data_command(arg))
+        """The transaction ends once DATA is answered, not before: a refusal after the
+        content (the From: binding, a spool failure, the size) is audited with the
+        envelope it refuses."""
+        try:
+            await self._answer("data", lambda: self._data_command(arg))
+        finally:
+            if self._transaction_ends:
+                self._transaction_ends = False
+                self._set_post_data_state()
 
     async def _answer(self, stage: str, command: Callable[[], Awaitable[Reply]]) -> None:
         """Run a command; turn any refusal into its reply in this one place."""
@@ -472,11 +481,11 @@ class MissiveSMTP(DataStage):
             raise SmtpReply(r.SYNTAX_DATA)
         if not self.settings.data_transfers.try_acquire("data"):
             raise SmtpReply(r.TOO_BUSY, "concurrent DATA cap reached")
+        self._transaction_ends = True
         try:
             return await self._receive(self._mail, tuple(self._rcpts))
         finally:
             self.settings.data_transfers.release("data")
-            self._set_post_data_state()
 
 
 def _command_limits() -> Any:

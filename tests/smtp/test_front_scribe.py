@@ -102,6 +102,9 @@ async def test_250_451_and_250_again_as_the_scribe_lives_dies_and_restarts(
             assert (await _reply(reader)).startswith("451 4.3.0")
             writer.close()
             await writer.wait_closed()
+            # the scribe can no longer record it: the front's own trail has the refusal
+            (refused,) = front.audit.of_type("smtp.refused")
+            assert refused.outcome == "451 4.3.0" and refused.mail_from
 
             # within the restart interval: refused at DATA, before any content is taken
             assert (await _send(port)).startswith("451 4.3.0")

@@ -70,6 +70,7 @@ async def test_failed_commit_gives_4xx(tmp_path: Path, dev_pki: DevPki) -> None:
     assert queue.messages == []
     [refusal] = front.audit.of_type("smtp.refused")
     assert refusal.details["stage"] == "data"
+    assert refusal.mail_from and refusal.rcpt_to  # whose message was refused (an auditor asks)
 
 
 async def test_concurrent_data_cap(tmp_path: Path, dev_pki: DevPki) -> None:
