@@ -1,17 +1,15 @@
 """The audit trail on disk: one SQLite database in WAL mode, append-only by contract.
 
-Role: open (or create) the database, append sealed records in one transaction per
-batch, read rows back for verification and export, and prune by retention with a
-checkpoint record (see ``gateway.audit.chain``). One ``AuditStore`` wraps one
-connection and is used from one thread at a time.
+Role: ``AuditStore`` appends sealed records in one transaction per batch, reads rows
+back for verification and export, and prunes by retention with a checkpoint record
+(see ``gateway.audit.chain``). One ``AuditStore`` wraps one connection and is used from
+one thread at a time. Creating and opening the file (modes, schema, format check, the
+switch to WAL) moved unchanged to ``gateway.audit.store_file`` when this module passed
+500 lines; ``APPLICATION_ID``, ``SCHEMA_VERSION``, ``WAL_RETRY_PAUSE`` and ``_SCHEMA``
+are re-exported here for their callers.
 
-Invariants and decisions:
+Invariants and decisions (those of the file itself are in ``gateway.audit.store_file``):
 
-- Table ``audit_log`` (``STRICT``: SQLite refuses a value of the wrong type), one
-  column per field, ``seq INTEGER PRIMARY KEY`` assigned by us (not AUTOINCREMENT: the
-  chain decides the next number), an index on ``time`` for export and prune.
-  ``PRAGMA application_id`` marks the file as a Missive trail and ``user_version``
-  its format, so the CLI never writes into some other database.
 - Every append runs in ``BEGIN IMMEDIATE`` and reads the head (last ``seq`` and
   ``hash``) inside that transaction, so the chain stays linear even when a second
   process (``missive audit prune`` while the gateway runs) writes: SQLite's write
@@ -25,15 +23,6 @@ Invariants and decisions:
   0.9-1.4x NORMAL in wall time per event (the writer is CPU-bound there) and the same
   event-loop CPU; an isolated record waits for one commit (0.5-1.4 ms on the
   development VM).
-- The database file is created 0600 before SQLite opens it (its ``-wal`` and ``-shm``
-  files take the same mode), each missing parent directory 0700; an existing file
-  readable by others is tightened to 0600.
-- Workers starting together on a new trail: the schema is created under the write
-  lock and re-checked (``_create_schema``), and the switch to WAL is tried again while
-  SQLite answers ``SQLITE_BUSY`` at once instead of waiting (``_switch_to_wal``), both
-  within ``busy_timeout``: no writer fails because another one started at its moment.
-- Readers open the file read-only (``mode=ro``) and never create it: a missing trail
-  is an ``AuditDatabaseError`` (exit 2), not a new empty trail.
 - ``prune`` first verifies the chain (outside the write lock: a long walk must not
   stall the gateway) and refuses to prune a broken trail: deleting records would
   destroy the evidence (``AuditChainBroken``, exit 1).
@@ -44,10 +33,7 @@ architecture; the sans-IO parts (``record``, ``chain``) are shared by design.
 
 from __future__ import annotations
 
-import os
 import sqlite3
-import stat
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -68,37 +54,24 @@ from gateway.audit.record import (
     record_from_row,
     seal_row,
 )
+from gateway.audit.store_file import _SCHEMA as _SCHEMA  # re-export: bench/bench_audit.py
+from gateway.audit.store_file import APPLICATION_ID as APPLICATION_ID
+from gateway.audit.store_file import SCHEMA_VERSION as SCHEMA_VERSION
+from gateway.audit.store_file import WAL_RETRY_PAUSE as WAL_RETRY_PAUSE
+from gateway.audit.store_file import (
+    _check_or_create_schema,
+    _connect,
+    _create_file,
+    _missing,
+    _restrict_modes,
+    _switch_to_wal,
+)
 from gateway.errors import MissiveError
 
 Synchronous = Literal["NORMAL", "FULL"]
 
-APPLICATION_ID = 0x4D495356  # "MISV"
-SCHEMA_VERSION = 1
 DEFAULT_BUSY_TIMEOUT = 30.0  # seconds a writer waits for the other writer's lock
-WAL_RETRY_PAUSE = 0.005  # seconds between two tries of the switch to WAL (``_switch_to_wal``)
 
-_SCHEMA = """
-CREATE TABLE audit_log (
-    seq          INTEGER PRIMARY KEY,
-    time         TEXT NOT NULL,
-    type         TEXT NOT NULL,
-    queue_id     TEXT,
-    message_id   TEXT,
-    mail_from    TEXT,
-    rcpt_to      TEXT NOT NULL,
-    actor        TEXT,
-    peer         TEXT,
-    cert_serials TEXT NOT NULL,
-    algorithms   TEXT NOT NULL,
-    outcome      TEXT,
-    sha256       TEXT,
-    details      TEXT NOT NULL,
-    prev_hash    TEXT NOT NULL,
-    hash         TEXT NOT NULL
-) STRICT;
-CREATE INDEX audit_log_time ON audit_log(time);
-"""
-_SCHEMA_STATEMENTS = tuple(part.strip() for part in _SCHEMA.split(";") if part.strip())
 _INSERT = """
 INSERT INTO audit_log (seq, time, type, queue_id, message_id, mail_from, rcpt_to, actor, peer,
                        cert_serials, algorithms, outcome, sha256, details, prev_hash, hash)
@@ -135,40 +108,6 @@ class PruneResult:
     checkpoint: AuditReceipt | None
 
 
-def _restrict_modes(path: Path) -> None:
-    """Make the database and its WAL companions 0600 if anything looser is found."""
-    for candidate in (path, Path(f"{path}-wal"), Path(f"{path}-shm")):
-        try:
-            mode = stat.S_IMODE(candidate.stat().st_mode)
-        except FileNotFoundError:
-            continue
-        if mode & 0o077:
-            candidate.chmod(0o600)
-
-
-def _missing(path: Path) -> str:
-    return (
-        f"audit database {path} does not exist (the gateway creates it when it starts; "
-        "check [audit] path)"
-    )
-
-
-def _create_file(path: Path) -> None:
-    """Create the missing parent directories (each 0700) and an empty database (0600)."""
-    missing: list[Path] = []
-    ancestor = path.parent
-    while not ancestor.exists():
-        missing.append(ancestor)
-        ancestor = ancestor.parent
-    for directory in reversed(missing):
-        directory.mkdir(mode=0o700, exist_ok=True)
-    try:
-        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return
-    os.close(descriptor)
-
-
 _UNDECODABLE = "Could not decode to UTF-8"  # sqlite3's message for a non-UTF-8 text value
 
 
@@ -178,93 +117,6 @@ def _text_or_bytes(value: bytes) -> str | bytes:
         return value.decode("utf-8")
     except UnicodeDecodeError:
         return value
-
-
-def _connect(path: Path, *, readonly: bool, busy_timeout: float) -> sqlite3.Connection:
-    if readonly:
-        target, uri = f"{path.as_uri()}?mode=ro", True
-    else:
-        target, uri = str(path), False
-    try:
-        connection = sqlite3.connect(
-            target,
-            uri=uri,
-            timeout=busy_timeout,
-            isolation_level=None,  # explicit BEGIN/COMMIT only
-            check_same_thread=False,  # the sink opens here and writes from its thread
-        )
-    except sqlite3.Error as error:
-        raise AuditDatabaseError(f"audit database {path}: cannot open it ({error})") from None
-    return connection
-
-
-def _check_or_create_schema(connection: sqlite3.Connection, path: Path, *, create: bool) -> None:
-    if _is_empty(connection):
-        if not create:
-            raise AuditDatabaseError(f"audit database {path}: empty, not an audit trail yet")
-        _create_schema(connection)
-    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    if application_id != APPLICATION_ID:
-        raise AuditDatabaseError(f"audit database {path}: not a Missive audit trail")
-    if version != SCHEMA_VERSION:
-        raise AuditDatabaseError(
-            f"audit database {path}: format version {version}, this Missive reads {SCHEMA_VERSION}"
-        )
-
-
-def _is_empty(connection: sqlite3.Connection) -> bool:
-    """No application id, no format version, no table: a file nobody has written yet."""
-    application_id = connection.execute("PRAGMA application_id").fetchone()[0]
-    version = connection.execute("PRAGMA user_version").fetchone()[0]
-    tables = connection.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-    return bool(application_id == 0 and version == 0 and tables == 0)
-
-
-def _create_schema(connection: sqlite3.Connection) -> None:
-    """Create the table and mark the file, under SQLite's write lock, unless another
-    process did it while this one waited for the lock (two workers starting at the
-    same moment on a new trail both find it empty; the second must not fail)."""
-    connection.execute("BEGIN IMMEDIATE")
-    try:
-        if _is_empty(connection):
-            for statement in _SCHEMA_STATEMENTS:
-                connection.execute(statement)
-            connection.execute(f"PRAGMA application_id = {APPLICATION_ID}")
-            connection.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
-        connection.execute("COMMIT")
-    except BaseException:
-        if connection.in_transaction:
-            connection.execute("ROLLBACK")
-        raise
-
-
-def _switch_to_wal(connection: sqlite3.Connection, busy_timeout: float) -> str:
-    """``PRAGMA journal_mode = WAL`` (the journal mode now in force), tried again every
-    ``WAL_RETRY_PAUSE`` for up to ``busy_timeout`` seconds while it gets ``SQLITE_BUSY``.
-
-    Switching a new file from its rollback journal to WAL needs the exclusive lock, and
-    SQLite answers ``SQLITE_BUSY`` at once, without its busy handler (deadlock
-    avoidance), while another connection holds the write lock: a second worker starting
-    on the same new trail, in ``_create_schema``'s ``BEGIN IMMEDIATE``. Without the
-    retry, about 2 sets in 100 of 4 workers starting at once had one exit 2 with
-    "database is locked". A file already in WAL mode answers without a lock wait."""
-    deadline = time.monotonic() + busy_timeout
-    while True:
-        try:
-            return str(connection.execute("PRAGMA journal_mode = WAL").fetchone()[0])
-        except sqlite3.OperationalError as error:
-            if not _is_busy(error) or time.monotonic() >= deadline:
-                raise
-        _pause_before_retry()
-
-
-def _is_busy(error: sqlite3.Error) -> bool:
-    return error.sqlite_errorcode & 0xFF == sqlite3.SQLITE_BUSY  # primary code of extended ones
-
-
-def _pause_before_retry() -> None:
-    time.sleep(WAL_RETRY_PAUSE)
 
 
 class AuditStore:

@@ -10,14 +10,18 @@ an asynchronous authenticator with throttling; the relay policy (``gateway.smtp.
 No ``handle_*`` hook is used: aiosmtpd finds hooks by name and silently ignores a
 misspelt one (STYLE 2), so everything here is an overridden, typed method.
 
-Split by concern (STYLE 11): this module keeps the connection life cycle, TLS, EHLO,
-AUTH, MAIL, RCPT, the DATA command's checks and the one place where refusals become
-replies. What a session is given (the collaborators' protocols and ``SessionSettings``)
-is in ``gateway.smtp.session_settings``; the DATA stage after the command is accepted
-(reading to the final dot, spooling, the after-DATA policy, ``read_block``) is in
-``gateway.smtp.session_data``, as ``DataStage``, the base class of ``MissiveSMTP``.
-Their public names are re-exported here, so ``gateway.smtp.session`` stays the one
-import for the SMTP front; every ``smtp_*`` and ``auth_*`` method is on ``MissiveSMTP``.
+Split by concern (STYLE 11): this module keeps the connection life cycle, the commands
+(STARTTLS, EHLO, AUTH, MAIL, RCPT, DATA and their checks) and the one place where
+refusals become replies (``_answer``, ``_refused``). What a session is given (the
+collaborators' protocols and ``SessionSettings``) is in ``gateway.smtp.session_settings``;
+the DATA stage after the command is accepted (reading to the final dot, spooling, the
+after-DATA policy, ``read_block``) is in ``gateway.smtp.session_data`` (``DataStage``);
+the TLS facts and client certificate check, the SASL exchange and password check, and
+the audit records of refusals and failed logins moved unchanged, past 500 lines, to
+``gateway.smtp.session_identity`` (``IdentityStage``). Both stages are the bases of
+``MissiveSMTP`` and define no command: every ``smtp_*`` and ``auth_*`` method is on
+``MissiveSMTP``. Public names are re-exported here, so ``gateway.smtp.session`` stays
+the one import for the SMTP front.
 
 Invariants:
 - Each stored message starts with a ``Received:`` field (``gateway.smtp.trace``).
@@ -40,8 +44,6 @@ message content, Subject or a password.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import ssl
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
@@ -50,13 +52,13 @@ from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult
 
-from gateway.audit import AuditEvent
 from gateway.log import get_logger
 from gateway.smtp import replies as r
 from gateway.smtp.envelope import MailCommand, RcptCommand, parse_mail, parse_rcpt
 from gateway.smtp.policy import ClientFacts
 from gateway.smtp.replies import Reply, SmtpReply, reply_for, reply_line
-from gateway.smtp.session_data import DataStage, _printable, read_block
+from gateway.smtp.session_data import DataStage, read_block
+from gateway.smtp.session_identity import IdentityStage
 from gateway.smtp.session_settings import (
     AuditRecorder,
     AuthOutcome,
@@ -66,7 +68,6 @@ from gateway.smtp.session_settings import (
     PasswordAuthenticator,
     SessionSettings,
 )
-from gateway.smtp.tls import check_client_certificate, tls_facts
 from gateway.spool import MailParams
 
 __all__ = [
@@ -95,7 +96,7 @@ _DISCOVERED_PREFIXES = ("smtp_", "auth_")
 _discovered_names: dict[type, list[str]] = {}
 
 
-class MissiveSMTP(DataStage):
+class MissiveSMTP(IdentityStage, DataStage):
     """One SMTP connection of a Missive listener; see the module docstring."""
 
     def __init__(self, settings: SessionSettings, starttls: ssl.SSLContext | None) -> None:
@@ -227,33 +228,6 @@ class MissiveSMTP(DataStage):
         if self._tls_protocol is not None and self.transport is not None:
             await self._inspect_tls(self.transport.get_extra_info("ssl_object"))
 
-    async def _inspect_tls(self, ssl_object: Any) -> None:
-        facts = tls_facts(ssl_object)
-        self._tls_version, self._tls_cipher = facts.version, facts.cipher
-        if facts.certificate is None:
-            return
-        check = await check_client_certificate(self.settings.validator, facts.certificate)
-        if check.dn is None:
-            self._client_check_problem = check.problem
-            _log.warning(
-                "smtp.client_certificate_refused",
-                listener=self.listener_name,
-                peer=self.peer_text,
-                serial=check.serial,
-                problem=check.problem,
-            )
-            await self._audit_refusal("tls", r.CERTIFICATE_REFUSED, check.problem or "")
-            return
-        self._client_dn = check.dn.rfc4514_string()
-        self._client_facts = ClientFacts(ip=self.peer_ip, certificate_dn=check.dn)
-
-    def _check_client_certificate(self) -> None:
-        if self._client_check_problem is not None:
-            raise SmtpReply(r.CERTIFICATE_REFUSED, self._client_check_problem)
-        required = self.settings.listener.client_certificate == "required"
-        if required and self._client_facts.certificate_dn is None:
-            raise SmtpReply(r.CERTIFICATE_NEEDED, "no client certificate")
-
     # -- EHLO ----------------------------------------------------------------------------
 
     async def smtp_EHLO(self, hostname: str) -> None:
@@ -316,56 +290,6 @@ class MissiveSMTP(DataStage):
             return AuthResult(success=False, handled=True)
         return await self._check_password(login, password)
 
-    async def _auth_blob(self, initial: str | None, challenge: str) -> bytes | None:
-        """The client's base64 answer (initial response or after a 334 challenge)."""
-        if initial is not None:
-            return await self._decode_initial(initial)
-        answer = await self.challenge_auth(challenge)
-        return answer if isinstance(answer, bytes) else None
-
-    async def _decode_initial(self, initial: str) -> bytes | None:
-        if initial == "=":  # RFC 4954 §4: an empty initial response
-            return b""
-        try:
-            return base64.b64decode(initial, validate=True)
-        except (binascii.Error, ValueError):
-            await self.push(reply_line(r.AUTH_BAD_BASE64))
-            return None
-
-    async def _check_password(self, login_bytes: bytes, password_bytes: bytes) -> AuthResult:
-        authenticator = self.settings.authenticator
-        assert authenticator is not None
-        login = login_bytes.decode("utf-8", "replace")
-        now = self.loop.time()
-        blocked = self.settings.throttle.blocked(self.peer_ip, login, now)
-        if blocked is not None:
-            _log.warning("smtp.auth_throttled", peer=self.peer_text, login=login, by=blocked)
-            await self._audit_auth(login, "throttled")
-            return AuthResult(success=False, handled=False, message=reply_line(r.AUTH_THROTTLED))
-        outcome = await authenticator.authenticate(login, password_bytes.decode("utf-8", "replace"))
-        if not outcome.ok or outcome.login is None:
-            self.settings.throttle.failed(self.peer_ip, login, now)
-            _log.warning("smtp.auth_failed", peer=self.peer_text, login=login)
-            await self._audit_auth(login, "refused")
-            return AuthResult(success=False, handled=False, message=reply_line(r.AUTH_INVALID))
-        self.settings.throttle.succeeded(login)
-        self._login = outcome.login
-        self._client_facts = ClientFacts(
-            self.peer_ip, self._client_facts.certificate_dn, outcome.login
-        )
-        _log.info("smtp.auth_ok", peer=self.peer_text, login=outcome.login)
-        return AuthResult(success=True, auth_data=outcome.login, message=reply_line(r.AUTH_OK))
-
-    async def _audit_auth(self, login: str, outcome: str) -> None:
-        event = AuditEvent(
-            "smtp.auth_failed",
-            actor=login[:200] or "-",
-            peer=self.peer_text,
-            outcome=outcome,
-            details={"listener": self.listener_name},
-        )
-        await self._record_quietly(event)
-
     # -- MAIL, RCPT ----------------------------------------------------------------------
 
     async def smtp_MAIL(self, arg: str | None) -> None:
@@ -411,25 +335,6 @@ class MissiveSMTP(DataStage):
         )
         await self._audit_refusal(stage, refusal.reply, refusal.detail)
         await self.push(reply_line(refusal.reply))
-
-    async def _audit_refusal(self, stage: str, reply: Reply, detail: str) -> None:
-        mail = self._mail
-        event = AuditEvent(
-            "smtp.refused",
-            mail_from=str(mail.sender) if mail is not None else None,
-            rcpt_to=tuple(str(rcpt.recipient) for rcpt in self._rcpts),
-            actor=self._login,
-            peer=self.peer_text,
-            outcome=f"{reply.code} {reply.enhanced}",
-            details=_refusal_details(self.listener_name, stage, detail, self._client_dn),
-        )
-        await self._record_quietly(event)
-
-    async def _record_quietly(self, event: AuditEvent) -> None:
-        try:
-            await self.settings.audit.record(event)
-        except Exception as error:  # noqa: BLE001 - a refusal is sent anyway; logged
-            _log.error("smtp.audit_failed", audit_event=event.type, error=type(error).__name__)
 
     def _check_session(self) -> None:
         assert self.session is not None
@@ -498,10 +403,3 @@ def _after_keyword(arg: str | None, keyword: str, syntax: Reply) -> str:
     if arg is None or arg[: len(keyword)].upper() != keyword:
         raise SmtpReply(syntax, f"expected {keyword}")
     return arg[len(keyword) :]
-
-
-def _refusal_details(listener: str, stage: str, detail: str, dn: str | None) -> dict[str, str]:
-    details = {"listener": listener, "stage": stage, "reason": _printable(detail) or "-"}
-    if dn is not None:
-        details["client_dn"] = dn
-    return details

@@ -15,11 +15,11 @@ from typing import cast
 import pytest
 
 from gateway.app import apply_audit_retention
-from gateway.audit import AuditChainBroken, AuditDatabaseError, AuditEvent, AuditStore
-from gateway.audit import store as store_module
+from gateway.audit import AuditChainBroken, AuditDatabaseError, AuditEvent, AuditStore, store_file
 from gateway.audit.event import utc_now
 from gateway.audit.record import CHECKPOINT_TYPE, Row, record_from_row, row_of, seal
-from gateway.audit.store import _INSERT, _create_schema, _is_empty
+from gateway.audit.store import _INSERT
+from gateway.audit.store_file import _create_schema, _is_empty
 from gateway.config import Config
 from tests.together import FORK, exit_codes
 
@@ -210,7 +210,7 @@ def test_the_switch_to_wal_waits_for_another_writer(
         if holder.in_transaction:
             holder.execute("COMMIT")
 
-    monkeypatch.setattr("gateway.audit.store._pause_before_retry", release_the_lock)
+    monkeypatch.setattr("gateway.audit.store_file._pause_before_retry", release_the_lock)
     try:
         with AuditStore.open_writer(path) as store:
             store.append([make_event(1)])
@@ -236,13 +236,13 @@ def test_the_switch_to_wal_gives_up_after_the_busy_timeout(
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN IMMEDIATE")
     pauses: list[float] = []
-    pause = store_module._pause_before_retry
+    pause = store_file._pause_before_retry
 
     def counted_pause() -> None:
         pauses.append(time.monotonic())
         pause()
 
-    monkeypatch.setattr(store_module, "_pause_before_retry", counted_pause)
+    monkeypatch.setattr(store_file, "_pause_before_retry", counted_pause)
     try:
         with pytest.raises(AuditDatabaseError, match="database is locked"):
             AuditStore.open_writer(path, busy_timeout=0.2)

@@ -1,13 +1,14 @@
 """``gateway.smtp.session`` split by concern: the names it exported before stay importable
-from it (the same objects as in their new modules), and the DATA stage base class holds no
-command aiosmtpd would look for: every ``smtp_*`` and ``auth_*`` method is on
-``MissiveSMTP`` itself."""
+from it (the same objects as in their new modules), and the stage base classes (DATA,
+identity) hold no command aiosmtpd would look for: every ``smtp_*`` and ``auth_*`` method
+is on ``MissiveSMTP`` itself."""
 
 from __future__ import annotations
 
 import gateway.smtp.session as session
 from gateway.smtp import session_data, session_settings
 from gateway.smtp.session_data import DataStage
+from gateway.smtp.session_identity import IdentityStage
 
 SETTINGS_NAMES = (
     "AuditRecorder",
@@ -28,10 +29,11 @@ def test_moved_names_are_re_exported_by_the_session_module() -> None:
     assert "read_block" in session.__all__
 
 
-def test_the_data_stage_is_the_only_base_and_defines_no_command() -> None:
-    assert session.MissiveSMTP.__bases__ == (DataStage,)
-    commands = [name for name in vars(DataStage) if name.startswith(("smtp_", "auth_"))]
-    assert commands == []
+def test_the_stages_are_the_only_bases_and_define_no_command() -> None:
+    assert session.MissiveSMTP.__bases__ == (IdentityStage, DataStage)
+    for stage in (IdentityStage, DataStage):
+        commands = [name for name in vars(stage) if name.startswith(("smtp_", "auth_"))]
+        assert commands == [], stage
     own = vars(session.MissiveSMTP)
     for name in ("smtp_EHLO", "smtp_MAIL", "smtp_RCPT", "smtp_DATA", "smtp_AUTH", "smtp_STARTTLS"):
         assert name in own, name
