@@ -46,12 +46,24 @@ Invariants:
   duplicate at most, if its client retries).
 - Every ``COMMIT`` and ``ABORT`` gets exactly one answer, whatever goes wrong inside
   (an unexpected error is a ``FAILED``, logged by type).
+- Nothing outlives a failure (decision, session 7 review): an entry that fails, for
+  whatever reason and at whatever step, has its descriptor closed and its temp name
+  removed, and its end is recorded: ``spool.refused`` before its ``spool.added`` was
+  committed, ``spool.discarded`` after (the trail never claims an entry that is not
+  in ``incoming/``). An unexpected error (a bug) fails only the entries not yet
+  ``DONE`` of its batch and ends them that way (``Scribe._end_after_error``); the
+  steps of one entry, building its ``spool.added`` included, are guarded one entry at
+  a time, so an entry the trail refuses to describe (a client certificate DN over
+  4 KiB of UTF-8, which the record's 4,096-character limit lets through) fails alone,
+  not its whole batch. A refusal's reason is cut to ``MAX_REASON`` characters (the
+  protocol does not bound an ``ABORT``'s; the trail takes 4 KiB).
 - At the end of the link (the front stopped or died, or sent a bad frame) the frames
-  already read are still carried out and answered (the front's ``aclose`` shuts only
-  its half of the link and reads on, so a graceful stop gives those messages their
-  ``250``), every entry still open is dropped with ``spool.refused`` ("the SMTP front
-  went away": its client got no ``250``), then the trail is closed and the process
-  exits 0.
+  already read, up to a bad one, are still carried out and answered (the front's
+  ``aclose`` shuts only its half of the link and reads on, so a graceful stop gives
+  those messages their ``250``; frames after a bad one are not carried out, and the
+  front fails what it still waits for when the link ends), every entry still open is
+  dropped with ``spool.refused`` ("the SMTP front went away": its client got no
+  ``250``), then the trail is closed and the process exits 0.
 - It ignores SIGINT, SIGHUP and SIGTERM (decision, session 6): it is in its front's
   process group, which ``serve``'s ``WorkerGroup`` stops with SIGTERM (and a Ctrl-C in
   a terminal reaches with SIGINT) while the front still drains its DATA transfers into
@@ -113,6 +125,7 @@ _log = get_logger("spool.scribe")
 
 READ_SIZE = 256 * 1024  # bytes read from the link at a time (module docstring, Memory)
 LINK_ENDED = "the SMTP front went away"
+MAX_REASON = 1000  # characters of a refusal's reason kept in the trail (``_bounded``)
 
 Checkpoint = Callable[[str], None]
 
@@ -133,13 +146,20 @@ class _Open:
 
 @dataclass(eq=False)
 class _Ending:
-    """A ``COMMIT`` (``abort_reason`` None) or an ``ABORT`` of one entry, and its outcome."""
+    """A ``COMMIT`` (``abort_reason`` None) or an ``ABORT`` of one entry, and its outcome.
+
+    ``audited``: what the batch's events say of it so far: None (nothing yet),
+    ``"added"`` (its ``spool.added`` is in the batch's events), ``"closed"`` (its end is
+    audited and its file gone: refused, discarded, or an abort) or ``"linked"`` (it is in
+    ``incoming/``). An unexpected error ends what is neither closed nor linked
+    (``Scribe._end_after_error``)."""
 
     handle: int
     opened: _Open
     abort_reason: str | None
     record: QueueRecord | None = None
     error: BaseException | None = None
+    audited: str | None = None
     done: bool = False  # set only once every step ended well: the one way to a DONE
 
     @property
@@ -153,6 +173,7 @@ class _Batch:
 
     endings: list[_Ending] = field(default_factory=list)
     events: list[AuditEvent] = field(default_factory=list)
+    recorded: bool = False  # ``events`` committed to the trail (step 2)
 
 
 class Scribe:
@@ -290,11 +311,32 @@ class Scribe:
             self._end_steps(batch)
         except Exception as error:  # noqa: BLE001 - every COMMIT and ABORT hears back
             _log.error("scribe.error", error=type(error).__name__, entries=len(batch.endings))
-            for ending in batch.endings:
-                if not ending.done and ending.error is None:
-                    ending.error = error
+            self._end_after_error(batch, error)
         finally:
             self._send([_answer(ending) for ending in batch.endings])
+
+    def _end_after_error(self, batch: _Batch, error: Exception) -> None:
+        """An unexpected error stopped the steps: each entry not done fails with it; one
+        neither audited closed nor linked has its file closed and removed, and its end
+        recorded (``spool.discarded`` after a committed ``added``, else ``refused``)."""
+        closing: list[AuditEvent] = []
+        for ending in batch.endings:
+            if ending.done:
+                continue
+            ending.error = ending.error or ending.opened.failure or error
+            if ending.audited in ("closed", "linked") or ending.opened.failure is not None:
+                continue  # (a failure during DATA was audited then)
+            ending.entry.discard()
+            if ending.audited == "added" and batch.recorded:
+                closing.append(self._discarded(ending, "error in the spool scribe"))
+            else:
+                reason = ending.abort_reason or "error in the spool scribe"
+                closing.append(self._refused(ending.entry, reason))
+            ending.audited = "closed"
+        if not batch.recorded:  # the refusals queued before the error, not the adds
+            closing[:0] = [e for e in batch.events if e.type != "spool.added"]
+        if closing and not self._record(closing):
+            _log.error("spool.audit_failed", audit_event="spool.refused")
 
     def _end_steps(self, batch: _Batch) -> None:
         now = self._clock()
@@ -305,7 +347,9 @@ class Scribe:
             for ending in written:  # not recorded: never published, never a 250
                 ending.entry.discard()
                 ending.error = SpoolWriteError("the audit record of the entry was not committed")
+                ending.audited = "closed"
             return
+        batch.recorded = True
         if written:
             self._checkpoint("add.synced")
             self._publish(written)
@@ -314,6 +358,7 @@ class Scribe:
         """Step 1 for a ``COMMIT`` (True if written and synced); an ``ABORT`` drops its
         file and queues its refusal. Every other outcome is set on ``ending``."""
         opened, entry = ending.opened, ending.entry
+        ending.audited = "closed"  # unless the file is written, below
         if ending.abort_reason is not None:
             if opened.failure is None:
                 entry.discard()
@@ -323,9 +368,10 @@ class Scribe:
             ending.error = opened.failure
             return False
         try:
-            ending.record = entry.write_end(entry.take_pending(), now)
+            record = entry.write_end(entry.take_pending(), now)
             self._checkpoint("add.written")
             entry.sync()
+            added = entry.added_event(record, self._actor)  # may refuse a field (docstring)
         except (OSError, SpoolError, RecordError) as error:
             failure = spool_error(error)
             entry.discard()
@@ -338,7 +384,9 @@ class Scribe:
             batch.events.append(self._refused(entry, "error in the spool scribe"))
             ending.error = error
             return False
-        batch.events.append(entry.added_event(ending.record, self._actor))
+        ending.record = record
+        ending.audited = "added"
+        batch.events.append(added)
         return True
 
     def _record(self, events: list[AuditEvent]) -> bool:
@@ -353,54 +401,71 @@ class Scribe:
         return True
 
     def _publish(self, recorded: list[_Ending]) -> None:
-        """Step 3: link each recorded file, then one fsync of ``incoming/``."""
+        """Step 3: link each recorded file, then one fsync of ``incoming/``; the
+        ``spool.discarded`` of those whose link failed are recorded whatever happens."""
         linked: list[_Ending] = []
         discarded: list[AuditEvent] = []
-        for ending in recorded:
-            if self._link_one(ending, discarded):
-                linked.append(ending)
-        if linked:
-            try:
-                sync_directory(self._dirs.state("incoming"))
-            except OSError as error:
-                failure = as_spool_error(error, "syncing the incoming directory")
-                for ending in linked:  # visible, not known durable: no 250
-                    ending.entry.discard()
-                    ending.error = failure
-            else:
-                self._checkpoint("add.published")
-                for ending in linked:
-                    ending.done = True
-                    _log_added(ending)
-        if discarded and not self._record(discarded):
-            _log.error("spool.audit_failed", audit_event="spool.discarded")
+        try:
+            for ending in recorded:
+                if self._link_one(ending, discarded):
+                    linked.append(ending)
+            if linked:
+                self._sync_linked(linked)
+        finally:
+            if discarded and not self._record(discarded):
+                _log.error("spool.audit_failed", audit_event="spool.discarded")
+
+    def _sync_linked(self, linked: list[_Ending]) -> None:
+        """One fsync of ``incoming/``, after every link: then the linked are ``DONE``."""
+        try:
+            sync_directory(self._dirs.state("incoming"))
+        except OSError as error:
+            failure = as_spool_error(error, "syncing the incoming directory")
+            for ending in linked:  # visible, not known durable: no 250
+                ending.entry.discard()
+                ending.error = failure
+            return
+        self._checkpoint("add.published")
+        for ending in linked:
+            ending.done = True
+            _log_added(ending)
 
     def _link_one(self, ending: _Ending, discarded: list[AuditEvent]) -> bool:
+        """Link one file; False (its error set, its discard queued) if it failed."""
         entry = ending.entry
         try:
             entry.publish()
-            self._checkpoint("add.linked")
         except LinkFailed as failed:
             if failed.linked:  # visible under its name, not known durable
                 doing = "removing the temp name of a published queue file"
                 ending.error = as_spool_error(failed.error, doing)
+                ending.audited = "linked"
                 return False
             entry.discard()
-            reason = publish_failure(failed.error)
-            discarded.append(entry.closing_event("discarded", reason, self._actor, ending.record))
-            _log.info("spool.discarded", queue_id=entry.queue_id, stage=RECEIVED, reason=reason)
+            discarded.append(self._discarded(ending, publish_failure(failed.error)))
             ending.error = publish_error(failed.error, entry.queue_id, entry.incoming)
             return False
         except Exception as error:  # noqa: BLE001 - answered as FAILED (module docstring)
             _log_unexpected(error, entry)
             entry.discard()
+            discarded.append(self._discarded(ending, "error in the spool scribe"))
             ending.error = error
             return False
+        ending.audited = "linked"
+        self._checkpoint("add.linked")  # (outside the try: the file is linked by now)
         return True
 
     def _refused(self, entry: EntryFile, reason: str) -> AuditEvent:
+        reason = _bounded(reason)
         _log.info("spool.refused", queue_id=entry.queue_id, stage=RECEIVED, reason=reason)
         return entry.closing_event("refused", reason, self._actor)
+
+    def _discarded(self, ending: _Ending, reason: str) -> AuditEvent:
+        """``spool.discarded`` of an entry whose ``spool.added`` was committed."""
+        entry, reason = ending.entry, _bounded(reason)
+        ending.audited = "closed"
+        _log.info("spool.discarded", queue_id=entry.queue_id, stage=RECEIVED, reason=reason)
+        return entry.closing_event("discarded", reason, self._actor, ending.record)
 
     def _send(self, frames: list[bytes]) -> None:
         """Answers in one ``send``; none once the front has gone (nobody reads them)."""
@@ -421,6 +486,12 @@ class Scribe:
         if self._refusals:
             self._record(self._refusals)
             self._refusals = []
+
+
+def _bounded(reason: str) -> str:
+    """A reason the trail takes (4 KiB of UTF-8 at most): the front's ``ABORT`` payload
+    is not bounded by the protocol, so it is cut here (the client sends at most 1000)."""
+    return reason if len(reason) <= MAX_REASON else reason[:MAX_REASON] + "..."
 
 
 def _answer(ending: _Ending) -> bytes:

@@ -22,9 +22,11 @@ scribe -> front
     ``FAILED`` it has not (payload: JSON ``{"error": <class>, "message": ..., "limit": N}``).
 
 Invariants: every ``COMMIT`` and ``ABORT`` gets exactly one ``DONE`` or ``FAILED``, and
-``DONE`` for a ``COMMIT`` is sent only once ``EntryWriter.commit`` has returned (the file
-and ``incoming/`` fsynced, ``spool.added`` committed to the audit trail): the front's
-``250`` waits for it. A frame is written with one ``write`` call, so frames of
+``DONE`` for a ``COMMIT`` is sent only once the scribe has ended the entry's steps (the
+file fsynced, ``spool.added`` committed to the audit trail, the file linked into
+``incoming/`` and ``incoming/`` fsynced: ``gateway.spool.scribe``): the front's ``250``
+waits for it. An ``ABORT``'s reason has no bound here; the scribe keeps its first
+1,000 characters (``scribe.MAX_REASON``). A frame is written with one ``write`` call, so frames of
 concurrent entries never interleave. A payload longer than ``MAX_PAYLOAD`` or an unknown
 kind is a protocol error: the reader closes the link, which fails every entry in flight
 (the front answers ``451``; nothing acknowledged is lost).
@@ -91,18 +93,24 @@ async def read_frame(reader: asyncio.StreamReader) -> Frame | None:
         if error.partial:
             raise ProtocolError("end of stream inside a frame header") from error
         return None
-    kind, handle, length = _HEAD.unpack(head)
-    if length > MAX_PAYLOAD:
-        raise ProtocolError(f"frame payload of {length} bytes (at most {MAX_PAYLOAD})")
-    try:
-        kind = Kind(kind)
-    except ValueError:
-        raise ProtocolError(f"unknown frame kind {kind}") from None
+    kind, handle, length = _head(head, 0)
     try:
         payload = await reader.readexactly(length) if length else b""
     except asyncio.IncompleteReadError as error:
         raise ProtocolError("end of stream inside a frame") from error
     return Frame(kind, handle, payload)
+
+
+def _head(data: bytes | bytearray, offset: int) -> tuple[Kind, int, int]:
+    """A frame header's kind, handle and payload length; ``ProtocolError`` for a kind
+    or a length no front would send."""
+    kind, handle, length = _HEAD.unpack_from(data, offset)
+    if length > MAX_PAYLOAD:
+        raise ProtocolError(f"frame payload of {length} bytes (at most {MAX_PAYLOAD})")
+    try:
+        return Kind(kind), handle, length
+    except ValueError:
+        raise ProtocolError(f"unknown frame kind {kind}") from None
 
 
 class FrameDecoder:
@@ -129,13 +137,7 @@ class FrameDecoder:
         buffer, start = self._buffer, self._start
         if len(buffer) - start < _HEAD.size:
             return None
-        kind, handle, length = _HEAD.unpack_from(buffer, start)
-        if length > MAX_PAYLOAD:
-            raise ProtocolError(f"frame payload of {length} bytes (at most {MAX_PAYLOAD})")
-        try:
-            kind = Kind(kind)
-        except ValueError:
-            raise ProtocolError(f"unknown frame kind {kind}") from None
+        kind, handle, length = _head(buffer, start)
         end = start + _HEAD.size + length
         if len(buffer) < end:
             return None

@@ -257,8 +257,8 @@ class EntryWriter:
     async def _sync_and_record(self, record: QueueRecord, sync: _JobEnd) -> None:
         """Commit ``spool.added`` while ``sync`` fsyncs the file; both or neither."""
         runtime = self._runtime
-        event = self._entry.added_event(record, runtime.actor)
         try:
+            event = self._entry.added_event(record, runtime.actor)  # may refuse a field
             await runtime.audit.record(event)
         except BaseException:
             await sync.settled()

@@ -114,3 +114,28 @@ async def test_a_link_made_before_its_temp_name_could_be_removed_is_kept(
     assert names(queue.dirs.state("incoming")) == [writer.queue_id]
     assert [(i.name, i.error) for i in await queue.scan("incoming")] == [(writer.queue_id, None)]
     assert trail.of("spool.discarded") == []
+
+
+@pytest.mark.parametrize("size", SIZES)
+async def test_an_added_event_the_trail_refuses_leaves_no_file(
+    spool: Spool, trail: RecordingTrail, size: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Building ``spool.added`` can refuse a field (an audit value is at most 4 KiB of
+    UTF-8): the commit fails, its file is discarded and nothing is published (the event
+    was built outside the guard before, while the file's fsync ran: the file stayed)."""
+    from gateway.spool.entry_file import EntryFile
+
+    def refuse(self: EntryFile, record: object, actor: str) -> None:
+        raise ValueError("audit field details.client_dn: 4200 bytes, more than 4096")
+
+    monkeypatch.setattr(EntryFile, "added_event", refuse)
+    queue = spool.queue(RECEIVED)
+    before = len(os.listdir("/proc/self/fd"))
+    writer = await queue.open_writer(envelope(), origin())
+    await writer.write(SIZES[size])
+    with pytest.raises(ValueError):
+        await writer.commit()
+    assert names(queue.dirs.tmp) == []
+    assert names(queue.dirs.state("incoming")) == []
+    assert len(os.listdir("/proc/self/fd")) == before
+    assert trail.types() == []
