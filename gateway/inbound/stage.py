@@ -28,10 +28,16 @@ with their own key and never one opened with the other's.
   Decision (RFC 8098 §2.1, no user to ask): it goes only to the
   Disposition-Notification-To addresses equal to that MAIL FROM
   (``gateway.relay.mdn.mdn_destinations``: domain case-insensitive, local part exact),
-  never to a third party an outsider names. Each other address is dropped, logged
-  (``inbound.mdn_recipient_dropped``) and recorded in one
-  ``inbound.mdn_recipients_dropped`` audit event per MDN: outcome ``queued`` (the MDN
-  went to the others, ``details.mdn`` its id) or ``withheld`` (none left: no MDN).
+  never to a third party an outsider names; it goes to that MAIL FROM as the envelope
+  spells it. Each other address is dropped, logged (``inbound.mdn_recipient_dropped``,
+  the first ``MAX_DROPPED_LOGGED``, then one line with the number left out) and
+  recorded in one ``inbound.mdn_recipients_dropped`` audit event per MDN: outcome
+  ``queued`` (the MDN went to the sender, ``details.mdn`` its id) or ``withheld`` (none
+  left: no MDN). Decision (session 7 review, R2): a pass repeated after a crash records
+  that event again, as it records ``inbound.processed`` again: the trail is
+  at-least-once, the MDN itself is queued once (same hand-off key, same
+  ``details.mdn``), and a reader counts drops per (queue id, recipient, disposition).
+  The header block is read once per MDN (``gateway.relay.mdn.read_request``).
   ``gateway.inbound.delivery`` queues the *dispatched* MDN the same way on final
   delivery when ``X-DIRECT-FINAL-DESTINATION-DELIVERY`` is asked. Design decision: the
   MDN is queued *in clear* and the secure agent protects it like any outbound message
@@ -104,6 +110,7 @@ from gateway.relay.mdn import (
     mdn_asked,
     mdn_destinations,
     mdn_envelope,
+    read_request,
 )
 from gateway.relay.report import NotificationRefused
 from gateway.smime.keystore import KeyStore
@@ -134,6 +141,7 @@ HELD_REASON = "held in quarantine: the message could not be decrypted or verifie
 MDN_WITHHELD = "content not integrity-protected (CBC) and not validly signed"
 MDN_NOT_SENDER = "Disposition-Notification-To address is not the envelope sender"
 MAX_DROPPED_SHOWN = 1000  # characters of dropped addresses in one audit value (max 4 KiB)
+MAX_DROPPED_LOGGED = 20  # dropped addresses logged one per line, per MDN (_log_dropped)
 
 
 @dataclass(frozen=True)
@@ -355,13 +363,13 @@ async def queue_mdn(
     repeated pass writes nothing twice.
     """
     header_block = message.partition(b"\r\n\r\n")[0] + b"\r\n"
-    mail_from = entry.record.envelope.mail_from
-    if not mdn_asked(header_block, mail_from):
+    request = read_request(header_block, entry.record.envelope.mail_from)  # read once
+    if not mdn_asked(request):
         return None
     if not headers.notifications_allowed(header_block):  # EFAIL, padding oracle
         log.info("inbound.mdn_withheld", queue_id=entry.queue_id, reason=MDN_WITHHELD)
         return None
-    destinations = mdn_destinations(header_block, mail_from)
+    destinations = mdn_destinations(request)
     _log_dropped(entry, disposition, destinations.dropped)
     drops = _MdnDrops(entry, recipient, disposition, destinations.dropped, actor)
     if not destinations.kept:
@@ -371,15 +379,14 @@ async def queue_mdn(
     try:
         mdn = build_mdn(
             reporting_ua=config.gateway.hostname,
-            original_headers=header_block,
+            original_headers=request,
             final_recipient=recipient.address,
             disposition=disposition,
             now=now,
             language=config.gateway.language,
             original_recipient=recipient.orcpt,
-            return_path=mail_from,
         )
-        envelope = mdn_envelope(header_block, mail_from)
+        envelope = mdn_envelope(request)
     except (MdnRefused, NotificationRefused) as error:
         log.warning("inbound.mdn_refused", queue_id=entry.queue_id, error=str(error))
         return None
@@ -397,13 +404,24 @@ async def queue_mdn(
 
 def _log_dropped(entry: Claimed, disposition: Disposition, dropped: Sequence[str]) -> None:
     """One line per Disposition-Notification-To address that gets no MDN (the address
-    is an envelope-level fact: ``gateway.log`` quotes and escapes it)."""
-    for address in dropped:
+    is an envelope-level fact: ``gateway.log`` quotes and escapes it), for the first
+    ``MAX_DROPPED_LOGGED`` of them; then one ``inbound.mdn_recipients_not_logged`` line
+    with the number left out (a stranger's field may name thousands: one write and one
+    flush per line on the event loop; the audit event counts them all)."""
+    for address in dropped[:MAX_DROPPED_LOGGED]:
         log.info(
             "inbound.mdn_recipient_dropped",
             queue_id=entry.queue_id,
             disposition=disposition.value,
             address=address,
+            reason=MDN_NOT_SENDER,
+        )
+    if len(dropped) > MAX_DROPPED_LOGGED:
+        log.info(
+            "inbound.mdn_recipients_not_logged",
+            queue_id=entry.queue_id,
+            disposition=disposition.value,
+            count=len(dropped) - MAX_DROPPED_LOGGED,
             reason=MDN_NOT_SENDER,
         )
 

@@ -13,7 +13,15 @@ yet, and write what it decided:
   of the pass rendered together in one limited child process
   (``letter_sandbox.render_letters_isolated``: one child per message, not per
   recipient; each recipient still has its own outcome), each letter
-  ``write_to_outbox``, then a ``relayed`` DSN (``postal=True``);
+  ``write_to_outbox``, then a ``relayed`` DSN (``postal=True``). Decision (session 7
+  review, R2): the letters of one child (``letters_per_child``) are written before the
+  next child starts, so the agent holds one child's letters at most, never every
+  letter of a message with many postal recipients (100 recipients of a 10 MB message
+  would be of the order of 1 GB beside the keys). A child killed by its limits fails its own
+  recipients only; the letters of earlier children are written and ``relayed`` (the
+  outbox and the DSNs agree). A pass that stops between children (a crash, a bug) has
+  written some letters: the next pass writes them again under the same names
+  (at-least-once, ``gateway.relay.postal``), as before this batching;
 - a fallback ``route:<name>``: the chain of fallbacks is followed here
   (``resolve_fallback``) until it ends in ``postal`` or ``bounce``, a loop ending as
   ``bounce`` (fail closed: never sent in clear). The target route (an S/MIME route: the
@@ -109,7 +117,7 @@ from gateway.relay.agent_pass import (
 from gateway.relay.dsn import should_send_dsn
 from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
 from gateway.relay.letter import Letter
-from gateway.relay.letter_sandbox import render_letters_isolated
+from gateway.relay.letter_sandbox import letters_per_child, render_letters_isolated
 from gateway.relay.postal import PostalError, write_to_outbox
 from gateway.smime.validate import CertificateValidator
 from gateway.spool import (
@@ -355,8 +363,15 @@ class AgentStage:
                 self._postal_failed(entry, work, address, missing)
             else:
                 found.append((address, looked_up.entry))
-        if not found:
-            return
+        batch = letters_per_child(len(content))
+        for start in range(0, len(found), batch):  # one child's letters written, then the next
+            await self._post_batch(entry, content, found[start : start + batch], work)
+
+    async def _post_batch(
+        self, entry: Claimed, content: bytes, found: Sequence[tuple[str, Entry]], work: Pass
+    ) -> None:
+        """The letters of one sandboxed child (``found``: at most ``letters_per_child``
+        recipients), rendered, then each written with its own outcome."""
         outcomes = await render_letters_isolated(  # hostile PDFs: away from the keys
             content,
             [recipient for _, recipient in found],

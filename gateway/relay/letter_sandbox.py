@@ -35,7 +35,10 @@ receives them together. So one child renders at most
 ``letters_per_child(len(message))`` recipients (16, or fewer when the message is large:
 ``LETTER_BYTES_PER_CHILD / len(message)``, at least one; a 50 MB message: 2); more
 recipients than that are rendered by further children, one after the other (the
-message is then parsed once per child, never once per recipient).
+message is then parsed once per child, never once per recipient). A call returns the
+letters of all its children together, so the secure agent calls it for one child's
+recipients at a time and writes those letters before the next call (session 7 review,
+R2: ``gateway.relay.agent_stage``); it never holds more than one child's letters.
 
 Invariants: the child receives the clear message, the recipients' annuaire entries
 and the sender (picklable values) and sends back one ``Letter`` or ``PostalError`` per

@@ -42,14 +42,26 @@ Disposition-Notification-To addresses equal to the original's envelope reverse-p
 address is dropped (the caller logs and audits each drop), and when none is equal no
 MDN is sent. Addresses compare as the rest of the code base binds senders
 (``gateway.config.domains.parse_email``, ``gateway.smtp.user_table``): the domain
-case-insensitively, the local part exactly (RFC 5321 §2.4: only the receiving host may
-fold it). No IDNA mapping: the code base maps IDNA forms only on the refusing side
+case-insensitively in ASCII only (``str.lower`` would make a KELVIN SIGN domain equal
+to its ``k`` look-alike), the local part exactly (RFC 5321 §2.4: only the receiving host
+may fold it). No IDNA mapping: the code base maps IDNA forms only on the refusing side
 (``gateway.smtp.policy``), and this is an allowing rule, so a U-label address never
 matches an A-label reverse-path (fail closed: no MDN, never one to a look-alike). An
-unknown reverse-path (no envelope, no Return-Path field) matches nothing. The MDN's
-``To:`` lists the kept addresses only (a dropped one is not even named). The gateway
+unknown reverse-path (no envelope, no Return-Path field) matches nothing. Decision
+(session 7 review, R2): when an address matches, the MDN goes to the reverse-path *as the
+envelope spells it* (RCPT TO and ``To:``), never to the header's spelling of it, so no
+parsing trick in Disposition-Notification-To (display names, comments, group syntax,
+encoded words, a case or Unicode variant of the domain) can steer where it goes: the
+destination is a value the SMTP front already checked. A dropped address is not even
+named. The gateway
 sends only *processed/dispatched* (never *displayed*), the dispositions the Direct and
 MSSanté profiles want sent automatically.
+
+Cost (session 7 review, R2): the header block a stranger writes can hold 256 KiB of
+folded Disposition-Notification-To (the SMTP front's header limit; more in a decrypted
+copy), and splitting it is not cheap, so ``read_request`` reads every field this module
+needs in one pass and each function accepts its ``MdnRequest`` in place of the block:
+the inbound agent reads a block once per MDN instead of about ten times.
 
 Trust level: pure data; no I/O, no keys, no logging.
 """
@@ -75,6 +87,7 @@ from gateway.relay.report import (
     make_message_id,
     multipart_body,
     new_boundary,
+    split_fields,
 )
 from gateway.spool.model import Envelope, Recipient
 
@@ -103,79 +116,153 @@ class Disposition(StrEnum):
 # -- when ------------------------------------------------------------------------------
 
 
-def mdn_recipients(original_headers: bytes) -> tuple[str, ...]:
-    """The addresses of Disposition-Notification-To (RFC 8098 §2.1), valid ones only."""
-    value = header_value(original_headers, "Disposition-Notification-To")
+@dataclass(frozen=True)
+class MdnRequest:
+    """What an original's header block says about an MDN, read in one pass over the
+    block (``read_request``; module notes, "Cost"): the valid Disposition-Notification-To
+    addresses, whether it is a report, its reverse-path (``reverse_path``), Message-ID
+    and Original-Recipient fields. Every function below takes it in place of the header
+    block, so a caller that asks several questions reads the block once."""
+
+    addresses: tuple[str, ...]
+    report: bool
+    reverse_path: str | None
+    message_id: str | None
+    original_recipient: str | None
+
+
+Original = bytes | MdnRequest  # a header block, or what read_request found in it
+
+_READ_FIELDS = (
+    "disposition-notification-to",
+    "content-type",
+    "return-path",
+    "message-id",
+    "original-recipient",
+)
+
+
+def _first_values(original_headers: bytes) -> dict[str, str]:
+    """The unfolded value of the first field of each name ``read_request`` needs, by
+    lower-case name, from one pass of ``split_fields`` (as ``header_value`` reads one)."""
+    values: dict[str, str] = {}
+    for field_name, raw in split_fields(original_headers):
+        name = field_name.lower()
+        if name in _READ_FIELDS and name not in values:
+            value = raw.split(b":", 1)[1].decode("utf-8", "replace")
+            values[name] = re.sub(r"\r?\n[ \t]+", " ", value).strip()
+    return values
+
+
+def read_request(original_headers: bytes, return_path: str | None = None) -> MdnRequest:
+    """The ``MdnRequest`` of a header block (or a whole message; only its header block
+    is read). ``return_path``: the envelope's MAIL FROM when the caller has it (``""``
+    the null reverse-path), else the ``Return-Path`` field stands in."""
+    values = _first_values(original_headers)
+    content_type = values.get("content-type")
+    if return_path is None:
+        return_path = values.get("return-path")
+    return MdnRequest(
+        addresses=_addresses(values.get("disposition-notification-to")),
+        report=content_type is not None and _REPORT_RE.match(content_type) is not None,
+        reverse_path=None if return_path is None else _bare_path(return_path),
+        message_id=values.get("message-id"),
+        original_recipient=values.get("original-recipient"),
+    )
+
+
+def _request(original: Original, return_path: str | None = None) -> MdnRequest:
+    """``original`` as an ``MdnRequest`` (read now when it is a header block; an
+    ``MdnRequest`` already carries its reverse-path, ``return_path`` is then unused)."""
+    if isinstance(original, MdnRequest):
+        return original
+    return read_request(original, return_path)
+
+
+def _addresses(value: str | None) -> tuple[str, ...]:
     if value is None:
         return ()
     pairs = email.utils.getaddresses([value])
     return tuple(addr for _, addr in pairs if _ADDR_OK_RE.fullmatch(addr))
 
 
-def is_report(original_headers: bytes) -> bool:
+def mdn_recipients(original_headers: Original) -> tuple[str, ...]:
+    """The addresses of Disposition-Notification-To (RFC 8098 §2.1), valid ones only."""
+    return _request(original_headers).addresses
+
+
+def is_report(original_headers: Original) -> bool:
     """Whether the message is an MDN or a DSN (RFC 6522 report of either type)."""
-    content_type = header_value(original_headers, "Content-Type")
-    return content_type is not None and _REPORT_RE.match(content_type) is not None
+    return _request(original_headers).report
 
 
 @dataclass(frozen=True)
 class MdnDestinations:
     """The Disposition-Notification-To addresses split by the reverse-path rule (module
-    notes): ``kept`` get the MDN (duplicates removed), ``dropped`` do not."""
+    notes): ``kept`` gets the MDN: the reverse-path itself, as the envelope spells it,
+    when at least one address equals it, else nothing; ``dropped`` lists the others."""
 
     kept: tuple[str, ...]
     dropped: tuple[str, ...]
 
 
 def same_mailbox(first: str, second: str) -> bool:
-    """Whether two ``local@domain`` addresses name one mailbox: domain case-insensitive,
-    local part exact (RFC 5321 §2.4), no IDNA mapping (module notes)."""
+    """Whether two ``local@domain`` addresses name one mailbox: domain case-insensitive
+    in ASCII only, local part exact (RFC 5321 §2.4), no IDNA mapping (module notes)."""
     first_local, at_1, first_domain = first.rpartition("@")
     second_local, at_2, second_domain = second.rpartition("@")
     if not (at_1 and at_2 and first_local and first_domain):
         return False
-    return first_local == second_local and first_domain.lower() == second_domain.lower()
+    return first_local == second_local and _ascii_lower(first_domain) == _ascii_lower(second_domain)
 
 
-def reverse_path(original_headers: bytes, return_path: str | None = None) -> str | None:
-    """The original's reverse-path: ``return_path`` (the envelope's MAIL FROM) when
-    given, else the ``Return-Path`` field without its angle brackets; ``""`` is the null
-    reverse-path, None an unknown one."""
-    if return_path is None:
-        return_path = header_value(original_headers, "Return-Path")
-        if return_path is None:
-            return None
+def _ascii_lower(text: str) -> str:
+    """``text`` with A-Z lowered and nothing else: ``str.lower`` maps some non-ASCII
+    letters to ASCII ones (KELVIN SIGN to ``k``), a look-alike the rule must not equate."""
+    return text.translate(_ASCII_LOWER)
+
+
+_ASCII_LOWER = str.maketrans("ABCDEFGHIJKLMNOPQRSTUVWXYZ", "abcdefghijklmnopqrstuvwxyz")
+
+
+def _bare_path(return_path: str) -> str:
     path = return_path.strip()
     if path.startswith("<") and path.endswith(">"):
         path = path[1:-1].strip()
     return path
 
 
-def mdn_destinations(original_headers: bytes, return_path: str | None = None) -> MdnDestinations:
+def reverse_path(original_headers: Original, return_path: str | None = None) -> str | None:
+    """The original's reverse-path: ``return_path`` (the envelope's MAIL FROM) when
+    given, else the ``Return-Path`` field without its angle brackets; ``""`` is the null
+    reverse-path, None an unknown one."""
+    return _request(original_headers, return_path).reverse_path
+
+
+def mdn_destinations(original_headers: Original, return_path: str | None = None) -> MdnDestinations:
     """Disposition-Notification-To split into the addresses equal to the reverse-path
-    (``reverse_path``) and the others; with a null or unknown reverse-path all are
-    dropped (fail closed)."""
-    path = reverse_path(original_headers, return_path)
-    kept: list[str] = []
-    dropped: list[str] = []
-    for address in mdn_recipients(original_headers):
-        if not path or not same_mailbox(address, path):
-            dropped.append(address)
-        elif not any(same_mailbox(address, other) for other in kept):
-            kept.append(address)
-    return MdnDestinations(tuple(kept), tuple(dropped))
+    (``reverse_path``) and the others; the MDN goes to the reverse-path as spelt in the
+    envelope, never to a header's spelling of it (module notes); with a null or unknown
+    reverse-path all are dropped (fail closed)."""
+    request = _request(original_headers, return_path)
+    path = request.reverse_path
+    matching = [a for a in request.addresses if path and same_mailbox(a, path)]
+    dropped = tuple(a for a in request.addresses if not (path and same_mailbox(a, path)))
+    kept = (path,) if matching and path else ()
+    return MdnDestinations(kept, dropped)
 
 
-def mdn_asked(original_headers: bytes, return_path: str | None = None) -> bool:
+def mdn_asked(original_headers: Original, return_path: str | None = None) -> bool:
     """Whether the original asks for an MDN that may be answered at all: a
     Disposition-Notification-To address, not a report, a reverse-path that is not null
     (an unknown one passes here; ``mdn_destinations`` then drops every address)."""
-    if not mdn_recipients(original_headers) or is_report(original_headers):
+    request = _request(original_headers, return_path)
+    if not request.addresses or request.report:
         return False
-    return reverse_path(original_headers, return_path) != ""
+    return request.reverse_path != ""
 
 
-def should_send_mdn(original_headers: bytes, return_path: str | None = None) -> bool:
+def should_send_mdn(original_headers: Original, return_path: str | None = None) -> bool:
     """Whether the original asks for an MDN the gateway may send (see the module notes):
     ``mdn_asked`` and at least one Disposition-Notification-To address equal to the
     reverse-path.
@@ -183,9 +270,8 @@ def should_send_mdn(original_headers: bytes, return_path: str | None = None) -> 
     ``return_path`` is the original's MAIL FROM when the caller has the envelope (``""``
     for the null reverse-path); else the ``Return-Path`` field of the headers is read.
     """
-    if not mdn_asked(original_headers, return_path):
-        return False
-    return bool(mdn_destinations(original_headers, return_path).kept)
+    request = _request(original_headers, return_path)
+    return mdn_asked(request) and bool(mdn_destinations(request).kept)
 
 
 def wants_final_delivery_mdn(original_headers: bytes) -> bool:
@@ -202,12 +288,14 @@ def wants_final_delivery_mdn(original_headers: bytes) -> bool:
     return False
 
 
-def mdn_envelope(original_headers: bytes, return_path: str | None = None) -> Envelope:
-    """MAIL FROM:<> (RFC 8098 §3) and RCPT TO each Disposition-Notification-To address
-    equal to the reverse-path (``mdn_destinations``); ``MdnRefused`` when there is none."""
-    if not mdn_recipients(original_headers):
+def mdn_envelope(original_headers: Original, return_path: str | None = None) -> Envelope:
+    """MAIL FROM:<> (RFC 8098 §3) and RCPT TO the reverse-path when a
+    Disposition-Notification-To address equals it (``mdn_destinations``); ``MdnRefused``
+    when there is none."""
+    request = _request(original_headers, return_path)
+    if not request.addresses:
         raise MdnRefused("no Disposition-Notification-To address")
-    addresses = mdn_destinations(original_headers, return_path).kept
+    addresses = mdn_destinations(request).kept
     if not addresses:
         raise MdnRefused(NO_DESTINATION)
     return Envelope(mail_from="", recipients=tuple(Recipient(a) for a in addresses))
@@ -253,7 +341,7 @@ _TEXT: dict[Language, dict[str, str]] = {
 def build_mdn(
     *,
     reporting_ua: str,
-    original_headers: bytes,
+    original_headers: Original,
     final_recipient: str,
     disposition: Disposition | str,
     now: datetime,
@@ -274,15 +362,16 @@ def build_mdn(
     Raises ``MdnRefused`` when ``should_send_mdn`` says no, ``DsnRefused`` on a bad value.
     """
     disposition = Disposition(disposition)
-    if not should_send_mdn(original_headers, return_path):
+    request = _request(original_headers, return_path)
+    if not should_send_mdn(request):
         raise MdnRefused(
             "no MDN for this message (not asked, a notification, a null sender,"
             " or no Disposition-Notification-To address equal to the reverse-path)"
         )
     if now.tzinfo is None:
         raise NotificationRefused("now must be timezone-aware")
-    to = mdn_destinations(original_headers, return_path).kept
-    original_id = header_value(original_headers, "Message-ID")
+    to = mdn_destinations(request).kept
+    original_id = request.message_id
     check_address("final recipient", final_recipient)
     boundary = new_boundary()
     header = _mdn_header(
@@ -296,7 +385,7 @@ def build_mdn(
         language=language,
     )
     if original_recipient is None:
-        original_recipient = header_value(original_headers, "Original-Recipient")
+        original_recipient = request.original_recipient
     parts = (
         human_part(
             _human_text(language, reporting_ua, final_recipient, original_id, now, disposition)
