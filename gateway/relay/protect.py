@@ -145,16 +145,17 @@ _OBSCURED_SUBJECT_FIELD = HeaderField("Subject", f"Subject: {OBSCURED_SUBJECT}\r
 
 
 def header_fields(block: bytes) -> list[HeaderField]:
-    """The fields of a header block (CRLF), continuation lines kept with their field."""
-    fields: list[HeaderField] = []
+    """The fields of a header block (CRLF), continuation lines kept with their field.
+    Each field's lines are joined once (linear in the block: a field folded over
+    thousands of lines, which anyone outside can send, must not cost their square)."""
+    fields: list[tuple[str, list[bytes]]] = []
     for line in block.split(b"\r\n")[:-1] if block else []:
         if line[:1] in (b" ", b"\t") and fields:
-            last = fields[-1]
-            fields[-1] = HeaderField(last.name, last.raw + line + b"\r\n")
+            fields[-1][1].append(line)
             continue
         name = line.split(b":", 1)[0].strip().decode("ascii", "replace")
-        fields.append(HeaderField(name, line + b"\r\n"))
-    return fields
+        fields.append((name, [line]))
+    return [HeaderField(name, b"\r\n".join(lines) + b"\r\n") for name, lines in fields]
 
 
 @dataclass(frozen=True)

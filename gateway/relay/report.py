@@ -55,21 +55,21 @@ def split_fields(data: bytes) -> list[tuple[str, bytes]]:
     empty line, a reader starts the body there, so no later line (a body line shaped
     like ``Date: ...``, say) is ever taken for a field and copied into a report."""
     lines = _LINE_ENDS.split(data)  # a bare CR ends a line for a reader too
-    fields: list[tuple[str, bytes]] = []
+    fields: list[tuple[str, list[bytes]]] = []
     for line in lines:
         if not line.strip(b" \t"):
             break
         if line[:1] in (b" ", b"\t"):
             if fields:
-                previous_name, previous_raw = fields[-1]
-                fields[-1] = (previous_name, previous_raw + line + CRLF)
+                fields[-1][1].append(line)
             continue
         raw_name, colon, _ = line.partition(b":")
         raw_name = raw_name.rstrip(b" \t")
         if not (colon and _HEADER_NAME_RE.fullmatch(raw_name)):
             break  # the body starts here for a reader (docstring)
-        fields.append((raw_name.decode("ascii"), line + CRLF))
-    return fields
+        fields.append((raw_name.decode("ascii"), [line]))
+    # each field's lines joined once: linear, however many folded lines a sender wrote
+    return [(name, CRLF.join(parts) + CRLF) for name, parts in fields]
 
 
 def header_value(original_headers: bytes, name: str) -> str | None:
