@@ -144,6 +144,20 @@ class EntryFile:
         self._temp.write_at(preamble.encode(), 0)
         return record
 
+    def start_writeback(self) -> None:
+        """Blocking but quick: ask the kernel to start writing the file's dirty pages
+        now, without waiting (Linux's ``POSIX_FADV_DONTNEED`` starts their writeback,
+        then drops only the pages already clean: those under writeback stay cached).
+        The scribe calls it for every file of a batch before their fsyncs, made one
+        after another, so each fsync finds its writes under way instead of starting
+        them (measured: 30-55 % less time per file in batches of 3 and 10, with or
+        without a journal, ``bench/README.md``). Advisory: an error is ignored, the
+        fsync that follows is what makes the file durable."""
+        try:
+            os.posix_fadvise(self._file().fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        except OSError:
+            pass
+
     def sync(self) -> None:
         """Blocking: ``fsync`` the file (and close it, unless it is unnamed: its
         descriptor is what ``publish`` links)."""

@@ -23,7 +23,8 @@ whatever the link holds, carries out every frame in it in order (``OPEN``; ``DAT
 kept in memory up to ``FLUSH_SIZE`` per entry, then written), and then ends the
 batch's ``COMMIT`` and ``ABORT`` frames together (group commit, STYLE 4):
 
-1. for each ``COMMIT``: write the end of the file (record, preamble) and ``fsync`` it;
+1. for each ``COMMIT``: write the end of the file (record, preamble) and start its
+   writeback (``EntryFile.start_writeback``); then ``fsync`` each file in turn;
 2. one audit transaction for the whole batch: ``spool.added`` of each file written,
    ``spool.refused`` of each abort or failure (``AuditStore.append``, as the sink's
    writer thread does it);
@@ -340,7 +341,8 @@ class Scribe:
 
     def _end_steps(self, batch: _Batch) -> None:
         now = self._clock()
-        written = [e for e in batch.endings if self._write_end(e, batch, now)]
+        ended = [e for e in batch.endings if self._write_end(e, batch, now)]
+        written = [e for e in ended if self._sync(e, batch)]
         for ending in batch.endings:  # an abort is answered DONE once its file is gone
             ending.done = ending.abort_reason is not None
         if not self._record(batch.events):  # (a refusal not recorded is logged, as before)
@@ -355,10 +357,11 @@ class Scribe:
             self._publish(written)
 
     def _write_end(self, ending: _Ending, batch: _Batch, now: datetime) -> bool:
-        """Step 1 for a ``COMMIT`` (True if written and synced); an ``ABORT`` drops its
-        file and queues its refusal. Every other outcome is set on ``ending``."""
+        """Step 1, first half, for a ``COMMIT``: the end of its file written and its
+        writeback started (True if so); an ``ABORT`` drops its file and queues its
+        refusal. Every other outcome is set on ``ending``."""
         opened, entry = ending.opened, ending.entry
-        ending.audited = "closed"  # unless the file is written, below
+        ending.audited = "closed"  # unless the file is written and synced
         if ending.abort_reason is not None:
             if opened.failure is None:
                 entry.discard()
@@ -367,27 +370,49 @@ class Scribe:
         if opened.failure is not None:
             ending.error = opened.failure
             return False
-        try:
-            record = entry.write_end(entry.take_pending(), now)
+
+        def write() -> None:
+            ending.record = entry.write_end(entry.take_pending(), now)
             self._checkpoint("add.written")
+            entry.start_writeback()  # the batch's fsyncs then wait on writes under way
+
+        return self._guarded(ending, batch, write)
+
+    def _sync(self, ending: _Ending, batch: _Batch) -> bool:
+        """Step 1, second half: the file fsynced, then its ``spool.added`` queued for the
+        batch's transaction (True if so)."""
+        entry, record = ending.entry, ending.record
+        assert record is not None
+        added: list[AuditEvent] = []
+
+        def sync() -> None:
             entry.sync()
-            added = entry.added_event(record, self._actor)  # may refuse a field (docstring)
-        except (OSError, SpoolError, RecordError) as error:
-            failure = spool_error(error)
-            entry.discard()
-            batch.events.append(self._refused(entry, str(failure)))
-            ending.error = failure
+            added.append(entry.added_event(record, self._actor))  # may refuse a field
+
+        if not self._guarded(ending, batch, sync):
             return False
+        ending.audited = "added"
+        batch.events.extend(added)
+        return True
+
+    def _guarded(self, ending: _Ending, batch: _Batch, step: Callable[[], None]) -> bool:
+        """Run one entry's ``step``; if it fails, the entry alone is refused (its file
+        discarded, ``spool.refused`` queued, the error set on ``ending``)."""
+        entry = ending.entry
+        try:
+            step()
+        except (OSError, SpoolError, RecordError) as error:
+            failure: BaseException = spool_error(error)
+            reason = str(failure)
         except Exception as error:  # noqa: BLE001 - answered as FAILED (module docstring)
             _log_unexpected(error, entry)
-            entry.discard()
-            batch.events.append(self._refused(entry, "error in the spool scribe"))
-            ending.error = error
-            return False
-        ending.record = record
-        ending.audited = "added"
-        batch.events.append(added)
-        return True
+            failure, reason = error, "error in the spool scribe"
+        else:
+            return True
+        entry.discard()
+        batch.events.append(self._refused(entry, reason))
+        ending.error = failure
+        return False
 
     def _record(self, events: list[AuditEvent]) -> bool:
         """Step 2: one transaction; False (logged) if it was not committed."""
