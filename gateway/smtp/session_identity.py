@@ -31,6 +31,13 @@ Invariants:
   is sent anyway.
 - The refusal reason in audit details is made printable (``session_data._printable``);
   a failed login, the actor of ``smtp.auth_failed``, is cut to 200 characters.
+- The client certificate's DN is recorded (spool record, audit details) as
+  ``recorded_dn`` writes it: printable, at most ``MAX_RECORDED_DN`` characters, so
+  that no certificate a trusted CA issued can make every message of its client fail
+  (a DN of 2,100 accented characters passed the record's 4,096-character check and
+  failed the trail's 4 KiB one; a line feed in a CN failed the record's; session 7
+  review). Matching (``relay_clients``, the liste blanche) uses the certificate's own
+  ``Name``, never this text.
 
 Trust level: faces the Internet through the session; sees passwords in memory only,
 never logs or audits one, nor message content or a Subject.
@@ -43,6 +50,7 @@ import binascii
 from typing import TYPE_CHECKING, Any
 
 from aiosmtpd.smtp import SMTP, AuthResult
+from cryptography import x509
 
 from gateway.audit import AuditEvent
 from gateway.log import get_logger
@@ -55,6 +63,8 @@ from gateway.smtp.session_settings import SessionSettings
 from gateway.smtp.tls import check_client_certificate, tls_facts
 
 _log = get_logger("smtp")
+
+MAX_RECORDED_DN = 1000  # characters of a client DN kept in records (4 KiB of UTF-8 at most)
 
 
 class IdentityStage(SMTP):
@@ -99,7 +109,7 @@ class IdentityStage(SMTP):
             )
             await self._audit_refusal("tls", r.CERTIFICATE_REFUSED, check.problem or "")
             return
-        self._client_dn = check.dn.rfc4514_string()
+        self._client_dn = recorded_dn(check.dn)
         self._client_facts = ClientFacts(ip=self.peer_ip, certificate_dn=check.dn)
 
     def _check_client_certificate(self) -> None:
@@ -188,3 +198,15 @@ def _refusal_details(listener: str, stage: str, detail: str, dn: str | None) -> 
     if dn is not None:
         details["client_dn"] = dn
     return details
+
+
+def recorded_dn(name: x509.Name) -> str:
+    """``name`` as the spool record and the audit trail keep it: RFC 4514, each
+    character that is not printable written as the hex escapes of its UTF-8 bytes
+    (RFC 4514 §2.4: ``\\0A`` for a line feed), then cut to ``MAX_RECORDED_DN``
+    characters (``...`` marks a cut)."""
+    text = "".join(
+        c if c.isprintable() else "".join(f"\\{b:02X}" for b in c.encode("utf-8"))
+        for c in name.rfc4514_string()
+    )
+    return text if len(text) <= MAX_RECORDED_DN else text[:MAX_RECORDED_DN] + "..."
