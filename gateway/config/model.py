@@ -99,6 +99,7 @@ class GatewaySection:
     )
     crypto_workers: int = s.setting(s.integer(0, 64), 0)  # per crypto stage; 0 = one per core
     front_workers: int = s.setting(s.integer(1, 64), 1)  # SMTP front processes (SO_REUSEPORT)
+    spool_io_threads: int = s.setting(s.integer(0, 64), 0)  # per stage worker; 0 = on its loop
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)

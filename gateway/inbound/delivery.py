@@ -396,6 +396,7 @@ async def run_delivery_worker(config: Config, stop: asyncio.Event) -> None:
             audit=audit,
             actor="local-delivery",
             max_message_size=config.delivery.max_message_size,
+            io_threads=config.gateway.spool_io_threads,  # 0: on the loop (spool.runtime)
         )
         try:
             await LocalDelivery(config, spool, audit).run(stop)

@@ -426,6 +426,7 @@ async def run_imap_worker(config: Config, stop: asyncio.Event) -> None:
             audit=audit,
             actor=ACTOR,
             max_message_size=config.delivery.max_message_size,
+            io_threads=config.gateway.spool_io_threads,  # 0: on the loop (spool.runtime)
         )
         try:
             queue = spool.queue(INBOUND)

@@ -535,6 +535,7 @@ async def run_inbound_worker(config: Config, stop: asyncio.Event) -> None:
             audit=audit,
             actor="inbound-agent",
             max_message_size=config.delivery.max_message_size,
+            io_threads=config.gateway.spool_io_threads,  # 0: on the loop (spool.runtime)
         )
         try:
             stage = InboundStage(config, spool, keystore, validator, audit)

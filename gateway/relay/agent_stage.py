@@ -531,6 +531,7 @@ async def run_agent_worker(config: Config, stop: asyncio.Event) -> None:
             audit=audit,
             actor="secure-agent",
             max_message_size=config.delivery.max_message_size,
+            io_threads=config.gateway.spool_io_threads,  # 0: on the loop (spool.runtime)
         )
         try:
             stage = AgentStage(config, spool, agent, lookup, audit)

@@ -415,6 +415,7 @@ async def run_relay_worker(config: Config, stop: asyncio.Event) -> None:
             audit=audit,
             actor=ACTOR,
             max_message_size=config.delivery.max_message_size,
+            io_threads=config.gateway.spool_io_threads,  # 0: on the loop (spool.runtime)
         )
         try:
             stage = RelayStage(

@@ -38,8 +38,8 @@ from gateway.spool.runtime import (
     DEFAULT_IO_THREADS,
     Checkpoint,
     Clock,
-    IoThreads,
     SpoolRuntime,
+    io_for,
     no_checkpoint,
 )
 
@@ -91,7 +91,7 @@ class Spool:
         self._create = create  # False: look only (missive queue list/show), change nothing
         if create:
             self.layout.create_root()
-        io = IoThreads(io_threads)
+        io = io_for(io_threads)
         self._runtime = SpoolRuntime(
             layout=self.layout,
             audit=audit,
