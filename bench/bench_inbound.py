@@ -126,7 +126,14 @@ def sealed_messages(pki: DevPki, count: int, size: int) -> list[bytes]:
 
 
 def open_spool(config: Config, audit: AuditSink, actor: str) -> Spool:
-    return Spool(config.gateway.spool_dir, audit=audit, actor=actor, max_message_size=MAX_SIZE)
+    """The spool as the stage workers open it (``[gateway] spool_io_threads``)."""
+    return Spool(
+        config.gateway.spool_dir,
+        audit=audit,
+        actor=actor,
+        max_message_size=MAX_SIZE,
+        io_threads=config.gateway.spool_io_threads,
+    )
 
 
 async def fill_inbound(config: Config, messages: list[bytes]) -> None:

@@ -199,7 +199,10 @@ def _worker_name(words: list[str]) -> str:
     if "worker" not in words:
         return ""
     at = words.index("worker")
-    return " ".join(words[at : at + 2])
+    name = " ".join(words[at : at + 2])
+    if "--slot" in words[at:-1]:  # several agents (--crypto-workers): one line each
+        name += f" {words[words.index('--slot', at) + 1]}"
+    return name
 
 
 def peak_rss_kib(pid: int) -> dict[str, int]:
