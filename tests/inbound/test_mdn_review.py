@@ -23,8 +23,6 @@ at-least-once trail, written in the ``gateway.inbound.stage`` docstring)."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any
@@ -38,24 +36,14 @@ from gateway.relay import mdn, report
 from gateway.spool import RECEIVED, Claimed, Recipient
 from tests.inbound.site import ALICE, CLAIRE, FROM_OUTSIDE, MAILDIR, OpenSite, entries, envelope
 from tests.inbound.site import opened_site as open_site
-from tests.inbound.test_mdn_destination import DELIVERED_MARK, NOW, VICTIM, asking, letter
+from tests.inbound.test_mdn_destination import DELIVERED_MARK, VICTIM, asking, built_to, letter
 
 # -- where the MDN goes (sans-IO) ----------------------------------------------------------
 
 
 def built(headers: bytes, return_path: str) -> tuple[list[str], tuple[str, ...]]:
     """The To: addresses of the MDN built for ``headers`` and its envelope's RCPT TO."""
-    data = mdn.build_mdn(
-        reporting_ua="mx.chu-a.test",
-        original_headers=headers,
-        final_recipient=ALICE,
-        disposition=mdn.Disposition.PROCESSED,
-        now=NOW,
-        return_path=return_path,
-    )
-    field = email.message_from_bytes(data, policy=email.policy.default)["To"]
-    to = [address.addr_spec for address in field.addresses]
-    return to, mdn.mdn_envelope(headers, return_path).addresses
+    return built_to(headers, return_path), mdn.mdn_envelope(headers, return_path).addresses
 
 
 def test_the_mdn_goes_to_mail_from_as_the_envelope_spells_it() -> None:
