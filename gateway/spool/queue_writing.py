@@ -31,6 +31,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from gateway.log import get_logger
+from gateway.spool.entry_file import EntryFile
 from gateway.spool.ids import QueueId, child_queue_id, new_queue_id
 from gateway.spool.model import Envelope, Origin
 from gateway.spool.queue_core import QueueCore
@@ -90,8 +91,7 @@ class WriterSide(QueueCore):
         parent_stage: str | None = None,
         key: str | None = None,
     ) -> EntryWriter:
-        return EntryWriter(
-            self._runtime,
+        entry = EntryFile(
             self.dirs,
             queue_id=queue_id,
             envelope=envelope,
@@ -102,6 +102,7 @@ class WriterSide(QueueCore):
             key=key,
             limit=limit,
         )
+        return EntryWriter(self._runtime, entry)
 
     async def hand_off(
         self,

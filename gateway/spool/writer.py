@@ -56,7 +56,6 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import Callable
-from datetime import datetime
 from types import TracebackType
 
 from gateway.log import get_logger
@@ -71,8 +70,7 @@ from gateway.spool.entry_file import (
 )
 from gateway.spool.errors import MessageTooLarge, SpoolError
 from gateway.spool.ids import QueueId
-from gateway.spool.layout import StageDirs
-from gateway.spool.model import Envelope, Origin, QueueRecord, RecordError
+from gateway.spool.model import QueueRecord, RecordError
 from gateway.spool.runtime import SpoolRuntime
 
 __all__ = ["FLUSH_SIZE", "EntryWriter"]
@@ -83,33 +81,10 @@ _log = get_logger("spool")
 class EntryWriter:
     """One entry being written; ``write`` chunks, then ``commit`` or ``abort``."""
 
-    def __init__(
-        self,
-        runtime: SpoolRuntime,
-        dirs: StageDirs,
-        *,
-        queue_id: QueueId,
-        envelope: Envelope,
-        origin: Origin,
-        received: datetime,
-        parent: QueueId | None = None,
-        key: str | None = None,
-        parent_stage: str | None = None,
-        limit: int | None,
-    ) -> None:
+    def __init__(self, runtime: SpoolRuntime, entry: EntryFile) -> None:
         self._runtime = runtime
-        self._entry = EntryFile(
-            dirs,
-            queue_id=queue_id,
-            envelope=envelope,
-            origin=origin,
-            received=received,
-            parent=parent,
-            key=key,
-            parent_stage=parent_stage,
-            limit=limit,
-        )
-        self.queue_id = queue_id
+        self._entry = entry
+        self.queue_id = entry.queue_id
         self._open = True
 
     @property
