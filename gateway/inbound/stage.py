@@ -21,39 +21,10 @@ with their own key and never one opened with the other's.
   processed again for its held recipients only; the DSN's hand-off key is the same, so
   it is not sent twice while the entry stays in the spool);
 - MDNs (issue 7 item 5, RFC 8098): after a ``DELIVER`` / ``PASS_MARKED`` hand-off, when
-  the delivered copy asks for one (``mdn_asked`` with the envelope's MAIL FROM:
-  never for an MDN, a DSN or a null sender) a *processed* MDN is queued into
-  ``received`` (``queue_mdn``; MAIL FROM:<>, ``Origin("internal")``, hand-off key
-  ``handoff_key("mdn-processed", None, [address])`` so a repeated pass queues it once).
-  Decision (RFC 8098 §2.1, no user to ask): it goes only to the
-  Disposition-Notification-To addresses equal to that MAIL FROM
-  (``gateway.relay.mdn.mdn_destinations``: domain case-insensitive, local part exact),
-  never to a third party an outsider names; it goes to that MAIL FROM as the envelope
-  spells it. Each other address is dropped, logged (``inbound.mdn_recipient_dropped``,
-  the first ``MAX_DROPPED_LOGGED``, then one line with the number left out) and
-  recorded in one ``inbound.mdn_recipients_dropped`` audit event per MDN: outcome
-  ``queued`` (the MDN went to the sender, ``details.mdn`` its id) or ``withheld`` (none
-  left: no MDN). Decision (session 7 review, R2): a pass repeated after a crash records
-  that event again, as it records ``inbound.processed`` again: the trail is
-  at-least-once, the MDN itself is queued once (same hand-off key, same
-  ``details.mdn``), and a reader counts drops per (queue id, recipient, disposition).
-  The header block is read once per MDN (``gateway.relay.mdn.read_request``).
-  ``gateway.inbound.delivery`` queues the *dispatched* MDN the same way on final
-  delivery when ``X-DIRECT-FINAL-DESTINATION-DELIVERY`` is asked. Design decision: the
-  MDN is queued *in clear* and the secure agent protects it like any outbound message
-  from this gateway (``gateway.relay.agent``): it signs it (an internal message has no
-  authenticated login, so with ``keys.organisation_signing``; no signing key -> the
-  agent defers it, fail closed) and, on an ``smime`` route where the annuaire has the
-  original sender's certificate, encrypts it to that certificate; otherwise the route's
-  fallback applies, as for any mail. Signing here with the recipient's personal key
-  would make the agent wrap an already signed message a second time (triple wrapping,
-  RFC 2634) for no gain in trust. The MDN is built from the delivered copy's header
-  block but only its addressing fields and Message-ID are read (``build_mdn``): no
-  Subject, no body, no third part. None is sent for a copy whose content came under a
-  CBC cipher without a valid signature (``headers.notifications_allowed``, read from
-  our own ``Missive-Security``): its addressing fields may be an attacker's chosen
-  text (EFAIL), and an MDN for some such messages and not others would be a padding
-  oracle (``gateway.inbound.process``);
+  the delivered copy asks for one, a *processed* MDN is queued into ``received``
+  (``queue_mdn``). That part (to whom, what is dropped and audited, why in clear) moved
+  to ``gateway.inbound.mdn_queue`` with its docstring (session 7 split, a pure move);
+  this module re-exports its public names;
 - one ``inbound.processed`` audit event per recipient: decision, key serial, signer
   and its validity, cipher, key transport, where the headers came from. The precise
   cause of a failure (``AuditFacts.failure_detail``) goes to the local log only.
@@ -89,7 +60,13 @@ from datetime import UTC, datetime
 
 from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
-from gateway.inbound import headers
+from gateway.inbound.mdn_queue import (
+    MAX_DROPPED_LOGGED,
+    MAX_DROPPED_SHOWN,
+    MDN_NOT_SENDER,
+    MDN_WITHHELD,
+    queue_mdn,
+)
 from gateway.inbound.process import (
     AuditFacts,
     Decision,
@@ -102,17 +79,7 @@ from gateway.relay import notices
 from gateway.relay.agent_stage import handoff_key
 from gateway.relay.dsn import should_send_dsn
 from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
-from gateway.relay.mdn import (
-    NO_DESTINATION,
-    Disposition,
-    MdnRefused,
-    build_mdn,
-    mdn_asked,
-    mdn_destinations,
-    mdn_envelope,
-    read_request,
-)
-from gateway.relay.report import NotificationRefused
+from gateway.relay.mdn import Disposition
 from gateway.smime.keystore import KeyStore
 from gateway.smime.types import ChainValidator
 from gateway.smime.validate import CertificateValidator
@@ -124,7 +91,6 @@ from gateway.spool import (
     Claimed,
     Envelope,
     Queue,
-    Recipient,
     RecipientState,
     RecipientStatus,
     Spool,
@@ -138,10 +104,21 @@ DEFAULT_POLL_INTERVAL = 0.2
 DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their fsyncs
 STATUS_CRYPTO_FAILURE = "5.7.5"  # RFC 3463: cryptographic failure
 HELD_REASON = "held in quarantine: the message could not be decrypted or verified"
-MDN_WITHHELD = "content not integrity-protected (CBC) and not validly signed"
-MDN_NOT_SENDER = "Disposition-Notification-To address is not the envelope sender"
-MAX_DROPPED_SHOWN = 1000  # characters of dropped addresses in one audit value (max 4 KiB)
-MAX_DROPPED_LOGGED = 20  # dropped addresses logged one per line, per MDN (_log_dropped)
+
+__all__ = [  # with the public names moved to gateway.inbound.mdn_queue, importable here
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_POLL_INTERVAL",
+    "HELD_REASON",
+    "MAX_DROPPED_LOGGED",
+    "MAX_DROPPED_SHOWN",
+    "MDN_NOT_SENDER",
+    "MDN_WITHHELD",
+    "STATUS_CRYPTO_FAILURE",
+    "InboundOutcome",
+    "InboundStage",
+    "queue_mdn",
+    "run_inbound_worker",
+]
 
 
 @dataclass(frozen=True)
@@ -334,143 +311,6 @@ class InboundStage:
             ret="HDRS",  # never the body, whatever RET asked (nothing decrypted)
             area="inbound",
         )
-
-
-async def queue_mdn(
-    config: Config,
-    source: Queue,
-    received: Queue,
-    entry: Claimed,
-    message: bytes,
-    recipient: Recipient,
-    disposition: Disposition,
-    now: datetime,
-    *,
-    audit: AuditTrail,
-    actor: str,
-) -> str | None:
-    """Queue the MDN ``message`` asks for into ``received`` as a child of ``entry``
-    (claimed from ``source``); clear: the secure agent signs and encrypts it (see the
-    module docstring).
-
-    ``message``: the copy delivered to ``recipient`` (only its header block is read, and
-    only its addressing fields and Message-ID go into the MDN). None when no MDN is due
-    (not asked, a notification, a null sender, no Disposition-Notification-To address
-    equal to the envelope sender, a bad address). Each dropped address is logged
-    (``inbound.mdn_recipient_dropped``) and the drops are recorded in ``audit`` as one
-    ``inbound.mdn_recipients_dropped`` event by ``actor`` (outcome ``withheld`` or
-    ``queued``). The hand-off key depends on the disposition and the recipient only: a
-    repeated pass writes nothing twice.
-    """
-    header_block = message.partition(b"\r\n\r\n")[0] + b"\r\n"
-    request = read_request(header_block, entry.record.envelope.mail_from)  # read once
-    if not mdn_asked(request):
-        return None
-    if not headers.notifications_allowed(header_block):  # EFAIL, padding oracle
-        log.info("inbound.mdn_withheld", queue_id=entry.queue_id, reason=MDN_WITHHELD)
-        return None
-    destinations = mdn_destinations(request)
-    _log_dropped(entry, disposition, destinations.dropped)
-    drops = _MdnDrops(entry, recipient, disposition, destinations.dropped, actor)
-    if not destinations.kept:
-        log.info("inbound.mdn_withheld", queue_id=entry.queue_id, reason=NO_DESTINATION)
-        await audit.record(drops.event(child=None))
-        return None
-    try:
-        mdn = build_mdn(
-            reporting_ua=config.gateway.hostname,
-            original_headers=request,
-            final_recipient=recipient.address,
-            disposition=disposition,
-            now=now,
-            language=config.gateway.language,
-            original_recipient=recipient.orcpt,
-        )
-        envelope = mdn_envelope(request)
-    except (MdnRefused, NotificationRefused) as error:
-        log.warning("inbound.mdn_refused", queue_id=entry.queue_id, error=str(error))
-        return None
-    key = handoff_key(f"mdn-{disposition.value}", None, [recipient.address])
-    child = await source.hand_off(
-        entry, received, key, envelope, mdn, origin=notices.INTERNAL_ORIGIN, new_message=True
-    )
-    if destinations.dropped:
-        await audit.record(drops.event(child=child))
-    log.info(
-        "inbound.mdn_queued", queue_id=entry.queue_id, child=child, disposition=disposition.value
-    )
-    return child
-
-
-def _log_dropped(entry: Claimed, disposition: Disposition, dropped: Sequence[str]) -> None:
-    """One line per Disposition-Notification-To address that gets no MDN (the address
-    is an envelope-level fact: ``gateway.log`` quotes and escapes it), for the first
-    ``MAX_DROPPED_LOGGED`` of them; then one ``inbound.mdn_recipients_not_logged`` line
-    with the number left out (a stranger's field may name thousands: one write and one
-    flush per line on the event loop; the audit event counts them all)."""
-    for address in dropped[:MAX_DROPPED_LOGGED]:
-        log.info(
-            "inbound.mdn_recipient_dropped",
-            queue_id=entry.queue_id,
-            disposition=disposition.value,
-            address=address,
-            reason=MDN_NOT_SENDER,
-        )
-    if len(dropped) > MAX_DROPPED_LOGGED:
-        log.info(
-            "inbound.mdn_recipients_not_logged",
-            queue_id=entry.queue_id,
-            disposition=disposition.value,
-            count=len(dropped) - MAX_DROPPED_LOGGED,
-            reason=MDN_NOT_SENDER,
-        )
-
-
-@dataclass(frozen=True)
-class _MdnDrops:
-    """The facts of the ``inbound.mdn_recipients_dropped`` audit event of one MDN."""
-
-    entry: Claimed
-    recipient: Recipient
-    disposition: Disposition
-    dropped: tuple[str, ...]
-    actor: str
-
-    def event(self, *, child: str | None) -> AuditEvent:
-        """``withheld`` (no MDN: ``child`` None) or ``queued`` (the MDN ``child`` went
-        to the addresses that were kept); the dropped addresses in ``details``."""
-        details = {
-            "disposition": self.disposition.value,
-            "reason": NO_DESTINATION if child is None else MDN_NOT_SENDER,
-            "dropped": _bounded_list(self.dropped),
-            "dropped_count": str(len(self.dropped)),
-        }
-        if child is not None:
-            details["mdn"] = child
-        return AuditEvent(
-            type="inbound.mdn_recipients_dropped",
-            queue_id=self.entry.queue_id,
-            mail_from=self.entry.record.envelope.mail_from,
-            rcpt_to=(self.recipient.address,),
-            actor=self.actor,
-            outcome="withheld" if child is None else "queued",
-            details=details,
-        )
-
-
-def _bounded_list(addresses: Sequence[str], limit: int = MAX_DROPPED_SHOWN) -> str:
-    """``a, b, c`` within ``limit`` characters (an audit value is bounded), then
-    ``(+N more)`` for those left out."""
-    shown: list[str] = []
-    size = 0
-    for address in addresses:
-        size += len(address) + 2
-        if size > limit:
-            break
-        shown.append(address)
-    left_out = len(addresses) - len(shown)
-    more = f"(+{left_out} more)" if left_out else ""
-    return " ".join(part for part in (", ".join(shown), more) if part)
 
 
 def _processed_event(entry: Claimed, result: InboundResult) -> AuditEvent:

@@ -73,7 +73,7 @@ class Enclosure:
     attachment: Attachment
     reader: PdfReader | None
     pages: int
-    note: str  # key of the letter texts (letter._TEXTS[language]): "appended", "not-pdf", ...
+    note: str  # key of the letter texts (letter_drawing._TEXTS[language]): "appended", ...
 
 
 def _open_pdf(data: bytes) -> tuple[PdfReader | None, int, str]:

@@ -29,8 +29,8 @@ from typing import Any
 
 import pytest
 
-from gateway.inbound import stage
-from gateway.inbound.stage import MAX_DROPPED_LOGGED, queue_mdn
+from gateway.inbound import mdn_queue
+from gateway.inbound.mdn_queue import MAX_DROPPED_LOGGED, queue_mdn
 from gateway.pki.dev import DevPki
 from gateway.relay import mdn, report
 from gateway.spool import RECEIVED, Claimed, Recipient
@@ -184,7 +184,7 @@ async def test_thousands_of_dropped_addresses_log_a_bounded_number_of_lines(
     dev_pki: DevPki, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     lines = Lines()
-    monkeypatch.setattr(stage, "log", lines)
+    monkeypatch.setattr(mdn_queue, "log", lines)
     many = ", ".join(f"v{n}@elsewhere.test" for n in range(2000))
     async with alice_site(tmp_path, dev_pki) as site:
         entry = await claimed(site, many)

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from gateway.pki.dev import DevPki
-from gateway.relay import agent_stage, letter_sandbox
+from gateway.relay import agent_postal, letter_sandbox
 from gateway.relay.letter_sandbox import letters_per_child
 from gateway.relay.postal import letter_stem, write_to_outbox
 from gateway.spool import RECEIVED
@@ -65,7 +65,7 @@ def steps(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, Any]]:
         return real_write(outbox, queue_id, address, letter)
 
     monkeypatch.setattr(letter_sandbox, "_render_in_child", child)
-    monkeypatch.setattr(agent_stage, "write_to_outbox", write)
+    monkeypatch.setattr(agent_postal, "write_to_outbox", write)
     return seen
 
 
