@@ -86,9 +86,9 @@ and ``DATA``, answers each batch (``Scribe._end``, step 4) and drops what is unf
 at the end of the link; steps 1-3 of a batch's ending (``BatchSteps``: ``_end_steps``,
 ``_end_after_error``, ``_write_end``, ``_sync``, ``_guarded``, ``_record``, ``_publish``,
 ``_sync_linked``, ``_link_one``, ``_refused``, ``_discarded``), the entry records
-(``_Open``, ``_Ending``, ``_Batch``), ``MAX_REASON``, ``Checkpoint`` and the answer and
-log helpers moved to ``gateway.spool.scribe_batch``; ``MAX_REASON`` and ``Checkpoint``
-are still importable from here.
+(``_Open``, ``_Ending``, ``_Batch``), ``MAX_REASON`` and the answer and
+log helpers moved to ``gateway.spool.scribe_batch``; ``MAX_REASON`` is still importable
+from here. The checkpoint is the spool's own (``gateway.spool.runtime``).
 
 Trust level: holds no key at all (not even the front's TLS key: it is started with a
 fresh interpreter, not forked, and with ``-P``, so the directory ``serve`` was started
@@ -114,10 +114,10 @@ from gateway.spool.entry_file import EntryFile
 from gateway.spool.errors import MessageTooLarge, SpoolError, SpoolWriteError
 from gateway.spool.layout import RECEIVED, Layout, StageDirs
 from gateway.spool.model import RecordError
+from gateway.spool.runtime import Checkpoint, no_checkpoint
 from gateway.spool.scribe_batch import MAX_REASON as MAX_REASON  # re-export
 from gateway.spool.scribe_batch import (
     BatchSteps,
-    Checkpoint,
     _answer,
     _Batch,
     _Ending,
@@ -137,10 +137,6 @@ _log = get_logger("spool.scribe")
 
 READ_SIZE = 256 * 1024  # bytes read from the link at a time (module docstring, Memory)
 LINK_ENDED = "the SMTP front went away"
-
-
-def no_checkpoint(name: str) -> None:
-    """The production checkpoint: nothing (the tests stop the scribe at a named step)."""
 
 
 class Scribe(BatchSteps):

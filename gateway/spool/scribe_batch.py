@@ -46,13 +46,12 @@ from gateway.spool.entry_file import (
 from gateway.spool.errors import SpoolError, SpoolWriteError
 from gateway.spool.layout import RECEIVED, StageDirs
 from gateway.spool.model import QueueRecord, RecordError
+from gateway.spool.runtime import Checkpoint
 from gateway.spool.scribe_protocol import Kind, encode_failure, frame
 
 _log = get_logger("spool.scribe")
 
 MAX_REASON = 1000  # characters of a refusal's reason kept in the trail (``_bounded``)
-
-Checkpoint = Callable[[str], None]
 
 
 @dataclass(eq=False)
