@@ -40,8 +40,9 @@ Throughput (issue 7 Speed): each pass waits on fsyncs (the ``local/`` hand-off, 
 completion of the ``inbound/`` entry: the spool's group commit) and on the audit
 trail's ``synchronous = FULL`` commits, so ``concurrency`` entries (default 16) are in
 flight at once and share those commits, as in ``gateway.relay.agent_stage``;
-decryption and verification run in a worker thread (``asyncio.to_thread``) so the
-loop keeps driving the other entries' I/O. Entries are independent: the order in which
+decryption and verification run on the loop for an ordinary message and in a worker
+thread above ``gateway.crypto_calls.INLINE_LIMIT`` (measured there), so a large one does
+not hold the other entries' I/O. Entries are independent: the order in which
 they finish is not the order they were claimed in, and nothing relies on it (each
 hand-off key depends on its own entry and recipient only). ``drain`` uses the same
 bound (``consumer.drain``).
@@ -60,6 +61,7 @@ from datetime import UTC, datetime
 
 from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
+from gateway.crypto_calls import run_crypto
 from gateway.inbound.mdn_queue import (
     MAX_DROPPED_LOGGED,
     MAX_DROPPED_SHOWN,
@@ -219,7 +221,7 @@ class InboundStage:
         held: list[RecipientReport] = []
         for index in record.unfinished:
             recipient = record.envelope.recipients[index]
-            result = await asyncio.to_thread(self._open_for, content, recipient.address)
+            result = await run_crypto(len(content), self._open_for, content, recipient.address)
             await self.audit.record(_processed_event(entry, result))
             attempts = states[index].attempts + 1
             if result.decision is Decision.HOLD:

@@ -35,7 +35,8 @@ Audit: one ``AuditEvent`` per decision (route, certificate serials and issuers,
 algorithms, SHA-256 of what is sent; never a Subject nor a body).
 
 Trust level: runs in the secure agent worker, which alone loads private keys and never
-listens on a socket (STYLE §9). Crypto runs in ``asyncio.to_thread``.
+listens on a socket (STYLE §9). Crypto runs through ``gateway.crypto_calls.run_crypto``:
+on the loop for an ordinary message, in a thread for a large one.
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from annuaire.lookup import CertificateLookup, LookupResult
 from gateway.audit.event import AuditEvent
 from gateway.config import Config, material
 from gateway.config.model import Route
+from gateway.crypto_calls import run_crypto
 from gateway.errors import ConfigError
 from gateway.log import get_logger
 from gateway.relay import protect, routing
@@ -278,7 +280,8 @@ class SecureAgent:
         for batch in (b for b in batches if b):
             targets = [(address, certificates[address]) for address in batch]
             try:
-                outgoing = await asyncio.to_thread(
+                outgoing = await run_crypto(
+                    len(payload),
                     self._protect,
                     route,
                     envelope.mail_from,
