@@ -1,15 +1,17 @@
 """Benchmark of the inbound path end to end: decrypt + verify + deliver over LMTP.
 
-Usage: ``python bench/bench_inbound.py [--smoke] [--messages N] [--size BYTES]``.
+Usage: ``python bench/bench_inbound.py [--smoke] [--messages N] [--size BYTES]
+[--inbound-agents K]``.
 
 Issue 7 (Speed): N messages of about ``--size`` bytes (10 KB), each signed by
 claire.durand@clinique-b.test and encrypted (AES-256-GCM, RSA-2048) to
 alice.martin@chu-a.test with ``gateway.smime`` as a remote gateway would send them, are
-added to the spool's ``inbound/`` queue (not timed). Then, timed: the inbound agent
+added to the spool's ``inbound/`` queue (not timed). Then, timed: K inbound agents
 (``InboundStage``: decrypt with Alice's key, verify against the dev PKI with its CRLs,
-mark, hand off to ``local/``) runs in this process while local delivery
-(``LocalDelivery``) runs in a second process, as ``missive worker inbound`` and
-``missive worker delivery`` do, delivering over LMTP to a real Dovecot started as
+mark, hand off to ``local/``; K as shipped, ``[gateway] crypto_workers = 0``: one per
+core, or ``--inbound-agents``) drain it, slot 0 in this process and each other slot in
+a process of its own, while local delivery (``LocalDelivery``) runs in one more
+process, as ``missive worker inbound --slot K`` and ``missive worker delivery`` do, delivering over LMTP to a real Dovecot started as
 ``tests/peers/dovecot.py`` does. Durability on, as shipped: the spool fsyncs, each
 worker's audit trail (``AuditSink``) runs ``synchronous = FULL``.
 
@@ -25,21 +27,22 @@ Figures, all from the same run:
   ``StorePool`` (connections reused, ``DEFAULT_CONNECTIONS`` of them) fed by
   ``DEFAULT_CONCURRENCY`` tasks; no spool, no audit, no crypto. Measured before *and*
   after the end-to-end run (the two show how much the machine's load moved meanwhile);
-  the ratio end to end / baseline uses their mean and is the figure to read;
+  the ratio end to end / baseline uses their mean and is the figure to read. Every
+  measured run delivers into its own mailbox, empty when it starts (``MAILBOXES``);
 - extra line, **bare LMTP, one connection per message**: the old baseline
   (``send_over_protocol``, one message after the other), for comparison with earlier
   runs;
 - **CPU ms per message** during the end-to-end run, per process: the inbound stage
-  (this process), the delivery worker, and Dovecot (every process whose title carries
+  (its K processes together), the delivery worker, and Dovecot (every process whose title carries
   the instance name, plus the children its master reaped; read from ``/proc``, so
   Linux only and approximate). Their sum against 2 cores bounds what the machine can
-  do whatever the waits. The inbound stage's share is also printed by thread (event
+  do whatever the waits. Inbound agent 0's share is also printed by thread (event
   loop, decrypt + verify threads, spool I/O threads, audit writer; user+system, from
   ``/proc/self/task``; clock ticks of 10 ms, so meaningless with ``--smoke``).
 
 ``--smoke`` runs a few dozen messages (about 10 s in all) so CI proves the benchmark
-runs; its numbers mean nothing. Loopback only; Dovecot and the delivery process are
-stopped by their PIDs in a ``finally``.
+runs; its numbers mean nothing. Loopback only; Dovecot, the delivery process and the
+other inbound agents are stopped by their PIDs in a ``finally``.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ import tempfile
 import threading
 import time
 from multiprocessing.context import SpawnProcess
+from multiprocessing.synchronize import Event as EventType
 from pathlib import Path
 
 REPOSITORY = Path(__file__).resolve().parents[1]
@@ -89,12 +93,22 @@ from gateway.spool import (  # noqa: E402
     Spool,
     consumer,
 )
+from gateway.spool.spooldir import consumer_slot_scope  # noqa: E402
+from gateway.worker_plan import crypto_worker_count  # noqa: E402
 from tests.inbound.site import ALICE, CLAIRE, HOST, POLICY, install_keys, write_config  # noqa: E402
 from tests.peers.dovecot import create_dovecot, destroy_dovecot  # noqa: E402
 
 FROM_OUTSIDE = Origin("mx", client_address="127.0.0.1")
 MAX_SIZE = 1 << 20
 RATIO = "end to end / baseline"
+# Each measured run delivers into a mailbox of its own, empty when the run starts: with
+# the fixture's maildir, Dovecot's CPU per delivery grows with the mailbox (measured:
+# 2.0 ms per message into an empty INBOX, 4.1 ms once it holds 8,000 messages), so a
+# shared mailbox made every later run pay for the earlier ones.
+BASELINE_BEFORE = "baseline-before@chu-a.test"
+BASELINE_OLD = "baseline-old@chu-a.test"
+BASELINE_AFTER = "baseline-after@chu-a.test"
+MAILBOXES = (ALICE, BASELINE_BEFORE, BASELINE_OLD, BASELINE_AFTER)
 
 
 def letter(index: int, size: int) -> bytes:
@@ -184,33 +198,64 @@ def cpu_by_thread(before: ThreadCpu, after: ThreadCpu, count: int) -> str:
     )
 
 
-async def run_inbound(config: Config, pki: DevPki) -> float:
-    """Drain ``inbound/`` with the inbound stage; the monotonic time it ended. Prints the
-    stage's CPU per message by thread (user+system): the event loop (``MainThread``),
-    decryption and verification (``asyncio``, ``asyncio.to_thread``), the spool's I/O
-    threads (``spool-io``) and the audit writer."""
+ValidatorFiles = tuple[list[str], list[str], list[str]]  # anchors, intermediates, CRLs
+Drained = tuple[float, int, float]  # end (monotonic), entries processed, CPU seconds
+
+
+def validator_files(pki: DevPki) -> ValidatorFiles:
+    crls = [pki.crl("personnes"), pki.crl("serveurs")]
+    return [str(pki.root_cert)], [str(pki.intermediates)], [str(c) for c in crls]
+
+
+async def run_inbound(config: Config, files: ValidatorFiles, *, slot: int = 0) -> Drained:
+    """Drain ``inbound/`` with one inbound agent (consumer ``slot``); when it ended, the
+    entries it processed and the CPU seconds of this process meanwhile. Slot 0 (this
+    process) also prints its CPU per message by thread (user+system): the event loop
+    (``MainThread``, which decrypts and verifies an ordinary message itself,
+    ``gateway.crypto_calls``), any ``asyncio`` or ``spool-io`` threads, the audit
+    writer."""
+    anchors, intermediates, crls = files
     validator = CertificateValidator.from_files(
-        [pki.root_cert], [pki.intermediates], [pki.crl("personnes"), pki.crl("serveurs")]
+        [Path(f) for f in anchors], [Path(f) for f in intermediates], [Path(f) for f in crls]
     )
-    audit = AuditSink(config.gateway.home / "var" / "audit-inbound.db")
+    audit = AuditSink(config.gateway.home / "var" / f"audit-inbound-{slot}.db")
     audit.start()
-    spool = open_spool(config, audit, "inbound-agent")
+    spool = open_spool(config, audit, f"inbound-agent-{slot}")
     try:
         stage = InboundStage(config, spool, KeyStore.load(config.keys.dir), validator, audit)
         await spool.queue(INBOUND).recover()
-        before = thread_cpu()
+        before, cpu = thread_cpu(), time.process_time()
         outcomes = await stage.drain()
-        print(
-            "inbound stage CPU ms per message by thread (user+system): "
-            + cpu_by_thread(before, thread_cpu(), len(outcomes)),
-            flush=True,
-        )
+        ended, cpu = time.monotonic(), time.process_time() - cpu
+        if slot == 0:
+            print(
+                "inbound agent 0, CPU ms per message by thread (user+system): "
+                + cpu_by_thread(before, thread_cpu(), len(outcomes)),
+                flush=True,
+            )
         if any(o.disposition != "completed" for o in outcomes):
             raise RuntimeError(f"inbound stage: {[o.disposition for o in outcomes][:5]}")
-        return time.monotonic()
+        return ended, len(outcomes), cpu
     finally:
         await spool.aclose()
         await audit.aclose()
+
+
+def inbound_agent_process(
+    config_path: str,
+    files: ValidatorFiles,
+    slot: int,
+    go: EventType,
+    done: multiprocessing.Queue[Drained],
+) -> None:
+    """One more inbound agent, as ``missive worker inbound --slot K`` runs: it drains
+    ``inbound/`` beside the others once ``go`` is set, then puts what it drained."""
+    from gateway.config import load_config
+
+    config = load_config(Path(config_path))
+    go.wait()
+    with consumer_slot_scope(slot):
+        done.put(asyncio.run(run_inbound(config, files, slot=slot)))
 
 
 Done = tuple[float, int, float]  # last completion (monotonic), connections, CPU seconds
@@ -292,7 +337,7 @@ async def _deliver(config_path: Path, count: int, done: multiprocessing.Queue[Do
         await audit.aclose()
 
 
-async def bare_lmtp_pooled(port: int, count: int, size: int) -> tuple[float, int]:
+async def bare_lmtp_pooled(port: int, count: int, size: int, mailbox: str) -> tuple[float, int]:
     """The baseline: msg/s of clear messages straight to Dovecot through the same pool,
     connections and entries in flight as ``LocalDelivery``; and connections opened."""
     pool = StorePool(StoreTarget(True, "127.0.0.1", port, HOST), size=DEFAULT_CONNECTIONS)
@@ -300,7 +345,7 @@ async def bare_lmtp_pooled(port: int, count: int, size: int) -> tuple[float, int
 
     async def sender() -> None:
         for index in indexes:  # shared: each index is taken by one sender
-            [reply] = await pool.deliver(CLAIRE, [ALICE], letter(index, size))
+            [reply] = await pool.deliver(CLAIRE, [mailbox], letter(index, size))
             if not reply.delivered:
                 raise RuntimeError(f"bare LMTP: {reply}")
 
@@ -313,7 +358,7 @@ async def bare_lmtp_pooled(port: int, count: int, size: int) -> tuple[float, int
     return rate, pool.opened
 
 
-async def bare_lmtp_per_message(port: int, count: int, size: int) -> float:
+async def bare_lmtp_per_message(port: int, count: int, size: int, mailbox: str) -> float:
     """The old baseline: one connection per message, one message after the other."""
     started = time.monotonic()
     for index in range(count):
@@ -323,7 +368,7 @@ async def bare_lmtp_per_message(port: int, count: int, size: int) -> float:
             port=port,
             helo=HOST,
             mail_from=CLAIRE,
-            recipients=[ALICE],
+            recipients=[mailbox],
             content=letter(index, size),
             tls_context=None,  # LMTP on loopback: no STARTTLS
         )
@@ -332,9 +377,13 @@ async def bare_lmtp_per_message(port: int, count: int, size: int) -> float:
     return count / (time.monotonic() - started)
 
 
-def measure(work: Path, count: int, size: int) -> dict[str, float]:
+def measure(work: Path, count: int, size: int, agents: int | None) -> dict[str, float]:
     pki = init_dev_pki(work / "pki", users=(ALICE, CLAIRE), servers=(HOST,))
-    dovecot = create_dovecot(pki.server_cert(HOST), pki.server_key(HOST), users={ALICE: "pw"})
+    files = validator_files(pki)
+    others: list[SpawnProcess] = []
+    dovecot = create_dovecot(
+        pki.server_cert(HOST), pki.server_key(HOST), users=dict.fromkeys(MAILBOXES, "pw")
+    )
     delivery: SpawnProcess | None = None
     try:
         site = work / "site"
@@ -343,6 +392,7 @@ def measure(work: Path, count: int, size: int) -> dict[str, float]:
             site, pki, inbound=f'deliver_to = "lmtp://127.0.0.1:{dovecot.lmtp_port}"'
         )
         install_keys(config, pki, ALICE)
+        agents = agents or crypto_worker_count(config)  # as shipped: one per core
         started = time.monotonic()
         messages = sealed_messages(pki, count, size)
         print(
@@ -351,8 +401,12 @@ def measure(work: Path, count: int, size: int) -> dict[str, float]:
             flush=True,
         )
         asyncio.run(fill_inbound(config, messages))
-        bare, bare_connections = asyncio.run(bare_lmtp_pooled(dovecot.lmtp_port, count, size))
-        per_message = asyncio.run(bare_lmtp_per_message(dovecot.lmtp_port, count, size))
+        bare, bare_connections = asyncio.run(
+            bare_lmtp_pooled(dovecot.lmtp_port, count, size, BASELINE_BEFORE)
+        )
+        per_message = asyncio.run(
+            bare_lmtp_per_message(dovecot.lmtp_port, count, size, BASELINE_OLD)
+        )
 
         context = multiprocessing.get_context("spawn")
         done: multiprocessing.Queue[Done] = context.Queue()
@@ -361,17 +415,35 @@ def measure(work: Path, count: int, size: int) -> dict[str, float]:
         )
         delivery = process
         process.start()
-        time.sleep(1.0)  # the delivery process imports and recovers before the clock starts
+        go = context.Event()
+        drained: multiprocessing.Queue[Drained] = context.Queue()
+        for slot in range(1, agents):
+            agent = context.Process(
+                target=inbound_agent_process,
+                args=(str(site / "missive.toml"), files, slot, go, drained),
+            )
+            others.append(agent)
+            agent.start()
+        time.sleep(1.0 + 0.5 * agents)  # the other processes import before the clock starts
         dovecot_before = dovecot_cpu(dovecot.instance_name)
-        inbound_cpu = time.process_time()
         started = time.monotonic()
-        inbound_end = asyncio.run(run_inbound(config, pki))
-        inbound_cpu = time.process_time() - inbound_cpu
+        go.set()
+        results = [asyncio.run(run_inbound(config, files))]
+        results += [drained.get(timeout=600) for _ in others]
+        inbound_end = max(ended for ended, _, _ in results)
+        inbound_cpu = sum(cpu for _, _, cpu in results)
+        print(
+            f"inbound agents: {agents}, entries drained by each: "
+            + ", ".join(str(processed) for _, processed, _ in results),
+            flush=True,
+        )
         delivered_end, connections, delivery_cpu = done.get(timeout=600)
         dovecot_used = dovecot_cpu(dovecot.instance_name) - dovecot_before
         process.join(timeout=60)
         end_to_end = count / (delivered_end - started)
-        bare_after, _ = asyncio.run(bare_lmtp_pooled(dovecot.lmtp_port, count, size))
+        bare_after, _ = asyncio.run(
+            bare_lmtp_pooled(dovecot.lmtp_port, count, size, BASELINE_AFTER)
+        )
         print(
             f"LMTP connections opened: {connections} by the delivery worker,"
             f" {bare_connections} by the pooled baseline",
@@ -399,9 +471,10 @@ def measure(work: Path, count: int, size: int) -> dict[str, float]:
             RATIO: 100 * end_to_end / ((bare + bare_after) / 2),
         }
     finally:
-        if delivery is not None and delivery.is_alive():
-            delivery.kill()  # by its own handle (PID), never by name
-            delivery.join()
+        for process in [p for p in (delivery, *others) if p is not None]:
+            if process.is_alive():
+                process.kill()  # by its own handle (PID), never by name
+                process.join()
         destroy_dovecot(dovecot)
 
 
@@ -411,11 +484,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--messages", type=int, default=None)
     parser.add_argument("--size", type=int, default=10 * 1024)
     parser.add_argument("--dir", type=Path, default=None, help="work directory (kept)")
+    parser.add_argument(
+        "--inbound-agents",
+        type=int,
+        default=None,
+        help="inbound agent processes (default: as shipped, [gateway] crypto_workers = 0,"
+        " one per core)",
+    )
     args = parser.parse_args(argv)
     count = args.messages or (40 if args.smoke else 2000)
     work = args.dir or Path(tempfile.mkdtemp(prefix="mv-bench-in-"))
     try:
-        figures = measure(work, count, args.size)
+        figures = measure(work, count, args.size, args.inbound_agents)
     finally:
         if args.dir is None:
             shutil.rmtree(work, ignore_errors=True)
