@@ -11,9 +11,10 @@ added to the spool's ``inbound/`` queue (not timed). Then, timed: K inbound agen
 mark, hand off to ``local/``; K as shipped, ``[gateway] crypto_workers = 0``: one per
 core, or ``--inbound-agents``) drain it, slot 0 in this process and each other slot in
 a process of its own, while local delivery (``LocalDelivery``) runs in one more
-process, as ``missive worker inbound --slot K`` and ``missive worker delivery`` do, delivering over LMTP to a real Dovecot started as
-``tests/peers/dovecot.py`` does. Durability on, as shipped: the spool fsyncs, each
-worker's audit trail (``AuditSink``) runs ``synchronous = FULL``.
+process, as ``missive worker inbound --slot K`` and ``missive worker delivery`` do,
+delivering over LMTP to a real Dovecot started as ``tests/peers/dovecot.py`` does.
+Durability on, as shipped: the spool fsyncs, and every worker appends to the one audit
+trail of ``[audit] path`` (``AuditSink``, ``synchronous = FULL``), as in production.
 
 Figures, all from the same run:
 
@@ -218,7 +219,7 @@ async def run_inbound(config: Config, files: ValidatorFiles, *, slot: int = 0) -
     validator = CertificateValidator.from_files(
         [Path(f) for f in anchors], [Path(f) for f in intermediates], [Path(f) for f in crls]
     )
-    audit = AuditSink(config.gateway.home / "var" / f"audit-inbound-{slot}.db")
+    audit = AuditSink(config.audit.path)  # one trail for every worker, as shipped
     audit.start()
     spool = open_spool(config, audit, f"inbound-agent-{slot}")
     try:
@@ -299,7 +300,7 @@ async def _deliver(config_path: Path, count: int, done: multiprocessing.Queue[Do
     from gateway.config import load_config
 
     config = load_config(config_path)
-    audit = AuditSink(config.gateway.home / "var" / "audit-delivery.db")
+    audit = AuditSink(config.audit.path)
     audit.start()
     spool = open_spool(config, audit, "delivery")
     stop = asyncio.Event()
