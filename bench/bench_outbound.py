@@ -1,7 +1,7 @@
 """Benchmark of the outbound path end to end: 250 -> signed and encrypted -> relayed.
 
 Usage: ``python bench/bench_outbound.py [--smoke] [--messages N] [--sessions S]
-[--size BYTES] [--rate R] [--crypto-seconds S] [--dir DIR]``.
+[--size BYTES] [--rate R] [--crypto-seconds S] [--dir DIR] [--crypto-workers K]``.
 
 Issue 6 (Speed): Postfix ``smtp-source`` (``-s 20 -l 10240``, a new connection per
 message) hands N messages from a local address to a clinique-b.test recipient to the
@@ -46,8 +46,9 @@ not retried; the figures of the paced run are over the accepted ones.
 Choices, and why: the route to the sink uses ``tls = "none"`` (the configuration allows
 it; ``smtp-sink`` has no STARTTLS) and the relay listener ``tls = "none"`` (loopback
 only, allowed; ``smtp-source`` has no STARTTLS either), so TLS handshakes are not in
-these figures (``bench_smtp.py`` measures what STARTTLS costs the front). The agent is
-one process, as ``serve`` starts it (its crypto runs in threads).
+these figures (``bench_smtp.py`` measures what STARTTLS costs the front). The secure
+agents are as many processes as ``serve`` starts by default (``[gateway] crypto_workers
+= 0``: one per core, ``--crypto-workers 0``); ``--crypto-workers K`` sets K.
 
 The site is a demo site of the test suite (``tests/sites.py``: the shipped ``conf/``
 on free loopback ports, ``var/`` by ``certs init-dev``), and ``serve`` runs as the
@@ -593,7 +594,12 @@ def main(argv: list[str]) -> int:
         help="skip the Postfix + openssl cms pipe filter baseline",
     )
     parser.add_argument("--dir", type=Path, default=None, help="the site goes here")
-    parser.add_argument("--crypto-workers", type=int, default=1, help="[gateway] crypto_workers")
+    parser.add_argument(
+        "--crypto-workers",
+        type=int,
+        default=0,
+        help="[gateway] crypto_workers (default 0, as shipped: one agent per core)",
+    )
     args = parser.parse_args(argv)
     if args.smoke:
         args.messages, args.paced_messages, args.crypto_seconds = 30, 20, 0.5
