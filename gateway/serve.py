@@ -13,8 +13,9 @@ verifies, marks, quarantines; hands off to ``local/``) and local delivery (``[in
 deliver_to``: LMTP, SMTP or maildir), plus the IMAP fetcher when ``[[inbound.imap_fetch]]``
 is configured (the relay worker only when a route has ``transport = "smtp"``: with
 none it would have no queue to serve and exit at once; the secure agent and the inbound
-agent: ``[gateway] crypto_workers`` processes each). The SMTP front answers ``250``
-only once a message is fsynced into ``received/``, which its spool scribe writes for it
+agent: ``[gateway] crypto_workers`` processes each; ``WorkerCounts.from_config`` in
+``gateway.worker_plan`` counts them all). The SMTP front answers ``250`` only once a
+message is fsynced into ``received/``, which its spool scribe writes for it
 (``gateway.spool.scribe``: a child process of each front process, started before its
 listeners open and stopped after they close).
 
@@ -73,7 +74,7 @@ from gateway.log import get_logger, setup_logging
 from gateway.pki.files import ensure_private_dir
 from gateway.smtp.listener import ListenerGroup, start_listeners
 from gateway.spool import SpoolWriteError
-from gateway.workers import crypto_worker_count, start_workers, stop_on_signals
+from gateway.workers import WorkerCounts, start_workers, stop_on_signals
 
 _log = get_logger("serve")
 
@@ -144,15 +145,7 @@ async def _serve(config: Config, stop: asyncio.Event) -> None:
             config=str(config.source),
         )
         async with _front(gateway) as listeners:
-            workers = await start_workers(
-                config,
-                agents=crypto_worker_count(config),
-                relays=1 if _has_smtp_route(config) else 0,
-                inbound=crypto_worker_count(config),
-                delivery=1,
-                imap=1 if config.inbound.imap_fetch else 0,
-                fronts=config.gateway.front_workers - 1,
-            )
+            workers = await start_workers(config, WorkerCounts.from_config(config))
             try:
                 _log.info(
                     "gateway.ready",
@@ -217,8 +210,3 @@ def build_front(config: Config, slot: int) -> Gateway:
     (``serve`` applies it at its start), with the spool actor ``smtp-front-<slot>``;
     only ``received/`` is used, writer side."""
     return build_gateway(config, actor=f"smtp-front-{slot}", front_only=True)
-
-
-def _has_smtp_route(config: Config) -> bool:
-    """Whether a relay worker has a ``relay/<route>`` queue to serve."""
-    return any(route.transport == "smtp" for route in config.routes)

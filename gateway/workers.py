@@ -19,7 +19,7 @@ checked by comparing the ``ast.dump`` of each definition and method, old and new
                      the orphan check, stop_on_signals
     worker_group     the supervisor in serve: Worker, WorkerGroup (restart back-off,
                      stop in two rounds, problems files)
-    worker_plan      which workers serve starts: worker_commands,
+    worker_plan      which workers serve starts: WorkerCounts, worker_commands,
                      crypto_worker_count, start_workers
     worker_exits     how a worker's end is logged, the configuration-error streak
 
@@ -67,6 +67,7 @@ from gateway.worker_group import (
 )
 from gateway.worker_plan import (
     DEFAULT_PROGRAM,
+    WorkerCounts,
     crypto_worker_count,
     start_workers,
     worker_commands,
@@ -229,6 +230,7 @@ __all__ = [
     "STOP_TIMEOUT",
     "SUPERVISOR_ENV",
     "Worker",
+    "WorkerCounts",
     "WorkerGroup",
     "WorkerKind",
     "checked_front_slot",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from gateway.pki.dev import DevPki
-from gateway.workers import start_workers, worker_commands
+from gateway.workers import WorkerCounts, start_workers, worker_commands
 from tests.inbound.site import (
     ALICE,
     FROM_OUTSIDE,
@@ -26,7 +26,7 @@ PROGRAM = (sys.executable, "-P", "-m", "gateway")
 
 def test_worker_commands_include_inbound_and_delivery(dev_pki: DevPki, tmp_path: Path) -> None:
     config = write_config(tmp_path, dev_pki, inbound=MAILDIR)
-    commands = worker_commands(config, agents=1, relays=0, inbound=1, delivery=2)
+    commands = worker_commands(config, WorkerCounts(agents=1, relays=0, inbound=1, delivery=2))
     assert [name for name, _ in commands] == ["agent-1", "inbound-1", "delivery-1", "delivery-2"]
     assert commands[1][1] == (*PROGRAM, "worker", "inbound", "--config", str(config.source))
 
@@ -41,7 +41,7 @@ async def test_inbound_and_delivery_workers_deliver_into_the_maildir(
         message = incoming_letter(dev_pki, ALICE)
         await site.inbound.add(envelope(ALICE), FROM_OUTSIDE, message)
         group = await start_workers(
-            site.config, agents=0, relays=0, inbound=1, delivery=1, program=PROGRAM
+            site.config, WorkerCounts(agents=0, relays=0, inbound=1, delivery=1), program=PROGRAM
         )
         try:
             while not (new.is_dir() and any(new.iterdir())):  # the test timeout bounds it

@@ -31,7 +31,7 @@ import pytest
 
 from gateway.pki.dev import DevPki
 from gateway.worker_exits import PROBLEMS_ENV, ConfigErrorStreak, exit_report, next_streak
-from gateway.workers import WorkerGroup, worker_commands
+from gateway.workers import WorkerCounts, WorkerGroup, worker_commands
 from tests.relay.configs import write_site
 from tests.together import gone
 
@@ -91,7 +91,9 @@ async def test_a_configuration_broken_after_start_is_logged_once_then_picked_up(
 ) -> None:
     config = write_site(tmp_path, dev_pki)
     good = config.source.read_text(encoding="utf-8")
-    commands = worker_commands(config, agents=0, relays=0, delivery=1, program=PROGRAM)
+    commands = worker_commands(
+        config, WorkerCounts(agents=0, relays=0, delivery=1), program=PROGRAM
+    )
     group = WorkerGroup(commands)
     # set after construction, as test_workers does: shorter back-offs; a restarted worker
     # that lives 6 s has picked up the configuration (an exit 2 comes within ~1 s)

@@ -2,7 +2,8 @@
 ``received/``; the supervisor restarts a worker killed with SIGKILL and stops every
 worker it started (by PID) on ``aclose``; a bad configuration exits 2 without a
 traceback. Several secure agents run at once, each in its consumer slot
-(``[gateway] crypto_workers``, ``--slot K``).
+(``[gateway] crypto_workers``, ``--slot K``). ``WorkerCounts`` says how many workers of
+each kind ``serve`` starts; it is checked when built.
 
 The workers run as ``python -m gateway.workers worker ...`` (the same ``register``
 as ``missive worker``) so these tests do not depend on ``gateway.cli.COMMANDS``."""
@@ -15,12 +16,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator
+from dataclasses import FrozenInstanceError, replace
 from pathlib import Path
 
 import pytest
 
 from gateway.audit import AuditEvent
-from gateway.config import Config, load_config
+from gateway.config import Config, ImapFetch, load_config
 from gateway.errors import ConfigError
 from gateway.pki.dev import DevPki
 from gateway.spool import INBOUND, RECEIVED, Envelope, Origin, Recipient, Spool
@@ -28,6 +30,7 @@ from gateway.spool.layout import StageDirs
 from gateway.spool.stagefiles import ConsumerLock
 from gateway.workers import (
     ORPHAN_CHECK_EVERY,
+    WorkerCounts,
     WorkerGroup,
     crypto_worker_count,
     start_workers,
@@ -93,7 +96,7 @@ def is_alive(pid: int) -> bool:
 
 def test_worker_commands_name_the_config_file(dev_pki: DevPki, tmp_path: Path) -> None:
     config = write_site(tmp_path, dev_pki)
-    commands = worker_commands(config, agents=2, relays=1)
+    commands = worker_commands(config, WorkerCounts(agents=2, relays=1))
     assert [name for name, _ in commands] == ["agent-1", "agent-2", "relay-1"]
     assert commands[0][1] == (
         sys.executable,
@@ -106,14 +109,14 @@ def test_worker_commands_name_the_config_file(dev_pki: DevPki, tmp_path: Path) -
         str(config.source),
     )
     with pytest.raises(ValueError, match="negative"):
-        worker_commands(config, agents=-1, relays=0)
+        worker_commands(config, WorkerCounts(agents=-1, relays=0))
 
 
 async def test_supervised_agent_processes_mail_restarts_after_kill_and_stops(
     spool_of: tuple[Config, Spool],
 ) -> None:
     config, spool = spool_of
-    group = await start_workers(config, agents=1, relays=0, program=PROGRAM)
+    group = await start_workers(config, WorkerCounts(agents=1, relays=0), program=PROGRAM)
     group.backoff_first = 0.05
     try:
         await submit(spool)
@@ -160,7 +163,9 @@ def with_gateway_key(config: Config, line: str) -> Path:
 
 def test_each_crypto_worker_gets_its_slot(dev_pki: DevPki, tmp_path: Path) -> None:
     config = write_site(tmp_path, dev_pki)
-    commands = dict(worker_commands(config, agents=3, relays=2, inbound=2, program=("m",)))
+    commands = dict(
+        worker_commands(config, WorkerCounts(agents=3, relays=2, inbound=2), program=("m",))
+    )
     base = ("--config", str(config.source))
     assert commands["agent-1"] == ("m", "worker", "agent", *base)  # slot 0: as before
     assert commands["agent-2"] == ("m", "worker", "agent", *base, "--slot", "1")
@@ -168,7 +173,66 @@ def test_each_crypto_worker_gets_its_slot(dev_pki: DevPki, tmp_path: Path) -> No
     assert commands["inbound-2"] == ("m", "worker", "inbound", *base, "--slot", "1")
     assert commands["relay-2"] == ("m", "worker", "relay", *base)  # a standby of slot 0
     with pytest.raises(ValueError, match="at most 64"):
-        worker_commands(config, agents=65, relays=0)
+        worker_commands(config, WorkerCounts(agents=65, relays=0))
+
+
+def test_serve_starts_the_workers_its_configuration_asks_for(
+    dev_pki: DevPki, tmp_path: Path
+) -> None:
+    """``WorkerCounts.from_config``: what ``serve`` starts, in the order it starts them."""
+    config = write_site(tmp_path, dev_pki)  # smtp routes, no IMAP fetcher, one front
+    crypto = crypto_worker_count(config)
+    assert WorkerCounts.from_config(config) == WorkerCounts(
+        agents=crypto, relays=1, inbound=crypto, delivery=1
+    )
+    fetcher = ImapFetch(
+        url="imaps://127.0.0.1:9993/INBOX",
+        user="bal",
+        password_file=tmp_path / "password",
+        deliver_to_address=ALICE,
+    )
+    bigger = replace(
+        config,
+        gateway=replace(config.gateway, crypto_workers=2, front_workers=3),
+        routes=tuple(route for route in config.routes if route.transport != "smtp"),
+        inbound=replace(config.inbound, imap_fetch=(fetcher,)),
+    )
+    counts = WorkerCounts.from_config(bigger)
+    assert counts == WorkerCounts(agents=2, relays=0, inbound=2, delivery=1, imap=1, fronts=2)
+    assert [name for name, _ in worker_commands(bigger, counts, program=("m",))] == [
+        "front-1",
+        "front-2",
+        "agent-1",
+        "agent-2",
+        "inbound-1",
+        "inbound-2",
+        "delivery-1",
+        "imap-1",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("counts", "message"),
+    [
+        ({"relays": -1}, "negative"),
+        ({"imap": -1}, "negative"),
+        ({"fronts": -1}, "negative"),
+        ({"inbound": 65}, "at most 64"),
+        ({"fronts": 64}, "at most 63 front workers"),
+    ],
+)
+def test_worker_counts_are_checked_when_built(counts: dict[str, int], message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        WorkerCounts(**counts)
+
+
+def test_worker_counts_are_one_frozen_value() -> None:
+    counts = WorkerCounts(agents=2)
+    with pytest.raises(FrozenInstanceError):
+        counts.agents = 3  # type: ignore[misc]
+    with pytest.raises(TypeError):
+        WorkerCounts(2)  # type: ignore[call-arg]  # keywords only: six ints are easy to swap
+    assert counts == WorkerCounts(agents=2, relays=0, inbound=0, delivery=0, imap=0, fronts=0)
 
 
 def test_crypto_workers_comes_from_the_configuration(dev_pki: DevPki, tmp_path: Path) -> None:
@@ -205,7 +269,7 @@ def test_a_bad_slot_exits_2_without_traceback(
 
 async def test_two_agents_consume_received_at_once(spool_of: tuple[Config, Spool]) -> None:
     config, spool = spool_of
-    group = await start_workers(config, agents=2, relays=0, program=PROGRAM)
+    group = await start_workers(config, WorkerCounts(agents=2, relays=0), program=PROGRAM)
     slot_one = spool.queue(RECEIVED).dirs.active(1)
     try:
         for _ in range(6):
