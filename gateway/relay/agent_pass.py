@@ -16,7 +16,18 @@ Invariants (ARCHITECTURE quality bar, "no accepted message is ever lost"):
   encryption);
 - ``Pass.set`` counts one attempt per decision and keeps at most 4000 characters of the
   reason; ``Pass.unfinished`` is true while any recipient of the envelope (not only
-  those of this pass) has no final status.
+  those of this pass) has no final status;
+- **one mailbox, one decision** (session 8). New entries list each mailbox once
+  (``gateway.spool.queue_writing``), but a record written by an older gateway may list
+  one twice (``mailbox_key``: local part exact, domain without case). ``Pass.of``
+  therefore maps each mailbox to *all* its indexes: ``work_envelope`` gives the agent
+  the first unfinished occurrence of each mailbox only (one copy, one letter), and
+  ``Pass.put``/``set`` write the same state to every occurrence, so the entry ends
+  completed. An occurrence still pending while another one of its mailbox is already
+  final (a record a former gateway left held this way) takes that final state before
+  the pass and is not served again. Keyed by exact address (the former
+  ``index_of``), the last index won and the other state stayed pending: two letters
+  or copies over two passes, and the entry held.
 
 Security notes: nothing here reads a message; the ``agent.postal`` event names the
 queue id, the envelope sender and the one recipient, never a Subject nor a body.
@@ -33,7 +44,8 @@ from dataclasses import dataclass, field
 from gateway.audit import AuditEvent
 from gateway.relay.agent import RecipientOutcome
 from gateway.relay.dsn_recipients import Reason, RecipientReport
-from gateway.spool import Claimed, Recipient, RecipientState, RecipientStatus
+from gateway.spool import Claimed, Envelope, QueueRecord, Recipient, RecipientState, RecipientStatus
+from gateway.spool.model import mailbox_key
 
 _DIGEST_CHARS = 20
 
@@ -56,14 +68,9 @@ def handoff_key(kind: str, route: str | None, addresses: Iterable[str]) -> str:
     mailboxes, each handed its own message: folding them to one key made the second
     hand-off find the first one's child and write nothing (a silent loss).
     """
-    joined = "\n".join(sorted(map(_mailbox_key, addresses)))
+    joined = "\n".join(sorted(map(mailbox_key, addresses)))
     digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()[:_DIGEST_CHARS]
     return f"{kind}:{route}:{digest}" if route else f"{kind}:{digest}"
-
-
-def _mailbox_key(address: str) -> str:
-    local, at, domain = address.rpartition("@")
-    return f"{local}@{domain.lower()}" if at else address
 
 
 @dataclass
@@ -72,20 +79,66 @@ class Pass:
 
     recipients: tuple[Recipient, ...]  # the whole envelope, RCPT order
     states: list[RecipientState]  # aligned with ``recipients``
-    index_of: dict[str, int]  # address -> index, for the recipients of this pass
+    indexes_of: dict[str, tuple[int, ...]]  # mailbox_key -> every index, RCPT order
     failures: list[RecipientReport] = field(default_factory=list)
     posted: list[RecipientReport] = field(default_factory=list)
 
-    def recipient_index(self, address: str) -> int:
-        return self.index_of[address]
+    @classmethod
+    def of(cls, record: QueueRecord) -> Pass:
+        """The pass over ``record``: every mailbox with all its indexes, and each
+        unfinished occurrence of a mailbox already final elsewhere settled to that
+        final state (module docstring: one mailbox, one decision)."""
+        recipients = record.envelope.recipients
+        grouped: dict[str, list[int]] = {}
+        for index, recipient in enumerate(recipients):
+            grouped.setdefault(mailbox_key(recipient.address), []).append(index)
+        indexes_of = {key: tuple(indexes) for key, indexes in grouped.items()}
+        work = cls(recipients, list(record.state.recipients), indexes_of)
+        for indexes in work.indexes_of.values():
+            final = next((work.states[i] for i in indexes if work.states[i].status.final), None)
+            if final is not None:
+                work._put_all(indexes, final)
+        return work
+
+    def work_envelope(self, envelope: Envelope) -> Envelope | None:
+        """What the agent must process: the first unfinished occurrence of each mailbox
+        (``envelope`` itself when that is every recipient); None when nothing is left."""
+        pending = sorted(
+            indexes[0] for indexes in self.indexes_of.values() if not self._final(indexes[0])
+        )
+        if not pending:
+            return None
+        if len(pending) == len(self.recipients):
+            return envelope
+        return Envelope(
+            envelope.mail_from, tuple(self.recipients[i] for i in pending), envelope.params
+        )
+
+    def state(self, address: str) -> RecipientState:
+        """The state of ``address`` (the same for every occurrence of its mailbox)."""
+        return self.states[self._indexes(address)[0]]
 
     def recipient(self, address: str) -> Recipient:
-        return self.recipients[self.index_of[address]]
+        """The first RCPT of ``address``'s mailbox (its NOTIFY and ORCPT)."""
+        return self.recipients[self._indexes(address)[0]]
+
+    def put(self, address: str, state: RecipientState) -> None:
+        """Give every occurrence of ``address``'s mailbox the state ``state``."""
+        self._put_all(self._indexes(address), state)
 
     def set(self, address: str, status: RecipientStatus, error: str | None = None) -> None:
-        index = self.recipient_index(address)
-        attempts = self.states[index].attempts + 1
-        self.states[index] = RecipientState(status, attempts, error[:4000] if error else None)
+        attempts = self.state(address).attempts + 1
+        self.put(address, RecipientState(status, attempts, error[:4000] if error else None))
+
+    def _indexes(self, address: str) -> tuple[int, ...]:
+        return self.indexes_of[mailbox_key(address)]
+
+    def _put_all(self, indexes: Iterable[int], state: RecipientState) -> None:
+        for index in indexes:
+            self.states[index] = state
+
+    def _final(self, index: int) -> bool:
+        return self.states[index].status.final
 
     @property
     def unfinished(self) -> bool:

@@ -38,7 +38,9 @@ What moved (from the stage's docstring):
 Invariants: every letter is written before the entry leaves ``active/`` (the stage
 completes or defers it afterwards); a letter is named by queue id and address
 (``postal.letter_stem``) and replaces itself, so a repeated pass writes nothing new;
-each recipient has its own outcome, even inside one child.
+each recipient has its own outcome, even inside one child; one letter per mailbox, its
+outcome written to every occurrence of that mailbox (``Pass.put``: an old record may list
+one twice, ``gateway.relay.agent_pass``).
 
 Security: the letters are rendered away from the private keys
 (``letter_sandbox.render_letters_isolated``: a limited child process, hostile PDFs);
@@ -206,11 +208,10 @@ class PostalDelivery:
 
     def _defer(self, entry: Claimed, work: Pass, address: str, why: str) -> None:
         """Retry later, per ``[delivery]``; past ``max_lifetime``: failed, ``expired``."""
-        index = work.recipient_index(address)
-        attempts = work.states[index].attempts + 1
+        attempts = work.state(address).attempts + 1
         now = self.clock()
         when = self.policy.next_attempt(attempts, entry.record.received, now)
         if when is None:
             self._fail(work, address, f"expired: {why}", STATUS_EXPIRED, Reason.EXPIRED)
             return
-        work.states[index] = RecipientState(RecipientStatus.DEFERRED, attempts, why[:4000], when)
+        work.put(address, RecipientState(RecipientStatus.DEFERRED, attempts, why[:4000], when))

@@ -32,6 +32,8 @@ Invariants (ARCHITECTURE quality bar, "no accepted message is ever lost"):
   by queue id and address (``postal.letter_stem``) and replace themselves;
 - a later pass only processes recipients without a final status: a recipient handed
   off or failed is never sent twice by this stage;
+- each mailbox is processed once per pass and all its occurrences share one state, even
+  in a record of an older gateway that lists it twice (``Pass.of``, ``agent_pass``);
 - a DSN is a message of the gateway's own (``Origin("internal")``, MAIL FROM:<>, RCPT TO
   the sender, ``dsn_envelope``), handed off into ``received`` so it takes the same
   path as any mail; never to a null sender (RFC 3461 §6.1).
@@ -217,24 +219,13 @@ class AgentStage(PostalDelivery):
         if content is None:
             return EntryOutcome(entry.queue_id, "corrupt")
         record = entry.record
-        pending = record.unfinished
-        if not pending:  # every recipient already final (an operator's release)
-            await self.received.complete(entry)
+        work = Pass.of(record)  # each mailbox once, even in an old record (agent_pass)
+        envelope = work.work_envelope(record.envelope)  # a later pass: the unfinished only
+        if envelope is None:  # every recipient already final (an operator's release)
+            await self.received.complete(entry, work.states)
             return EntryOutcome(entry.queue_id, "completed")
-        envelope = record.envelope
-        if len(pending) < len(envelope.recipients):  # a later pass: the unfinished only
-            envelope = Envelope(
-                envelope.mail_from,
-                tuple(envelope.recipients[i] for i in pending),
-                envelope.params,
-            )
         result = await self.agent.process(envelope, content, record.origin, queue_id=entry.queue_id)
         await self._record_all(result.audit)
-        work = Pass(
-            record.envelope.recipients,
-            list(record.state.recipients),
-            {record.envelope.recipients[i].address: i for i in reversed(pending)},
-        )
         handoffs = await self._hand_off_messages(entry, result, work)
         await self._post_all(entry, content, self._postal_recipients(result, work), work)
         for outcome in result.failed:

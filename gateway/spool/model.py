@@ -15,6 +15,20 @@ keywords for NOTIFY (NEVER alone, or SUCCESS/FAILURE/DELAY without repeats) and 
 only RFC 6152/3030 values for BODY; timezone-aware times, kept in UTC; one state per
 recipient.
 
+Duplicate recipients (decision, session 8): two recipients are the same mailbox when
+their local parts are equal exactly and their domains equal without case (RFC 5321
+§2.4; the SMTP front's ``Address`` compares so, its parser lower-casing the domain);
+``mailbox_key`` is that rule, the one copy every stage uses. ``Envelope`` itself still
+accepts duplicates, because records written by an older gateway may hold them and must
+stay readable (their states are aligned with the listed recipients). New entries never
+do: ``Envelope.distinct`` keeps the first occurrence of each mailbox, as the front keeps
+the first RCPT of a repeated one (RFC 5321 §3.3 lets a server drop duplicates), and
+``gateway.spool.queue_writing`` applies it to every entry it writes (``add``,
+``open_writer``, ``hand_off``), whatever the producer. A stage that maps an address to
+a recipient index must still treat duplicates of old records safely
+(``gateway.relay.agent_pass.Pass``: one delivery per mailbox, the same state for every
+occurrence).
+
 Trust level: pure data; no I/O.
 """
 
@@ -216,6 +230,29 @@ class Envelope:
     @property
     def addresses(self) -> tuple[str, ...]:
         return tuple(recipient.address for recipient in self.recipients)
+
+    def distinct(self) -> Envelope:
+        """This envelope with each mailbox once (its first RCPT kept, with its NOTIFY
+        and ORCPT; ``mailbox_key`` decides), or itself when nothing repeats."""
+        seen: set[str] = set()
+        kept: list[Recipient] = []
+        for recipient in self.recipients:
+            key = mailbox_key(recipient.address)
+            if key not in seen:
+                seen.add(key)
+                kept.append(recipient)
+        if len(kept) == len(self.recipients):
+            return self
+        return dataclasses.replace(self, recipients=tuple(kept))
+
+
+def mailbox_key(address: str) -> str:
+    """The key two addresses of one mailbox share: the local part as written, the domain
+    lower-cased (RFC 5321 §2.4: only the domain is case-insensitive; the SMTP front's
+    ``gateway.smtp.envelope.Address`` compares the same way). An address without ``@``
+    is its own key."""
+    local, at, domain = address.rpartition("@")
+    return f"{local}@{domain.lower()}" if at else address
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,6 +19,14 @@ Invariants:
   order) is one I/O job.
 - A new entry from a front is bounded by ``max_message_size``; a hand-off is not (a
   stage's output is bounded by its input).
+- **Each mailbox once.** Every entry written here (``add``, ``open_writer``,
+  ``hand_off``: the IMAP fetcher, DSN and MDN producers, the agent's hand-offs, tools)
+  lists each recipient mailbox once: ``Envelope.distinct`` keeps the first occurrence
+  (``gateway.spool.model``: the front's rule, RFC 5321 §3.3), and ``spool.rcpt_merged``
+  is logged with the count dropped. One place for every producer, so no later stage
+  can receive a new entry naming one mailbox twice (two copies, two letters, states
+  never updated). Old records on disk may still hold duplicates: see ``Pass`` in
+  ``gateway.relay.agent_pass``.
 
 Trust level: any gateway process that owns a stage; writes content it is given, never
 reads it back.
@@ -91,10 +99,14 @@ class WriterSide(QueueCore):
         parent_stage: str | None = None,
         key: str | None = None,
     ) -> EntryWriter:
+        distinct = envelope.distinct()
+        if distinct is not envelope:
+            dropped = len(envelope.recipients) - len(distinct.recipients)
+            _log.info("spool.rcpt_merged", queue_id=queue_id, dropped=dropped)
         entry = EntryFile(
             self.dirs,
             queue_id=queue_id,
-            envelope=envelope,
+            envelope=distinct,
             origin=origin,
             received=received,
             parent=parent,
