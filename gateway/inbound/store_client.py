@@ -1,9 +1,9 @@
 """The LMTP/SMTP client of local delivery and its connection pool.
 
 Role: hand one message to the hospital's mail store for some recipients and say, per
-recipient, what the store answered (``StoreReply``). ``gateway.inbound.delivery`` (the
-stage runner) calls ``StorePool.deliver`` for ``[inbound] deliver_to = "lmtp://..."``
-or ``"smtp://..."``; ``send_over_protocol`` does the same on a connection of its own.
+recipient, what the store answered (``StoreReply``). ``gateway.inbound.delivery`` calls
+``StorePool.deliver`` for ``[inbound] deliver_to = "lmtp://..."`` or ``"smtp://..."``;
+``send_over_protocol`` does the same on a connection of its own.
 
 Protocols:
 
@@ -11,50 +11,45 @@ Protocols:
   accepted RCPT*, in RCPT order (§4.2): each recipient's outcome is its own;
 - SMTP (RFC 5321) to the hospital's server: EHLO, then STARTTLS (RFC 3207) is required
   unless the host is a loopback address (``is_loopback``); the server certificate is
-  verified with the ``ssl.SSLContext`` of the ``StoreTarget`` (the stage builds it from
+  verified with the ``StoreTarget``'s ``ssl.SSLContext`` (the stage builds it from
   ``[trust] anchors`` and the system store). One DATA reply (§4.1.1.4) counts for every
-  accepted recipient. ``QUIT`` waits briefly for its ``221`` (§4.1.1.10).
+  accepted recipient. ``QUIT`` waits briefly for its ``221`` (§4.1.1.10);
+- a mailbox listed twice (old records may hold duplicates; ``gateway.spool.model.
+  mailbox_key`` is the rule) gets one RCPT, each occurrence its reply: filed once;
+- any 2yz to RCPT accepts the recipient (RFC 5321 §4.2.1; a ``252`` too): only the
+  reply after the final dot can say "delivered", never a RCPT reply.
 
-Connections (RFC 2033 §4.1, RFC 5321 §4.1.1.5): an LMTP or SMTP session carries many
-transactions, so ``StorePool`` keeps up to ``size`` sessions open (default
-``DEFAULT_CONNECTIONS``) and hands one to each transaction in turn; callers beyond that
-wait for a free session. A reused session is reset with ``RSET`` before its next
-``MAIL``; if that probe fails (the store closed the connection, a ``421``, a reset
-socket, a timeout) the session is dropped and the transaction runs on a fresh one:
-nothing of the message was sent yet (no ``354`` was read), so this cannot deliver
-twice. A session idle for
-``MAX_IDLE`` seconds or open for ``MAX_AGE`` is closed (``QUIT``) rather than reused;
-any error inside a transaction closes its session.
+Connections (RFC 2033 §4.1, RFC 5321 §4.1.1.5): ``StorePool`` keeps up to ``size``
+sessions open (``DEFAULT_CONNECTIONS``), one transaction at a time on each; callers
+beyond that wait. A reused session is reset with ``RSET`` before its next ``MAIL``; if
+that probe fails (closed connection, ``421``, reset socket, timeout) the transaction
+runs on a fresh session: nothing of the message was sent (no ``354`` was read), so this
+cannot deliver twice. A session idle for ``MAX_IDLE`` seconds or open for ``MAX_AGE`` is
+closed (``QUIT``) rather than reused; an error or a cancellation inside a transaction
+closes its session, and a cancellation while it is being closed aborts its socket (a
+session out of the pool never keeps one open).
 
-Pipelining (RFC 2920 §3.1; RFC 2033 §5 requires it of every LMTP server): when the
-store's LHLO/EHLO reply advertises ``PIPELINING``, the pooled session's ``RSET``, ``MAIL``,
-every ``RCPT`` and ``DATA`` go in one write, ``DATA`` last, and the replies are then read
-in order; the content leaves only after the ``354``, as in lock-step. A store without
-``PIPELINING`` gets one command at a time. Measured (bench/README.md "Local delivery
-pipelined"): the five round trips of a reused session became one, for the delivery
-worker and for the store.
+Pipelining (RFC 2920 §3.1; RFC 2033 §5): when the LHLO/EHLO reply (after STARTTLS: the
+second EHLO's) advertises ``PIPELINING``, ``[RSET,] MAIL``, every ``RCPT`` and ``DATA``
+go in one write, the replies are read in order, the content leaves only after ``354``;
+else one command at a time. Measured (bench/README.md "Local delivery pipelined").
 
-Invariants and failures: a refused connection, a timeout, a TLS error, a protocol error
-or a refusal of the whole session (greeting, hello, STARTTLS, MAIL) raise
-``TemporaryFailure`` (the caller defers every recipient); a per-recipient refusal is a
-``StoreReply`` in the list, one per recipient in the caller's order. Every read is
-bounded: ``MAX_LINE`` per line (a longer one is a protocol error), ``COMMAND_TIMEOUT``
-per reply, ``DATA_TIMEOUT`` for the replies after the message. Bytes the store sends
-unasked cannot stand for a later reply: with the ``354`` to DATA (a reply before the
-message), or a ``DATA`` answered ``2xx``/``3xx`` other than ``354``, the transaction
-fails (protocol error); a pooled session holding unread bytes (a reply too many) is
-dropped, not reset, since its replies would be read one command late.
+Failures: a refused connection, a timeout, a TLS or protocol error, a refusal of the
+whole session (greeting, hello, STARTTLS, MAIL) raise ``TemporaryFailure`` (every
+recipient deferred); a per-recipient refusal is its ``StoreReply``, in the caller's
+order. Reads are bounded: ``MAX_LINE`` per line, ``COMMAND_TIMEOUT`` per reply,
+``DATA_TIMEOUT`` after the message. Bytes sent unasked never stand for a later reply:
+bytes with the ``354`` or a ``DATA`` answered ``2xx``/``3xx`` other than ``354`` fail the
+transaction; a pooled session holding unread bytes is dropped, not reset.
 
-Security: off loopback an SMTP session without STARTTLS gets nothing of the message,
-and the handshake verifies the server name and certificate with the target's context
-(``ssl.create_default_context()`` when it has none). Clear text received with or after
-the STARTTLS ``220`` fails the session (RFC 3207 §4.2; the response injection of
-CVE-2011-0411's family): no reply read under TLS can come from outside it. This module
-logs only ``delivery.session_dropped`` with a transaction count: no address, no content.
+Security: off loopback an SMTP session without STARTTLS gets nothing of the message;
+the handshake verifies the server's name and certificate with the target's context
+(``ssl.create_default_context()`` if none). Clear text with or after the STARTTLS
+``220`` fails the session (RFC 3207 §4.2; CVE-2011-0411's response injection). Logs
+only ``delivery.session_dropped`` with a transaction count.
 
-Written by hand: a few commands on an asyncio stream (aiosmtplib is not a dependency,
-has no LMTP mode nor pool, and ``smtplib.LMTP`` misreads RFC 2033 §4.2 replies); reply
-parsing and dot-stuffing reuse ``gateway.relay.smtp_reply`` and ``smtp_data``.
+Written by hand (aiosmtplib has no LMTP mode nor pool, ``smtplib.LMTP`` misreads RFC 2033
+§4.2 replies); replies and dot-stuffing: ``gateway.relay.smtp_reply``, ``smtp_data``.
 
 Trust level: runs in the delivery worker (``missive worker delivery``), which holds no
 private key; it sends decrypted content to the local store, the end of the gateway.
@@ -72,6 +67,7 @@ from dataclasses import dataclass
 from gateway.log import get_logger
 from gateway.relay.smtp_data import DotStuffer
 from gateway.relay.smtp_reply import ProtocolError, Reply, ReplyParser
+from gateway.spool.model import mailbox_key
 from gateway.streams import has_unread
 
 log = get_logger("inbound.store_client")
@@ -127,8 +123,7 @@ class _Conversation:
                     return reply
 
     def has_unread(self) -> bool:
-        """True if the store sent bytes that no command asked for yet (a reply too many,
-        a reply before the message, clear text before TLS): ``gateway.streams``."""
+        """True if the store sent bytes that no command asked for yet (``gateway.streams``)."""
         return has_unread(self.reader)
 
     async def command(self, line: str) -> Reply:
@@ -136,8 +131,7 @@ class _Conversation:
         return await self.reply()
 
     async def send(self, data: bytes, timeout: float) -> None:
-        """Write ``data``; ``TimeoutError`` if the store does not take it in ``timeout``
-        (a store that stops reading must not hold a pooled session for ever)."""
+        """Write ``data``; ``TimeoutError`` if the store does not take it in ``timeout``."""
         self.writer.write(data)
         async with asyncio.timeout(timeout):
             await self.writer.drain()
@@ -150,6 +144,9 @@ class _Conversation:
             await self.reply(QUIT_TIMEOUT)
         except (OSError, RuntimeError, TimeoutError, TemporaryFailure, ProtocolError):
             self.writer.transport.abort()  # what is still buffered would never be read
+        except BaseException:  # cancelled: the socket must not outlive its session
+            self.writer.transport.abort()
+            raise
         self.writer.close()
         try:
             async with asyncio.timeout(QUIT_TIMEOUT):
@@ -221,9 +218,8 @@ class StoreSession:
 
     async def reset(self) -> bool:
         """Ready the session for reuse: ``RSET`` now, or with PIPELINING in front of the
-        next group (``StaleSession`` there). False if the session is no longer usable
-        (also when the store sent something unasked since the last transaction: its
-        replies would be read one command late)."""
+        next group (``StaleSession`` there). False if it is no longer usable (also when
+        the store sent something unasked: its replies would be read one command late)."""
         if self.talk.has_unread():
             return False
         if self.pipelining:
@@ -238,21 +234,26 @@ class StoreSession:
     async def send(
         self, mail_from: str, recipients: Sequence[str], content: bytes
     ) -> list[StoreReply]:
-        """One mail transaction; ``TemporaryFailure`` (the session is then unusable), or
-        ``StaleSession`` when its pipelined ``RSET`` failed (nothing of it was sent)."""
+        """One mail transaction, one ``RCPT`` per mailbox; ``TemporaryFailure`` (the session
+        is then unusable), or ``StaleSession`` when its pipelined ``RSET`` failed."""
         reset, self.reset_pending = self.reset_pending, False
+        firsts: dict[str, str] = {}  # each mailbox once, as first listed
+        for address in recipients:
+            firsts.setdefault(mailbox_key(address), address)
+        distinct = list(firsts.values())
         try:
             if self.pipelining:
-                replies = await self._pipelined(reset, mail_from, recipients, content)
+                replies = await self._pipelined(reset, mail_from, distinct, content)
             else:
                 replies = await _mail_transaction(
-                    self.talk, self.target.lmtp, mail_from, recipients, content
+                    self.talk, self.target.lmtp, mail_from, distinct, content
                 )
         except _SESSION_ERRORS as error:
             raise TemporaryFailure(f"{type(error).__name__}: {error}") from error
         self.transactions += 1
         self.last_used = time.monotonic()
-        return replies
+        by_mailbox = {mailbox_key(a): r for a, r in zip(distinct, replies, strict=True)}
+        return [by_mailbox[mailbox_key(a)] for a in recipients]
 
     async def close(self) -> None:
         """``QUIT`` and close (errors ignored)."""
@@ -275,7 +276,7 @@ class StoreSession:
             await talk.writer.drain()  # the group is out: the store answered its DATA
         _expect(mail, "MAIL FROM")
         replies = {a: StoreReply(r.code, r.text) for a, r in zip(recipients, rcpts, strict=True)}
-        accepted = [a for a, r in zip(recipients, rcpts, strict=True) if r.code in (250, 251)]
+        accepted = [a for a, r in zip(recipients, rcpts, strict=True) if r.code // 100 == 2]
         if not accepted:
             self.broken = start.code == 354  # DATA opened anyway: the session is not reused
             return [replies[address] for address in recipients]
@@ -284,8 +285,7 @@ class StoreSession:
 
 
 class StaleSession(Exception):
-    """A pooled session failed its pipelined ``RSET``: nothing of the message was sent
-    on it, so the transaction may run on a fresh session."""
+    """A pooled session failed its pipelined ``RSET``: nothing of the message was sent."""
 
 
 async def _stale_unless_reset(talk: _Conversation) -> None:
@@ -304,10 +304,9 @@ _SESSION_ERRORS = (OSError, TimeoutError, ProtocolError, ssl.SSLError)
 class StorePool:
     """Up to ``size`` sessions with one store, reused across transactions.
 
-    ``deliver`` waits for a free slot, takes an idle session (``RSET`` first) or opens
-    one, runs the transaction and gives the session back; a session that failed is
-    closed, never given back. ``opened`` counts the connections made (for tests and
-    the benchmark). ``aclose`` closes the idle sessions; call it when the stage stops.
+    ``deliver`` takes an idle session (``RSET`` first) or opens one, and gives it back
+    unless it failed (then closed). ``opened`` counts the connections made (tests, the
+    benchmark). ``aclose`` closes the idle sessions; call it when the stage stops.
     """
 
     def __init__(self, target: StoreTarget, *, size: int = DEFAULT_CONNECTIONS) -> None:
@@ -322,8 +321,7 @@ class StorePool:
     async def deliver(
         self, mail_from: str, recipients: Sequence[str], content: bytes
     ) -> list[StoreReply]:
-        """One transaction on a pooled session; ``TemporaryFailure`` as
-        ``send_over_protocol``."""
+        """One transaction on a pooled session; ``TemporaryFailure``."""
         async with self._slots:
             session = await self._take()
             try:
@@ -401,12 +399,9 @@ async def send_over_protocol(
     content: bytes,
     tls_context: ssl.SSLContext | None = None,
 ) -> list[StoreReply]:
-    """Deliver ``content`` once to ``recipients`` on a connection of its own; one
-    ``StoreReply`` per recipient (``StorePool`` reuses connections instead).
-
-    LMTP: one reply per accepted RCPT after DATA (RFC 2033 §4.2). SMTP: STARTTLS unless
-    ``host`` is loopback (``TemporaryFailure`` if not offered), the DATA reply for all.
-    ``TemporaryFailure`` for a connection problem or a refusal of the whole session."""
+    """Deliver ``content`` once to ``recipients`` on a connection of its own (module
+    docstring, "Protocols"): one ``StoreReply`` per recipient, or ``TemporaryFailure``
+    for a connection problem or a refusal of the whole session."""
     session = await StoreSession.open(StoreTarget(lmtp, host, port, helo, tls_context))
     try:
         return await session.send(mail_from, recipients, content)
@@ -447,7 +442,7 @@ async def _mail_transaction(
     for address in recipients:
         reply = await talk.command(f"RCPT TO:<{address}>")
         replies[address] = StoreReply(reply.code, reply.text)
-        if reply.code in (250, 251):
+        if reply.code // 100 == 2:  # any 2yz accepts (RFC 5321 §4.2.1): see "Protocols"
             accepted.append(address)
     if not accepted:
         return [replies[address] for address in recipients]
