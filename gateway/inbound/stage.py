@@ -42,10 +42,11 @@ trail's ``synchronous = FULL`` commits, so ``concurrency`` entries (default 16) 
 flight at once and share those commits, as in ``gateway.relay.agent_stage``;
 decryption and verification run on the loop for an ordinary message and in a worker
 thread above ``gateway.crypto_calls.INLINE_LIMIT`` (measured there), so a large one does
-not hold the other entries' I/O. Entries are independent: the order in which
-they finish is not the order they were claimed in, and nothing relies on it (each
-hand-off key depends on its own entry and recipient only). ``drain`` uses the same
-bound (``consumer.drain``).
+not hold the other entries' I/O; a verification that needs a CRL or an OCSP answer from
+the network runs again in a thread (``inbound_validator``: never a fetch on the loop).
+Entries are independent: the order in which they finish is not the order they were
+claimed in, and nothing relies on it (each hand-off key depends on its own entry and
+recipient only). ``drain`` uses the same bound (``consumer.drain``).
 
 Trust level: runs in the inbound worker (``missive worker inbound``), which loads the
 S/MIME private keys and listens on no socket. Decrypted content exists only in memory
@@ -61,7 +62,7 @@ from datetime import UTC, datetime
 
 from gateway.audit import AuditEvent, AuditSink
 from gateway.config import Config
-from gateway.crypto_calls import run_crypto
+from gateway.crypto_calls import OffLoopFetcher, run_crypto
 from gateway.inbound.mdn_queue import (
     MAX_DROPPED_LOGGED,
     MAX_DROPPED_SHOWN,
@@ -82,6 +83,7 @@ from gateway.relay.agent_stage import handoff_key
 from gateway.relay.dsn import should_send_dsn
 from gateway.relay.dsn_recipients import Action, Reason, RecipientReport
 from gateway.relay.mdn import Disposition
+from gateway.smime.fetch import HttpFetcher
 from gateway.smime.keystore import KeyStore
 from gateway.smime.types import ChainValidator
 from gateway.smime.validate import CertificateValidator
@@ -356,18 +358,26 @@ def _yes_no(value: bool) -> str:
 # -- the worker process ----------------------------------------------------------------
 
 
-async def run_inbound_worker(config: Config, stop: asyncio.Event) -> None:
-    """``missive worker inbound``: build the stage from ``config`` and run it until
-    ``stop``. ``config`` must have been loaded with ``agent_keys=True`` (private keys)."""
+def inbound_validator(config: Config) -> CertificateValidator:
+    """The inbound agent's chain validator (``[trust]``): its revocation fetches refuse
+    to run on the event loop (``OffLoopFetcher``), so a verification that needs the
+    network is run again in a thread (``gateway.crypto_calls``)."""
     from gateway.app import revocation_cache  # the composition root's path rule
 
-    validator = CertificateValidator.from_files(
+    return CertificateValidator.from_files(
         config.trust.anchors,
         config.trust.intermediates,
         config.trust.crls,
         config.trust.revocation,
         cache_dir=revocation_cache(config),
+        fetcher=OffLoopFetcher(HttpFetcher()),
     )
+
+
+async def run_inbound_worker(config: Config, stop: asyncio.Event) -> None:
+    """``missive worker inbound``: build the stage from ``config`` and run it until
+    ``stop``. ``config`` must have been loaded with ``agent_keys=True`` (private keys)."""
+    validator = inbound_validator(config)
     keystore = KeyStore.load(config.keys.dir)
     audit = AuditSink(config.audit.path)
     audit.start()

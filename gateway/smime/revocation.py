@@ -128,11 +128,11 @@ class RevocationChecker:
         unreadable) or paths (re-read when the file changes)."""
         self.settings = settings or RevocationSettings()
         self._clock = clock
-        self._fetcher = fetcher or HttpFetcher()
+        self.fetcher = fetcher or HttpFetcher()  # read-only: how revocation data is fetched
         self._static = [crl_rules.parse_crl(c) for c in crls if isinstance(c, bytes)]
         self._files = [CrlFile(c) for c in crls if isinstance(c, Path)]
         self._cache = CrlCache(
-            self._fetcher,
+            self.fetcher,
             cache_dir,
             clock,
             refresh=self.settings.crl_refresh,
@@ -307,7 +307,7 @@ class RevocationChecker:
         nonce = os.urandom(16) if self.settings.ocsp_nonce else None
         try:
             request = ocsp_rules.build_request(certificate, issuer, nonce)
-            data = self._fetcher.post(
+            data = self.fetcher.post(
                 url,
                 request,
                 content_type=OCSP_REQUEST_TYPE,

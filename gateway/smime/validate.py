@@ -147,8 +147,11 @@ class CertificateValidator:
         crls: Iterable[Path] = (),
         revocation: RevocationMode | str = RevocationMode.HARD_FAIL,
         cache_dir: Path | None = None,
+        *,
+        fetcher: Fetcher | None = None,
     ) -> CertificateValidator:
-        """Build from ``[trust]`` files; every problem is one line of a ``ConfigError``."""
+        """Build from ``[trust]`` files; every problem is one line of a ``ConfigError``.
+        ``fetcher``: how revocation data is fetched (default ``HttpFetcher``)."""
         problems: list[str] = []
         anchor_certs = _load_all(anchors, "trust anchor", problems)
         intermediate_certs = _load_all(intermediates, "intermediate", problems)
@@ -163,7 +166,7 @@ class CertificateValidator:
             problems.append(f"revocation: {error}")
         if problems:
             raise ConfigError(problems)
-        return cls(anchor_certs, intermediate_certs, crl_paths, mode, cache_dir)
+        return cls(anchor_certs, intermediate_certs, crl_paths, mode, cache_dir, fetcher=fetcher)
 
     def with_extra_anchors(self, anchors: Sequence[x509.Certificate]) -> CertificateValidator:
         """A validator that also trusts ``anchors`` (a route's own), sharing revocation
