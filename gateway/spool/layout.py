@@ -54,6 +54,7 @@ Trust level: path arithmetic and ``mkdir``; no entry content.
 
 from __future__ import annotations
 
+import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -162,8 +163,14 @@ class StageDirs:
             ensure_private_dir(self.state(state))
 
     def create_active(self, slot: int) -> None:
-        """Create the active directory of ``slot`` (0700; idempotent)."""
-        ensure_private_dir(self.active(slot))
+        """Create the active directory of ``slot`` (0700; idempotent). A symbolic link
+        in its place is refused (``NotADirectoryError``), never followed: the chmod to
+        0700 would change the link's target, and ``stage_lookup`` knows that ``active/``
+        holds no slot directory from its link count, which a link does not raise."""
+        path = self.active(slot)
+        if path.is_symlink():
+            raise NotADirectoryError(errno.ENOTDIR, "a symbolic link, not a directory", str(path))
+        ensure_private_dir(path)
 
 
 @dataclass(frozen=True, slots=True)

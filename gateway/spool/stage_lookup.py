@@ -40,7 +40,12 @@ LOCATE_PASSES = 3
 # A directory's link count is 2 plus one per subdirectory (its ".."), on the file systems
 # that count them (ext4, XFS, tmpfs). Exactly 2 there means no slot's directory, and one
 # ``lstat`` saves listing ``active/`` (measured: bench/README.md, "Fewer listings").
-# Others report 1 (btrfs) or count every entry (ZFS): anything but 2 lists, as before.
+# Others report 1 (btrfs, overlayfs for a merged directory: checked, also after a copy-up)
+# or count every entry (ZFS): anything but 2 lists, as before. A slot directory made
+# during a lookup raises the count for the next pass (``LOCATE_PASSES``). Not proof on:
+# the Linux SMB client without Unix extensions (every directory reports 2) and NFS (a
+# count from the attribute cache), both outside docs/spool.md's "local ext4 or XFS"; a
+# slot that is a symbolic link (not counted) is refused by ``StageDirs.create_active``.
 _NO_SUBDIRECTORY = 2
 
 
