@@ -54,12 +54,12 @@ Trust level: path arithmetic and ``mkdir``; no entry content.
 
 from __future__ import annotations
 
-import errno
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, get_args
 
+from gateway.errors import MissiveError
 from gateway.pki.files import ensure_private_dir
 
 State = Literal["incoming", "active", "deferred", "hold", "corrupt"]
@@ -108,6 +108,19 @@ def check_stage_name(name: str) -> str:
     raise ValueError(
         f"not a spool stage: {name!r} (expected received, inbound, local or relay/<route>)"
     )
+
+
+class UnsafeSlotDirectory(MissiveError):
+    """A symbolic link where a consumer slot's active directory belongs (exit status
+    2, as ``consumer_lock.UnsafeLockFile``): not followed, not removed; the worker
+    stops with one line."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        super().__init__(
+            f"consumer slot directory {path} is a symbolic link: not followed, not removed; "
+            "find out how it got there, remove it, then start the worker again"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,12 +177,12 @@ class StageDirs:
 
     def create_active(self, slot: int) -> None:
         """Create the active directory of ``slot`` (0700; idempotent). A symbolic link
-        in its place is refused (``NotADirectoryError``), never followed: the chmod to
+        in its place is refused (``UnsafeSlotDirectory``), never followed: the chmod to
         0700 would change the link's target, and ``stage_lookup`` knows that ``active/``
         holds no slot directory from its link count, which a link does not raise."""
         path = self.active(slot)
         if path.is_symlink():
-            raise NotADirectoryError(errno.ENOTDIR, "a symbolic link, not a directory", str(path))
+            raise UnsafeSlotDirectory(path)
         ensure_private_dir(path)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.spool.layout import STATES, StageDirs
+from gateway.spool.layout import STATES, StageDirs, UnsafeSlotDirectory
 from gateway.spool.stage_lookup import find_entry
 
 NAME = "20261129T050000-0001"
@@ -63,6 +63,6 @@ def test_a_symbolic_link_in_a_slot_s_place_is_refused_not_followed(tmp_path: Pat
     elsewhere = tmp_path / "slot-1"
     elsewhere.mkdir(mode=0o755)
     (dirs.state("active") / "1").symlink_to(elsewhere)
-    with pytest.raises(NotADirectoryError, match="symbolic link"):
+    with pytest.raises(UnsafeSlotDirectory, match="symbolic link"):
         dirs.create_active(1)
     assert stat.S_IMODE(os.lstat(elsewhere).st_mode) == 0o755  # the target untouched
