@@ -25,9 +25,15 @@ Invariants (ARCHITECTURE quality bar, "no accepted message is ever lost"):
   ``Pass.put``/``set`` write the same state to every occurrence, so the entry ends
   completed. An occurrence still pending while another one of its mailbox is already
   final (a record a former gateway left held this way) takes that final state before
-  the pass and is not served again. Keyed by exact address (the former
-  ``index_of``), the last index won and the other state stayed pending: two letters
-  or copies over two passes, and the entry held.
+  the pass and is not served again; an occurrence that is final keeps its own state
+  (session 8 review: one failed and one delivered stay so, never both failed). Keyed
+  by exact address (the former ``index_of``), the last index won and the other state
+  stayed pending: two letters or copies over two passes, and the entry held;
+- a hand-off key counts each mailbox once (session 8 review): the child lists each
+  mailbox once (``Envelope.distinct``), so its key must not depend on a repetition
+  either. An older agent handed off one message for both occurrences of a repeated
+  mailbox, keyed with both; after a stop before the entry was updated, the next pass
+  serves one occurrence and must find that child, not write a second copy.
 
 Security notes: nothing here reads a message; the ``agent.postal`` event names the
 queue id, the envelope sender and the one recipient, never a Subject nor a body.
@@ -66,9 +72,10 @@ def handoff_key(kind: str, route: str | None, addresses: Iterable[str]) -> str:
     Addresses compare as mailboxes do (RFC 5321 §2.4): the domain without case, the
     local part exactly. Two recipients whose local parts differ only by case are two
     mailboxes, each handed its own message: folding them to one key made the second
-    hand-off find the first one's child and write nothing (a silent loss).
+    hand-off find the first one's child and write nothing (a silent loss). A mailbox
+    given twice counts once, as in the child's envelope (module docstring).
     """
-    joined = "\n".join(sorted(map(mailbox_key, addresses)))
+    joined = "\n".join(sorted(set(map(mailbox_key, addresses))))
     digest = hashlib.sha256(joined.encode("utf-8")).hexdigest()[:_DIGEST_CHARS]
     return f"{kind}:{route}:{digest}" if route else f"{kind}:{digest}"
 
@@ -86,8 +93,9 @@ class Pass:
     @classmethod
     def of(cls, record: QueueRecord) -> Pass:
         """The pass over ``record``: every mailbox with all its indexes, and each
-        unfinished occurrence of a mailbox already final elsewhere settled to that
-        final state (module docstring: one mailbox, one decision)."""
+        unfinished occurrence of a mailbox already final elsewhere settled to the first
+        such final state; final states are kept (module docstring: one mailbox, one
+        decision)."""
         recipients = record.envelope.recipients
         grouped: dict[str, list[int]] = {}
         for index, recipient in enumerate(recipients):
@@ -95,9 +103,9 @@ class Pass:
         indexes_of = {key: tuple(indexes) for key, indexes in grouped.items()}
         work = cls(recipients, list(record.state.recipients), indexes_of)
         for indexes in work.indexes_of.values():
-            final = next((work.states[i] for i in indexes if work.states[i].status.final), None)
-            if final is not None:
-                work._put_all(indexes, final)
+            final = next((work.states[i] for i in indexes if work._final(i)), None)
+            if final is not None:  # the unfinished ones only: a final state is kept
+                work._put_all([i for i in indexes if not work._final(i)], final)
         return work
 
     def work_envelope(self, envelope: Envelope) -> Envelope | None:
