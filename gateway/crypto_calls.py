@@ -94,6 +94,11 @@ class OffLoopFetcher:
         _refuse_on_a_loop()
         return self.inner.post(url, body, content_type=content_type, max_bytes=max_bytes)
 
+    def may_wait(self) -> None:
+        """Waiting for another thread's fetch (``gateway.smime.crlstore``) would hold
+        the loop as long as the fetch: refused there too."""
+        _refuse_on_a_loop()
+
 
 def _refuse_on_a_loop() -> None:
     try:

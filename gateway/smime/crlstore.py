@@ -113,18 +113,30 @@ class CrlCache:
         self._failures: dict[str, tuple[datetime, str]] = {}
 
     def get(self, url: str, accept: Accept) -> tuple[CachedCrl | None, str]:
-        """The CRL to use for ``url`` (maybe refreshed now) and the last problem ("")."""
-        with self._url_lock(url):
-            now = self._clock()
-            entry = self._entries.get(url) or self._load_from_disk(url, accept)
-            if entry is not None and accept(entry.parsed) is not None:
-                entry = None  # cached for another issuer key (e.g. CA re-keyed): ignore
-            if not self._is_due(entry, now):
-                return entry, ""
-            failure = self._failures.get(url)
-            if failure is not None and now < failure[0] + self._retry_after:
-                return entry, failure[1]  # a recent fetch failed: do not hammer the server
-            return self._refresh_entry(url, entry, accept, now)
+        """The CRL to use for ``url`` (maybe refreshed now) and the last problem ("").
+        While another thread holds ``url``'s lock (it may be fetching), the fetcher is
+        asked first whether this thread may wait (``Fetcher.may_wait``: an event loop's
+        thread may not, ``gateway.crypto_calls``)."""
+        lock = self._url_lock(url)
+        if not lock.acquire(blocking=False):
+            self._fetcher.may_wait()
+            lock.acquire()
+        try:
+            return self._get_locked(url, accept)
+        finally:
+            lock.release()
+
+    def _get_locked(self, url: str, accept: Accept) -> tuple[CachedCrl | None, str]:
+        now = self._clock()
+        entry = self._entries.get(url) or self._load_from_disk(url, accept)
+        if entry is not None and accept(entry.parsed) is not None:
+            entry = None  # cached for another issuer key (e.g. CA re-keyed): ignore
+        if not self._is_due(entry, now):
+            return entry, ""
+        failure = self._failures.get(url)
+        if failure is not None and now < failure[0] + self._retry_after:
+            return entry, failure[1]  # a recent fetch failed: do not hammer the server
+        return self._refresh_entry(url, entry, accept, now)
 
     def _url_lock(self, url: str) -> threading.Lock:
         with self._lock:

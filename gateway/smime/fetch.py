@@ -51,6 +51,10 @@ class Fetcher(Protocol):
 
     def post(self, url: str, body: bytes, *, content_type: str, max_bytes: int) -> bytes: ...
 
+    def may_wait(self) -> None:
+        """Called before this thread waits for another thread's fetch of the same
+        resource; a fetcher whose caller must not block raises instead."""
+
 
 def require_http(url: str) -> None:
     """Raise ``UnsupportedUrl`` unless ``url`` is an ``http://`` URL with a host."""
@@ -89,6 +93,9 @@ class HttpFetcher:
 
     def get(self, url: str, *, max_bytes: int) -> bytes:
         return self._request(url, None, {}, max_bytes)
+
+    def may_wait(self) -> None:
+        """Any thread may wait for another one's fetch."""
 
     def post(self, url: str, body: bytes, *, content_type: str, max_bytes: int) -> bytes:
         return self._request(url, body, {"Content-Type": content_type}, max_bytes)
