@@ -31,6 +31,13 @@ Protocol (RFC 5321 unless noted):
   The group is not drained before its replies are read, so a long RCPT list cannot
   deadlock against a peer that blocks writing replies (§3.1). A peer without PIPELINING
   gets one command and waits for its reply (lock-step), as RFC 5321 requires;
+- one RCPT per mailbox (decision, session 8): a record written by an older gateway may
+  list one mailbox twice, in one spelling or two (``bob@b.test``, ``bob@B.TEST``); the
+  session sends the first occurrence only (``Envelope.distinct``, whose ``mailbox_key``
+  compares the local part exactly and the domain without case, RFC 5321 §2.4) and gives
+  its outcome to every occurrence, so the peer never gets two RCPTs for one mailbox
+  (two copies, or a "duplicate recipient" refusal taken for one of them), as
+  ``gateway.inbound.store_client`` does;
 - DATA: the content is streamed through ``smtp_data.DotStuffer`` (CRLF line ends,
   dot-stuffing, §4.5.2); the final ``.CRLF`` goes in the same write as the last block,
   so a message read whole goes out in one write;
@@ -75,7 +82,7 @@ from gateway.relay.tlsclient import (
     handshake_facts,
     server_name_indication,
 )
-from gateway.spool.model import Envelope
+from gateway.spool.model import Envelope, mailbox_key
 from gateway.streams import has_unread
 
 MAX_LINE = 8192  # RFC 5321 §4.5.3.1.5 says 512 for replies; be tolerant, stay bounded
@@ -296,22 +303,23 @@ class SmtpSession:
             return {r.address: outcome for r in envelope.recipients}
         outcomes: dict[str, Outcome] = {}
         accepted: list[str] = []
-        for recipient in envelope.recipients:
+        for recipient in envelope.distinct().recipients:
             reply = await self.command(rcpt_command(recipient, dsn))
             outcomes[recipient.address] = self._rcpt_outcome(reply)
             if reply.code in RCPT_ACCEPTED:
                 accepted.append(recipient.address)
         if not accepted:
             await self._reset_after_refusal()
-            return outcomes
+            return for_every_occurrence(envelope, outcomes)
         reply = await self.command("DATA", self._timeouts.data_init)
-        return self._final(outcomes, accepted, await self._data_outcome(reply, content))
+        outcome = await self._data_outcome(reply, content)
+        return for_every_occurrence(envelope, self._final(outcomes, accepted, outcome))
 
     async def _pipelined(
         self, envelope: Envelope, mail: str, dsn: bool, content: ContentSource
     ) -> dict[str, Outcome]:
         """RFC 2920 §3.1: [RSET,] MAIL, RCPT..., DATA in one write, then every reply."""
-        recipients = envelope.recipients
+        recipients = envelope.distinct().recipients
         group = [mail, *(rcpt_command(r, dsn) for r in recipients), "DATA"]
         if self._reset_pending:
             self._reset_pending = False
@@ -332,7 +340,7 @@ class SmtpSession:
         if mail_reply.code != 250:
             await self._abandon_data(data_reply)
             outcome = self._not_accepted(mail_reply, "MAIL")
-            return {r.address: outcome for r in recipients}
+            return {r.address: outcome for r in envelope.recipients}
         outcomes = {
             r.address: self._rcpt_outcome(reply)
             for r, reply in zip(recipients, rcpt_replies, strict=True)
@@ -344,8 +352,9 @@ class SmtpSession:
         ]
         if not accepted:
             await self._abandon_data(data_reply)
-            return outcomes
-        return self._final(outcomes, accepted, await self._data_outcome(data_reply, content))
+            return for_every_occurrence(envelope, outcomes)
+        outcome = await self._data_outcome(data_reply, content)
+        return for_every_occurrence(envelope, self._final(outcomes, accepted, outcome))
 
     async def _send_group(self, commands: list[str]) -> None:
         """Write a pipelined group; with an RSET in front, read its reply first and turn
@@ -474,6 +483,13 @@ class SmtpSession:
 def _extend(deadline: asyncio.Timeout, seconds: float) -> None:
     """Give the next reply of a group its own timeout (RFC 5321 §4.5.3.2: per command)."""
     deadline.reschedule(asyncio.get_running_loop().time() + seconds)
+
+
+def for_every_occurrence(envelope: Envelope, sent: dict[str, Outcome]) -> dict[str, Outcome]:
+    """The outcomes of the RCPTs sent (keyed by the spelling sent), given to every
+    spelling the envelope lists of the same mailbox."""
+    by_mailbox = {mailbox_key(address): outcome for address, outcome in sent.items()}
+    return {r.address: by_mailbox[mailbox_key(r.address)] for r in envelope.recipients}
 
 
 def describe_error(error: BaseException) -> str:

@@ -22,6 +22,19 @@ Decisions (stricter than RFC 5321 where a gateway for health data can afford it)
   (RFC 6531), RET and ENVID (RFC 3461), AUTH (RFC 4954 §5). RCPT: NOTIFY and ORCPT
   (RFC 3461). A repeated or unknown keyword: 501 / 555.
 
+Duplicate recipients (decision, session 8): two RCPTs name one mailbox when
+``same_mailbox`` says so, which is ``gateway.spool.model.mailbox_key`` - local part
+exact, domain lower-cased with ``str.lower`` (RFC 5321 §2.4) - so the front, the spool,
+the secure agent and the relay's client follow one rule. ``Address`` lower-cases its
+domain with the same ``str.lower``, which is idempotent on every code point (checked
+over all of Unicode in the tests), so the rule and ``Address`` equality agree on every
+address this parser accepts, an internationalized domain (RFC 6531) included. The rule
+is deliberately narrow for such a domain: it does not map a U-label to its A-label
+(``bücher.test`` and ``xn--bcher-kva.test`` stay two keys) nor case-fold ``ß`` to
+``ss``. Python's ``idna`` codec is IDNA2003, which maps ``faß.test`` to ``fass.test``,
+two distinct domains under IDNA2008 (RFC 5891, 5892); merging them would drop a
+recipient, while a merge missed costs at most a second copy to one mailbox.
+
 Trust level: pure functions over text from the network; no I/O.
 """
 
@@ -33,6 +46,7 @@ from dataclasses import dataclass
 from gateway.smtp import replies as r
 from gateway.smtp.replies import Reply, SmtpReply
 from gateway.spool import MailParams, Recipient
+from gateway.spool.model import mailbox_key
 
 MAX_LOCAL_PART = 64  # RFC 5321 §4.5.3.1.1
 MAX_DOMAIN = 255  # RFC 5321 §4.5.3.1.2
@@ -110,6 +124,12 @@ def parse_rcpt(arg: str, *, smtputf8: bool, postmaster_domain: str | None = None
 
 def to_recipient(command: RcptCommand) -> Recipient:
     return Recipient(str(command.recipient), notify=command.notify, orcpt=command.orcpt)
+
+
+def same_mailbox(first: RcptCommand, second: RcptCommand) -> bool:
+    """Whether two RCPTs name one mailbox: the spool's rule, ``mailbox_key`` (module
+    docstring, "Duplicate recipients"), the one copy every stage uses."""
+    return mailbox_key(str(first.recipient)) == mailbox_key(str(second.recipient))
 
 
 # -- the path ----------------------------------------------------------------------------

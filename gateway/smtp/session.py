@@ -54,7 +54,13 @@ from aiosmtpd.smtp import SMTP, AuthResult
 
 from gateway.log import get_logger
 from gateway.smtp import replies as r
-from gateway.smtp.envelope import MailCommand, RcptCommand, parse_mail, parse_rcpt
+from gateway.smtp.envelope import (
+    MailCommand,
+    RcptCommand,
+    parse_mail,
+    parse_rcpt,
+    same_mailbox,
+)
 from gateway.smtp.policy import ClientFacts
 from gateway.smtp.replies import Reply, SmtpReply, reply_for, reply_line
 from gateway.smtp.session_data import DataStage, read_block
@@ -372,7 +378,7 @@ class MissiveSMTP(IdentityStage, DataStage):
             postmaster_domain=self.settings.postmaster_domain,
         )
         self.settings.policy.check_rcpt(self._client_facts, command.recipient, len(self._rcpts))
-        if all(earlier.recipient != command.recipient for earlier in self._rcpts):
+        if not any(same_mailbox(earlier, command) for earlier in self._rcpts):
             self._rcpts.append(command)  # a repeated RCPT is accepted once (no 2nd copy)
         return r.RECIPIENT_OK
 

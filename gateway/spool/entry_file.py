@@ -22,7 +22,19 @@ message that never reached ``FLUSH_SIZE`` is written at ``write_end`` with one
 ``write``, preamble first, into an unnamed file (``UnnamedTempFile``) that gets its only
 name when published.
 
-Trust level: sees the content it writes; logs nothing (its drivers log sizes and ids).
+Each mailbox once (decision, session 8): the envelope an ``EntryFile`` writes is fixed
+when it is built, and built here only: ``__init__`` keeps ``envelope.distinct()`` (the
+first RCPT of each mailbox, ``gateway.spool.model.mailbox_key``: RFC 5321 §2.4, §3.3)
+and logs ``spool.rcpt_merged`` with the count dropped. So both drivers - the
+``WriterSide`` of a queue (``add``, ``open_writer``, ``hand_off``: every stage and tool)
+and the front's scribe, which builds its entries from the ``OPEN`` frames of another
+process - write each mailbox once, and a future driver cannot forget it. A record
+listing one mailbox twice can now only be one written by an older gateway; the stages
+that read records still handle it (``gateway.relay.agent_pass.Pass``, the relay's and
+the local delivery's SMTP clients: one RCPT per mailbox).
+
+Trust level: sees the content it writes; logs ``spool.rcpt_merged`` (queue id, stage,
+count) and nothing else (its drivers log sizes and ids).
 """
 
 from __future__ import annotations
@@ -35,6 +47,7 @@ from datetime import datetime
 from pathlib import Path
 
 from gateway.audit.event import AuditEvent
+from gateway.log import get_logger
 from gateway.spool.atomic import TempFile, UnnamedTempFile, as_spool_error
 from gateway.spool.errors import MessageTooLarge, SpoolError, SpoolWriteError
 from gateway.spool.events import added_details, entry_event
@@ -44,6 +57,8 @@ from gateway.spool.model import Envelope, Origin, QueueRecord, initial_state
 from gateway.spool.record import PREAMBLE_SIZE, Preamble, encode_record, encode_trailer
 
 FLUSH_SIZE = 256 * 1024
+
+_log = get_logger("spool")
 
 
 class EntryFile:
@@ -65,7 +80,7 @@ class EntryFile:
     ) -> None:
         self.dirs = dirs
         self.queue_id = queue_id
-        self.envelope = envelope
+        self.envelope = each_mailbox_once(envelope, queue_id, dirs.name)
         self.origin = origin
         self._received = received
         self._parent = parent
@@ -222,6 +237,16 @@ class EntryFile:
             outcome=kind,
             details=details,
         )
+
+
+def each_mailbox_once(envelope: Envelope, queue_id: QueueId, stage: str) -> Envelope:
+    """``envelope.distinct()``, with ``spool.rcpt_merged`` logged when it dropped a RCPT
+    (module docstring, "Each mailbox once")."""
+    distinct = envelope.distinct()
+    if distinct is not envelope:
+        dropped = len(envelope.recipients) - len(distinct.recipients)
+        _log.info("spool.rcpt_merged", queue_id=queue_id, stage=stage, dropped=dropped)
+    return distinct
 
 
 @functools.lru_cache(maxsize=256)

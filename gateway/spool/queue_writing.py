@@ -21,12 +21,14 @@ Invariants:
   stage's output is bounded by its input).
 - **Each mailbox once.** Every entry written here (``add``, ``open_writer``,
   ``hand_off``: the IMAP fetcher, DSN and MDN producers, the agent's hand-offs, tools)
-  lists each recipient mailbox once: ``Envelope.distinct`` keeps the first occurrence
-  (``gateway.spool.model``: the front's rule, RFC 5321 §3.3), and ``spool.rcpt_merged``
-  is logged with the count dropped. One place for every producer, so no later stage
-  can receive a new entry naming one mailbox twice (two copies, two letters, states
-  never updated). Old records on disk may still hold duplicates: see ``Pass`` in
-  ``gateway.relay.agent_pass``.
+  lists each recipient mailbox once: ``EntryFile`` keeps ``Envelope.distinct`` (the
+  first occurrence, ``gateway.spool.model``: the front's rule, RFC 5321 §3.3) and logs
+  ``spool.rcpt_merged`` with the count dropped. It moved there from ``_writer``
+  (session 8) so that the front's scribe, which builds ``EntryFile``s without this
+  module, keeps it too: one place for every producer and both drivers, so no later
+  stage can receive a new entry naming one mailbox twice (two copies, two letters,
+  states never updated). Old records on disk may still hold duplicates: see ``Pass``
+  in ``gateway.relay.agent_pass``.
 
 Trust level: any gateway process that owns a stage; writes content it is given, never
 reads it back.
@@ -99,14 +101,10 @@ class WriterSide(QueueCore):
         parent_stage: str | None = None,
         key: str | None = None,
     ) -> EntryWriter:
-        distinct = envelope.distinct()
-        if distinct is not envelope:
-            dropped = len(envelope.recipients) - len(distinct.recipients)
-            _log.info("spool.rcpt_merged", queue_id=queue_id, dropped=dropped)
-        entry = EntryFile(
+        entry = EntryFile(  # keeps each mailbox once (entry_file: "Each mailbox once")
             self.dirs,
             queue_id=queue_id,
-            envelope=distinct,
+            envelope=envelope,
             origin=origin,
             received=received,
             parent=parent,

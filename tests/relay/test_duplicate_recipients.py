@@ -64,6 +64,7 @@ async def add_as_an_old_gateway(site: Site, *addresses: str) -> str:
         received=now,
         limit=None,
     )
+    entry.envelope = envelope  # EntryFile merges since session 8: the old record as listed
     writer = EntryWriter(queue._runtime, entry)  # the old writer: no merge
     async with writer:
         await writer.write(message(*addresses))
