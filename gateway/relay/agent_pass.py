@@ -27,7 +27,7 @@ Invariants (ARCHITECTURE quality bar, "no accepted message is ever lost"):
   final (a record a former gateway left held this way) takes that final state before
   the pass and is not served again; an occurrence that is final keeps its own state
   (session 8 review: one failed and one delivered stay so, never both failed). Keyed
-  by exact address (the former ``index_of``), the last index won and the other state
+  by exact address (the former ``index_of``), one index won and the other state
   stayed pending: two letters or copies over two passes, and the entry held;
 - a hand-off key counts each mailbox once (session 8 review): the child lists each
   mailbox once (``Envelope.distinct``), so its key must not depend on a repetition
