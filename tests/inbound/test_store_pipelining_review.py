@@ -13,21 +13,17 @@ import asyncio
 import contextlib
 import ssl
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 
 from gateway.inbound import store_client
 from gateway.inbound.store_client import StorePool, StoreSession, StoreTarget, TemporaryFailure
+from gateway.pki.dev import DevPki
 from gateway.relay.smtp_reply import ReplyParser
 from tests.inbound.site import ALICE, BRUNO, CLAIRE, numbered
 from tests.inbound.test_store_pipelining import Store, pool_on
+from tests.peers.fixtures import tls_files
 
 
 @pytest.fixture(autouse=True)
@@ -228,43 +224,24 @@ async def test_a_reply_too_many_before_the_message_is_a_protocol_error() -> None
     assert b"Dupont" not in b"".join(received)
 
 
-def self_signed(tmp_path: Path) -> tuple[ssl.SSLContext, ssl.SSLContext]:
-    """A server context for ``store.test`` and a client context trusting only it."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "store.test")])
-    now = datetime.now(UTC)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - timedelta(hours=1))
-        .not_valid_after(now + timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName("store.test")]), False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
-        .sign(key, hashes.SHA256())
-    )
-    (tmp_path / "cert.pem").write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
-    (tmp_path / "key.pem").write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
+STORE_HOST = "hospital.chu-a.test"  # a server of the dev PKI (``PEER_SERVERS``)
+
+
+def store_contexts(pki: DevPki) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A server context for ``STORE_HOST`` (leaf and chain of the dev PKI) and a client
+    context trusting the dev PKI's CAs only."""
+    files = tls_files(pki, STORE_HOST)
     server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
-    client = ssl.create_default_context(cafile=str(tmp_path / "cert.pem"))
-    return server, client
+    server.load_cert_chain(files.cert, files.key)
+    return server, ssl.create_default_context(cafile=str(files.ca))
 
 
 @pytest.mark.parametrize(("before", "after"), [(True, False), (False, True)])
 async def test_pipelining_is_decided_by_the_ehlo_after_starttls(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, before: bool, after: bool
+    dev_pki: DevPki, monkeypatch: pytest.MonkeyPatch, before: bool, after: bool
 ) -> None:
     """Found nothing: RFC 3207 §4.2, what the clear-text EHLO said is forgotten."""
-    server_context, client_context = self_signed(tmp_path)
+    server_context, client_context = store_contexts(dev_pki)
     monkeypatch.setattr(store_client, "is_loopback", lambda host: False)
 
     async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -290,11 +267,11 @@ async def test_pipelining_is_decided_by_the_ehlo_after_starttls(
     async def to_loopback(
         host: str, port: int, **options: Any
     ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-        return await real_open("127.0.0.1", port, **options)  # "store.test" is here
+        return await real_open("127.0.0.1", port, **options)  # STORE_HOST is here
 
     monkeypatch.setattr(asyncio, "open_connection", to_loopback)
     try:
-        target = StoreTarget(False, "store.test", port, "mx.chu-a.test", client_context)
+        target = StoreTarget(False, STORE_HOST, port, "mx.chu-a.test", client_context)
         opened = await StoreSession.open(target)
         await opened.close()
     finally:

@@ -17,17 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.spool.layout import STATES, StageDirs, UnsafeSlotDirectory
+from gateway.spool.layout import UnsafeSlotDirectory
 from gateway.spool.stage_lookup import find_entry
-
-NAME = "20261129T050000-0001"
-
-
-def stage(tmp_path: Path) -> StageDirs:
-    dirs = StageDirs("relay", tmp_path / "relay")
-    for state in STATES:
-        dirs.state(state).mkdir(parents=True)
-    return dirs
+from tests.spool.test_stage_lookup_links import NAME, stage
 
 
 def test_a_slot_directory_made_during_a_lookup_is_seen_by_the_next_pass(
