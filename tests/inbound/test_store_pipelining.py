@@ -21,6 +21,7 @@ import pytest
 from gateway.inbound import store_client
 from gateway.inbound.store_client import StorePool, StoreTarget
 from tests.inbound.site import ALICE, BRUNO, CLAIRE, numbered
+from tests.inbound.test_delivery_hunt import Handler, serving
 
 
 @dataclass
@@ -41,15 +42,11 @@ class Store:
     stored: list[tuple[list[str], bytes]] = field(default_factory=list)
 
     async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        """One connection (``serving`` closes what is left open when the test ends)."""
         self.connections += 1
-        try:
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
             await self._converse(reader, writer)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            writer.close()
-            with contextlib.suppress(ConnectionError):
-                await writer.wait_closed()
+        writer.close()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 scripted LMTP\r\n")
@@ -102,16 +99,16 @@ class Store:
 
 
 @contextlib.asynccontextmanager
-async def pool_on(store: Store) -> AsyncIterator[StorePool]:
-    server = await asyncio.start_server(store.session, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    pool = StorePool(StoreTarget(True, "127.0.0.1", port, "mx.chu-a.test"), size=1)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
-        server.close()
-        await server.wait_closed()
+async def pool_on(store: Handler | Store) -> AsyncIterator[StorePool]:
+    """A one-session ``StorePool`` on ``store`` (a ``Store`` or any session handler)
+    listening on loopback, closed on the way out."""
+    handler = store.session if isinstance(store, Store) else store
+    async with serving(handler) as port:
+        pool = StorePool(StoreTarget(True, "127.0.0.1", port, "mx.chu-a.test"), size=1)
+        try:
+            yield pool
+        finally:
+            await pool.aclose()
 
 
 @pytest.fixture(autouse=True)

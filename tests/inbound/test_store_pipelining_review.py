@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,6 +21,7 @@ from gateway.inbound.store_client import StorePool, StoreSession, StoreTarget, T
 from gateway.pki.dev import DevPki
 from gateway.relay.smtp_reply import ReplyParser
 from tests.inbound.site import ALICE, BRUNO, CLAIRE, numbered
+from tests.inbound.test_delivery_hunt import lmtp_send, serving
 from tests.inbound.test_store_pipelining import Store, pool_on
 from tests.peers.fixtures import tls_files
 
@@ -99,17 +99,8 @@ class Silent:
             writer.write(b"250 2.0.0 OK\r\n")
 
 
-@contextlib.asynccontextmanager
-async def silent_pool(store: Silent) -> AsyncIterator[StorePool]:
-    server = await asyncio.start_server(store.session, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    pool = StorePool(StoreTarget(True, "127.0.0.1", port, "mx.chu-a.test"), size=1)
-    try:
-        yield pool
-    finally:
-        await pool.aclose()
-        server.close()
-        await server.wait_closed()
+def silent_pool(store: Silent) -> contextlib.AbstractAsyncContextManager[StorePool]:
+    return pool_on(store.session)
 
 
 async def cancelled(task: asyncio.Task[object]) -> None:
@@ -171,22 +162,9 @@ async def test_a_421_inside_the_group_defers_and_stores_nothing() -> None:
         await writer.drain()
         writer.close()
 
-    server = await asyncio.start_server(session, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(session) as port:
         with pytest.raises(TemporaryFailure):
-            await store_client.send_over_protocol(
-                lmtp=True,
-                host="127.0.0.1",
-                port=port,
-                helo="mx.chu-a.test",
-                mail_from=CLAIRE,
-                recipients=[ALICE],
-                content=numbered(1),
-            )
-    finally:
-        server.close()
-        await server.wait_closed()
+            await lmtp_send(port, [ALICE], numbered(1))
 
 
 async def test_a_reply_too_many_before_the_message_is_a_protocol_error() -> None:
@@ -205,22 +183,9 @@ async def test_a_reply_too_many_before_the_message_is_a_protocol_error() -> None
         received.append(await reader.read(65536))
         writer.close()
 
-    server = await asyncio.start_server(session, "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
-    try:
+    async with serving(session) as port:
         with pytest.raises(TemporaryFailure):
-            await store_client.send_over_protocol(
-                lmtp=True,
-                host="127.0.0.1",
-                port=port,
-                helo="mx.chu-a.test",
-                mail_from=CLAIRE,
-                recipients=[ALICE],
-                content=numbered(1),
-            )
-    finally:
-        server.close()
-        await server.wait_closed()
+            await lmtp_send(port, [ALICE], numbered(1))
     assert b"Dupont" not in b"".join(received)
 
 
