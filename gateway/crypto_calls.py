@@ -31,7 +31,8 @@ HTTP on a cache miss (``gateway.smime.revocation``: blocking, and its DNS look-u
 even bounded by the socket timeout). A validator whose revocation fetches go through
 ``OffLoopFetcher`` refuses to fetch on a thread that runs an event loop: it raises
 ``NetworkOnTheLoop`` before any byte is sent, ``run_crypto`` catches it and runs the
-whole call again in a thread, where the fetch may block. The inline attempt is thrown
+whole call again in a thread, where the fetch may block; the same when the call would
+wait for another thread's fetch of that CRL (``may_wait``). The inline attempt is thrown
 away, so ``function`` must have no effect before it fetches (the inbound agent's
 ``process_inbound`` has none: it returns a verdict and changes only caches). That costs
 one wasted attempt on a cache miss (CRLs are kept for ``crl_refresh``, an hour by
