@@ -39,7 +39,11 @@ Figures, all from the same run:
   Linux only and approximate). Their sum against 2 cores bounds what the machine can
   do whatever the waits. Inbound agent 0's share is also printed by thread (event
   loop, decrypt + verify threads, spool I/O threads, audit writer; user+system, from
-  ``/proc/self/task``; clock ticks of 10 ms, so meaningless with ``--smoke``).
+  ``/proc/self/task``; clock ticks of 10 ms, so meaningless with ``--smoke``);
+- **machine during the end-to-end run**: cores busy in all (every process and kernel
+  thread, from ``/proc/stat``), and the time the host stole from this VM. Busy close to
+  the core count says the run was bound by CPU, so only less CPU per message helps;
+  the gap to the processes' sum is the kernel's own threads (journal, loopback).
 
 ``--smoke`` runs a few dozen messages (about 10 s in all) so CI proves the benchmark
 runs; its numbers mean nothing. Loopback only; Dovecot, the delivery process and the
@@ -274,6 +278,24 @@ def process_cpu(pid: str, *, reaped: bool = False) -> float:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def machine_ticks() -> list[int]:
+    """The first line of ``/proc/stat``: clock ticks of all cores in user, nice,
+    system, idle, iowait, irq, softirq and steal."""
+    return [int(f) for f in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+
+
+def machine_busy(before: list[int], after: list[int], seconds: float) -> str:
+    """Cores busy meanwhile (every process and kernel thread), and where."""
+    tick = os.sysconf("SC_CLK_TCK")
+    used = [(b - a) / tick / seconds for a, b in zip(before, after, strict=True)]
+    user, nice, system, _, _, irq, softirq, steal = used
+    return (
+        f"{user + nice + system + irq + softirq:.2f} of {os.cpu_count()} cores busy"
+        f" (user {user + nice:.2f}, system {system:.2f}, irq {irq + softirq:.2f});"
+        f" stolen by the host {steal:.2f}"
+    )
+
+
 def dovecot_cpu(instance: str) -> float:
     """CPU seconds of the Dovecot instance's processes (titles carry ``instance``)."""
     total = 0.0
@@ -427,6 +449,7 @@ def measure(work: Path, count: int, size: int, agents: int | None) -> dict[str, 
             agent.start()
         time.sleep(1.0 + 0.5 * agents)  # the other processes import before the clock starts
         dovecot_before = dovecot_cpu(dovecot.instance_name)
+        machine_before = machine_ticks()
         started = time.monotonic()
         go.set()
         results = [asyncio.run(run_inbound(config, files))]
@@ -439,6 +462,7 @@ def measure(work: Path, count: int, size: int, agents: int | None) -> dict[str, 
             flush=True,
         )
         delivered_end, connections, delivery_cpu = done.get(timeout=600)
+        machine = machine_busy(machine_before, machine_ticks(), time.monotonic() - started)
         dovecot_used = dovecot_cpu(dovecot.instance_name) - dovecot_before
         process.join(timeout=60)
         end_to_end = count / (delivered_end - started)
@@ -463,6 +487,7 @@ def measure(work: Path, count: int, size: int, agents: int | None) -> dict[str, 
             ),
             flush=True,
         )
+        print(f"machine during the end-to-end run: {machine}", flush=True)
         return {
             "end to end (decrypt + verify + LMTP)": end_to_end,
             "inbound stage alone (decrypt + verify + spool)": count / (inbound_end - started),
