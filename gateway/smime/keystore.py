@@ -27,6 +27,12 @@ Decisions:
   RecipientIdentifier (issuerAndSerialNumber or subjectKeyIdentifier, RFC 5652 §6.2.1)
   picks among them (``decrypt`` matches them; ``keys_for_recipient`` does it here for
   callers that want the one key). Expired keys still decrypt; they never sign.
+- The store is immutable once loaded, so it indexes its keys by mailbox (local part,
+  domain in lower case: the RFC 8550 §3 comparison of ``addresses_match``) and builds
+  each address's ``DecryptionKey`` list once (each one checks that the key matches its
+  certificate, a public-key comparison the inbound agent used to repeat for every
+  message). Only mailboxes that have keys are cached: the recipients of received mail
+  are chosen by strangers and must not grow the cache.
 - A problem with one file (bad name, group-readable, no key, key not matching its
   certificate, unreadable) is reported with the file name, one line each; ``load``
   raises ``KeyStoreError`` with every line, ``scan`` returns them next to what loaded.
@@ -50,7 +56,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from gateway.config import material
 from gateway.errors import MissiveError
-from gateway.smime.certnames import addresses_match, san_addresses
+from gateway.smime.certnames import addresses_match, san_addresses, split_address
 from gateway.smime.recipient_infos import DecryptionKey
 from gateway.smime.types import ChainValidator, Purpose, ValidationResult
 
@@ -163,6 +169,12 @@ class KeyStore:
     def __init__(self, directory: Path, keys: Sequence[StoredKey] = ()) -> None:
         self.directory = directory
         self.keys: tuple[StoredKey, ...] = tuple(newest_first(keys))
+        self._by_mailbox: dict[tuple[str, str], list[StoredKey]] = {}
+        for key in self.keys:  # newest first in each list too
+            mailbox = split_address(key.address)
+            if mailbox is not None:
+                self._by_mailbox.setdefault(mailbox, []).append(key)
+        self._decryption: dict[tuple[str, str] | None, tuple[DecryptionKey, ...]] = {}
 
     @classmethod
     def scan(cls, directory: Path) -> tuple[KeyStore, list[str]]:
@@ -194,17 +206,26 @@ class KeyStore:
 
     def keys_of(self, address: str, purpose: KeyPurpose | None = None) -> list[StoredKey]:
         """The keys of ``address`` (RFC 8550 §3 comparison), newest first."""
-        return [
-            key
-            for key in self.keys
-            if addresses_match(key.address, address) and purpose in (None, key.purpose)
-        ]
+        mailbox = split_address(address)
+        found = self._by_mailbox.get(mailbox, []) if mailbox is not None else []
+        return [key for key in found if purpose in (None, key.purpose)]
 
     def decryption_keys(self, address: str | None = None) -> list[DecryptionKey]:
         """Every encryption key of ``address`` (or of the whole store), current and
-        older, newest first: the message's RecipientIdentifier picks the right one."""
-        chosen = self.keys if address is None else self.keys_of(address)
-        return [key.decryption_key() for key in chosen if key.purpose == "enc"]
+        older, newest first: the message's RecipientIdentifier picks the right one.
+        Built once per mailbox that has keys (module docstring)."""
+        mailbox = None  # None: the whole store
+        if address is not None:
+            mailbox = split_address(address)
+            if mailbox is None:
+                return []  # not an address: no key matches it (addresses_match)
+        cached = self._decryption.get(mailbox)
+        if cached is None:
+            chosen = self.keys if mailbox is None else self._by_mailbox.get(mailbox, [])
+            cached = tuple(key.decryption_key() for key in chosen if key.purpose == "enc")
+            if cached:
+                self._decryption[mailbox] = cached
+        return list(cached)
 
     def keys_for_recipient(
         self,

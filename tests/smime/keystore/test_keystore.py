@@ -117,3 +117,25 @@ def test_no_valid_key_says_why_for_each(ks_pki: DevPki, tmp_path: Path) -> None:
 def test_missing_directory_is_an_empty_store(tmp_path: Path) -> None:
     store = KeyStore.load(tmp_path / "absent")
     assert store.keys == () and store.decryption_keys() == []
+
+
+def test_keys_are_found_by_mailbox_and_cached_only_for_mailboxes_with_keys(
+    ks_pki: DevPki, tmp_path: Path
+) -> None:
+    """The mailbox index compares as ``addresses_match`` does (domain in any case, local
+    part exact); the decryption keys of a mailbox are built once, while addresses
+    without keys (chosen by strangers) and non-addresses leave no cache entry."""
+    keys = tmp_path / "keys"
+    store = _store_with(ks_pki, keys, ks_pki.user_cert(ALICE, "enc"))
+    local, domain = ALICE.split("@")
+    assert [k.address for k in store.keys_of(f"{local}@{domain.upper()}.")] == [ALICE]
+    assert store.keys_of(f"{local.upper()}@{domain}") == []
+    assert store.keys_of("not an address") == [] and store.decryption_keys("nobody") == []
+    first = store.decryption_keys(f"{local}@{domain.upper()}")
+    again = store.decryption_keys(ALICE)
+    assert len(first) == 1 and first[0] is again[0]  # built once, then reused
+    assert store.decryption_keys(f"{local.upper()}@{domain}") == []
+    for stranger in (f"x{n}@{domain}" for n in range(50)):
+        assert store.decryption_keys(stranger) == []
+    assert len(store.decryption_keys()) == 1
+    assert len(store._decryption) == 2  # Alice's mailbox and the whole store only
