@@ -25,6 +25,11 @@ with their own key and never one opened with the other's.
   (``queue_mdn``). That part (to whom, what is dropped and audited, why in clear) moved
   to ``gateway.inbound.mdn_queue`` with its docstring (session 7 split, a pure move);
   this module re-exports its public names;
+- a record written by an older gateway may list one mailbox twice (new entries list
+  each once: ``spool.model.mailbox_key``): one occurrence decides for the mailbox, an
+  occurrence already final if there is one (never a second copy), else the first; it
+  alone is opened, audited, handed off and reported, and every other occurrence takes
+  its state, as the secure agent does (``gateway.relay.agent_pass``);
 - one ``inbound.processed`` audit event per recipient: decision, key serial, signer
   and its validity, cipher, key transport, where the headers came from. The precise
   cause of a failure (``AuditFacts.failure_detail``) goes to the local log only.
@@ -100,6 +105,7 @@ from gateway.spool import (
     Spool,
     consumer,
 )
+from gateway.spool.model import mailbox_key
 from gateway.spool.queue import READ_AHEAD
 
 log = get_logger("inbound.stage")
@@ -221,7 +227,10 @@ class InboundStage:
         handoffs: list[str] = []
         mdns: list[str] = []
         held: list[RecipientReport] = []
+        deciding = _deciding_occurrences(record.envelope, states)
         for index in record.unfinished:
+            if deciding[index] != index:
+                continue  # another RCPT of the same mailbox decides: its state, below
             recipient = record.envelope.recipients[index]
             result = await run_crypto(len(content), self._open_for, content, recipient.address)
             await self.audit.record(_processed_event(entry, result))
@@ -260,6 +269,8 @@ class InboundStage:
             )
             if mdn is not None:
                 mdns.append(mdn)
+        for index in record.unfinished:
+            states[index] = states[deciding[index]]
         dsn = await self._queue_dsn(entry, content, held) if held else None
         if any(not state.status.final for state in states):
             await self._hold(entry, states)
@@ -315,6 +326,19 @@ class InboundStage:
             ret="HDRS",  # never the body, whatever RET asked (nothing decrypted)
             area="inbound",
         )
+
+
+def _deciding_occurrences(envelope: Envelope, states: Sequence[RecipientState]) -> list[int]:
+    """For each recipient index, the index whose outcome its mailbox shares: an
+    occurrence already final if there is one, else the first (module docstring:
+    records of older gateways)."""
+    keys = [mailbox_key(recipient.address) for recipient in envelope.recipients]
+    chosen: dict[str, int] = {}
+    for index, key in enumerate(keys):
+        current = chosen.get(key)
+        if current is None or (states[index].status.final and not states[current].status.final):
+            chosen[key] = index
+    return [chosen[key] for key in keys]
 
 
 def _processed_event(entry: Claimed, result: InboundResult) -> AuditEvent:
