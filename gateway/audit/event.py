@@ -55,6 +55,8 @@ RESERVED_PREFIX = "audit."
 _TYPE_RE = re.compile(r"[a-z][a-z0-9_-]*(?:\.[a-z][a-z0-9_-]*)+")
 _DETAIL_KEY_RE = re.compile(r"[a-z][a-z0-9_.-]{0,63}")
 _SHA256_RE = re.compile(r"[0-9a-f]{64}")
+_TIME_FORMAT = "%04d-%02d-%02dT%02d:%02d:%02d.%06dZ"
+_TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}\.[0-9]{6}Z")
 _MAX_TYPE_CHARS = 64
 _EMPTY_DETAILS: Mapping[str, str] = MappingProxyType({})
 # names already checked valid; bounded, since they are code literals in practice
@@ -73,8 +75,21 @@ def format_time(moment: datetime) -> str:
     """The trail's one time format: ``2026-11-28T12:00:00.123456Z`` (UTC, microseconds).
 
     Fixed width, so text order is time order (SQLite compares the column as text).
-    ``ValueError`` for a naive datetime: its zone would be a guess.
+    ``ValueError`` for a naive datetime: its zone would be a guess. A time already in
+    ``UTC`` (every time the gateway stamps or parses) is rendered from its fields with
+    one ``%`` (0.7 µs, against 1.7 for ``isoformat``: it runs for every audit record and
+    every spool record write); the same text as ``isoformat``, property-tested.
     """
+    if moment.tzinfo is UTC:
+        return _TIME_FORMAT % (
+            moment.year,
+            moment.month,
+            moment.day,
+            moment.hour,
+            moment.minute,
+            moment.second,
+            moment.microsecond,
+        )
     if moment.tzinfo is None:
         raise ValueError("the audit trail needs timezone-aware times")
     utc = moment.astimezone(UTC).replace(tzinfo=None)
@@ -82,11 +97,16 @@ def format_time(moment: datetime) -> str:
 
 
 def parse_time(text: str) -> datetime:
-    """Inverse of ``format_time``; ``ValueError`` unless ``text`` is exactly that form."""
-    moment = datetime.fromisoformat(text)
-    if moment.tzinfo is None or format_time(moment) != text:
+    """Inverse of ``format_time``; ``ValueError`` unless ``text`` is exactly that form.
+
+    The shape is checked with one regular expression of ASCII digits (what
+    ``format_time`` writes, nothing looser), then ``fromisoformat`` checks the values
+    (month 13, 30 February: ``ValueError``); it accepts exactly what the round trip
+    ``format_time(fromisoformat(text)) == text`` accepted, at a fifth of its cost
+    (property-tested)."""
+    if not _TIME_RE.fullmatch(text):
         raise ValueError(f"not a trail time (YYYY-MM-DDTHH:MM:SS.ffffffZ): {text!r}")
-    return moment.astimezone(UTC)
+    return datetime.fromisoformat(text)  # "Z": tzinfo is UTC itself
 
 
 def _utf8_safe(value: str) -> tuple[str, int]:
@@ -167,9 +187,16 @@ def _all_plain(texts: list[object]) -> bool:
     return joined.isascii() and len(joined) <= MAX_TEXT_BYTES
 
 
-def _plain_sequences(*sequences: object) -> bool:
-    """True when each of ``sequences`` is a tuple of at most ``MAX_ITEMS`` items."""
-    return all(item.__class__ is tuple and len(item) <= MAX_ITEMS for item in sequences)
+def _plain_sequences(first: object, second: object, third: object) -> bool:
+    """True when each of the three is a tuple of at most ``MAX_ITEMS`` items."""
+    return (
+        first.__class__ is tuple
+        and second.__class__ is tuple
+        and third.__class__ is tuple
+        and len(first) <= MAX_ITEMS
+        and len(second) <= MAX_ITEMS
+        and len(third) <= MAX_ITEMS
+    )
 
 
 def _plain_details(details: object) -> bool:
@@ -187,12 +214,18 @@ def _check_sha256(value: object) -> str | None:
     return value
 
 
-def _check_time(value: object) -> datetime | None:
-    if value is None:
-        return None
-    if not isinstance(value, datetime) or value.tzinfo is None:
+def utc_time(moment: object) -> datetime:
+    """``moment`` in UTC (itself when it already is); ``ValueError`` unless it is a
+    timezone-aware ``datetime``."""
+    if moment.__class__ is datetime and moment.tzinfo is UTC:
+        return moment
+    if not isinstance(moment, datetime) or moment.tzinfo is None:
         raise ValueError("audit field time: expected a timezone-aware datetime")
-    return value.astimezone(UTC)
+    return moment.astimezone(UTC)
+
+
+def _check_time(value: object) -> datetime | None:
+    return None if value is None else utc_time(value)
 
 
 @dataclass(frozen=True, slots=True, init=False)
@@ -265,8 +298,13 @@ class AuditEvent:
     ) -> None:
         """Set fields that the fast path found valid as they are."""
         setter = object.__setattr__
-        for name, value in zip(_SCALAR_NAMES, scalars, strict=True):
-            setter(self, name, value)
+        queue_id, message_id, mail_from, actor, peer, outcome = scalars
+        setter(self, "queue_id", queue_id)
+        setter(self, "message_id", message_id)
+        setter(self, "mail_from", mail_from)
+        setter(self, "actor", actor)
+        setter(self, "peer", peer)
+        setter(self, "outcome", outcome)
         setter(self, "rcpt_to", rcpt_to)
         setter(self, "cert_serials", cert_serials)
         setter(self, "algorithms", algorithms)

@@ -49,6 +49,7 @@ import json
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from datetime import datetime
 from json.encoder import encode_basestring
 from typing import NamedTuple
 
@@ -200,13 +201,9 @@ _CANONICAL_TEMPLATE = (
 )
 
 
-def _json_optional(value: str | None) -> str:
-    return "null" if value is None else encode_basestring(value)
-
-
-def _json_strings(items: Iterable[str]) -> str:
+def _json_strings(items: tuple[str, ...]) -> str:
     """A JSON list of strings, compact: what the C encoder writes for it."""
-    return "[" + ",".join(map(encode_basestring, items)) + "]"
+    return "[" + ",".join(map(encode_basestring, items)) + "]" if items else "[]"
 
 
 def _json_pairs(pairs: Iterable[tuple[str, str]]) -> str:
@@ -218,54 +215,65 @@ def _json_pairs(pairs: Iterable[tuple[str, str]]) -> str:
     )
 
 
-def seal_row(seq: int, event: AuditEvent, prev_hash: str) -> Row:
-    """The stored row of ``event`` (time set) sealed at ``seq`` after ``prev_hash``.
+_new_row = tuple.__new__
 
-    Same bytes, hash and row as ``row_of(seal(seq, event, prev_hash))``, with each
-    value encoded once (see the module docstring).
+
+def seal_row(seq: int, event: AuditEvent, prev_hash: str, at: datetime | None = None) -> Row:
+    """The stored row of ``event`` sealed at ``seq`` after ``prev_hash``, at time ``at``
+    (UTC) if given, else at the event's own time (then it must be set).
+
+    Same bytes, hash and row as ``row_of(seal(seq, event.at(at), prev_hash))``, with
+    each value encoded once (see the module docstring); ``at`` spares the sink a copy
+    of every event on the caller's loop just to stamp its time.
     """
-    if event.time is None:
+    moment = event.time if at is None else at
+    if moment is None:
         raise ValueError("an audit event needs its time before it is sealed")
-    time = format_time(event.time)
+    time = format_time(moment)
     rcpt_to = _json_strings(event.rcpt_to)
     cert_serials = _json_strings(event.cert_serials)
     algorithms = _json_strings(event.algorithms)
     details = _json_pairs(sorted(event.details.items()))
+    queue_id, message_id, mail_from = event.queue_id, event.message_id, event.mail_from
+    actor, peer, outcome, sha256 = event.actor, event.peer, event.outcome, event.sha256
     canonical = _CANONICAL_TEMPLATE % (
-        _json_optional(event.actor),
+        "null" if actor is None else encode_basestring(actor),
         algorithms,
         cert_serials,
         details,
-        _json_optional(event.mail_from),
-        _json_optional(event.message_id),
-        _json_optional(event.outcome),
-        _json_optional(event.peer),
-        _json_optional(event.queue_id),
+        "null" if mail_from is None else encode_basestring(mail_from),
+        "null" if message_id is None else encode_basestring(message_id),
+        "null" if outcome is None else encode_basestring(outcome),
+        "null" if peer is None else encode_basestring(peer),
+        "null" if queue_id is None else encode_basestring(queue_id),
         rcpt_to,
         seq,
-        _json_optional(event.sha256),
+        "null" if sha256 is None else encode_basestring(sha256),
         encode_basestring(time),
         encode_basestring(event.type),
         FORMAT_VERSION,
     )
     digest = hashlib.sha256(bytes.fromhex(prev_hash) + canonical.encode("utf-8")).hexdigest()
-    return Row(
-        seq,
-        time,
-        event.type,
-        event.queue_id,
-        event.message_id,
-        event.mail_from,
-        rcpt_to,
-        event.actor,
-        event.peer,
-        cert_serials,
-        algorithms,
-        event.outcome,
-        event.sha256,
-        details,
-        prev_hash,
-        digest,
+    return _new_row(  # tuple.__new__: skips the Python-level NamedTuple constructor
+        Row,
+        (
+            seq,
+            time,
+            event.type,
+            queue_id,
+            message_id,
+            mail_from,
+            rcpt_to,
+            actor,
+            peer,
+            cert_serials,
+            algorithms,
+            outcome,
+            sha256,
+            details,
+            prev_hash,
+            digest,
+        ),
     )
 
 

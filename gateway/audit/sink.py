@@ -19,6 +19,13 @@ writer takes them with its next batch), so a queued event costs a lock and an ap
 The loop thread only validates, stamps the time and enqueues; hashing, encoding and
 SQLite run in the writer thread (SQLite releases the GIL while it does I/O).
 
+Cost on the caller's loop (paid for every event of every stage): the time is read
+from the clock and queued next to the event (the writer seals the record at that
+time) instead of copying the event to set it; the waiter is the loop's own future
+(its loop is ``future.get_loop()``); the sleeping writer is woken by releasing a
+plain lock that it waits on, not through a ``threading.Condition`` (whose ``notify``
+and ``wait`` are Python code that allocates a lock per wait).
+
 Invariants:
 
 - one writer thread per sink, records committed in the order they were queued;
@@ -47,7 +54,7 @@ from pathlib import Path
 from types import TracebackType
 
 from gateway.audit.errors import AuditSinkClosed, AuditWriteError
-from gateway.audit.event import AuditEvent, utc_now
+from gateway.audit.event import AuditEvent, utc_now, utc_time
 from gateway.audit.record import AuditReceipt
 from gateway.audit.store import DEFAULT_BUSY_TIMEOUT, AuditStore, Synchronous
 from gateway.log import get_logger
@@ -60,18 +67,9 @@ _log = get_logger("audit")
 Outcome = AuditReceipt | BaseException
 
 
-class _LoopWaiter:
-    """An asyncio future on its loop, settled from the writer thread."""
-
-    __slots__ = ("future", "loop")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.loop = loop
-        self.future: asyncio.Future[AuditReceipt] = loop.create_future()
-
-
-Waiter = _LoopWaiter | concurrent.futures.Future[AuditReceipt]
-Pending = tuple[AuditEvent, Waiter]
+# an event loop's future (settled in its loop) or a thread's future (settled directly)
+Waiter = asyncio.Future[AuditReceipt] | concurrent.futures.Future[AuditReceipt]
+Pending = tuple[AuditEvent, datetime, Waiter]  # the event, its record time, who waits
 
 
 def _settle_loop_futures(outcomes: list[tuple[asyncio.Future[AuditReceipt], Outcome]]) -> None:
@@ -101,11 +99,11 @@ def _settle(batch: list[Pending], outcomes: list[Outcome]) -> None:
     """Resolve the waiters of a committed (or failed) batch: one wake-up per loop."""
     per_loop: dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future[AuditReceipt], Outcome]]]
     per_loop = collections.defaultdict(list)
-    for (_, waiter), outcome in zip(batch, outcomes, strict=True):
-        if isinstance(waiter, _LoopWaiter):
-            per_loop[waiter.loop].append((waiter.future, outcome))
-        else:
+    for (_, _, waiter), outcome in zip(batch, outcomes, strict=True):
+        if isinstance(waiter, concurrent.futures.Future):
             _settle_thread_future(waiter, outcome)
+        else:  # a loop's future: settled in its loop's thread only
+            per_loop[waiter.get_loop()].append((waiter, outcome))
     for loop, items in per_loop.items():
         try:
             loop.call_soon_threadsafe(_settle_loop_futures, items)
@@ -119,30 +117,48 @@ class _Inbox:
     Threads wait for room on a condition; event-loop producers register a future that
     the writer settles (``call_soon_threadsafe``) once it has taken items, so a full
     inbox never parks executor threads that the rest of the gateway needs.
+
+    One taker (the writer thread): when it finds nothing it marks itself waiting and
+    sleeps on ``_wakeup``, a lock kept held that the first producer (or ``close``)
+    releases once, under ``_lock``, clearing the mark; a release that comes before the
+    taker reaches ``acquire`` makes that ``acquire`` return at once, so no wake-up is
+    lost, and there is never a second release of a free lock.
     """
 
     def __init__(self, capacity: int) -> None:
         self._items: collections.deque[Pending] = collections.deque()
         self._capacity = capacity
         self._lock = threading.Lock()
-        self._not_empty = threading.Condition(self._lock)
         self._not_full = threading.Condition(self._lock)
+        self._full_waiters = 0  # threads blocked in put(): only then notify _not_full
         self._room_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._closed = True  # until the writer thread runs: nobody would take the items
-        self._taker_waiting = False  # the writer sleeps on _not_empty: wake it
+        self._taker_waiting = False  # the writer sleeps on _wakeup: release it once
+        self._wakeup = threading.Lock()
+        self._wakeup.acquire()  # held while nobody is to be woken
+
+    def _wake_taker(self) -> None:
+        """Wake the sleeping taker (call under ``_lock``); a busy one takes the items
+        with its next batch, unsignalled."""
+        if self._taker_waiting:
+            self._taker_waiting = False
+            self._wakeup.release()
 
     def _append(self, item: Pending) -> None:
         if self._closed:
             raise AuditSinkClosed("the audit sink is not running")
         self._items.append(item)
-        if self._taker_waiting:  # a busy writer takes the item with its next batch
-            self._not_empty.notify()
+        self._wake_taker()
 
     def put(self, item: Pending) -> None:
         """Queue ``item``, blocking while full; ``AuditSinkClosed`` if not running."""
         with self._lock:
             while not self._closed and len(self._items) >= self._capacity:
-                self._not_full.wait()
+                self._full_waiters += 1
+                try:
+                    self._not_full.wait()
+                finally:
+                    self._full_waiters -= 1
             self._append(item)
 
     def put_or_wait(
@@ -159,12 +175,16 @@ class _Inbox:
             return room
 
     def take(self, limit: int) -> list[Pending] | None:
-        """Wait for items and take up to ``limit``; None once closed and drained."""
+        """Wait for items and take up to ``limit``; None once closed and drained.
+        Called by the one taker thread only (see the class docstring)."""
         with self._lock:
             while not self._items and not self._closed:
                 self._taker_waiting = True
-                self._not_empty.wait()
-                self._taker_waiting = False
+                self._lock.release()
+                try:
+                    self._wakeup.acquire()
+                finally:
+                    self._lock.acquire()
             items = self._items
             if not items:
                 return None
@@ -177,7 +197,8 @@ class _Inbox:
             return batch
 
     def _wake_producers(self) -> None:
-        self._not_full.notify_all()
+        if self._full_waiters:
+            self._not_full.notify_all()
         waiters, self._room_waiters = self._room_waiters, []
         for loop, room in waiters:
             try:
@@ -192,7 +213,7 @@ class _Inbox:
     def close(self) -> None:
         with self._lock:
             self._closed = True
-            self._not_empty.notify_all()
+            self._wake_taker()
             self._wake_producers()
 
 
@@ -282,23 +303,26 @@ class AuditSink:
 
     # -- recording ---------------------------------------------------------------------
 
-    def _stamped(self, event: AuditEvent) -> AuditEvent:
+    def _time_of(self, event: AuditEvent) -> datetime:
+        """The record's time: the event's own, else now. ``ValueError`` for the
+        trail's reserved types, here in the caller."""
         if event.reserved:
             raise ValueError(f"audit event type {event.type!r} is reserved for the trail")
-        return event if event.time is not None else event.at(self._clock())
+        return event.time if event.time is not None else utc_time(self._clock())
 
     async def record(self, event: AuditEvent) -> AuditReceipt:
         """Queue ``event`` and wait until it is committed; ``AuditWriteError`` if not."""
-        waiter = _LoopWaiter(asyncio.get_running_loop())
-        item: Pending = (self._stamped(event), waiter)
-        while (room := self._inbox.put_or_wait(item, waiter.loop)) is not None:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[AuditReceipt] = loop.create_future()
+        item: Pending = (event, self._time_of(event), future)
+        while (room := self._inbox.put_or_wait(item, loop)) is not None:
             await room
-        return await waiter.future
+        return await future
 
     def submit(self, event: AuditEvent) -> concurrent.futures.Future[AuditReceipt]:
         """Queue ``event`` (blocking while the inbox is full); the future resolves on commit."""
         future: concurrent.futures.Future[AuditReceipt] = concurrent.futures.Future()
-        self._inbox.put((self._stamped(event), future))
+        self._inbox.put((event, self._time_of(event), future))
         return future
 
     def append(self, event: AuditEvent, timeout: float | None = None) -> AuditReceipt:
@@ -323,7 +347,7 @@ class AuditSink:
 
     def _commit(self, store: AuditStore, batch: list[Pending]) -> list[Outcome]:
         try:
-            receipts = store.append([event for event, _ in batch])
+            receipts = store.append_stamped([(event, moment) for event, moment, _ in batch])
         except Exception as error:  # noqa: BLE001 - every waiter must hear back, or it hangs
             _log.error("audit.write_failed", records=len(batch), error=type(error).__name__)
             reason = f"audit record not committed: {error}"

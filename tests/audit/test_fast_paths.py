@@ -5,12 +5,14 @@
 - a golden chain: hashes computed by the first writer (before the fast path existed)
   must come out of the new writer bit for bit, so trails written earlier still verify;
 - ``AuditEvent`` built on its fast path (tuples, a dict of known keys) against the
-  field-by-field path (lists force it): same event, or the same error.
+  field-by-field path (lists force it): same event, or the same error;
+- ``format_time`` and ``parse_time`` against the ``isoformat`` round trip they replaced:
+  same text for any aware time, same times accepted, the same ones refused.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +22,7 @@ from hypothesis import strategies as st
 
 from gateway.audit import AuditEvent, AuditStore
 from gateway.audit.chain import verify_rows
-from gateway.audit.event import MAX_DETAILS, MAX_ITEMS, MAX_TEXT_BYTES
+from gateway.audit.event import MAX_DETAILS, MAX_ITEMS, MAX_TEXT_BYTES, format_time, parse_time
 from gateway.audit.record import GENESIS_HASH, Row, row_of, seal, seal_row
 from gateway.audit.store import _INSERT
 
@@ -35,6 +37,14 @@ _hashes = st.from_regex(r"[0-9a-f]{64}", fullmatch=True)
 @given(event=any_event, seq=st.integers(min_value=1, max_value=2**62), prev_hash=_hashes)
 def test_the_writer_row_is_the_reference_row(event: AuditEvent, seq: int, prev_hash: str) -> None:
     assert seal_row(seq, event, prev_hash) == row_of(seal(seq, event, prev_hash))
+
+
+@_PROPERTY
+@given(event=any_event, moment=st.datetimes(timezones=st.just(UTC)), prev_hash=_hashes)
+def test_a_row_sealed_at_a_time_is_the_row_of_the_event_at_that_time(
+    event: AuditEvent, moment: datetime, prev_hash: str
+) -> None:
+    assert seal_row(7, event, prev_hash, moment) == seal_row(7, event.at(moment), prev_hash)
 
 
 def test_hashes_written_before_the_fast_path_come_out_unchanged() -> None:
@@ -155,3 +165,94 @@ def test_limits_still_hold_on_the_fast_path() -> None:
         AuditEvent("smtp.accepted", details={"k": 1})  # type: ignore[dict-item]
     spread = AuditEvent("smtp.accepted", queue_id="q" * 3000, peer="p" * 3000)  # > 4 KiB together
     assert spread.queue_id == "q" * 3000
+
+
+def _reference_format_time(moment: datetime) -> str:
+    """``format_time`` as first written: ``isoformat`` of the time moved to UTC."""
+    utc = moment.astimezone(UTC).replace(tzinfo=None)
+    return utc.isoformat(timespec="microseconds") + "Z"
+
+
+def _reference_parse_time(text: str) -> datetime:
+    """``parse_time`` as first written: ``fromisoformat``, then the exact round trip."""
+    moment = datetime.fromisoformat(text)
+    if moment.tzinfo is None or _reference_format_time(moment) != text:
+        raise ValueError(f"not a trail time: {text!r}")
+    return moment.astimezone(UTC)
+
+
+_zones = st.sampled_from(
+    [
+        UTC,
+        timezone(timedelta(hours=0)),
+        timezone(timedelta(hours=2)),
+        timezone(-timedelta(hours=5, minutes=30)),
+    ]
+)
+_aware_times = st.datetimes(
+    min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30), timezones=_zones
+)
+
+
+@_PROPERTY
+@given(moment=_aware_times)
+def test_time_text_is_the_isoformat_text(moment: datetime) -> None:
+    text = format_time(moment)
+    assert text == _reference_format_time(moment)
+    assert parse_time(text) == moment
+    assert parse_time(text).tzinfo is UTC
+
+
+def _outcome(parse: Any, text: str) -> datetime | str:
+    try:
+        return parse(text)  # type: ignore[no-any-return]
+    except ValueError:
+        return "ValueError"
+
+
+_time_like = st.from_regex(
+    r"[0-9０-９]{1,5}-[0-9]{1,2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,7})?)?"
+    r"(Z|[+-][0-9]{2}:?[0-9]{2})?\n?",
+    fullmatch=True,
+)
+
+
+@_PROPERTY
+@given(text=_time_like | st.text(max_size=30) | _aware_times.map(format_time))
+def test_parse_time_accepts_exactly_what_the_round_trip_accepted(text: str) -> None:
+    assert _outcome(parse_time, text) == _outcome(_reference_parse_time, text)
+
+
+def _single_edits(text: str) -> list[str]:
+    """``text`` with one character replaced, inserted or deleted, everywhere."""
+    chars = "0 9T Zz:.-+\n\u0660\uff19é"
+    edits = [text[:i] + text[i + 1 :] for i in range(len(text))]
+    for i in range(len(text) + 1):
+        edits += [text[:i] + char + text[i:] for char in chars]
+        edits += [text[:i] + char + text[i + 1 :] for char in chars]
+    return edits
+
+
+def test_parse_time_agrees_with_the_round_trip_on_every_single_edit() -> None:
+    for moment in (MOMENT, datetime(999, 9, 9, 9, 9, 9, 9, tzinfo=UTC)):
+        for text in _single_edits(format_time(moment)):
+            assert _outcome(parse_time, text) == _outcome(_reference_parse_time, text), text
+
+
+def test_parse_time_refuses_values_out_of_range_and_loose_forms() -> None:
+    for bad in (
+        "2026-13-01T00:00:00.000000Z",
+        "2026-02-30T00:00:00.000000Z",
+        "0000-01-01T00:00:00.000000Z",
+        "2026-01-01T24:00:00.000000Z",
+        "2026-01-01T00:00:60.000000Z",
+        "2026-01-01T00:00:00.000000+00:00",
+        "2026-01-01 00:00:00.000000Z",
+        "2026-01-01T00:00:00.000000z",
+        "2026-01-01T00:00:00.000000Z\n",
+        "２026-01-01T00:00:00.000000Z",
+    ):
+        with pytest.raises(ValueError):
+            parse_time(bad)
+    with pytest.raises(TypeError):
+        parse_time(b"2026-01-01T00:00:00.000000Z")  # type: ignore[arg-type]

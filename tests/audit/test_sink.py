@@ -155,11 +155,45 @@ def test_start_reports_an_unusable_database_at_once(tmp_path: Path) -> None:
         started.start()
 
 
+def test_inbox_wakes_its_sleeping_taker_for_every_producer_and_on_close() -> None:
+    inbox = _Inbox(capacity=10_000)
+    inbox.open()
+    taken: list[Pending] = []
+
+    def taker() -> None:
+        while (batch := inbox.take(7)) is not None:
+            taken.extend(batch)
+
+    def producer(offset: int) -> None:
+        for index in range(offset, offset + 300):
+            inbox.put((make_event(index), datetime.now(UTC), concurrent.futures.Future()))
+
+    thread = threading.Thread(target=taker)
+    thread.start()
+    try:
+        producers = [threading.Thread(target=producer, args=(n * 300,)) for n in range(4)]
+        for each in producers:
+            each.start()
+        for each in producers:
+            each.join()
+    finally:
+        inbox.close()  # wakes the taker even when it sleeps on an empty inbox
+        thread.join(timeout=60)
+    assert not thread.is_alive()
+    queue_ids = [event.queue_id or "" for event, _, _ in taken]
+    assert sorted(queue_ids) == sorted(f"Q{index:06d}" for index in range(1200))
+    for n in range(4):  # each producer's items in its own order
+        own = [q for q in queue_ids if n * 300 <= int(q[1:]) < (n + 1) * 300]
+        assert own == sorted(own)
+
+
 async def test_inbox_hands_out_batches_in_order_and_bounds_producers() -> None:
     loop = asyncio.get_running_loop()
     inbox = _Inbox(capacity=3)
     inbox.open()
-    events: list[Pending] = [(make_event(i), concurrent.futures.Future()) for i in range(4)]
+    events: list[Pending] = [
+        (make_event(i), datetime.now(UTC), concurrent.futures.Future()) for i in range(4)
+    ]
     for item in events[:3]:
         assert inbox.put_or_wait(item, loop) is None
     room = inbox.put_or_wait(events[3], loop)

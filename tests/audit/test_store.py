@@ -115,6 +115,34 @@ def test_append_stamps_events_without_time(store: AuditStore) -> None:
     assert record.event.time is not None and record.event.time > T0
 
 
+@pytest.mark.parametrize("count", [1, 31, 32, 33, 65, 100])
+def test_a_batch_of_any_size_is_stored_row_for_row_in_one_chain(
+    store: AuditStore, count: int
+) -> None:
+    # rows go in by multi-row INSERTs of at most 32 rows: every chunk boundary counts
+    events = [make_event(index) for index in range(10, 10 + count)]
+    receipts = store.append(events)  # after the fixture's 10 records
+    assert [receipt.seq for receipt in receipts] == list(range(11, 11 + count))
+    stored = list(store.iter_rows())[10:]
+    assert [row.hash for row in stored] == [receipt.hash for receipt in receipts]
+    assert [record_from_row(row).event for row in stored] == events
+    report = store.verify()
+    assert report.ok and report.records == 10 + count
+
+
+def test_append_stamped_seals_each_event_at_its_paired_time(store: AuditStore) -> None:
+    untimed = AuditEvent("queue.deleted", queue_id="Q1")
+    timed = make_event(1)
+    moment = T0 + timedelta(minutes=5)
+    store.append_stamped([(untimed, moment), (timed, timed.time or moment)])
+    records = list(store.iter_records())[10:]
+    assert [record.event for record in records] == [untimed.at(moment), timed]
+    assert store.verify().ok
+    with pytest.raises(ValueError, match="reserved"):
+        store.append_stamped([(untimed, moment), (AuditEvent(CHECKPOINT_TYPE), moment)])
+    assert store.verify().records == 12  # nothing of the refused batch was written
+
+
 # -- concurrent use ----------------------------------------------------------------------
 
 
