@@ -29,6 +29,9 @@ Invariants and decisions (those of the file itself are in ``gateway.audit.store_
   read, per commit; measured in the ninth session). The rows of a batch go in by
   multi-row ``INSERT`` statements of at most 32 rows (one step, so one release of
   the GIL, per statement instead of one per row: about 15 % of the insert's CPU).
+- A failed ``COMMIT`` (disk full, I/O error) is rolled back like any other failure of
+  the transaction and raised: SQLite may leave the transaction open after it, and then
+  every later ``BEGIN`` would fail and the writer would never recover.
 - ``prune`` first verifies the chain (outside the write lock: a long walk must not
   stall the gateway) and refuses to prune a broken trail: deleting records would
   destroy the evidence (``AuditChainBroken``, exit 1).
@@ -214,10 +217,10 @@ class AuditStore:
         connection.execute("BEGIN IMMEDIATE")
         try:
             yield
+            connection.execute("COMMIT")
         except BaseException:
             self._roll_back()
             raise
-        connection.execute("COMMIT")
 
     def _roll_back(self) -> None:
         if self._connection.in_transaction:  # SQLite may have rolled back already (disk full)
@@ -270,10 +273,10 @@ class AuditStore:
         connection.execute("BEGIN IMMEDIATE")
         try:
             receipts = self._insert(stamped, self._read_head())
+            connection.execute("COMMIT")
         except BaseException:
-            self._roll_back()
+            self._roll_back()  # a failed COMMIT too: else no later BEGIN could succeed
             raise
-        connection.execute("COMMIT")
         return receipts
 
     # -- reading -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ import time
 from datetime import timedelta
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import pytest
 
@@ -444,3 +444,37 @@ def test_a_deleted_checkpoint_is_detected(store: AuditStore, raw: sqlite3.Connec
     raw.execute("DELETE FROM audit_log WHERE type = ?", (CHECKPOINT_TYPE,))
     problem = store.verify().problem
     assert problem is not None and problem.seq == 5 and "no checkpoint" in problem.reason
+
+
+class _CommitFailsOnce:
+    """A connection whose next ``COMMIT`` fails as a full disk would make it fail,
+    leaving the transaction open (what SQLite may do); everything else goes through."""
+
+    def __init__(self, connection: sqlite3.Connection) -> None:
+        self._connection = connection
+        self.failed = False
+
+    def execute(self, sql: str, *args: Any) -> sqlite3.Cursor:
+        if sql == "COMMIT" and not self.failed:
+            self.failed = True
+            raise sqlite3.OperationalError("database or disk is full")
+        return self._connection.execute(sql, *args)
+
+    @property
+    def in_transaction(self) -> bool:
+        return self._connection.in_transaction
+
+
+def test_a_failed_commit_is_rolled_back_and_the_next_append_succeeds(store: AuditStore) -> None:
+    before = [r.event.queue_id for r in store.iter_records()]
+    real = store._connection
+    store._connection = _CommitFailsOnce(real)  # type: ignore[assignment]
+    try:
+        with pytest.raises(sqlite3.OperationalError):
+            store.append([AuditEvent("smtp.accepted", queue_id="lost")])
+        assert not real.in_transaction
+        [receipt] = store.append([AuditEvent("smtp.accepted", queue_id="kept")])
+    finally:
+        store._connection = real
+    assert receipt.seq == len(before) + 1  # the failed record left nothing behind
+    assert [r.event.queue_id for r in store.iter_records()] == [*before, "kept"]
