@@ -210,12 +210,13 @@ class LocalDelivery:
         replies = await self._deliver(record.envelope.mail_from, recipients, content)
         states = list(record.state.recipients)
         failures: list[RecipientReport] = []
+        asks_mdn = any(reply.delivered for reply in replies) and _asks_dispatched_mdn(content)
         for index, recipient, reply in zip(pending, recipients, replies, strict=True):
             states[index], report = self._judge(entry, recipient, states[index], reply)
             if report is not None:
                 failures.append(report)
             await self.audit.record(_delivery_event(entry, recipient.address, reply, states[index]))
-            if reply.delivered:
+            if reply.delivered and asks_mdn:
                 await self._queue_dispatched_mdn(entry, content, recipient)
         dsn = await self._queue_dsn(entry, content, failures) if failures else None
         shown = tuple(
@@ -296,9 +297,8 @@ class LocalDelivery:
     async def _queue_dispatched_mdn(
         self, entry: Claimed, content: bytes, recipient: Recipient
     ) -> str | None:
-        """The dispatched MDN of a delivered recipient, when the message asks for it."""
-        if not wants_final_delivery_mdn(content.partition(b"\r\n\r\n")[0] + b"\r\n"):
-            return None
+        """The dispatched MDN of a delivered recipient (the message asks for it:
+        ``_asks_dispatched_mdn``)."""
         return await queue_mdn(
             self.config,
             self.local,
@@ -330,6 +330,20 @@ class LocalDelivery:
             ret=entry.record.envelope.params.ret,
             area="delivery",
         )
+
+
+_MDN_OPTIONS_FIELD = b"disposition-notification-options"
+
+
+def _asks_dispatched_mdn(content: bytes) -> bool:
+    """``wants_final_delivery_mdn`` on the message's header block. Field names are ASCII
+    and matched there without regard to case, so a header block whose lower-cased bytes
+    lack the field's name cannot ask: that search is one C loop where the parse is many
+    Python steps, and most messages do not ask (measured: less CPU per message)."""
+    header = content.partition(b"\r\n\r\n")[0]
+    if _MDN_OPTIONS_FIELD not in header.lower():
+        return False
+    return wants_final_delivery_mdn(header + b"\r\n")
 
 
 def _enhanced(reply: StoreReply) -> str | None:
