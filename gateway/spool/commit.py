@@ -40,7 +40,8 @@ Failure: a change that raises fails alone (its caller gets the error; the others
 the batch go on); an ``OSError`` from the fsync is raised to every member of the
 batch (their names exist but are not known to be durable: they must not acknowledge).
 
-Trust level: scheduling only; the fsync itself is ``atomic.sync_directory``.
+Trust level: scheduling only; the fsync itself is ``atomic.DirectorySyncer``'s (one
+kept descriptor per directory) or ``atomic.sync_directory``.
 """
 
 from __future__ import annotations
@@ -51,7 +52,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol, TypeVar
 
-from gateway.spool.atomic import sync_directory
+from gateway.spool.atomic import DirectorySyncer, sync_directory
 
 _T = TypeVar("_T")
 
@@ -90,21 +91,29 @@ class GroupCommitter:
     """Shares directory fsyncs between concurrent callers of one event loop.
 
     ``run_blocking`` runs a blocking callable off the loop (the spool's I/O threads);
-    ``fsync_directory`` is the blocking fsync (replaced in tests to observe ordering).
+    ``fsync_directory`` is the blocking fsync (replaced in tests to observe ordering);
+    by default a ``DirectorySyncer`` of this committer's own, which keeps one
+    descriptor per directory (``close`` releases them).
     ``requests`` and ``fsyncs`` count calls and actual fsyncs (``fsyncs <= requests``).
     """
 
     def __init__(
         self,
         run_blocking: RunBlocking,
-        fsync_directory: Callable[[Path], None] = sync_directory,
+        fsync_directory: Callable[[Path], None] | None = None,
     ) -> None:
         self._run_blocking = run_blocking
-        self._fsync_directory = fsync_directory
+        self._syncer = DirectorySyncer() if fsync_directory is None else None
+        self._fsync_directory = fsync_directory or self._syncer or sync_directory
         self._directories: dict[Path, _Directory] = {}
         self._drains: set[asyncio.Task[None]] = set()
         self.requests = 0
         self.fsyncs = 0
+
+    def close(self) -> None:
+        """Release the directory descriptors kept for fsyncs (once none can run)."""
+        if self._syncer is not None:
+            self._syncer.close()
 
     async def sync(self, directory: Path, change: Change | None = None) -> None:
         """Make ``change`` (if any), then return once an fsync of ``directory`` that
@@ -116,16 +125,20 @@ class GroupCommitter:
             state = self._directories[directory] = _Directory()
         if state.next_batch is None:
             state.next_batch = []
-        request = _Request(change, asyncio.get_running_loop().create_future())
+        loop = asyncio.get_running_loop()  # once: each call is a getpid(2) in CPython 3.11
+        request = _Request(change, loop.create_future())
         request.future.add_done_callback(_consume_exception)
         state.next_batch.append(request)
         self.requests += 1
         if not state.running:
             state.running = True
-            drain = asyncio.create_task(self._drain(directory, state))
+            drain = loop.create_task(self._drain(directory, state))
             self._drains.add(drain)
             drain.add_done_callback(self._drains.discard)
-        await asyncio.shield(request.future)
+        # the future is this call's alone: a cancelled caller cancels it, and its
+        # change still runs in its batch (the drain skips a settled future), as it did
+        # under ``asyncio.shield``, which cost one more turn of the loop per request
+        await request.future
 
     async def _drain(self, directory: Path, state: _Directory) -> None:
         """One thread hop per batch (changes, then fsync) until no caller is waiting."""
@@ -137,7 +150,8 @@ class GroupCommitter:
             state.running = False
             stranded, state.next_batch = state.next_batch, None
             for request in stranded or ():  # only when cancelled: never leave a waiter
-                request.future.set_exception(OSError("directory fsync interrupted"))
+                if not request.future.done():
+                    request.future.set_exception(OSError("directory fsync interrupted"))
 
     def _apply_and_fsync(self, directory: Path, batch: list[_Request]) -> bool:
         """In an I/O thread: every change of the batch, then one fsync if any succeeded."""

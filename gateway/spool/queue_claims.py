@@ -78,12 +78,12 @@ class ConsumerSide(QueueCore):
             self._active_ready = True
 
     async def _try_claim(self, state: State, name: str, read_ahead: int) -> Claimed | None:
-        slot, dirs = self.slot, self.dirs
-        active = dirs.active(slot) / name
+        active = self._active_dir / name
+        source = f"{self._stage_root}/{state}/{name}"
         checkpoint = self._runtime.checkpoint
 
         def take_it() -> Taken | CorruptEntry | None:
-            return take(dirs, state, name, checkpoint, slot, read_ahead)
+            return take(source, active, checkpoint, read_ahead)
 
         taken = await self._runtime.run(take_it)
         if isinstance(taken, CorruptEntry):

@@ -24,6 +24,7 @@ reader it hands to the consumer. Events carry ids and states, never content.
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from pathlib import Path
 
@@ -59,6 +60,8 @@ class QueueCore:
         self._candidates: deque[tuple[State, str]] = deque()
         self._lock = ConsumerLock(dirs, slot)
         self._active_ready = slot == 0  # slot 0's active/ is made with the stage
+        self._active_dir = dirs.active(slot)  # where this slot claims to
+        self._stage_root = os.fspath(dirs.root)  # claims build their source path from it
         self._handed = HandedListings()
         self._next_sweep: float | None = None  # monotonic time of the next debris sweep
 

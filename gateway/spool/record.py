@@ -55,6 +55,18 @@ The values themselves (``Envelope``, ``Origin``, ``RecipientState``, ``QueueReco
 and their checks are in ``gateway.spool.model``; this module adds the strict JSON
 mapping (exact key sets, no duplicate keys) and the framing.
 
+Checked once (session 9, CPU per claim): ``decode_record`` hands the raw JSON values to
+the model's constructors, whose ``__post_init__`` checks (and converts: a time string
+becomes a UTC ``datetime``) each of them under the same name as before; it used to check
+the ids, times and lengths here first, then the constructors checked them again. Only
+what the constructors cannot see is decided here: the exact key sets, duplicate keys,
+the status keyword under its recipient's index, and that a present ``parent_stage`` is
+a stage (``null`` is refused, not taken for "absent"). One ``JSONDecoder`` serves every
+record, and duplicate keys are found by comparing sizes (``_no_duplicate_keys``); one
+``JSONEncoder`` (same options as before, same bytes) writes them.
+Measured: 29 us of CPU per decode of a one-recipient record instead of 33 (five
+alternated runs of 20,000; ``tests/spool/test_record.py`` keeps every refusal).
+
 Trust level: pure functions over bytes and frozen dataclasses; no I/O.
 """
 
@@ -79,14 +91,9 @@ from gateway.spool.model import (
     QueueRecord,
     Recipient,
     RecipientState,
-    RecipientStatus,
     RecordError,
-    check_integer,
     check_keyword,
-    check_optional_time,
-    check_queue_id,
     check_stage,
-    check_time,
 )
 
 FORMAT_VERSION = 1
@@ -161,7 +168,9 @@ def _object(
     """``value`` if it is an object with exactly ``keys``, plus any of ``optional``."""
     if not isinstance(value, dict):
         raise RecordError(f"{where}: expected an object")
-    if value.keys() - optional != keys:
+    # ``keys`` and ``optional`` are disjoint: the first test settles the usual case
+    # without building a set
+    if value.keys() != keys and value.keys() - optional != keys:
         missing = sorted(keys - value.keys())
         unknown = sorted(value.keys() - keys - optional)
         raise RecordError(f"{where}: missing keys {missing}, unknown keys {unknown}")
@@ -194,7 +203,7 @@ def _recipient_from_json(index: int, value: object) -> tuple[Recipient, Recipien
         orcpt=item["orcpt"],  # type: ignore[arg-type]
     )
     state = RecipientState(
-        status=RecipientStatus(status),
+        status=status,  # type: ignore[arg-type]  # made a RecipientStatus by __post_init__
         attempts=item["attempts"],  # type: ignore[arg-type]
         last_error=item["last_error"],  # type: ignore[arg-type]
         next_attempt=item["next_attempt"],  # type: ignore[arg-type]
@@ -218,53 +227,61 @@ def _record_from_json(data: object) -> QueueRecord:
         recipients=tuple(recipient for recipient, _ in pairs),
         params=params,
     )
+    # The raw JSON values go to the constructors, whose ``__post_init__`` checks each
+    # one once, under the same name (module docstring, "Checked once"); only the
+    # presence of ``parent_stage`` is decided here (a ``null`` is refused, not absent).
     return QueueRecord(
-        queue_id=check_queue_id("queue_id", top["queue_id"]),
-        parent=None if top["parent"] is None else check_queue_id("parent", top["parent"]),
+        queue_id=top["queue_id"],  # type: ignore[arg-type]
+        parent=top["parent"],  # type: ignore[arg-type]
         parent_stage=check_stage("parent_stage", top["parent_stage"])
         if "parent_stage" in top
         else None,
-        received=check_time("received", top["received"]),
-        created=check_time("created", top["created"]),
-        content_length=check_integer("content.length", content["length"], 0, 1 << 62),
+        received=top["received"],  # type: ignore[arg-type]
+        created=top["created"],  # type: ignore[arg-type]
+        content_length=content["length"],  # type: ignore[arg-type]
         content_sha256=content["sha256"],  # type: ignore[arg-type]
         envelope=envelope,
         origin=Origin(**origin),  # type: ignore[arg-type]
         state=EntryState(
             revision=state["revision"],  # type: ignore[arg-type]
-            updated=check_time("state.updated", state["updated"]),
+            updated=state["updated"],  # type: ignore[arg-type]
             recipients=tuple(recipient_state for _, recipient_state in pairs),
-            next_attempt=check_optional_time("state.next_attempt", state["next_attempt"]),
+            next_attempt=state["next_attempt"],  # type: ignore[arg-type]
             note=state["note"],  # type: ignore[arg-type]
         ),
     )
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
-    result: dict[str, object] = {}
-    for key, value in pairs:
-        if key in result:
-            raise RecordError(f"record: duplicate key {key!r}")
-        result[key] = value
+    """The object of ``pairs``; ``RecordError`` if a key repeats (built by ``dict`` in C,
+    counted to find a repeat: a third of the cost of a loop over the pairs)."""
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        keys = [key for key, _ in pairs]
+        repeated = next(key for index, key in enumerate(keys) if key in keys[:index])
+        raise RecordError(f"record: duplicate key {repeated!r}")
     return result
+
+
+# one decoder for every record: ``json.loads`` with a hook builds a new one per call
+_DECODER = json.JSONDecoder(object_pairs_hook=_no_duplicate_keys)
+
+
+# one encoder for every record: ``json.dumps`` with options builds a new one per call
+_ENCODER = json.JSONEncoder(
+    ensure_ascii=True, sort_keys=True, separators=(",", ":"), allow_nan=False
+)
 
 
 def encode_record(record: QueueRecord) -> bytes:
     """The record as canonical ASCII JSON (sorted keys, no spaces)."""
-    text = json.dumps(
-        _record_to_json(record),
-        ensure_ascii=True,
-        sort_keys=True,
-        separators=(",", ":"),
-        allow_nan=False,
-    )
-    return text.encode("ascii")
+    return _ENCODER.encode(_record_to_json(record)).encode("ascii")
 
 
 def decode_record(payload: bytes) -> QueueRecord:
     """Parse and check a record; ``RecordError`` on anything unexpected."""
     try:
-        data = json.loads(payload.decode("ascii"), object_pairs_hook=_no_duplicate_keys)
+        data = _DECODER.decode(payload.decode("ascii"))
     except RecordError:
         raise
     except (UnicodeDecodeError, ValueError, RecursionError) as error:

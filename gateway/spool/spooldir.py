@@ -144,11 +144,13 @@ class Spool:
         for queue in self._queues.values():
             queue.close()
         self._runtime.io.shutdown()
+        self._runtime.committer.close()  # after the I/O threads: no fsync can run now
 
     async def aclose(self) -> None:
         for queue in self._queues.values():
             queue.close()
         await asyncio.get_running_loop().run_in_executor(None, self._runtime.io.shutdown)
+        self._runtime.committer.close()
 
     async def __aenter__(self) -> Spool:
         return self

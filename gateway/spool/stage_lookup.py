@@ -95,13 +95,23 @@ def _is_slot_dir(directory: Path, name: str) -> bool:
     return slot_of_name(name) is not None and stat.S_ISDIR(os.lstat(directory / name).st_mode)
 
 
+def name_exists(path: str) -> bool:
+    """Whether ``path`` names a file (not followed if it is a symbolic link), as
+    ``os.path.lexists`` says, in one ``faccessat2(F_OK, AT_SYMLINK_NOFOLLOW)``: the same
+    one system call, but a miss (the usual answer of ``find_entry``) is a return value
+    instead of a ``FileNotFoundError`` built and caught, 0.6 us less CPU each (session
+    9). ``F_OK`` checks only that the name resolves, with the real ids, which are the
+    gateway's own (no set-uid); any error is "absent", as for ``lexists``."""
+    return os.access(path, os.F_OK, follow_symlinks=False)
+
+
 def _existing_path(root: str, state: State, name: str) -> str | None:
     """``<root>/<state>/<name>`` if it exists; for ``active``, in whichever slot's
     directory. Plain strings: this runs a dozen times per hand-off and per removal of
     a child (``find_entry``), where building ``Path`` objects cost as much as the
     ``lstat`` calls themselves."""
     path = f"{root}/{state}/{name}"
-    if os.path.lexists(path):
+    if name_exists(path):
         return path
     if state != "active":
         return None
@@ -110,11 +120,11 @@ def _existing_path(root: str, state: State, name: str) -> str | None:
         if os.lstat(active).st_nlink == _NO_SUBDIRECTORY:
             return None  # no slot's directory: the listing below would find none
         names = os.listdir(active)
-    except FileNotFoundError:  # a stage being created by another process: nothing in it yet
+    except (FileNotFoundError, NotADirectoryError):  # a stage being created, or none: empty
         return None
     slots = sorted(slot for slot in map(slot_of_name, names) if slot is not None)
     in_slots = (f"{active}/{slot}/{name}" for slot in slots)
-    return next((path for path in in_slots if os.path.lexists(path)), None)
+    return next((path for path in in_slots if name_exists(path)), None)
 
 
 def find_entry(dirs: StageDirs, name: str) -> tuple[State, Path] | None:

@@ -44,7 +44,7 @@ from pathlib import Path
 
 from gateway.spool.atomic import TempFile, move
 from gateway.spool.consumer_lock import ConsumerLock, UnsafeLockFile, open_lock_file
-from gateway.spool.entry import EntryReader
+from gateway.spool.entry import read_claimed
 from gateway.spool.errors import CorruptEntry
 from gateway.spool.layout import StageDirs, State, slot_of_name
 from gateway.spool.model import QueueRecord
@@ -133,38 +133,25 @@ def list_candidates(dirs: StageDirs, now: float) -> list[tuple[State, str]]:
 
 
 def take(
-    dirs: StageDirs,
-    state: State,
-    name: str,
+    source: str,
+    active: Path,
     moved: Callable[[str], None],
-    slot: int = 0,
     read_ahead: int = 0,
 ) -> Taken | CorruptEntry | None:
-    """Claim ``state/name`` for ``slot``: None if another claimer won, the damage if its
-    record is corrupt (it is then in the slot's active directory), else its record and,
+    """Claim the entry ``source`` (``<stage>/<state>/<name>``) by renaming it to
+    ``active`` (``<its slot's active directory>/<name>``): None if another claimer won,
+    the damage if its record is corrupt (it is then at ``active``), else its record and,
     if it has at most ``read_ahead`` bytes of content, that content (one open file).
-    ``moved`` is the crash checkpoint."""
-    active = dirs.active(slot) / name
+    ``moved`` is the crash checkpoint. The caller builds both paths (``ConsumerSide``
+    keeps their directories: the claim is the one step every entry pays)."""
     try:
-        move(dirs.entry(state, name), active)
+        move(source, active)
     except FileNotFoundError:
         return None
     moved("claim.moved")
     try:
-        with EntryReader(active) as reader:
-            return Taken(_named(reader.record, name), _read_small(reader, read_ahead))
-    except CorruptEntry as error:
-        return error
-
-
-def _read_small(reader: EntryReader, limit: int) -> bytes | CorruptEntry | None:
-    """The whole content if it is at most ``limit`` bytes (its damage if it does not
-    match its SHA-256), else None."""
-    length = reader.record.content_length
-    if length > limit:
-        return None
-    try:
-        return b"".join(reader.chunks(max(1, length)))
+        record, content = read_claimed(active, read_ahead)
+        return Taken(_named(record, active.name), content)
     except CorruptEntry as error:
         return error
 

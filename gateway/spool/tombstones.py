@@ -87,6 +87,7 @@ from pathlib import Path
 from gateway.spool.atomic import DELETING_SUFFIX, FILE_MODE
 from gateway.spool.ids import is_queue_id
 from gateway.spool.layout import Layout, StageDirs
+from gateway.spool.stage_lookup import name_exists
 from gateway.spool.stagefiles import locate
 
 _SEPARATOR = "."
@@ -108,7 +109,7 @@ def parent_of(name: str) -> str | None:
 
 def has_tombstone(dirs: StageDirs, parent: str, child: str) -> bool:
     """True when the child ``child`` of ``parent`` was removed from ``dirs``' stage."""
-    return os.path.lexists(dirs.handed / tombstone_name(parent, child))
+    return name_exists(os.path.join(dirs.handed, tombstone_name(parent, child)))
 
 
 def write_tombstone(dirs: StageDirs, parent: str, child: str) -> None:
@@ -127,17 +128,16 @@ def parent_alive(layout: Layout, parent: str, stage: str | None = None) -> bool:
     """True while ``parent`` may still be processed: it is in a state directory of its
     stage, or parked in that stage's ``tmp/`` by an operator's ``delete`` (which puts it
     back if the deletion cannot be audited). ``stage``: the parent's stage if known (a
-    record's ``parent_stage``); None looks in every stage."""
-    for name in layout.stages_on_disk() if stage is None else _existing(layout, stage):
+    record's ``parent_stage``); None looks in every stage.
+
+    A named stage is looked at without checking first that it exists: a missing one
+    only makes every look miss (``find_entry``, ``_parked``), and it is the rare case;
+    the ``stat`` of the stage was one system call more for every removal of a child."""
+    for name in layout.stages_on_disk() if stage is None else (stage,):
         dirs = layout.stage(name)
         if locate(dirs, parent) is not None or _parked(dirs, parent):
             return True
     return False
-
-
-def _existing(layout: Layout, stage: str) -> tuple[str, ...]:
-    """``(stage,)`` if its directory exists (a parent cannot be in a missing stage)."""
-    return (stage,) if layout.stage(stage).root.is_dir() else ()
 
 
 Stamp = tuple[int, int] | None
@@ -249,6 +249,9 @@ def remove_orphans(layout: Layout, dirs: StageDirs) -> list[str]:
 
 
 def _parked(dirs: StageDirs, name: str) -> bool:
+    """Whether ``name`` is parked in ``tmp/`` by a deletion. A fresh listing each time,
+    never one remembered (``HandedListings``): a miss here lets a child go without its
+    tombstone, so it may not depend on the wall clock as the clean-up's listings do."""
     prefix = name + _SEPARATOR
     return any(
         each.startswith(prefix) and each.endswith(DELETING_SUFFIX) for each in _names(dirs.tmp)

@@ -39,7 +39,10 @@ concurrent adds). The end of the first job wakes the loop only if the loop alrea
 waits for it (``_JobEnd``): the audit commit usually takes longer than the file's
 fsync, and the loop, woken by the audit's settlement, then finds the fsync done
 (one wake-up of the loop and one ``send`` of the I/O thread less per message than a
-``run_in_executor`` future; issue 5).
+``run_in_executor`` future; issue 5). With inline I/O (``io_threads=0``, the stage
+workers: ``gateway.spool.runtime``) the job runs on the loop's own thread, so the record
+is handed over directly instead of through ``call_soon_threadsafe``: no self-pipe
+``send``/``recv`` and no extra turn of the loop per entry written (session 9).
 
 ``commit`` runs shielded from cancellation: if the SMTP client goes away during the
 commit, the commit still completes (a possible duplicate rather than a half-written
@@ -138,8 +141,13 @@ class EntryWriter:
         loop = asyncio.get_running_loop()
         written: asyncio.Future[QueueRecord] = loop.create_future()
 
+        loop_thread = threading.get_ident()
+
         def report(outcome: QueueRecord | BaseException) -> None:
-            loop.call_soon_threadsafe(_settle, written, outcome)
+            if threading.get_ident() == loop_thread:  # inline I/O: the job runs here
+                _settle(written, outcome)
+            else:
+                loop.call_soon_threadsafe(_settle, written, outcome)
 
         sync = _JobEnd(loop)
         runtime.io.executor.submit(self._write_end_and_sync, data, report, sync)

@@ -12,6 +12,7 @@ from typing import TypeVar
 
 import pytest
 
+from gateway.spool.atomic import DirectorySyncer
 from gateway.spool.commit import GroupCommitter
 from gateway.spool.writer import _JobEnd, _resolve
 
@@ -228,3 +229,82 @@ async def test_a_loop_waiting_for_a_job_is_woken_with_its_error() -> None:
     finally:
         release.set()
         await asyncio.to_thread(thread.join)
+
+
+async def test_a_cancelled_caller_still_gets_its_change_made_and_spares_the_others() -> None:
+    fsync = ControlledFsync()
+    committer = GroupCommitter(fsync, fsync_directory=lambda directory: None)
+    directory = Path("/spool/received/incoming")
+    changed: list[str] = []
+    first = asyncio.create_task(committer.sync(directory, lambda: changed.append("a")))
+    await _until(lambda: len(fsync.started) == 1)
+    cancelled = asyncio.create_task(committer.sync(directory, lambda: changed.append("b")))
+    other = asyncio.create_task(committer.sync(directory, lambda: changed.append("c")))
+    await asyncio.sleep(0)
+    cancelled.cancel()
+    fsync.release[0].set()
+    await first
+    await _until(lambda: len(fsync.started) == 2)
+    fsync.release[1].set()
+    await other
+    with pytest.raises(asyncio.CancelledError):
+        await cancelled
+    assert changed == ["a", "b", "c"]  # the cancelled caller's change was made all the same
+    assert (committer.requests, committer.fsyncs) == (3, 2)
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_directory_syncer_keeps_one_descriptor_per_directory(tmp_path: Path) -> None:
+    first, second = tmp_path / "incoming", tmp_path / "active"
+    first.mkdir()
+    second.mkdir()
+    syncer = DirectorySyncer()
+    before = _open_descriptors()
+    for _ in range(3):
+        syncer(first)
+        syncer(second)
+    assert _open_descriptors() == before + 2
+    syncer.close()
+    assert _open_descriptors() == before
+    syncer.close()  # idempotent
+
+
+def test_directory_syncer_reopens_after_a_failed_fsync(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    syncer = DirectorySyncer()
+    before = _open_descriptors()
+    syncer(tmp_path)
+    real_fsync, synced = os.fsync, []
+
+    def failing(fd: int) -> None:
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(os, "fsync", failing)
+    with pytest.raises(OSError):
+        syncer(tmp_path)
+    assert _open_descriptors() == before  # the failed descriptor is closed, not kept
+
+    def recording(fd: int) -> None:
+        synced.append(os.fstat(fd).st_ino)
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", recording)
+    syncer(tmp_path)
+    assert synced == [tmp_path.stat().st_ino] and _open_descriptors() == before + 1
+    syncer.close()
+
+
+async def test_a_spool_closes_its_directory_descriptors(tmp_path: Path) -> None:
+    async def add_then_close(root: Path) -> None:
+        spool = make_spool(root, RecordingTrail())
+        await spool.queue("received").add(envelope(), origin(), message())
+        await spool.aclose()
+
+    await add_then_close(tmp_path / "warm-up")  # what a process opens once (/proc/self/fd)
+    before = _open_descriptors()
+    await add_then_close(tmp_path / "spool")
+    assert _open_descriptors() == before

@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.spool import CorruptEntry, Queue, Spool
+from gateway.spool.entry import WHOLE_READ_LIMIT
+from gateway.spool.queue import READ_AHEAD
 from gateway.spool.record import PREAMBLE_SIZE
 
 from .support import RecordingTrail, envelope, message, origin
@@ -141,3 +143,41 @@ async def test_damaged_content_is_caught_before_its_end_is_handed_out(
     await queue.quarantine(claimed, "content SHA-256 mismatch")
     assert os.listdir(queue.dirs.state("corrupt")) == [queue_id]
     assert trail.of("spool.corrupt")[0].details["reason"] == "content SHA-256 mismatch"
+
+
+@pytest.mark.parametrize("damage", sorted(DAMAGES))
+async def test_a_claim_reading_ahead_finds_the_same_damage(
+    spool: Spool, trail: RecordingTrail, damage: str
+) -> None:
+    queue = spool.queue("received")
+    path = await _one_entry(queue)
+    spoil, reason = DAMAGES[damage]
+    spoil(path)
+    assert path.stat().st_size <= WHOLE_READ_LIMIT  # read in one go (entry.read_claimed)
+    assert await queue.claim(read_ahead=READ_AHEAD) is None
+    (event,) = trail.of("spool.corrupt")
+    assert reason in event.details["reason"]
+    assert os.listdir(queue.dirs.state("corrupt")) == [path.name]
+
+
+@pytest.mark.parametrize("lines", [10, WHOLE_READ_LIMIT // 10])  # one read, then three
+@pytest.mark.parametrize("spoilt", [False, True])
+async def test_content_read_ahead_is_checked_on_either_path(
+    spool: Spool, lines: int, spoilt: bool
+) -> None:
+    queue = spool.queue("received")
+    content = message(body=b"12345678\r\n" * lines)
+    queue_id = await queue.add(envelope(), origin(), content)
+    path = queue.dirs.entry("incoming", queue_id)
+    assert (path.stat().st_size > WHOLE_READ_LIMIT) == (lines > 10)
+    if spoilt:
+        with path.open("r+b") as file:  # the last content byte: only the SHA-256 sees it
+            file.seek(PREAMBLE_SIZE + len(content) - 1)
+            file.write(b"\x00")
+    claimed = await queue.claim(read_ahead=READ_AHEAD)
+    assert claimed is not None
+    if spoilt:
+        assert isinstance(claimed.preloaded, CorruptEntry)
+        assert "SHA-256" in claimed.preloaded.reason
+    else:
+        assert claimed.preloaded == content

@@ -153,6 +153,21 @@ def _mutated_payload(record: QueueRecord, change: object) -> bytes:
         (lambda d: d.update(received="yesterday"), "received"),
         (lambda d: d["content"].update(sha256="XYZ"), "sha256"),
         (lambda d: d["recipients"][0].update(address="a@b\r\nX: y"), "control character"),
+        # checked once, by the constructors (record.py, "Checked once"): still refused,
+        # under the field's own name
+        (lambda d: d.update(queue_id=12), "queue_id: not a queue id"),
+        (lambda d: d.update(parent="not-an-id"), "parent: not a queue id"),
+        (lambda d: d.update(parent=[]), "parent: not a queue id"),
+        (lambda d: d.update(created="2026-11-28T12:00:00Z"), "created"),
+        (lambda d: d.update(received=None), "received: expected a time"),
+        (lambda d: d["content"].update(length=-1), "content.length"),
+        (lambda d: d["content"].update(length=True), "content.length"),
+        (lambda d: d["content"].update(length="10"), "content.length"),
+        (lambda d: d["state"].update(updated="2026-02-30T00:00:00.000000Z"), "state.updated"),
+        (lambda d: d["state"].update(next_attempt="soon"), "state.next_attempt"),
+        (lambda d: d["state"].update(revision=-1), "state.revision"),
+        (lambda d: d["recipients"][0].update(next_attempt=3), "state.next_attempt"),
+        (lambda d: d["recipients"][0].update(status=None), "recipients\\[0\\].status"),
     ],
 )
 def test_a_record_with_a_bad_field_is_refused(change: object, message: str) -> None:
