@@ -345,8 +345,9 @@ class StoreSession:
             rcpt = await talk.next_reply()
             final = await talk.next_reply()
             await talk.writer.drain()
-        if talk.has_unread():  # a reply too many: it must never answer a later command
-            self.broken = True
+        if talk.has_unread():  # a reply too many: the replies may be out of step, so
+            self.broken = True  # none of them is trusted to say "delivered" (review R1)
+            raise TemporaryFailure("the store answered the chunked group with extra replies")
         _expect(mail, "MAIL FROM")
         if rcpt.code // 100 != 2:  # the store read and dropped the chunk (RFC 3030 §2)
             self.broken = True  # its state after a refused chunk is not worth a guess
@@ -385,12 +386,15 @@ async def _stale_unless_reset(talk: _Conversation) -> None:
 async def _stale_unless_closed(talk: _Conversation) -> None:
     """Read the ``RSET`` in front of a chunked group (the content is already sent):
     ``StaleSession`` only if the store had closed the session (end of stream, reset
-    socket, ``421``: no later command of the group was read), so a retry on a fresh
-    session cannot deliver twice; any other refusal leaves the group's own replies to
-    decide, and a timeout fails the transaction (``TemporaryFailure``)."""
+    connection, ``421``: as a rule no later command of the group was read, so the retry
+    on a fresh session delivers once; a store that kept the message and died before
+    answering even the ``RSET`` gets it twice, the at-least-once of the module
+    docstring); any other refusal leaves the group's own replies to decide, and a
+    timeout or a TLS error fails the transaction (``TemporaryFailure``: retried later,
+    never at once on another session)."""
     try:
         reply = await talk.next_reply()
-    except (TemporaryFailure, OSError) as error:
+    except (TemporaryFailure, ConnectionError) as error:  # not ssl.SSLError: see above
         raise StaleSession(f"pooled session lost: {type(error).__name__}") from None
     if reply.code == 421:
         raise StaleSession(f"RSET refused: {reply.code} {reply.text}")

@@ -262,22 +262,32 @@ class DirectorySyncer:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._descriptors: dict[Path, int] = {}
+        self._closed = False
 
     def __call__(self, path: Path) -> None:
-        """``fsync`` the directory ``path``."""
+        """``fsync`` the directory ``path``; once closed, through a descriptor of its
+        own (a batch drained after ``Spool.close``, its caller cancelled at shutdown,
+        still syncs, and keeps nothing open: review R1, session 9)."""
+        if self._closed:
+            sync_directory(path)
+            return
         fd = self._descriptors.get(path)
         if fd is None:
             fd = self._open(path)
+            if fd is None:  # closed meanwhile
+                sync_directory(path)
+                return
         try:
             os.fsync(fd)
         except OSError:
             self._forget(path, fd)
             raise
 
-    def _open(self, path: Path) -> int:
+    def _open(self, path: Path) -> int | None:
+        """The descriptor kept for ``path`` (opened now if none); None once closed."""
         fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         with self._lock:
-            kept = self._descriptors.setdefault(path, fd)
+            kept = None if self._closed else self._descriptors.setdefault(path, fd)
         if kept != fd:
             os.close(fd)
         return kept
@@ -292,6 +302,7 @@ class DirectorySyncer:
     def close(self) -> None:
         """Close every kept descriptor (idempotent)."""
         with self._lock:
+            self._closed = True
             descriptors, self._descriptors = list(self._descriptors.values()), {}
         for fd in descriptors:
             try:

@@ -257,9 +257,11 @@ def _no_duplicate_keys(pairs: list[tuple[str, object]]) -> dict[str, object]:
     counted to find a repeat: a third of the cost of a loop over the pairs)."""
     result = dict(pairs)
     if len(result) != len(pairs):
-        keys = [key for key, _ in pairs]
-        repeated = next(key for index, key in enumerate(keys) if key in keys[:index])
-        raise RecordError(f"record: duplicate key {repeated!r}")
+        seen: set[str] = set()
+        for key, _ in pairs:  # one pass: a record may hold many keys (review R1, s9)
+            if key in seen:
+                raise RecordError(f"record: duplicate key {key!r}")
+            seen.add(key)
     return result
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -38,6 +39,7 @@ class ChunkingStore:
     refuse: frozenset[str] = frozenset()
     rset_reply: bytes | None = None
     silent_rset: bool = False
+    extra_reply: bytes = b""  # sent once, after the replies to the first BDAT, unasked
     connections: int = 0
     commands: list[str] = field(default_factory=list)
     stored: list[tuple[str, list[str], bytes]] = field(default_factory=list)  # verb, rcpts
@@ -86,7 +88,8 @@ class ChunkingStore:
                     held += [SAVED.format(a).encode() for a in recipients]
                 else:
                     held.append(b"503 5.5.1 no valid recipients\r\n")
-                writer.write(b"".join(held))
+                writer.write(b"".join(held) + self.extra_reply)
+                self.extra_reply = b""
                 held, recipients = [], []
             elif verb == "DATA":
                 writer.write(b"".join(held) + b"354 go ahead\r\n")
@@ -229,3 +232,34 @@ async def test_dovecot_stores_a_chunked_message_as_sent(
     stored = dovecot.fetch_all(ALICE)
     assert len(stored) == 2
     assert stored[0].endswith(b"Subject: chunked\r\n\r\n.starts with a dot\r\n..two\r\nbare LF\r\n")
+
+
+async def test_an_extra_reply_after_the_chunk_is_a_temporary_failure_not_a_delivery() -> None:
+    """Replies out of step (one too many): none of them may say "delivered"; the
+    session is dropped and the message retried later (review R1, session 9)."""
+    store = ChunkingStore(refuse=frozenset({ALICE}), extra_reply=b"250 2.0.0 <x> saved\r\n")
+    async with pool_on(store) as pool:
+        with pytest.raises(TemporaryFailure, match="extra replies"):
+            await pool.deliver(CLAIRE, [ALICE], numbered(1))
+        [reply] = await pool.deliver(CLAIRE, [BRUNO], numbered(2))
+    assert reply.code == 250 and store.connections == 2  # a fresh session afterwards
+
+
+async def test_a_tls_error_on_the_reset_is_not_a_closed_session() -> None:
+    """Only an end of stream, a reset connection or a 421 let a chunked group move to
+    a fresh session at once; a TLS error mid-stream fails the transaction."""
+
+    class Talk:
+        async def next_reply(self) -> None:
+            raise ssl.SSLError("decryption failed or bad record mac")
+
+    with pytest.raises(ssl.SSLError):
+        await store_client._stale_unless_closed(Talk())  # type: ignore[arg-type]
+    for lost in (ConnectionResetError(), TemporaryFailure("connection closed")):
+
+        class Closed:
+            async def next_reply(self, error: BaseException = lost) -> None:
+                raise error
+
+        with pytest.raises(store_client.StaleSession):
+            await store_client._stale_unless_closed(Closed())  # type: ignore[arg-type]
