@@ -28,6 +28,7 @@ from gateway.smime.mime import (
 )
 
 _HEADER_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+_FOLD = re.compile(r"\r?\n[ \t]+")  # a line break of a folded field (RFC 5322 §2.2.3)
 
 
 def with_protected_headers(
@@ -94,4 +95,8 @@ def header_fields(entity: MimeEntity) -> list[tuple[str, str]]:
 
 
 def _unfold(value: str) -> str:
-    return re.sub(r"\r?\n[ \t]+", " ", value).strip()
+    """Folds replaced by one space, then stripped (an unfolded value is only stripped:
+    ``_FOLD`` needs a LF)."""
+    if "\n" not in value:
+        return value.strip()
+    return _FOLD.sub(" ", value).strip()

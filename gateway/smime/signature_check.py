@@ -54,8 +54,7 @@ from gateway.smime.attributes import (
     parse_signed_attributes,
     signed_attributes_set,
 )
-from gateway.smime.certnames import certificate_addresses
-from gateway.smime.signer_certs import Certificates
+from gateway.smime.signer_certs import Certificates, KnownCertificate
 from gateway.smime.types import ChainValidator, Purpose, SignerInfoResult, ValidationResult
 
 ACCEPTED_DIGESTS = frozenset({"sha224", "sha256", "sha384", "sha512"})
@@ -119,14 +118,15 @@ def _check_digest_name(name: str) -> None:
 
 def _check_signature(
     signer_info: cms.SignerInfo,
+    algorithm: cms.SignedDigestAlgorithm,
     certificate: x509.Certificate,
     data: bytes,
     digest_name: str,
     prehashed: bytes | None,
 ) -> str:
     """Verify the signature over ``data`` (or over ``prehashed``, the content digest, when
-    there are no signed attributes). Returns the algorithm family; raises ``Invalid``."""
-    algorithm = signer_info["signature_algorithm"]
+    there are no signed attributes; ``algorithm``: its signatureAlgorithm, read once by
+    the caller). Returns the algorithm family; raises ``Invalid``."""
     oid = str(algorithm["algorithm"].dotted)
     family, implied_hash = _SIGNATURE_ALGORITHMS.get(oid, (oid, None))
     hash_name = implied_hash or digest_name
@@ -207,6 +207,7 @@ class _SignerOutcome:
     digest_algorithm: str = ""
     signature_algorithm: str = ""
     attributes: ParsedSignedAttributes | None = None
+    addresses: tuple[str, ...] = ()  # the signer certificate's (``certificate_addresses``)
 
     def result(self) -> SignerInfoResult:
         attrs = self.attributes
@@ -219,19 +220,15 @@ class _SignerOutcome:
             signature_algorithm=self.signature_algorithm,
             signing_time=attrs.signing_time if attrs else None,
             capabilities=attrs.capabilities if attrs and not self.reason else None,
-            email_addresses=certificate_addresses(self.certificate) if self.certificate else (),
+            email_addresses=self.addresses if self.certificate else (),
         )
 
 
-def _check_ess(
-    attributes: ParsedSignedAttributes,
-    certificate: x509.Certificate,
-    certificates: Certificates,
-) -> None:
+def _check_ess(attributes: ParsedSignedAttributes, signer: KnownCertificate) -> None:
     for cert_id in attributes.signing_certificates:
         if cert_id.hash_algorithm not in _HASHES:
             raise Invalid(f"signingCertificate uses unsupported {cert_id.hash_algorithm}")
-        if certificates.hash_of(certificate, cert_id.hash_algorithm) != cert_id.cert_hash:
+        if signer.digest(cert_id.hash_algorithm) != cert_id.cert_hash:
             raise Invalid("signingCertificate does not name the signer certificate")
 
 
@@ -252,11 +249,14 @@ def _check_signer_into(
     digest_oid = str(signer_info["digest_algorithm"]["algorithm"].dotted)
     digest_name = DIGEST_NAMES.get(digest_oid, digest_oid)
     outcome.digest_algorithm = digest_name
-    outcome.signature_algorithm = _family_name(signer_info)
-    certificate = context.certificates.find(signer_info["sid"])
-    if certificate is None:
+    algorithm = signer_info["signature_algorithm"]
+    outcome.signature_algorithm = _family_name(algorithm)
+    known = context.certificates.find(signer_info["sid"])
+    if known is None:
         raise Invalid("the signer certificate is not in the message")
+    certificate = known.certificate
     outcome.certificate = certificate
+    outcome.addresses = known.addresses
     _check_digest_name(digest_name)
     content_digest = context.digest(digest_name)
     signed_attrs = signer_info["signed_attrs"]
@@ -266,20 +266,21 @@ def _check_signer_into(
         prehashed = None if outcome.signature_algorithm.startswith("ed") else content_digest
         data = bytes(context.content) if prehashed is None else b""
         outcome.signature_algorithm = _check_signature(
-            signer_info, certificate, data, digest_name, prehashed
+            signer_info, algorithm, certificate, data, digest_name, prehashed
         )
         return
     attributes = parse_signed_attributes(signed_attrs.contents)
     outcome.attributes = attributes
     _check_attributes(attributes, context, content_digest)
-    _check_ess(attributes, certificate, context.certificates)
+    _check_ess(attributes, known)
+    signed = signed_attributes_set(signed_attrs.contents)
     outcome.signature_algorithm = _check_signature(
-        signer_info, certificate, signed_attributes_set(signed_attrs.contents), digest_name, None
+        signer_info, algorithm, certificate, signed, digest_name, None
     )
 
 
-def _family_name(signer_info: cms.SignerInfo) -> str:
-    oid = str(signer_info["signature_algorithm"]["algorithm"].dotted)
+def _family_name(algorithm: cms.SignedDigestAlgorithm) -> str:
+    oid = str(algorithm["algorithm"].dotted)
     return _SIGNATURE_ALGORITHMS.get(oid, (oid, None))[0]
 
 

@@ -17,11 +17,14 @@ certificates field (``CERTIFICATE_CACHE_SIZE`` fields of at most
 ``MAX_CACHED_CERTIFICATES`` octets, least recently used first: hostile fields cannot
 fill memory; measured, 256 fields of 32 KiB of small certificates pinned 45 MiB, so the
 bound is 64 fields of 16 KiB, about 6 MiB per worker at worst, while a real chain of 2
-to 4 RSA certificates is under 8 KiB) and, for those, the ESS hash of the signer
-certificate per certificate (its whole DER). Each cached value is a function of those
-exact octets alone and a miss runs the uncached code, so a cache never accepts what the
-uncached path refuses; nothing that depends on time or revocation is cached here (the
-validator's own cache handles that).
+to 4 RSA certificates is under 8 KiB). Each entry is a ``KnownCertificate``: the
+certificate, its DER as received (so a full cache holds at most 1 MiB more) and what is
+read of it, each read once on first use (issuer DER, serial number, IssuerAndSerialNumber,
+subjectKeyIdentifier, mail addresses, the ESS hash of its DER per algorithm), so the
+entries of a cached field carry those from one message to the next, bounded with them.
+Each cached value is a function of those exact octets alone and a miss runs the same
+code, so a cache never accepts what the uncached path refuses; nothing that depends on
+time or revocation is cached here (the validator's own cache handles that).
 """
 
 from __future__ import annotations
@@ -30,60 +33,146 @@ import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import overload
 
 from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
+
+from gateway.smime import der
+from gateway.smime.certnames import certificate_addresses
 
 MAX_CERTIFICATES = 100
 CERTIFICATE_CACHE_SIZE = 64  # certificate fields kept parsed (and ESS hashes kept)
 MAX_CACHED_CERTIFICATES = 16 * 1024  # octets of a certificates field worth keeping
 
 
+class KnownCertificate:
+    """One certificate of a SignedData with what is read of it, each read once on first
+    use: every value is a function of the certificate alone (never of time or trust)."""
+
+    def __init__(self, certificate: x509.Certificate, encoded: bytes) -> None:
+        self.certificate = certificate
+        self.encoded = encoded  # its DER, exactly as received
+        self._digests: dict[str, bytes] = {}
+
+    def digest(self, algorithm: str) -> bytes:
+        """The ``algorithm`` (hashlib name) hash of its DER, for ESS (RFC 5035 §5.4)."""
+        found = self._digests.get(algorithm)
+        if found is None:
+            found = self._digests[algorithm] = hashlib.new(algorithm, self.encoded).digest()
+        return found
+
+    @functools.cached_property
+    def issuer_der(self) -> bytes:
+        return self.certificate.issuer.public_bytes()
+
+    @functools.cached_property
+    def serial_number(self) -> int:
+        return self.certificate.serial_number
+
+    @functools.cached_property
+    def issuer_and_serial(self) -> bytes:
+        """The DER IssuerAndSerialNumber naming this certificate (RFC 5652 §10.2.4)."""
+        return der.sequence(self.issuer_der, der.integer(self.serial_number))
+
+    @functools.cached_property
+    def key_identifier(self) -> bytes | None:
+        """The subjectKeyIdentifier, None when absent or unreadable."""
+        try:
+            extension = self.certificate.extensions.get_extension_for_class(
+                x509.SubjectKeyIdentifier
+            )
+        except (x509.ExtensionNotFound, ValueError):
+            return None
+        return extension.value.digest
+
+    @functools.cached_property
+    def addresses(self) -> tuple[str, ...]:
+        """``certnames.certificate_addresses``: what a From address is bound to."""
+        return certificate_addresses(self.certificate)
+
+
 @dataclass
 class Certificates:
     """The SignedData certificates (X.509 ones; other choices are skipped)."""
 
-    entries: list[x509.Certificate] = field(default_factory=list)
-    cached: bool = False  # the entries are kept by the certificate set cache
+    known: tuple[KnownCertificate, ...] = ()
 
     @classmethod
     def from_signed_data(cls, signed_data: cms.SignedData) -> Certificates:
         choices = signed_data["certificates"]
         if isinstance(choices, core.Void):
             return cls()
-        entries, cached = _CERTIFICATE_SETS.certificates(choices)
-        return cls(list(entries), cached)
+        return cls(_CERTIFICATE_SETS.certificates(choices))
 
-    def hash_of(self, certificate: x509.Certificate, algorithm: str) -> bytes:
-        """The hash of an entry's DER (kept with the entries when they are cached)."""
-        if self.cached:
-            return _cached_certificate_hash(certificate, algorithm)
-        return _certificate_hash(certificate, algorithm)
+    @property
+    def entries(self) -> list[x509.Certificate]:
+        return [entry.certificate for entry in self.known]
 
-    def find(self, sid: cms.SignerIdentifier) -> x509.Certificate | None:
-        for certificate in self.entries:
-            if _matches_sid(certificate, sid):
-                return certificate
+    def find(self, sid: cms.SignerIdentifier) -> KnownCertificate | None:
+        """The first entry that ``sid`` names (RFC 5652 §5.3)."""
+        kind = sid.name
+        if kind == "issuer_and_serial_number":
+            wanted = sid.chosen
+            encoded = wanted.dump()
+            for entry in self.known:
+                if entry.issuer_and_serial == encoded or _names(entry, wanted):
+                    return entry
+        elif kind == "subject_key_identifier":
+            key_identifier = sid.chosen.native
+            for entry in self.known:
+                if entry.key_identifier is not None and entry.key_identifier == key_identifier:
+                    return entry
         return None
 
-    def others(self, certificate: x509.Certificate) -> list[x509.Certificate]:
-        return [cert for cert in self.entries if cert != certificate]
+    def others(self, certificate: x509.Certificate) -> Sequence[x509.Certificate]:
+        """The entries other than ``certificate`` (compared by DER), listed on first use:
+        a validator that answers from its result cache never reads them."""
+        return _Others(self.known, certificate)
 
 
-def _usable_certificates(choices: cms.CertificateSet) -> tuple[x509.Certificate, ...]:
+class _Others(Sequence[x509.Certificate]):
+    """``Certificates.others``, computed when first read (then kept)."""
+
+    def __init__(self, known: tuple[KnownCertificate, ...], excluded: x509.Certificate) -> None:
+        self._known = known
+        self._excluded = excluded
+
+    @functools.cached_property
+    def _items(self) -> list[x509.Certificate]:
+        return [entry.certificate for entry in self._known if entry.certificate != self._excluded]
+
+    @overload
+    def __getitem__(self, index: int) -> x509.Certificate: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[x509.Certificate]: ...
+
+    def __getitem__(self, index: int | slice) -> x509.Certificate | Sequence[x509.Certificate]:
+        return self._items[index]
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def __iter__(self) -> Iterator[x509.Certificate]:
+        return iter(self._items)
+
+
+def _usable_certificates(choices: cms.CertificateSet) -> tuple[KnownCertificate, ...]:
     """The X.509 certificates among the first ``MAX_CERTIFICATES`` choices."""
-    found: list[x509.Certificate] = []
+    found: list[KnownCertificate] = []
     for index, choice in enumerate(choices):
         if index >= MAX_CERTIFICATES:
             break
         if choice.name != "certificate":
             continue
-        certificate = _load_certificate(bytes(choice.chosen.dump()))
+        encoded = bytes(choice.chosen.dump())
+        certificate = _load_certificate(encoded)
         if certificate is not None:
-            found.append(certificate)
+            found.append(KnownCertificate(certificate, encoded))
     return tuple(found)
 
 
@@ -96,28 +185,25 @@ class _CertificateSetCache:
     def __init__(self, capacity: int) -> None:
         self._capacity = capacity
         self._lock = threading.Lock()
-        self._entries: OrderedDict[bytes, tuple[x509.Certificate, ...]] = OrderedDict()
+        self._entries: OrderedDict[bytes, tuple[KnownCertificate, ...]] = OrderedDict()
 
-    def certificates(
-        self, choices: cms.CertificateSet
-    ) -> tuple[tuple[x509.Certificate, ...], bool]:
-        """(the usable certificates, whether they are kept in the cache): a field over
-        ``MAX_CACHED_CERTIFICATES`` octets is read each time, so that hostile ones
-        cannot fill memory."""
+    def certificates(self, choices: cms.CertificateSet) -> tuple[KnownCertificate, ...]:
+        """The usable certificates: a field over ``MAX_CACHED_CERTIFICATES`` octets is
+        read each time, so that hostile ones cannot fill memory."""
         key = bytes(choices.dump())
         if len(key) > MAX_CACHED_CERTIFICATES:
-            return _usable_certificates(choices), False
+            return _usable_certificates(choices)
         with self._lock:
             found = self._entries.get(key)
             if found is not None:
                 self._entries.move_to_end(key)
-                return found, True
+                return found
         found = _usable_certificates(choices)
         with self._lock:
             self._entries[key] = found
             while len(self._entries) > self._capacity:
                 self._entries.popitem(last=False)
-        return found, True
+        return found
 
 
 _CERTIFICATE_SETS = _CertificateSetCache(CERTIFICATE_CACHE_SIZE)
@@ -134,29 +220,13 @@ def _load_certificate(encoded: bytes) -> x509.Certificate | None:
         return None  # an unparsable certificate is skipped; its signer will not match
 
 
-def _matches_sid(certificate: x509.Certificate, sid: cms.SignerIdentifier) -> bool:
-    """RFC 5652 §5.3: issuerAndSerialNumber (names compared as RFC 5280 §7.1 says when
-    their encodings differ) or subjectKeyIdentifier."""
-    if sid.name == "issuer_and_serial_number":
-        wanted = sid.chosen
-        if certificate.serial_number != wanted["serial_number"].native:
-            return False
-        issuer = certificate.issuer.public_bytes()
-        return issuer == wanted["issuer"].dump() or bool(
-            asn1_x509.Name.load(issuer) == wanted["issuer"]
-        )
-    if sid.name == "subject_key_identifier":
-        try:
-            extension = certificate.extensions.get_extension_for_class(x509.SubjectKeyIdentifier)
-        except (x509.ExtensionNotFound, ValueError):
-            return False
-        return bool(extension.value.digest == sid.chosen.native)
-    return False
-
-
-def _certificate_hash(certificate: x509.Certificate, algorithm: str) -> bytes:
-    return hashlib.new(algorithm, certificate.public_bytes(Encoding.DER)).digest()
-
-
-# keyed by the certificate, which hashes and compares its whole DER
-_cached_certificate_hash = functools.lru_cache(maxsize=CERTIFICATE_CACHE_SIZE)(_certificate_hash)
+def _names(entry: KnownCertificate, wanted: cms.IssuerAndSerialNumber) -> bool:
+    """RFC 5652 §5.3, when the IssuerAndSerialNumber octets differ from the entry's own:
+    the same serial number and an issuer of the same encoding, or equal as RFC 5280 §7.1
+    compares names when their encodings differ."""
+    if entry.serial_number != wanted["serial_number"].native:
+        return False
+    issuer = wanted["issuer"]
+    return entry.issuer_der == issuer.dump() or bool(
+        asn1_x509.Name.load(entry.issuer_der) == issuer
+    )

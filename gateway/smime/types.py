@@ -15,9 +15,12 @@ import enum
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from cryptography import x509
+
+if TYPE_CHECKING:  # mime imports this module
+    from gateway.smime.mime import MimeEntity
 
 
 class Purpose(enum.Enum):
@@ -151,3 +154,7 @@ class VerifyResult:
     # and, for a wrapped message, the inner RFC 5322 message itself.
     protected_headers: tuple[tuple[str, str], ...] = ()
     inner_message: bytes | None = None
+    # ``content`` parsed whole (``mime.parse_entity(content)``, ``data`` is ``content``)
+    # when the verifier parsed it already, so that a caller need not parse it again;
+    # None otherwise. Not part of the comparison: it is ``content``, parsed.
+    content_entity: MimeEntity | None = field(default=None, compare=False, repr=False)

@@ -35,6 +35,8 @@ What the signed content says about itself is reported too: a wrapped message
 ``protected_headers`` and ``extra["wrapped"]``; an RFC 9788 Cryptographic Payload
 (``hp="clear"``/``"cipher"`` on its Content-Type) gives its header fields in
 ``protected_headers`` and ``extra["hp"]``. Values are unfolded but not RFC 2047-decoded.
+The content, parsed for that, is handed over too (``content_entity``) when that parse is
+of ``content`` itself, so that a caller does not parse it again.
 
 Security notes: the content returned is exactly what the signature covers (the detached
 part's bytes, or eContent); a caller must deliver that and nothing around it. Only bad
@@ -131,6 +133,7 @@ class _Inner:
     inner_message: bytes | None = None
     extra: dict[str, str] = field(default_factory=dict)
     from_addresses: tuple[str, ...] = ()
+    entity: mime.MimeEntity | None = None  # the content parsed whole, when it was as is
 
 
 def _inspect_content(content: bytes, canonical: bool) -> _Inner:
@@ -138,17 +141,22 @@ def _inspect_content(content: bytes, canonical: bool) -> _Inner:
     CRLF-canonical already, as a detached part of a canonicalised entity is)."""
     try:
         entity = mime.parse_entity(content if canonical else mime.canonicalize_crlf(content))
+    except MalformedMessage:
+        return _Inner()
+    whole = entity if entity.data is content else None  # a parse of ``content`` itself
+    try:
         if smime_parts.smime_kind(entity) is smime_parts.SmimeKind.RFC822:
             inner = mime.parse_entity(entity.data, entity.body_start, entity.body_end)
             headers = tuple(header_protection.protected_header_fields(inner))
-            return _Inner(headers, entity.body, {"wrapped": "message/rfc822"}, _froms(headers))
+            wrapped = {"wrapped": "message/rfc822"}
+            return _Inner(headers, entity.body, wrapped, _froms(headers), whole)
         mode = header_protection.header_protection_mode(entity)
         if mode is not None:
             headers = tuple(header_protection.protected_header_fields(entity))
-            return _Inner(headers, None, {"hp": mode}, _froms(headers))
+            return _Inner(headers, None, {"hp": mode}, _froms(headers), whole)
     except MalformedMessage:
         pass
-    return _Inner()
+    return _Inner(entity=whole)
 
 
 def _froms(headers: tuple[tuple[str, str], ...]) -> tuple[str, ...]:
@@ -245,6 +253,7 @@ def _verify(
         extra=inner.extra,
         protected_headers=inner.protected_headers,
         inner_message=inner.inner_message,
+        content_entity=inner.entity,
     )
 
 
