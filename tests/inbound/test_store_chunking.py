@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import pytest
@@ -23,7 +23,7 @@ import pytest
 from gateway.inbound import store_client
 from gateway.inbound.store_client import StorePool, StoreTarget, TemporaryFailure
 from tests.inbound.site import ALICE, BRUNO, CLAIRE, HOST, numbered
-from tests.inbound.test_delivery_hunt import serving
+from tests.inbound.test_store_pipelining import pool_on as pipelined_pool_on
 from tests.peers.dovecot import DovecotInstance
 
 SAVED = "250 2.0.0 <{}> saved\r\n"
@@ -107,14 +107,9 @@ class ChunkingStore:
             await writer.drain()
 
 
-@contextlib.asynccontextmanager
-async def pool_on(store: ChunkingStore) -> AsyncIterator[StorePool]:
-    async with serving(store.session) as port:
-        pool = StorePool(StoreTarget(True, "127.0.0.1", port, HOST), size=1)
-        try:
-            yield pool
-        finally:
-            await pool.aclose()
+def pool_on(store: ChunkingStore) -> contextlib.AbstractAsyncContextManager[StorePool]:
+    """A one-session pool on ``store`` (``test_store_pipelining.pool_on``)."""
+    return pipelined_pool_on(store.session)
 
 
 def short_timeouts(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:

@@ -64,14 +64,20 @@ async def _one_entry(queue: Queue) -> Path:
     return queue.dirs.entry("incoming", queue_id)
 
 
+async def _spoiled_entry(queue: Queue, damage: str) -> tuple[Path, str]:
+    """One entry given ``damage``, and the reason its quarantine must give."""
+    path = await _one_entry(queue)
+    spoil, reason = DAMAGES[damage]
+    spoil(path)
+    return path, reason
+
+
 @pytest.mark.parametrize("damage", sorted(DAMAGES))
 async def test_a_damaged_entry_is_moved_to_corrupt_intact(
     spool: Spool, trail: RecordingTrail, damage: str
 ) -> None:
     queue = spool.queue("received")
-    path = await _one_entry(queue)
-    spoil, reason = DAMAGES[damage]
-    spoil(path)
+    path, reason = await _spoiled_entry(queue, damage)
     kept = path.read_bytes()
     good = await queue.add(envelope(), origin(), message(2))
     claimed = await queue.claim()
@@ -150,9 +156,7 @@ async def test_a_claim_reading_ahead_finds_the_same_damage(
     spool: Spool, trail: RecordingTrail, damage: str
 ) -> None:
     queue = spool.queue("received")
-    path = await _one_entry(queue)
-    spoil, reason = DAMAGES[damage]
-    spoil(path)
+    path, reason = await _spoiled_entry(queue, damage)
     assert path.stat().st_size <= WHOLE_READ_LIMIT  # read in one go (entry.read_claimed)
     assert await queue.claim(read_ahead=READ_AHEAD) is None
     (event,) = trail.of("spool.corrupt")
