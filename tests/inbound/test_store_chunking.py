@@ -23,6 +23,7 @@ import pytest
 from gateway.inbound import store_client
 from gateway.inbound.store_client import StorePool, StoreTarget, TemporaryFailure
 from tests.inbound.site import ALICE, BRUNO, CLAIRE, HOST, numbered
+from tests.inbound.test_store_pipelining import CountedSessions
 from tests.inbound.test_store_pipelining import pool_on as pipelined_pool_on
 from tests.peers.dovecot import DovecotInstance
 
@@ -30,7 +31,7 @@ SAVED = "250 2.0.0 <{}> saved\r\n"
 
 
 @dataclass
-class ChunkingStore:
+class ChunkingStore(CountedSessions):
     """An LMTP store with PIPELINING and CHUNKING. ``refuse``: RCPT refused with 550.
     ``rset_reply``: what RSET gets (None: ``250``; ``b""``: the store hangs up without a
     word; a ``421``: said, then it hangs up; anything else: said, and the store goes on
@@ -43,12 +44,6 @@ class ChunkingStore:
     connections: int = 0
     commands: list[str] = field(default_factory=list)
     stored: list[tuple[str, list[str], bytes]] = field(default_factory=list)  # verb, rcpts
-
-    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await self._converse(reader, writer)
-        writer.close()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 scripted LMTP\r\n")

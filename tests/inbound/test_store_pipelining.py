@@ -24,8 +24,24 @@ from tests.inbound.site import ALICE, BRUNO, CLAIRE, numbered
 from tests.inbound.test_delivery_hunt import Handler, serving
 
 
+class CountedSessions:
+    """What every scripted store here does around its ``_converse``: count the
+    connection, end quietly when the client goes, close (``serving`` closes the rest)."""
+
+    connections: int
+
+    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await self._converse(reader, writer)
+        writer.close()
+
+    async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raise NotImplementedError
+
+
 @dataclass
-class Store:
+class Store(CountedSessions):
     """An LMTP store. ``pipelining``: advertise it. ``hold_replies``: answer nothing
     until the client's DATA arrived (a lock-step client would wait for ever).
     ``refuse``: RCPT refused with 550. ``rset_then_close``: answer the first RSET of a
@@ -40,13 +56,6 @@ class Store:
     connections: int = 0
     ahead: list[str] = field(default_factory=list)  # commands read with more behind them
     stored: list[tuple[list[str], bytes]] = field(default_factory=list)
-
-    async def session(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        """One connection (``serving`` closes what is left open when the test ends)."""
-        self.connections += 1
-        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
-            await self._converse(reader, writer)
-        writer.close()
 
     async def _converse(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"220 scripted LMTP\r\n")
