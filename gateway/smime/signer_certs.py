@@ -33,9 +33,7 @@ import functools
 import hashlib
 import threading
 from collections import OrderedDict
-from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import overload
 
 from asn1crypto import cms, core
 from asn1crypto import x509 as asn1_x509
@@ -128,37 +126,9 @@ class Certificates:
                     return entry
         return None
 
-    def others(self, certificate: x509.Certificate) -> Sequence[x509.Certificate]:
-        """The entries other than ``certificate`` (compared by DER), listed on first use:
-        a validator that answers from its result cache never reads them."""
-        return _Others(self.known, certificate)
-
-
-class _Others(Sequence[x509.Certificate]):
-    """``Certificates.others``, computed when first read (then kept)."""
-
-    def __init__(self, known: tuple[KnownCertificate, ...], excluded: x509.Certificate) -> None:
-        self._known = known
-        self._excluded = excluded
-
-    @functools.cached_property
-    def _items(self) -> list[x509.Certificate]:
-        return [entry.certificate for entry in self._known if entry.certificate != self._excluded]
-
-    @overload
-    def __getitem__(self, index: int) -> x509.Certificate: ...
-
-    @overload
-    def __getitem__(self, index: slice) -> Sequence[x509.Certificate]: ...
-
-    def __getitem__(self, index: int | slice) -> x509.Certificate | Sequence[x509.Certificate]:
-        return self._items[index]
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def __iter__(self) -> Iterator[x509.Certificate]:
-        return iter(self._items)
+    def others(self, certificate: x509.Certificate) -> list[x509.Certificate]:
+        """The entries other than ``certificate`` (compared by DER)."""
+        return [entry.certificate for entry in self.known if entry.certificate != certificate]
 
 
 def _usable_certificates(choices: cms.CertificateSet) -> tuple[KnownCertificate, ...]:
