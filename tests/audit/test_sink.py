@@ -6,6 +6,7 @@ import asyncio
 import concurrent.futures
 import sqlite3
 import threading
+import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -208,3 +209,99 @@ async def test_inbox_hands_out_batches_in_order_and_bounds_producers() -> None:
         inbox.put(events[0])
     with pytest.raises(AuditSinkClosed):
         inbox.put_or_wait(events[0], loop)
+
+
+# -- the group commit window (module docstring of gateway.audit.sink) -------------------
+
+
+WINDOW = 0.25  # seconds: long enough to gather on a loaded machine, short for a test
+
+
+def _pending(index: int) -> Pending:
+    return (make_event(index), datetime.now(UTC), concurrent.futures.Future())
+
+
+def _take_in_thread(
+    inbox: _Inbox, expect: int, within: float
+) -> tuple[threading.Thread, list[list[Pending] | None]]:
+    taken: list[list[Pending] | None] = []
+    thread = threading.Thread(target=lambda: taken.append(inbox.take(100, expect, within)))
+    thread.start()
+    return thread, taken
+
+
+def test_a_gathering_taker_returns_as_soon_as_the_expected_count_waits() -> None:
+    inbox = _Inbox(capacity=100)
+    inbox.open()
+    thread, taken = _take_in_thread(inbox, expect=3, within=600.0)
+    items = [_pending(index) for index in range(3)]
+    inbox.put(items[0])  # wakes the taker, which now waits for two more (not 600 s)
+    inbox.put(items[1])
+    inbox.put(items[2])
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert taken == [items]
+
+
+def test_a_gathering_taker_takes_what_waits_when_the_window_passes() -> None:
+    inbox = _Inbox(capacity=100)
+    inbox.open()
+    first = _pending(0)
+    inbox.put(first)
+    assert inbox.take(100, expect=5, within=0.01) == [first]
+    # the wake-up lock is held again: a plain take sleeps until the next producer
+    thread, taken = _take_in_thread(inbox, expect=1, within=0.0)
+    thread.join(timeout=0.2)
+    assert thread.is_alive()
+    second = _pending(1)
+    inbox.put(second)
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert taken == [[second]]
+
+
+def test_closing_ends_a_gathering_wait_with_what_is_queued() -> None:
+    inbox = _Inbox(capacity=100)
+    inbox.open()
+    first = _pending(0)
+    inbox.put(first)
+    thread, taken = _take_in_thread(inbox, expect=10, within=600.0)
+    thread.join(timeout=0.2)
+    assert thread.is_alive()  # waiting for nine more
+    inbox.close()
+    thread.join(timeout=60)
+    assert not thread.is_alive()
+    assert taken == [[first]]
+
+
+async def test_a_lone_sequential_caller_never_waits_for_a_group(db_path: Path) -> None:
+    """With a window of ten minutes, 30 awaited records in a row would take hours if
+    the writer waited for company each time; they all commit one by one."""
+    async with AuditSink(db_path, gather_window=600.0) as sink:
+        for index in range(30):
+            await asyncio.wait_for(sink.record(make_event(index)), timeout=60)
+        assert (sink.commits, sink.committed) == (30, 30)
+
+
+def test_staggered_callers_share_commits_through_the_window(db_path: Path) -> None:
+    """Ten threads, each appending its records one after the other with a short pause
+    between them, as a stage's entries reach their audit steps between two
+    decryptions: the writer waits for as many as its last batch held, so commits carry
+    several records (with no window, most commit alone: a writer is faster than a
+    caller's pause)."""
+    with AuditSink(db_path, gather_window=WINDOW) as sink:
+
+        def caller(worker: int) -> None:
+            for step in range(20):
+                sink.append(make_event(worker * 20 + step), timeout=60)
+                time.sleep(0.002 + 0.0002 * worker)
+
+        threads = [threading.Thread(target=caller, args=(worker,)) for worker in range(10)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert sink.committed == 200
+        assert sink.commits <= 100  # measured: 37-50 with the window, 134-154 without
+    with AuditStore.open_reader(db_path) as reader:
+        assert reader.verify().ok
