@@ -70,7 +70,7 @@ sys.path.insert(0, str(REPOSITORY))  # the Dovecot fixture and site of the test 
 
 from cryptography import x509  # noqa: E402
 
-from gateway.audit import AuditSink  # noqa: E402
+from gateway.audit import STAGE_GATHER_WINDOW, AuditSink  # noqa: E402
 from gateway.config import Config  # noqa: E402
 from gateway.inbound.delivery import DEFAULT_CONCURRENCY, LocalDelivery  # noqa: E402
 from gateway.inbound.stage import InboundStage  # noqa: E402
@@ -223,7 +223,7 @@ async def run_inbound(config: Config, files: ValidatorFiles, *, slot: int = 0) -
     validator = CertificateValidator.from_files(
         [Path(f) for f in anchors], [Path(f) for f in intermediates], [Path(f) for f in crls]
     )
-    audit = AuditSink(config.audit.path)  # one trail for every worker, as shipped
+    audit = AuditSink(config.audit.path, gather_window=STAGE_GATHER_WINDOW)  # as shipped
     audit.start()
     spool = open_spool(config, audit, f"inbound-agent-{slot}")
     try:
@@ -322,7 +322,7 @@ async def _deliver(config_path: Path, count: int, done: multiprocessing.Queue[Do
     from gateway.config import load_config
 
     config = load_config(config_path)
-    audit = AuditSink(config.audit.path)
+    audit = AuditSink(config.audit.path, gather_window=STAGE_GATHER_WINDOW)
     audit.start()
     spool = open_spool(config, audit, "delivery")
     stop = asyncio.Event()

@@ -25,10 +25,11 @@ from gateway.audit.chain import Anchor, ChainBreak, Checkpoint, VerifyReport
 from gateway.audit.errors import AuditDatabaseError, AuditSinkClosed, AuditWriteError
 from gateway.audit.event import AuditEvent
 from gateway.audit.record import AuditReceipt, AuditRecord
-from gateway.audit.sink import AuditSink
+from gateway.audit.sink import STAGE_GATHER_WINDOW, AuditSink
 from gateway.audit.store import AuditChainBroken, AuditStore, PruneResult
 
 __all__ = [
+    "STAGE_GATHER_WINDOW",
     "Anchor",
     "AuditChainBroken",
     "AuditDatabaseError",

@@ -19,19 +19,22 @@ writer takes them with its next batch), so a queued event costs a lock and an ap
 The loop thread only validates, stamps the time and enqueues; hashing, encoding and
 SQLite run in the writer thread (SQLite releases the GIL while it does I/O).
 
-Group commit window (session 10): a commit is dear (``BEGIN IMMEDIATE`` against the
-other processes sharing the trail, the WAL append, its fsync: about 0.2 ms of CPU on
-the development VM, against some 40 us per record in a large batch, ``bench/bench_audit``),
-and a stage worker's records trickle in one at a time, each between two decryptions:
-without a wait, two commits of three held a single record in ``bench/bench_inbound``.
-So when the previous batch held ``n`` records and fewer are waiting once the first has
-come, the writer waits up to ``gather_window`` (10 ms) for ``n`` of them; it commits at
-once when they are there. A lone sequential caller (a batch of one each time: the
-operator's tools, a quiet front) never waits; ``n`` grows under load (everything
-waiting is taken) and shrinks when the window passes with fewer. Measured in
-``bench/bench_inbound``: 1.9 commits per message became about 0.5, and the CPU per
-message fell by some 10 %. The cost is latency: up to 10 ms more before a ``record``
-returns while the writer is busy (an SMTP ``250``, a stage's next step).
+Group commit window (session 10), for the stage workers: a commit is dear
+(``BEGIN IMMEDIATE`` against the other processes sharing the trail, the WAL append, its
+fsync: about 0.2 ms of CPU on the development VM, against some 40 us per record in a
+large batch, ``bench/bench_audit``), and a stage worker's records trickle in one at a
+time, each between two decryptions: without a wait, two commits of three held a single
+record in ``bench/bench_inbound``. So a sink built with ``gather_window`` (the workers
+pass ``STAGE_GATHER_WINDOW``, 10 ms), when its previous batch held ``n`` records and
+fewer are waiting once the first has come, waits up to that long for ``n`` of them and
+commits at once when they are there. A lone sequential caller (a batch of one each
+time) never waits; ``n`` grows under load (everything waiting is taken) and shrinks
+when the window passes with fewer. Measured in ``bench/bench_inbound``: 1.9 commits per
+message became about 0.5-1, and the CPU per message fell by some 10 %. The cost is
+latency, up to 10 ms more per ``record`` while the worker is busy: nothing for a worker
+with 16 entries in flight, but an SMTP client waits for its ``250``, so the front
+(``missive serve``) keeps no window (default 0), and its many sessions fill its
+batches anyway.
 
 Cost on the caller's loop (paid for every event of every stage): the time is read
 from the clock and queued next to the event (the writer seals the record at that
@@ -75,7 +78,7 @@ from gateway.log import get_logger
 
 DEFAULT_MAX_BATCH = 512
 DEFAULT_CAPACITY = 10_000
-DEFAULT_GATHER_WINDOW = 0.010  # seconds a group may wait to fill (module docstring)
+STAGE_GATHER_WINDOW = 0.010  # seconds a stage worker's group may wait to fill (docstring)
 
 _log = get_logger("audit")
 
@@ -268,7 +271,7 @@ class AuditSink:
         max_batch: int = DEFAULT_MAX_BATCH,
         capacity: int = DEFAULT_CAPACITY,
         busy_timeout: float = DEFAULT_BUSY_TIMEOUT,
-        gather_window: float = DEFAULT_GATHER_WINDOW,
+        gather_window: float = 0.0,
         clock: Callable[[], datetime] = utc_now,
     ) -> None:
         if max_batch < 1 or capacity < 1:

@@ -51,7 +51,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from gateway.audit import AuditEvent, AuditSink
+from gateway.audit import STAGE_GATHER_WINDOW, AuditEvent, AuditSink
 from gateway.config import Config
 from gateway.inbound.maildir import PermanentFailure, deliver_to_maildir
 from gateway.inbound.stage import queue_mdn
@@ -402,7 +402,7 @@ def _trust_context(config: Config) -> ssl.SSLContext:
 async def run_delivery_worker(config: Config, stop: asyncio.Event) -> None:
     """``missive worker delivery``: build the stage from ``config`` and run it until
     ``stop`` (no private key: ``agent_keys=False``)."""
-    audit = AuditSink(config.audit.path)
+    audit = AuditSink(config.audit.path, gather_window=STAGE_GATHER_WINDOW)
     audit.start()
     try:
         spool = Spool(

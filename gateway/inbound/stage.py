@@ -65,7 +65,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from gateway.audit import AuditEvent, AuditSink
+from gateway.audit import STAGE_GATHER_WINDOW, AuditEvent, AuditSink
 from gateway.config import Config
 from gateway.crypto_calls import OffLoopFetcher, run_crypto
 from gateway.inbound.mdn_queue import (
@@ -403,7 +403,7 @@ async def run_inbound_worker(config: Config, stop: asyncio.Event) -> None:
     ``stop``. ``config`` must have been loaded with ``agent_keys=True`` (private keys)."""
     validator = inbound_validator(config)
     keystore = KeyStore.load(config.keys.dir)
-    audit = AuditSink(config.audit.path)
+    audit = AuditSink(config.audit.path, gather_window=STAGE_GATHER_WINDOW)
     audit.start()
     try:
         spool = Spool(

@@ -80,7 +80,7 @@ from datetime import UTC, datetime
 
 from annuaire.backend import open_directory
 from annuaire.lookup import CertificateLookup
-from gateway.audit import AuditEvent, AuditSink
+from gateway.audit import STAGE_GATHER_WINDOW, AuditEvent, AuditSink
 from gateway.config import Config
 from gateway.log import get_logger
 from gateway.relay import notices, routing
@@ -361,7 +361,7 @@ async def run_agent_worker(config: Config, stop: asyncio.Event) -> None:
     directory = open_directory(config.annuaire, anchors=config.trust.anchors)
     lookup = CertificateLookup.from_config(config, directory, validator)
     agent = build_secure_agent(config, lookup, validator)
-    audit = AuditSink(config.audit.path)
+    audit = AuditSink(config.audit.path, gather_window=STAGE_GATHER_WINDOW)
     audit.start()
     try:
         spool = Spool(

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
 from gateway.app import revocation_cache
-from gateway.audit import AuditSink
+from gateway.audit import STAGE_GATHER_WINDOW, AuditSink
 from gateway.config import Config
 from gateway.config.model import Language, Route
 from gateway.log import get_logger
@@ -407,7 +407,7 @@ async def run_relay_worker(config: Config, stop: asyncio.Event) -> None:
     were cancelled; closes everything it opened, also on error.
     """
     client = await asyncio.to_thread(build_client, config)
-    audit = AuditSink(config.audit.path)
+    audit = AuditSink(config.audit.path, gather_window=STAGE_GATHER_WINDOW)
     audit.start()
     try:
         spool = Spool(
