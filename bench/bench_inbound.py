@@ -44,11 +44,12 @@ Figures, all from the same run:
   thread, from ``/proc/stat``), and the time the host stole from this VM. Busy close to
   the core count says the run was bound by CPU, so only less CPU per message helps;
   the gap to the processes' sum is the kernel's own threads (journal, loopback);
-- **file creation next to the spool**, before and after the end-to-end run: CPU per new
-  file. On the development VM's ext4 without a journal it grows with the inodes freed in
-  the last minutes (from a few tens of us to several hundred), and every entry written
-  and every message stored pays it: runs back to back slow each other down, so A/B
-  pairs are run with a pause between runs (bench/README, "Tenth session").
+- **file creation in the spool** (``inbound/tmp/``), before and after the end-to-end
+  run: CPU per new file. On the development VM's ext4 without a journal it grows with
+  the inodes freed in the last minutes (from a few tens of us to several hundred), and
+  every entry written and every message stored pays it: runs back to back slow each
+  other down, so A/B pairs are run with a pause between runs (bench/README, "Tenth
+  session").
 
 ``--smoke`` runs a few dozen messages (about 10 s in all) so CI proves the benchmark
 runs; its numbers mean nothing. Loopback only; Dovecot, the delivery process and the
@@ -302,21 +303,21 @@ def machine_busy(before: list[int], after: list[int], seconds: float) -> str:
 
 
 def file_creation_cost(directory: Path, files: int = 200) -> float:
-    """Microseconds of CPU per new file (``open`` with ``O_CREAT | O_EXCL``, ``close``)
-    in a scratch directory made in ``directory``: every entry the spool writes and every
-    message Dovecot stores costs one. On an ext4 file system without a journal (this VM)
-    each creation scans the inodes freed in the last minutes (the kernel's
-    ``recently_deleted``), so the figure grows with the run's own churn and with the
-    previous run's (bench/README, "Tenth session")."""
-    probe = Path(tempfile.mkdtemp(prefix="inode-probe-", dir=directory))
+    """Microseconds of CPU per new file (``open`` with ``O_CREAT | O_EXCL``, ``close``;
+    removed at once) in ``directory``: the spool's ``tmp/``, where every hand-off
+    creates its file, so in the same block group. On an ext4 file system without a
+    journal (this VM) each creation scans the inodes of that group freed in the last
+    minutes (the kernel's ``recently_deleted``), so the figure grows with the run's own
+    churn and with the previous run's (bench/README, "Tenth session")."""
+    names = [directory / f".inode-probe-{os.getpid()}-{index}" for index in range(files)]
     try:
-        names = [probe / f"f{index}" for index in range(files)]
         before = time.process_time()
         for name in names:
             os.close(os.open(name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
         return 1e6 * (time.process_time() - before) / files
     finally:
-        shutil.rmtree(probe, ignore_errors=True)
+        for name in names:
+            name.unlink(missing_ok=True)
 
 
 def dovecot_cpu(instance: str) -> float:
@@ -471,7 +472,7 @@ def measure(work: Path, count: int, size: int, agents: int | None) -> dict[str, 
             others.append(agent)
             agent.start()
         time.sleep(1.0 + 0.5 * agents)  # the other processes import before the clock starts
-        creation_before = file_creation_cost(config.gateway.spool_dir.parent)
+        creation_before = file_creation_cost(config.gateway.spool_dir / INBOUND / "tmp")
         dovecot_before = dovecot_cpu(dovecot.instance_name)
         machine_before = machine_ticks()
         started = time.monotonic()
@@ -513,9 +514,9 @@ def measure(work: Path, count: int, size: int, agents: int | None) -> dict[str, 
         )
         print(f"machine during the end-to-end run: {machine}", flush=True)
         print(
-            f"file creation next to the spool: {creation_before:.0f} us of CPU each before"
-            f" the end-to-end run, {file_creation_cost(config.gateway.spool_dir.parent):.0f}"
-            " after it",
+            f"file creation in the spool: {creation_before:.0f} us of CPU each before the"
+            " end-to-end run,"
+            f" {file_creation_cost(config.gateway.spool_dir / INBOUND / 'tmp'):.0f} after it",
             flush=True,
         )
         return {
