@@ -30,7 +30,8 @@ fewer are waiting once the first has come, waits up to that long for ``n`` of th
 commits at once when they are there. A lone sequential caller (a batch of one each
 time) never waits; ``n`` grows under load (everything waiting is taken) and shrinks
 when the window passes with fewer. Measured in ``bench/bench_inbound``: 1.9 commits per
-message became about 0.5-1, and the CPU per message fell by some 10 %. The cost is
+message became about 0.7, and an inbound agent's audit writer went from 0.43-0.57 to
+0.18-0.20 ms of CPU per message (bench/README, "Tenth session"). The cost is
 latency, up to 10 ms more per ``record`` while the worker is busy: nothing for a worker
 with 16 entries in flight, but an SMTP client waits for its ``250``, so the front
 (``missive serve``) keeps no window (default 0), and its many sessions fill its
