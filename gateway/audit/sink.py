@@ -80,6 +80,7 @@ from gateway.log import get_logger
 DEFAULT_MAX_BATCH = 512
 DEFAULT_CAPACITY = 10_000
 STAGE_GATHER_WINDOW = 0.010  # seconds a stage worker's group may wait to fill (docstring)
+MAX_GATHER_WINDOW = 600.0  # seconds: below threading.TIMEOUT_MAX (a larger one kills the writer)
 
 _log = get_logger("audit")
 
@@ -138,10 +139,12 @@ class _Inbox:
     inbox never parks executor threads that the rest of the gateway needs.
 
     One taker (the writer thread): when it finds nothing it marks itself waiting and
-    sleeps on ``_wakeup``, a lock kept held that the first producer (or ``close``)
-    releases once, under ``_lock``, clearing the mark; a release that comes before the
-    taker reaches ``acquire`` makes that ``acquire`` return at once, so no wake-up is
-    lost, and there is never a second release of a free lock.
+    sleeps on ``_wakeup``, a lock kept held that the producer bringing the count of
+    waiting items up to ``_wake_at`` (1, or the group it gathers: ``take``), or
+    ``close``, releases once, under ``_lock``, clearing the mark; a release that comes
+    before the taker reaches ``acquire`` makes that ``acquire`` return at once, so no
+    wake-up is lost, and there is never a second release of a free lock (a gathering
+    wait that times out takes the lock back if a producer released it meanwhile).
     """
 
     def __init__(self, capacity: int) -> None:
@@ -277,8 +280,8 @@ class AuditSink:
     ) -> None:
         if max_batch < 1 or capacity < 1:
             raise ValueError("max_batch and capacity must be positive")
-        if gather_window < 0:
-            raise ValueError("gather_window must not be negative")
+        if not 0 <= gather_window <= MAX_GATHER_WINDOW:  # NaN fails too
+            raise ValueError(f"gather_window must be between 0 and {MAX_GATHER_WINDOW} s")
         self.path = path
         self._synchronous: Synchronous = synchronous
         self._max_batch = max_batch

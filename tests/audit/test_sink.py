@@ -305,3 +305,13 @@ def test_staggered_callers_share_commits_through_the_window(db_path: Path) -> No
         assert sink.commits <= 100  # measured: 37-50 with the window, 134-154 without
     with AuditStore.open_reader(db_path) as reader:
         assert reader.verify().ok
+
+
+@pytest.mark.parametrize("window", [-0.001, float("nan"), float("inf"), 601.0])
+def test_a_window_out_of_range_is_refused_before_the_writer_starts(
+    db_path: Path, window: float
+) -> None:
+    """An infinite window would raise OverflowError in the writer thread at its first
+    wait and leave every later record hanging; NaN would silently mean no window."""
+    with pytest.raises(ValueError, match="gather_window"):
+        AuditSink(db_path, gather_window=window)
