@@ -78,7 +78,11 @@ from cryptography import x509  # noqa: E402
 
 from gateway.audit import STAGE_GATHER_WINDOW, AuditSink  # noqa: E402
 from gateway.config import Config  # noqa: E402
-from gateway.inbound.delivery import DEFAULT_CONCURRENCY, LocalDelivery  # noqa: E402
+from gateway.inbound.delivery import (  # noqa: E402
+    DEFAULT_CONCURRENCY,
+    LARGE_CONCURRENCY,
+    LocalDelivery,
+)
 from gateway.inbound.stage import InboundStage  # noqa: E402
 from gateway.inbound.store_client import (  # noqa: E402
     DEFAULT_CONNECTIONS,
@@ -373,6 +377,7 @@ async def _deliver(config_path: Path, count: int, done: multiprocessing.Queue[Do
             counted,
             poll_interval=delivery.poll_interval,
             concurrency=delivery.concurrency,
+            large_concurrency=LARGE_CONCURRENCY,
         )
         if failures:
             raise RuntimeError(f"delivery: {failures[0]}")

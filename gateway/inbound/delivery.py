@@ -28,8 +28,10 @@ hand-off key per recipient, so a repeated pass queues it once; never for an MDN,
 or a null sender; only to Disposition-Notification-To addresses equal to MAIL FROM, the
 others dropped and audited: ``queue_mdn``).
 
-Throughput (issue 7 Speed): ``concurrency`` entries (default 16) are in flight at once,
-so their spool fsyncs and audit commits share group commits; those beyond the pool's
+Throughput (issue 7 Speed): ``concurrency`` entries (default 32; at most
+``LARGE_CONCURRENCY``, 4, of them above 1 MB, each held whole: ``consumer.consume``) are
+in flight at once, so their spool fsyncs and audit commits share group commits (32
+rather than 16 since session 10: ``gateway.inbound.stage``); those beyond the pool's
 ``connections`` (default 4) wait for a free session. Entries finish in any order. While
 the stage runs, the pool's expired sessions are closed every ``MAX_IDLE`` seconds, and
 every pooled session when it stops.
@@ -87,7 +89,8 @@ from gateway.spool.queue import READ_AHEAD
 log = get_logger("inbound.delivery")
 
 DEFAULT_POLL_INTERVAL = 0.2
-DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their fsyncs
+DEFAULT_CONCURRENCY = 32  # entries in flight: the spool and audit group their fsyncs
+LARGE_CONCURRENCY = 4  # of which larger than READ_AHEAD (1 MB), each held whole in memory
 STATUS_EXPIRED = "5.4.7"
 STATUS_BAD_MAILBOX = "5.1.3"
 
@@ -156,6 +159,7 @@ class LocalDelivery:
                     self.process_entry,
                     poll_interval=self.poll_interval,
                     concurrency=self.concurrency,
+                    large_concurrency=LARGE_CONCURRENCY,
                 )
             finally:
                 consumed.set()

@@ -43,8 +43,14 @@ bad message never stops the worker; spool and audit errors leave the entry in
 
 Throughput (issue 7 Speed): each pass waits on fsyncs (the ``local/`` hand-off, the
 completion of the ``inbound/`` entry: the spool's group commit) and on the audit
-trail's ``synchronous = FULL`` commits, so ``concurrency`` entries (default 16) are in
-flight at once and share those commits, as in ``gateway.relay.agent_stage``;
+trail's ``synchronous = FULL`` commits, so ``concurrency`` entries (default 32) are in
+flight at once and share those commits, as in ``gateway.relay.agent_stage`` (32 rather
+than 16, session 10: bigger groups; a small gain, within this VM's noise: one agent
+alone spent 1.56-1.74 ms of loop CPU per message against 1.65-1.81, end to end 257-321
+msg/s against 271-293 in four pairs); at most ``LARGE_CONCURRENCY`` (4) of them are larger than
+``READ_AHEAD`` (1 MB), as each is held whole in memory beside its decrypted copy
+(``consumer.consume``: about 28 MB + 4 x the largest message, where 16 of any size
+could take 16 x);
 decryption and verification run on the loop for an ordinary message and in a worker
 thread above ``gateway.crypto_calls.INLINE_LIMIT`` (measured there), so a large one does
 not hold the other entries' I/O; a verification that needs a CRL or an OCSP answer from
@@ -111,7 +117,8 @@ from gateway.spool.queue import READ_AHEAD
 log = get_logger("inbound.stage")
 
 DEFAULT_POLL_INTERVAL = 0.2
-DEFAULT_CONCURRENCY = 16  # entries in flight: the spool and audit group their fsyncs
+DEFAULT_CONCURRENCY = 32  # entries in flight: the spool and audit group their fsyncs
+LARGE_CONCURRENCY = 4  # of which larger than READ_AHEAD (1 MB), each held whole in memory
 STATUS_CRYPTO_FAILURE = "5.7.5"  # RFC 3463: cryptographic failure
 HELD_REASON = "held in quarantine: the message could not be decrypted or verified"
 
@@ -192,6 +199,7 @@ class InboundStage:
             self.process_entry,
             poll_interval=self.poll_interval,
             concurrency=self.concurrency,
+            large_concurrency=LARGE_CONCURRENCY,
         )
 
     async def drain(self) -> list[InboundOutcome]:

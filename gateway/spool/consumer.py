@@ -11,7 +11,8 @@ holds what they do alike, so each stage module keeps only what it decides:
   A lock path that is not a regular file (``UnsafeLockFile``: a planted symbolic link,
   say) is not waited on: it goes up and stops the worker with exit status 2
   (``gateway.spool.stagefiles.ConsumerLock``);
-- ``consume``: claim ready entries and process them, at most ``concurrency`` at once,
+- ``consume``: claim ready entries and process them, at most ``concurrency`` at once
+  (and, when given, at most ``large_concurrency`` of those larger than ``read_ahead``),
   polling every ``poll_interval`` when the queue is empty; in-flight entries finish when
   ``stop`` is set;
 - ``drain``: process every entry ready now, at most ``concurrency`` at once (tests and
@@ -88,9 +89,17 @@ async def consume(
     poll_interval: float,
     concurrency: int = 1,
     read_ahead: int = READ_AHEAD,
+    large_concurrency: int | None = None,
 ) -> None:
-    """Claim and ``process`` entries until ``stop`` is set (``take_queue`` first)."""
+    """Claim and ``process`` entries until ``stop`` is set (``take_queue`` first).
+
+    With ``large_concurrency``, an entry whose content is larger than ``read_ahead``
+    (one the claim did not read: ``process`` will hold it whole) also needs one of that
+    many slots: many small entries in flight, few large ones, so memory stays bounded
+    by about ``concurrency`` x ``read_ahead`` + ``large_concurrency`` x the largest
+    message. While no such slot is free, claiming pauses (the claimed entry waits)."""
     running: set[asyncio.Task[object]] = set()
+    large: set[asyncio.Task[object]] = set()
     try:
         while not stop.is_set():
             await queue.sweep_if_due()
@@ -102,7 +111,14 @@ async def consume(
             if entry is None:
                 await sleep_unless(stop, poll_interval)
                 continue
-            running.add(asyncio.ensure_future(process(entry)))
+            is_large = large_concurrency is not None and entry.record.content_length > read_ahead
+            while is_large and len(large) >= (large_concurrency or 1):
+                await asyncio.wait(large, return_when=asyncio.FIRST_COMPLETED)
+                large = {task for task in large if not task.done()}
+            task = asyncio.ensure_future(process(entry))
+            running.add(task)
+            if is_large:
+                large.add(task)
             running = {task for task in running if not task.done()}
     finally:
         if running:

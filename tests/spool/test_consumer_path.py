@@ -281,3 +281,47 @@ def test_a_new_stage_is_swept_even_after_the_stage_list_was_kept(tmp_path: Path)
 class _NoTrail:
     async def record(self, event: object) -> object:
         return None
+
+
+async def test_the_worker_loop_keeps_few_large_entries_in_flight(spool: Spool) -> None:
+    """Six entries larger than the read-ahead and six smaller, ten slots, two of them
+    for large entries: never more than two large ones are processed at once, while the
+    small ones still run beside them."""
+    received = spool.queue(RECEIVED)
+    small, large = message(1), message(2, body=b"Bonjour\r\n" * 50)
+    read_ahead = (len(small) + len(large)) // 2
+    for content in [large, small] * 6:
+        await received.add(envelope(), origin(), content)
+    await received.recover()
+    stop = asyncio.Event()
+    in_flight: list[bool] = []  # is_large of each entry being processed
+    most_large = most = finished = 0
+
+    async def process(entry: Claimed) -> None:
+        nonlocal most_large, most, finished
+        is_large = entry.record.content_length > read_ahead
+        in_flight.append(is_large)
+        most_large = max(most_large, sum(in_flight))
+        most = max(most, len(in_flight))
+        await asyncio.sleep(0.05)  # the loop claims more meanwhile
+        in_flight.remove(is_large)
+        await received.complete(entry, [DELIVERED])
+        finished += 1
+        if finished == 12:
+            stop.set()
+
+    await asyncio.wait_for(
+        consume(
+            received,
+            stop,
+            process,
+            poll_interval=0.01,
+            concurrency=10,
+            read_ahead=read_ahead,
+            large_concurrency=2,
+        ),
+        timeout=60,
+    )
+    assert finished == 12
+    assert most_large == 2
+    assert most > 2
