@@ -57,7 +57,7 @@ not hold the other entries' I/O; a verification that needs a CRL or an OCSP answ
 the network runs again in a thread (``inbound_validator``: never a fetch on the loop).
 Entries are independent: the order in which they finish is not the order they were
 claimed in, and nothing relies on it (each hand-off key depends on its own entry and
-recipient only). ``drain`` uses the same bound (``consumer.drain``).
+recipient only). ``drain`` (tests, tools) bounds the count only (``consumer.drain``).
 
 Trust level: runs in the inbound worker (``missive worker inbound``), which loads the
 S/MIME private keys and listens on no socket. Decrypted content exists only in memory

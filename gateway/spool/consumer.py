@@ -98,23 +98,24 @@ async def consume(
     many slots: many small entries in flight, few large ones, so memory stays bounded
     by about ``concurrency`` x ``read_ahead`` + ``large_concurrency`` x the largest
     message. While no such slot is free, claiming pauses (the claimed entry waits)."""
+    large_limit = concurrency if large_concurrency is None else large_concurrency
+    if large_limit < 1:
+        raise ValueError("large_concurrency must be at least 1")
     running: set[asyncio.Task[object]] = set()
     large: set[asyncio.Task[object]] = set()
     try:
         while not stop.is_set():
             await queue.sweep_if_due()
             if len(running) >= concurrency:
-                await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                running = {task for task in running if not task.done()}
+                running = await _after_one_finished(running)
                 continue
             entry = await queue.claim(read_ahead=read_ahead)
             if entry is None:
                 await sleep_unless(stop, poll_interval)
                 continue
-            is_large = large_concurrency is not None and entry.record.content_length > read_ahead
-            while is_large and len(large) >= (large_concurrency or 1):
-                await asyncio.wait(large, return_when=asyncio.FIRST_COMPLETED)
-                large = {task for task in large if not task.done()}
+            is_large = entry.record.content_length > read_ahead
+            while is_large and len(large) >= large_limit:  # never, without large_concurrency
+                large = await _after_one_finished(large)
             task = asyncio.ensure_future(process(entry))
             running.add(task)
             if is_large:
@@ -123,6 +124,12 @@ async def consume(
     finally:
         if running:
             await asyncio.gather(*running, return_exceptions=True)
+
+
+async def _after_one_finished(tasks: set[asyncio.Task[object]]) -> set[asyncio.Task[object]]:
+    """Wait until one of ``tasks`` is done; those still running."""
+    await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    return {task for task in tasks if not task.done()}
 
 
 async def drain(

@@ -325,3 +325,13 @@ async def test_the_worker_loop_keeps_few_large_entries_in_flight(spool: Spool) -
     assert finished == 12
     assert most_large == 2
     assert most > 2
+
+
+async def test_the_worker_loop_refuses_no_slot_for_large_entries(spool: Spool) -> None:
+    async def process(entry: Claimed) -> None:
+        raise AssertionError("nothing is claimed")
+
+    with pytest.raises(ValueError, match="large_concurrency"):
+        await consume(
+            spool.queue(RECEIVED), asyncio.Event(), process, poll_interval=0.01, large_concurrency=0
+        )
