@@ -33,7 +33,7 @@ when the window passes with fewer. Measured in ``bench/bench_inbound``: 1.9 comm
 message became about 0.7, and an inbound agent's audit writer went from 0.43-0.57 to
 0.18-0.20 ms of CPU per message (bench/README, "Tenth session"). The cost is
 latency, up to 10 ms more per ``record`` while the worker is busy: nothing for a worker
-with 16 entries in flight, but an SMTP client waits for its ``250``, so the front
+with many entries in flight, but an SMTP client waits for its ``250``, so the front
 (``missive serve``) keeps no window (default 0), and its many sessions fill its
 batches anyway.
 
