@@ -22,12 +22,14 @@ from gateway.audit import AuditEvent
 from gateway.config import Config
 from gateway.inbound.delivery import DEFAULT_CONCURRENCY as DELIVERY_CONCURRENCY
 from gateway.inbound.delivery import LocalDelivery
+from gateway.inbound.mdn_queue import queue_mdn
 from gateway.inbound.stage import DEFAULT_CONCURRENCY as STAGE_CONCURRENCY
 from gateway.inbound.stage import InboundStage
 from gateway.inbound.store_client import DEFAULT_CONNECTIONS
 from gateway.pki.dev import DevPki
 from gateway.pki.store import load_first_certificate, load_private_key
 from gateway.relay import protect
+from gateway.relay.mdn import Disposition
 from gateway.smime.encrypt import Recipient as CmsRecipient
 from gateway.smime.encrypt import encrypt_entity
 from gateway.smime.keystore import KeyStore
@@ -36,6 +38,7 @@ from gateway.smime.validate import CertificateValidator
 from gateway.spool import (
     INBOUND,
     LOCAL,
+    RECEIVED,
     EntryReader,
     Envelope,
     Origin,
@@ -245,6 +248,27 @@ class OpenSite:
         )
         await self.local.recover()
         return delivery
+
+    async def mdn_for_one(self, received: bytes, delivered: bytes) -> str | None:
+        """Add ``received`` for Alice from outside, claim it as the inbound agent does,
+        and ``queue_mdn`` (processed) for its copy ``delivered``: the MDN's entry id in
+        ``received/``, or None when none was queued."""
+        await self.inbound.add(envelope(ALICE), FROM_OUTSIDE, received)
+        await self.inbound.recover()
+        entry = await self.inbound.claim()
+        assert entry is not None
+        return await queue_mdn(
+            self.config,
+            self.inbound,
+            self.spool.queue(RECEIVED),
+            entry,
+            delivered,
+            Recipient(ALICE),
+            Disposition.PROCESSED,
+            self.clock(),
+            audit=self.trail,
+            actor="inbound-agent",
+        )
 
 
 @asynccontextmanager

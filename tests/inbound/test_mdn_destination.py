@@ -23,10 +23,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.inbound.stage import queue_mdn
 from gateway.pki.dev import DevPki
 from gateway.relay import mdn
-from gateway.spool import RECEIVED, Recipient
+from gateway.spool import RECEIVED
 from tests.inbound.site import (
     ALICE,
     CLAIRE,
@@ -216,22 +215,8 @@ async def test_hundreds_of_third_parties_make_one_bounded_audit_event(
     """An audit value holds at most 4 KiB: the dropped addresses are cut, and counted."""
     many = [f"victim{n:03d}@elsewhere.test" for n in range(300)]  # ~8 KB of addresses
     async with alice_site(tmp_path, dev_pki) as site:
-        await site.inbound.add(envelope(ALICE), FROM_OUTSIDE, letter(", ".join(many)))
-        await site.inbound.recover()
-        entry = await site.inbound.claim()
-        assert entry is not None
-        child = await queue_mdn(
-            site.config,
-            site.inbound,
-            site.spool.queue(RECEIVED),
-            entry,
-            DELIVERED_MARK + letter(", ".join(many)),  # ours on top, as delivered
-            Recipient(ALICE),
-            mdn.Disposition.PROCESSED,
-            site.clock(),
-            audit=site.trail,
-            actor="inbound-agent",
-        )
+        received = letter(", ".join(many))
+        child = await site.mdn_for_one(received, DELIVERED_MARK + received)  # ours on top
         assert child is None
         [event] = site.trail.of_type("inbound.mdn_recipients_dropped")
         shown = event.details["dropped"]

@@ -10,11 +10,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.inbound.mdn_queue import queue_mdn
 from gateway.pki.dev import DevPki
-from gateway.relay.mdn import Disposition
-from gateway.spool import RECEIVED, Recipient
-from tests.inbound.site import ALICE, CLAIRE, FROM_OUTSIDE, MAILDIR, entries, envelope, opened_site
+from gateway.spool import RECEIVED
+from tests.inbound.site import ALICE, CLAIRE, MAILDIR, entries, opened_site
 
 OURS = b'Missive-Security: encrypted=no; signature=valid;\r\n\tsigner=""; weak=no\r\n'
 
@@ -34,22 +32,7 @@ async def queued_for(dev_pki: DevPki, tmp_path: Path, message: bytes) -> str | N
     async with opened_site(
         tmp_path, dev_pki, inbound=MAILDIR, actor="inbound-agent", keys_of=(ALICE,)
     ) as site:
-        await site.inbound.add(envelope(ALICE), FROM_OUTSIDE, message)
-        await site.inbound.recover()
-        entry = await site.inbound.claim()
-        assert entry is not None
-        child = await queue_mdn(
-            site.config,
-            site.inbound,
-            site.spool.queue(RECEIVED),
-            entry,
-            message,
-            Recipient(ALICE),
-            Disposition.PROCESSED,
-            site.clock(),
-            audit=site.trail,
-            actor="inbound-agent",
-        )
+        child = await site.mdn_for_one(message, message)
         queued = await entries(site.spool, RECEIVED, "incoming")
         assert len(queued) == (0 if child is None else 1)
         if child is not None:
