@@ -580,7 +580,12 @@ def main(argv: list[str]) -> int:
         if run:
             print(f"pause of {pause:.0f} s before run {run + 1} of {runs}", flush=True)
             time.sleep(pause)
-        figures = measure_in(work_directory(args.dir, run, runs), count, args)
+        work, keep = work_directory(args.dir, run, runs)
+        try:
+            figures = measure(work, count, args.size, args.inbound_agents)
+        finally:
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
         print_figures(
             f"inbound, {count} messages of {args.size} bytes (signed + AES-256-GCM)", figures
         )
@@ -602,15 +607,6 @@ def work_directory(kept: Path | None, run: int, runs: int) -> tuple[Path, bool]:
     work = kept if runs == 1 else kept / f"run-{run + 1}"
     work.mkdir(parents=True, exist_ok=True)
     return work, True
-
-
-def measure_in(place: tuple[Path, bool], count: int, args: argparse.Namespace) -> Figures:
-    work, keep = place
-    try:
-        return measure(work, count, args.size, args.inbound_agents)
-    finally:
-        if not keep:
-            shutil.rmtree(work, ignore_errors=True)
 
 
 def summarise(results: list[Figures]) -> dict[str, tuple[float, float, float]]:
