@@ -8,7 +8,10 @@ Decisions (stricter than RFC 5321 where a gateway for health data can afford it)
 
 - The path must be in angle brackets (RFC 5321 §4.1.2 ``Path``); ``<>`` is the null
   reverse-path (MAIL only); ``<Postmaster>`` alone is the postmaster of the gateway's
-  first local domain (RFC 5321 §4.5.1).
+  first local domain (RFC 5321 §4.5.1), and ``<POSTMASTER@d>`` in any ASCII case is
+  ``postmaster@d``: RFC 5321 §4.1.1.3 makes that one local part case-insensitive, so
+  ``<Postmaster>`` and ``<postmaster@chu-a.test>`` in one transaction are one mailbox
+  and one copy (every other local part keeps its case: "Duplicate recipients").
 - Source routes (``<@a,@b:user@d>``, RFC 5321 §4.1.1.3, obsolete) are refused, not
   silently stripped: they are an open-relay probe.
 - The local part must be a dot-string (RFC 5321 §4.1.2); quoted local parts are
@@ -113,13 +116,22 @@ def parse_rcpt(arg: str, *, smtputf8: bool, postmaster_domain: str | None = None
     params = _parameters(rest)
     if postmaster_domain is not None and path.lower() == "postmaster":
         path = f"postmaster@{postmaster_domain}"
-    recipient = _mailbox(path, r.BAD_RECIPIENT_SYNTAX)
+    recipient = _postmaster_folded(_mailbox(path, r.BAD_RECIPIENT_SYNTAX))
     _require_utf8_flag(recipient, smtputf8)
     notify = _notify(params.pop("NOTIFY", None))
     orcpt = _orcpt(params.pop("ORCPT", None))
     if params:
         raise SmtpReply(r.UNKNOWN_PARAMETER, f"RCPT parameters {sorted(params)}")
     return RcptCommand(recipient, notify, orcpt)
+
+
+def _postmaster_folded(recipient: Address) -> Address:
+    """``Postmaster@domain`` in any ASCII case as ``postmaster@domain`` (RFC 5321
+    §4.1.1.3: "the "Postmaster" string ... is treated as case-insensitive")."""
+    local = recipient.local
+    if local != "postmaster" and local.isascii() and local.lower() == "postmaster":
+        return Address("postmaster", recipient.domain)
+    return recipient
 
 
 def to_recipient(command: RcptCommand) -> Recipient:

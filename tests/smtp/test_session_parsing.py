@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from gateway.smtp.data import DataReceiver
-from gateway.smtp.envelope import Address, parse_mail, parse_rcpt
+from gateway.smtp.envelope import Address, parse_mail, parse_rcpt, same_mailbox
 from gateway.smtp.replies import SmtpReply
 from gateway.smtp.throttle import AuthThrottle, ThrottleLimits
 from gateway.smtp.trace import protocol_name, received_header
@@ -65,6 +65,26 @@ def test_rcpt_postmaster_without_domain() -> None:
     command = parse_rcpt("<PostMaster>", smtputf8=False, postmaster_domain="chu-a.test")
     assert command.recipient == Address("postmaster", "chu-a.test")
     assert refused(lambda: parse_rcpt("<postmaster>", smtputf8=False)) == 553
+
+
+@pytest.mark.parametrize("path", ["<POSTMASTER@chu-a.test>", "<PostMaster@CHU-A.test>"])
+def test_the_postmaster_local_part_is_folded_to_lower_case(path: str) -> None:
+    """RFC 5321 §4.1.1.3: "Postmaster" is case-insensitive, so these and ``<Postmaster>``
+    name one mailbox (one RCPT kept, one copy delivered)."""
+    command = parse_rcpt(path, smtputf8=False)
+    assert command.recipient == Address("postmaster", "chu-a.test")
+    bare = parse_rcpt("<Postmaster>", smtputf8=False, postmaster_domain="chu-a.test")
+    assert same_mailbox(command, bare)
+
+
+def test_other_local_parts_keep_their_case() -> None:
+    """Only postmaster is folded: ``Jean`` and ``jean`` stay two mailboxes (RFC 5321
+    §2.4), and a local part that merely starts with it is left alone."""
+    upper = parse_rcpt("<Jean@chu-a.test>", smtputf8=False)
+    lower = parse_rcpt("<jean@chu-a.test>", smtputf8=False)
+    assert upper.recipient.local == "Jean" and not same_mailbox(upper, lower)
+    near = parse_rcpt("<PostmasterX@chu-a.test>", smtputf8=False)
+    assert near.recipient.local == "PostmasterX"
 
 
 def test_rcpt_parameters() -> None:
