@@ -32,7 +32,8 @@ even bounded by the socket timeout). A validator whose revocation fetches go thr
 ``OffLoopFetcher`` refuses to fetch on a thread that runs an event loop: it raises
 ``NetworkOnTheLoop`` before any byte is sent, ``run_crypto`` catches it and runs the
 whole call again in a thread, where the fetch may block; the same when the call would
-wait for another thread's fetch of that CRL (``may_wait``). The inline attempt is thrown
+wait for another thread's fetch of that CRL, or read a CRL cached on disk by an earlier
+run (``may_wait``: once read, it is served from memory). The inline attempt is thrown
 away, so ``function`` must have no effect before it fetches (the inbound agent's
 ``process_inbound`` has none: it returns a verdict and changes only caches). That costs
 one wasted attempt on a cache miss (CRLs are kept for ``crl_refresh``, an hour by
@@ -96,8 +97,8 @@ class OffLoopFetcher:
         return self.inner.post(url, body, content_type=content_type, max_bytes=max_bytes)
 
     def may_wait(self) -> None:
-        """Waiting for another thread's fetch (``gateway.smime.crlstore``) would hold
-        the loop as long as the fetch: refused there too."""
+        """Waiting for another thread's fetch, or reading a cached CRL from disk
+        (``gateway.smime.crlstore``), would hold the loop: refused there too."""
         _refuse_on_a_loop()
 
 

@@ -182,6 +182,9 @@ class CrlCache:
         path = self._disk_path(url)
         if path is None or not path.exists():
             return None
+        # Reading and parsing it (megabytes for a large CA) would hold an event loop as a
+        # fetch would: the fetcher says whether this thread may wait (``may_wait``).
+        self._fetcher.may_wait()
         try:
             with path.open("rb") as cached:  # date and bytes of the same file
                 fetched_at = datetime.fromtimestamp(os.fstat(cached.fileno()).st_mtime, UTC)

@@ -53,7 +53,8 @@ class Fetcher(Protocol):
 
     def may_wait(self) -> None:
         """Called before this thread waits for another thread's fetch of the same
-        resource; a fetcher whose caller must not block raises instead."""
+        resource, or reads a cached CRL from disk (``gateway.smime.crlstore``); a
+        fetcher whose caller must not block raises instead."""
 
 
 def require_http(url: str) -> None:

@@ -7,7 +7,8 @@ validator whose fetcher is an ``OffLoopFetcher``, it starts on the loop, is stop
 before any request leaves, and runs again in a thread, where the fetch happens; the
 verdict is the one a plain validator gives. Once the CRLs are cached, a validation runs
 on the loop alone. A fetch attempted on a loop outside ``run_crypto`` raises
-``NetworkOnTheLoop`` and sends nothing.
+``NetworkOnTheLoop`` and sends nothing. A CRL cached on disk by an earlier process is
+read in a thread too (it can weigh megabytes), then served from memory on the loop.
 """
 
 from __future__ import annotations
@@ -98,3 +99,31 @@ async def test_a_fetch_on_a_loop_outside_run_crypto_is_refused_before_sending(
     with pytest.raises(NetworkOnTheLoop):
         validator.validate(load_cert(pki.user_cert(ALICE, "sign")))
     assert recorder.on_a_loop == [] and site.hits(PERSONNES_CRL) == before
+
+
+async def test_a_crl_cached_on_disk_is_read_in_a_thread_then_kept_in_memory(
+    site: Site, pki: DevPki, tmp_path: Path
+) -> None:
+    earlier = validator_with(OffLoopFetcher(RecordingFetcher()), tmp_path, pki)
+    alice = load_cert(pki.user_cert(ALICE, "sign"))
+    assert (await run_crypto(10, earlier.validate, alice)).status is CertStatus.VALID
+    before = site.hits(PERSONNES_CRL)
+
+    recorder = RecordingFetcher()  # a restart: same cache directory, empty memory
+    validator = validator_with(OffLoopFetcher(recorder), tmp_path, pki)
+    threads: list[int] = []
+
+    def validate(certificate: x509.Certificate) -> ValidationResult:
+        threads.append(threading.get_ident())
+        return validator.validate(certificate)
+
+    first = await run_crypto(10, validate, alice)
+    assert first.status is CertStatus.VALID and first.revocation_checked, first.reason
+    loop_thread = threading.get_ident()
+    assert threads[0] == loop_thread and threads[1:] and loop_thread not in threads[1:]
+    assert recorder.on_a_loop == [] and site.hits(PERSONNES_CRL) == before  # from disk
+
+    threads.clear()
+    second = await run_crypto(10, validate, load_cert(pki.user_cert(CLAIRE, "sign")))
+    assert second.status is CertStatus.VALID, second.reason
+    assert threads == [loop_thread]  # in memory now: on the loop, no thread
